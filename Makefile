@@ -1,0 +1,34 @@
+# Quick start: `make demo` runs the main job on the bundled sample; `make test` runs the tests.
+# Both create the virtual environment on first use (idempotent: the stamp tracks pyproject.toml).
+VENV ?= .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed-stamp
+SAMPLE := examples/amazon18-industrial-sample
+DEMO_OUT := out/demo
+
+.PHONY: install demo test bench clean
+
+$(STAMP): pyproject.toml scripts/constraints-cpu.txt
+	test -x $(PY) || python3 -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -c scripts/constraints-cpu.txt -e '.[embed,dev]'
+	touch $(STAMP)
+
+install: $(STAMP)
+
+demo: $(STAMP)
+	mkdir -p $(DEMO_OUT)
+	$(VENV)/bin/recot data inspect $(SAMPLE) --json > $(DEMO_OUT)/inspect.json
+	$(VENV)/bin/recot data inspect $(SAMPLE)
+	$(VENV)/bin/recot sid build $(SAMPLE) --out $(DEMO_OUT)/sids
+	$(VENV)/bin/recot sid convert $(DEMO_OUT)/sids/sids.parquet --to '<|sid_begin|><s_a_0><s_b_0><s_c_0><|sid_end|>' --out $(DEMO_OUT)/sids-wrapped.parquet
+	@echo "demo output in $(DEMO_OUT)/: inspect.json, sids/ (sids.parquet, sids.json, report.json), sids-wrapped.parquet"
+
+test: $(STAMP)
+	$(PY) -m pytest -q -p no:cacheprovider
+
+bench: $(STAMP)
+	$(PY) bench/bench_load.py
+
+clean:
+	rm -rf $(DEMO_OUT) bench/.data

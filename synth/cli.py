@@ -1,0 +1,177 @@
+"""The ``recot`` command line: a thin layer over the Python API.
+
+The root group gathers subcommand groups from the ``recot.commands`` entry points, so each
+package (and any plugin) registers its own commands. Every reporting command takes ``--json``.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from importlib.metadata import entry_points
+from pathlib import Path
+
+import click
+import polars as pl
+from rich.console import Console
+from rich.table import Table
+
+from synth.errors import DataError
+from synth.sid import SidDialect, SidError
+
+console = Console(stderr=True)
+
+
+class RecotGroup(click.Group):
+    """Loads registered subcommands lazily and turns input errors into a clear message and exit code 2."""
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return sorted({ep.name for ep in entry_points(group="recot.commands")})
+
+    def get_command(self, ctx: click.Context, name: str) -> click.Command | None:
+        found = [ep for ep in entry_points(group="recot.commands") if ep.name == name]
+        return found[0].load() if found else None
+
+    def invoke(self, ctx: click.Context):
+        try:
+            return super().invoke(ctx)
+        except (DataError, SidError) as exc:
+            console.print(f"[bold red]error:[/] {exc}", markup=True, highlight=False)
+            sys.exit(2)
+
+
+@click.group(cls=RecotGroup)
+@click.version_option(package_name="recot")
+def main() -> None:
+    """recot: reasoning training data for generative recommenders."""
+
+
+def emit(payload: dict, as_json: bool, title: str) -> None:
+    """Print a report as JSON on stdout, or as a readable table on stderr."""
+    if as_json:
+        click.echo(json.dumps(payload, indent=2, default=str))
+        return
+    table = Table(title=title, show_header=False)
+    for key, value in payload.items():
+        table.add_row(key, json.dumps(value, default=str) if isinstance(value, (dict, list)) else str(value))
+    console.print(table)
+
+
+def save_rejects(rejects: pl.DataFrame, report: Path | None, default: Path) -> str | None:
+    """Write lenient-mode rejects so nothing is dropped unseen; returns where they went."""
+    if rejects.is_empty():
+        return None
+    from synth.sid_files import write_table
+
+    path = report or default
+    path.parent.mkdir(parents=True, exist_ok=True)
+    write_table(rejects, path)
+    console.print(f"[yellow]{rejects.height} rejected records written to {path}[/]")
+    return str(path)
+
+
+lenient_option = click.option("--lenient", is_flag=True, help="Skip bad records instead of failing; they go to --report.")
+report_option = click.option("--report", type=click.Path(path_type=Path), help="Where lenient mode writes rejected records (.csv/.parquet/.jsonl).")
+json_option = click.option("--json", "as_json", is_flag=True, help="Machine-readable output on stdout.")
+
+
+@click.group()
+def data() -> None:
+    """Inspect datasets (catalog + behaviours)."""
+
+
+@data.command("inspect")
+@click.argument("path", type=click.Path(exists=True, path_type=Path))
+@lenient_option
+@report_option
+@json_option
+def data_inspect(path: Path, lenient: bool, report: Path | None, as_json: bool) -> None:
+    """Items, users, sequence lengths, missing text and SID collisions of a dataset."""
+    from synth.loaders import load_dataset
+    from synth.summary import summarize
+
+    ds = load_dataset(path, lenient=lenient)
+    payload = summarize(ds)
+    payload["rejects_file"] = save_rejects(ds.rejects, report, Path("recot-rejects.csv"))
+    emit(payload, as_json, f"dataset {ds.name}")
+
+
+@click.group()
+def sid() -> None:
+    """Build semantic IDs and convert them between dialects."""
+
+
+@sid.command("build")
+@click.argument("path", type=click.Path(exists=True, path_type=Path))
+@click.option("--out", type=click.Path(path_type=Path), required=True, help="Output folder (replaced atomically).")
+@click.option("--config", type=click.Path(exists=True, path_type=Path), help="RQ-KMeans settings (TOML/YAML).")
+@click.option("--levels", type=int)
+@click.option("--codebook-size", type=int)
+@click.option("--balanced/--no-balanced", default=None)
+@click.option("--collisions", type=click.Choice(["extra_level", "reassign", "none"]))
+@click.option("--iterations", type=int)
+@click.option("--seed", type=int)
+@click.option("--embeddings", type=click.Path(exists=True, path_type=Path), help=".npy (catalog order) or .parquet (item_id, embedding).")
+@click.option("--model", help="sentence-transformers model path; default: the bundled all-MiniLM-L6-v2.")
+@click.option("--fields", default="title,brand", show_default=True, help="Item fields embedded, comma-separated.")
+@click.option("--dialect", "dialect_example", help="Write SIDs like this example, e.g. '<s_a_0><s_b_0>'.")
+@lenient_option
+@report_option
+@json_option
+def sid_build(path: Path, out: Path, config: Path | None, levels: int | None, codebook_size: int | None,
+              balanced: bool | None, collisions: str | None, iterations: int | None, seed: int | None,
+              embeddings: Path | None, model: str | None, fields: str, dialect_example: str | None,
+              lenient: bool, report: Path | None, as_json: bool) -> None:
+    """RQ-KMeans SIDs for a dataset's catalog, with a codebook and collision report."""
+    from synth.config import load_config
+    from synth.embeddings import embed_texts, load_embeddings
+    from synth.loaders import load_dataset
+    from synth.sid_builder import RQKMeansConfig, build_sids
+    from synth.sid_files import write_sid_build
+
+    settings = load_config(RQKMeansConfig, config, dict(
+        levels=levels, codebook_size=codebook_size, balanced=balanced, collisions=collisions,
+        iterations=iterations, seed=seed))
+    ds = load_dataset(path, lenient=lenient)
+    catalog = ds.catalog
+    ids = catalog.items["item_id"]
+    if embeddings:
+        vectors = load_embeddings(embeddings, ids)
+    else:
+        console.print(f"embedding {len(catalog)} items ({fields}) with {model or 'all-MiniLM-L6-v2 (bundled)'}")
+        vectors = embed_texts(catalog.text(fields.split(",")).to_list(), model, progress=not as_json)
+    try:
+        built = build_sids(vectors, settings)
+    except ValueError as exc:
+        raise DataError(path, str(exc), "lower --codebook-size or add items") from None
+    if built.report["collisions_after"]["collision_groups"]:
+        console.print(f"[yellow]warning: {built.report['collisions_after']['items_in_collisions']} items still share "
+                      "a SID (a prefix ran out of codes); use --collisions extra_level or a larger --codebook-size[/]")
+    dialect = SidDialect.detect(dialect_example) if dialect_example else catalog.dialect
+    write_sid_build(out, catalog.with_sids(ids.to_list(), built.codes, dialect), built.report)
+    payload = {"out": str(out), **{k: built.report[k] for k in ("items", "sid_levels", "collisions_before", "collisions_after")},
+               "codes_used_per_level": [lvl["codes_used"] for lvl in built.report["levels"]],
+               "rejects_file": save_rejects(ds.rejects, report, out.parent / f"{out.name}-rejects.csv")}
+    emit(payload, as_json, "SID build")
+
+
+@sid.command("convert")
+@click.argument("source", type=click.Path(exists=True, path_type=Path))
+@click.option("--to", "example", required=True, help="An example SID in the target dialect, e.g. '<|sid_begin|><s_a_1><s_b_2><|sid_end|>'.")
+@click.option("--out", type=click.Path(path_type=Path), required=True)
+@click.option("--column", default="sid", show_default=True, help="SID column of a table file.")
+@lenient_option
+@report_option
+@json_option
+def sid_convert(source: Path, example: str, out: Path, column: str, lenient: bool, report: Path | None, as_json: bool) -> None:
+    """Rewrite a SID file (MiniOneRec sids.json, parquet, csv, jsonl) in another dialect."""
+    from synth.sid_files import convert_sid_file
+
+    count, rejects = convert_sid_file(source, out, SidDialect.detect(example), column, lenient)
+    payload = {"out": str(out), "converted": count, "rejects": rejects.height,
+               "rejects_file": save_rejects(rejects, report, out.with_name(out.stem + "-rejects.csv"))}
+    emit(payload, as_json, "SID convert")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,65 @@
+"""Errors for bad input, and the table of rejected records that lenient mode keeps.
+
+Every loader checks its input in bulk and produces *rejects*: one row per bad record with the
+file, where in it, the record id, a reason code and a human detail. In strict mode (the default)
+any reject raises :class:`DataError` naming the first ones and the fix; with ``lenient=True`` the
+rejects are returned next to the good data so nothing is lost silently.
+"""
+
+from __future__ import annotations
+
+import polars as pl
+
+REJECT_SCHEMA = {
+    "file": pl.Utf8,
+    "location": pl.Utf8,
+    "record": pl.Utf8,
+    "reason": pl.Utf8,
+    "detail": pl.Utf8,
+}
+
+
+class DataError(ValueError):
+    """Input that cannot be used as it is. The message names the file, the record and the fix."""
+
+    def __init__(self, file: str, problem: str, fix: str, location: str | None = None) -> None:
+        self.file, self.problem, self.fix, self.location = str(file), problem, fix, location
+        where = f"{self.file}, {location}" if location else self.file
+        super().__init__(f"{where}: {problem}\n  fix: {fix}")
+
+
+def empty_rejects() -> pl.DataFrame:
+    return pl.DataFrame(schema=REJECT_SCHEMA)
+
+
+def rejects_from(bad: pl.DataFrame, file: str, details: dict[str, str]) -> pl.DataFrame:
+    """Rejects from flagged rows carrying ``_loc``, ``_record`` and a ``_reason`` code.
+
+    ``details`` maps each reason code to the sentence a user reads.
+    """
+    return bad.select(
+        file=pl.lit(str(file)),
+        location=pl.col("_loc").cast(pl.Utf8),
+        record=pl.col("_record").cast(pl.Utf8).fill_null(""),
+        reason=pl.col("_reason"),
+        detail=pl.col("_reason").replace_strict(details, default=pl.col("_reason"), return_dtype=pl.Utf8),
+    )
+
+
+def settle(rejects: pl.DataFrame, lenient: bool, fix: str) -> pl.DataFrame:
+    """Raise on the first rejects unless lenient; return them otherwise.
+
+    The error shows up to three examples and the total, so a user fixing a file sees the
+    pattern rather than one row at a time.
+    """
+    if lenient or rejects.is_empty():
+        return rejects
+    first = rejects.row(0, named=True)
+    examples = rejects.head(3).iter_rows(named=True)
+    lines = [f"{r['location']} (record {r['record']!r}): {r['detail']}" for r in examples]
+    more = f" ({rejects.height} bad records in all)" if rejects.height > 1 else ""
+    raise DataError(
+        first["file"],
+        f"{first['reason']}{more}:\n    " + "\n    ".join(lines),
+        f"{fix}; or pass --lenient (lenient=True) to skip such records and get a report of them",
+    )

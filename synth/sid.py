@@ -1,0 +1,100 @@
+"""Semantic IDs: parse and format between dialects, validate against a catalog.
+
+A SID is a tuple of integer codes, one per level. Its text form differs between projects:
+``<a_12><b_3><c_77>``, ``<s_a_12><s_b_3><s_c_77>``, any number of levels, optionally wrapped in
+``<|sid_begin|>...<|sid_end|>``. recot stores codes as integers and formats them only at the
+edges, so a catalog built in one dialect can train a model that uses another.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import polars as pl
+
+LEVEL_LETTERS = "abcdefghijklmnopqrstuvwxyz"
+_TOKEN = re.compile(r"<([a-z0-9_]*?)([a-z])_(\d+)>")
+_WRAPPED = re.compile(r"^(<\|[^<>|]+\|>)?((?:<[a-z0-9_]+>)+)(<\|[^<>|]+\|>)?$")
+SID_FORM = (
+    "one token per level in order, e.g. <a_12><b_3><c_77> or <s_a_12><s_b_3><s_c_77>, "
+    "optionally wrapped as <|sid_begin|>...<|sid_end|>"
+)
+
+
+class SidError(ValueError):
+    """A SID string that does not parse. The message quotes it and shows the expected form."""
+
+
+@dataclass(frozen=True)
+class SidDialect:
+    """How SID codes are written as tokens.
+
+    ``prefix`` goes before the level letter (``"s_"`` gives ``<s_a_12>``); ``begin``/``end`` wrap
+    the whole SID when set.
+    """
+
+    prefix: str = ""
+    begin: str | None = None
+    end: str | None = None
+
+    def __post_init__(self) -> None:
+        if (self.begin is None) != (self.end is None):
+            raise SidError("a dialect sets both begin and end markers or neither")
+
+    def token(self, level: int, code: int) -> str:
+        return f"<{self.prefix}{LEVEL_LETTERS[level]}_{code}>"
+
+    def format(self, codes: Sequence[int]) -> str:
+        body = "".join(self.token(level, int(code)) for level, code in enumerate(codes))
+        return f"{self.begin}{body}{self.end}" if self.begin else body
+
+    def parse(self, text: str) -> tuple[int, ...]:
+        """Codes of ``text``, which must be written in this dialect."""
+        codes, dialect = parse_sid(text)
+        if dialect != self:
+            raise SidError(f"SID {text!r} is in dialect {dialect} but {self} was expected")
+        return codes
+
+    def tokens(self, codebook_sizes: Sequence[int]) -> list[str]:
+        """Every token a model needs for SIDs of this shape, begin/end markers included."""
+        out = [self.token(level, code) for level, size in enumerate(codebook_sizes) for code in range(size)]
+        return out + [self.begin, self.end] if self.begin and self.end else out
+
+    def format_column(self, codes: pl.Expr, levels: int) -> pl.Expr:
+        """Vectorised :meth:`format` over a list-of-int column with ``levels`` codes per row."""
+        parts: list[pl.Expr] = [pl.lit(self.begin)] if self.begin else []
+        for level in range(levels):
+            parts += [pl.lit(f"<{self.prefix}{LEVEL_LETTERS[level]}_"), codes.list.get(level).cast(pl.Utf8), pl.lit(">")]
+        if self.end:
+            parts.append(pl.lit(self.end))
+        return pl.concat_str(parts)
+
+    @classmethod
+    def detect(cls, example: str) -> SidDialect:
+        """The dialect an example SID is written in."""
+        return parse_sid(example)[1]
+
+
+DEFAULT_DIALECT = SidDialect()
+
+
+def parse_sid(text: str) -> tuple[tuple[int, ...], SidDialect]:
+    """Codes and dialect of a SID in any dialect; :class:`SidError` names what is wrong."""
+    match = _WRAPPED.match(text.strip())
+    if match is None:
+        raise SidError(f"malformed SID {text!r}: expected {SID_FORM}")
+    begin, body, end = match.groups()
+    if (begin is None) != (end is None):
+        raise SidError(f"malformed SID {text!r}: a begin marker needs an end marker and vice versa")
+    tokens = _TOKEN.findall(body)
+    if "".join(f"<{p}{lvl}_{c}>" for p, lvl, c in tokens) != body:
+        raise SidError(f"malformed SID {text!r}: expected {SID_FORM}")
+    prefixes = {p for p, _, _ in tokens}
+    if len(prefixes) != 1:
+        raise SidError(f"malformed SID {text!r}: tokens mix prefixes {sorted(prefixes)}")
+    letters = "".join(lvl for _, lvl, _ in tokens)
+    if letters != LEVEL_LETTERS[: len(letters)]:
+        raise SidError(f"malformed SID {text!r}: levels must run a, b, c, ... in order, got {', '.join(letters)}")
+    return tuple(int(c) for _, _, c in tokens), SidDialect(prefixes.pop(), begin, end)

@@ -1,0 +1,75 @@
+"""The recot command line, run as a user runs it."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import polars as pl
+
+RECOT = [sys.executable, "-m", "synth.cli"]
+
+
+def recot(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess:
+    return subprocess.run([*RECOT, *args], capture_output=True, text=True, cwd=cwd)
+
+
+def test_inspect_json(sample_path):
+    out = recot("data", "inspect", str(sample_path), "--json")
+    assert out.returncode == 0, out.stderr
+    report = json.loads(out.stdout)
+    assert report["items"] == 1296 and report["users"] == 300
+    assert report["sids"]["levels"] == 3 and report["rejects"] == {}
+
+
+def test_sid_build_from_real_embeddings_then_convert(sample_path, tmp_path):
+    out_dir = tmp_path / "sids"
+    built = recot("sid", "build", str(sample_path), "--out", str(out_dir), "--codebook-size", "64", "--json")
+    assert built.returncode == 0, built.stderr
+    report = json.loads(built.stdout)
+    assert report["collisions_after"]["collision_rate"] == 0
+    table = pl.read_parquet(out_dir / "sids.parquet")
+    assert table.height == 1296 and table["sid"].n_unique() == 1296
+    assert json.loads((out_dir / "report.json").read_text())["config"]["codebook_size"] == 64
+
+    wrapped = tmp_path / "wrapped.parquet"
+    conv = recot("sid", "convert", str(out_dir / "sids.parquet"), "--to", "<|sid_begin|><s_a_0><|sid_end|>",
+                 "--out", str(wrapped), "--json")
+    assert conv.returncode == 0, conv.stderr
+    new = pl.read_parquet(wrapped)
+    assert new["sid"][0].startswith("<|sid_begin|><s_a_") and new["sid"][0].endswith("<|sid_end|>")
+    back = tmp_path / "sids-s.json"
+    assert recot("sid", "convert", str(out_dir / "sids.json"), "--to", "<s_a_1>", "--out", str(back)).returncode == 0
+    tokens = json.loads(back.read_text())
+    assert all(t.startswith("<s_") for t in next(iter(tokens.values())))
+
+
+def test_sid_build_from_embedding_file_is_deterministic(sample_path, tmp_path):
+    vectors = np.random.default_rng(1).normal(size=(1296, 16)).astype(np.float32)
+    np.save(tmp_path / "emb.npy", vectors)
+    runs = []
+    for name in ("a", "b"):
+        res = recot("sid", "build", str(sample_path), "--out", str(tmp_path / name), "--embeddings",
+                    str(tmp_path / "emb.npy"), "--codebook-size", "16", "--collisions", "reassign", "--json")
+        assert res.returncode == 0, res.stderr
+        runs.append(pl.read_parquet(tmp_path / name / "sids.parquet"))
+    assert runs[0].equals(runs[1])
+
+
+def test_bad_input_exits_2_with_fix_and_writes_nothing(tmp_path):
+    (tmp_path / "items.csv").write_text("item_id,title,sid\n1,a,<a_1><b_2>\n2,b,<a_1><c_9>\n")
+    (tmp_path / "events.csv").write_text("user_id,item_id,ts\nu,1,1\n")
+    (tmp_path / "ds.yaml").write_text("items: {path: items.csv}\ninteractions: {path: events.csv}\n")
+    out = recot("sid", "build", str(tmp_path / "ds.yaml"), "--out", str(tmp_path / "o"), "--codebook-size", "2")
+    assert out.returncode == 2
+    assert "items.csv" in out.stderr and "line 3" in out.stderr
+    assert "malformed_sid" in out.stderr and "fix:" in out.stderr
+    assert not (tmp_path / "o").exists()
+    lenient = recot("data", "inspect", str(tmp_path / "ds.yaml"), "--lenient", "--report",
+                    str(tmp_path / "rejects.csv"), "--json")
+    assert lenient.returncode == 0, lenient.stderr
+    rejects = pl.read_csv(tmp_path / "rejects.csv", infer_schema=False)
+    assert rejects["reason"].to_list() == ["malformed_sid"] and rejects["record"].to_list() == ["2"]

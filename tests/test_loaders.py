@@ -1,0 +1,146 @@
+"""Loaders on real data and on generic tables, with every kind of bad input."""
+
+from __future__ import annotations
+
+import ast
+import csv
+import json
+import shutil
+from pathlib import Path
+
+import polars as pl
+import pytest
+
+from synth.errors import DataError
+from synth.loaders import TableSource, load_dataset, load_items, scan_interactions
+from synth.splits import temporal
+
+
+def _csv_windows(path: Path) -> list[tuple[str, tuple[str, ...], str]]:
+    with path.open(encoding="utf-8") as fh:
+        return sorted((r["user_id"], tuple(str(i) for i in ast.literal_eval(r["history_item_id"])), r["item_id"])
+                      for r in csv.DictReader(fh))
+
+
+@pytest.mark.parametrize("which", ["sample", "full"])
+def test_windows_rebuild_sequences_that_reproduce_every_row(which, sample_path, request):
+    root = sample_path if which == "sample" else request.getfixturevalue("full_path")
+    ds = load_dataset(root)
+    assert ds.rejects.is_empty()
+    seqs = ds.sequences().collect()
+    # No event is duplicated by overlapping windows: each sequence has one item per position.
+    assert seqs["length"].sum() == ds.interactions.collect().height
+    split = temporal(ds.sequences(), ds.boundaries["valid_start"], ds.boundaries["test_start"])
+    for part in ("valid", "test"):
+        got = sorted((u, tuple(h), t) for u, h, t in
+                     split.part(part).select("user_id", "history", "target").collect().iter_rows())
+        assert got == _csv_windows(root / f"{part}.csv")
+
+
+def test_full_set_counts(full_path):
+    ds = load_dataset(full_path)
+    assert len(ds.catalog) == 3686
+    seqs = ds.sequences().collect()
+    assert seqs.height == 3285  # 2,011 valid users + 1,987 test users - 713 in both
+
+
+def _copy_sample(sample_path: Path, tmp_path: Path) -> Path:
+    root = tmp_path / "ds"
+    shutil.copytree(sample_path, root)
+    return root
+
+
+def test_unknown_item_in_windows_named_and_lenient_keeps_the_rest(sample_path, tmp_path):
+    root = _copy_sample(sample_path, tmp_path)
+    lines = (root / "valid.csv").read_text(encoding="utf-8").splitlines()
+    header = lines[0].split(",")
+    first = next(csv.DictReader([lines[0], lines[1]]))
+    first["item_id"] = "999999"
+    with (root / "valid.csv").open("w", encoding="utf-8", newline="") as fh:
+        writer = csv.DictWriter(fh, header)
+        writer.writeheader()
+        writer.writerow(first)
+        fh.write("\n".join(lines[2:]) + "\n")
+    with pytest.raises(DataError) as err:
+        load_dataset(root)
+    message = str(err.value)
+    assert "valid.csv" in message and "line 2" in message and "999999" in message and "--lenient" in message
+    ds = load_dataset(root, lenient=True)
+    assert ds.rejects["reason"].to_list() == ["unknown_item"]
+    assert ds.interactions.collect().height > 0
+
+
+def test_malformed_and_duplicate_items(sample_path, tmp_path):
+    root = _copy_sample(sample_path, tmp_path)
+    sids = json.loads((root / "sids.json").read_text())
+    bad_id = next(iter(sids))
+    sids[bad_id] = ["<a_1>", "<c_2>"]
+    (root / "sids.json").write_text(json.dumps(sids))
+    with pytest.raises(DataError, match=r"sids.json.*malformed_sid[\s\S]*levels must run"):
+        load_dataset(root)
+    (root / "items.json").write_text("{}")
+    with pytest.raises(DataError, match="items.json: expected a non-empty JSON object"):
+        load_dataset(root)
+
+
+def test_empty_and_non_utf8_files(tmp_path):
+    items = tmp_path / "items.csv"
+    items.write_bytes(b"")
+    with pytest.raises(DataError, match="items.csv: the file is empty"):
+        load_items(TableSource(path=items))
+    items.write_bytes(b"item_id,title\n1,ok\n2,caf\xe9 latin-1\n")
+    with pytest.raises(DataError) as err:
+        load_items(TableSource(path=items))
+    assert "line 3" in str(err.value) and "UTF-8" in str(err.value) and "iconv" in str(err.value)
+    catalog, rejects = load_items(TableSource(path=items), lenient=True)
+    assert catalog.items["item_id"].to_list() == ["1"]
+    assert rejects.select("location", "reason").row(0) == ("line 3", "non_utf8")
+
+
+def test_generic_tables_with_column_mapping(tmp_path):
+    pl.DataFrame({
+        "asin": ["i1", "i2", "i3"], "name": ["Drill", "Bits", "Saw"], "maker": ["A", "A", "B"],
+        "cats": ["tools|power", "tools", ""], "code": ["<s_a_1><s_b_2>", "<s_a_1><s_b_3>", "<s_a_2><s_b_2>"],
+    }).write_parquet(tmp_path / "items.parquet")
+    (tmp_path / "events.jsonl").write_text("\n".join(json.dumps(r) for r in [
+        {"uid": "u1", "asin": "i2", "time": "2024-01-02T00:00:00"},
+        {"uid": "u1", "asin": "i1", "time": "2024-01-01T00:00:00"},
+        {"uid": "u1", "asin": "i3", "time": "2024-01-03T00:00:00"},
+        {"uid": "u2", "asin": "i3", "time": "2024-01-01T00:00:00"},
+    ]))
+    (tmp_path / "ds.toml").write_text(
+        '[items]\npath = "items.parquet"\ncolumns = { item_id = "asin", title = "name", brand = "maker", '
+        'categories = "cats", sid = "code" }\n'
+        '[interactions]\npath = "events.jsonl"\ncolumns = { user_id = "uid", item_id = "asin", ts = "time" }\n'
+    )
+    ds = load_dataset(tmp_path / "ds.toml")
+    assert ds.catalog.dialect.prefix == "s_" and ds.catalog.levels == 2
+    assert ds.catalog.items["categories"][0].to_list() == ["tools", "power"]
+    seqs = ds.sequences().collect()
+    assert seqs.filter(pl.col("user_id") == "u1")["items"][0].to_list() == ["i1", "i2", "i3"]
+
+
+def test_missing_column_names_the_fix(tmp_path):
+    pl.DataFrame({"id": ["1"], "title": ["x"]}).write_csv(tmp_path / "items.csv")
+    with pytest.raises(DataError) as err:
+        load_items(TableSource(path=tmp_path / "items.csv"))
+    message = str(err.value)
+    assert "items.csv" in message and "missing column 'item_id'" in message and "columns = { item_id" in message
+
+
+def test_interactions_bad_rows(tmp_path):
+    pl.DataFrame({"item_id": ["a", "b"], "title": ["A", "B"]}).write_csv(tmp_path / "items.csv")
+    catalog, _ = load_items(TableSource(path=tmp_path / "items.csv"))
+    (tmp_path / "events.csv").write_text("user_id,item_id,ts\nu1,a,10\nu1,zzz,11\nu2,b,not-a-time\nu2,a,12\n")
+    source = TableSource(path=tmp_path / "events.csv")
+    with pytest.raises(DataError, match=r"events.csv: unknown_item \(2 bad records in all\)[\s\S]*line 3"):
+        scan_interactions(source, catalog.items["item_id"])
+    good, rejects = scan_interactions(source, catalog.items["item_id"], lenient=True)
+    assert good.collect().height == 2
+    assert sorted(rejects["reason"].to_list()) == ["bad_timestamp", "unknown_item"]
+
+
+def test_duplicate_item_ids(tmp_path):
+    (tmp_path / "items.csv").write_text("item_id,title\n1,a\n2,b\n1,c\n")
+    with pytest.raises(DataError, match=r"duplicate_item_id[\s\S]*line 2[\s\S]*line 4"):
+        load_items(TableSource(path=tmp_path / "items.csv"))
