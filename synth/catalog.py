@@ -133,7 +133,7 @@ def validate_items(frame: pl.DataFrame, file: str, location: pl.Expr) -> tuple[p
         .then(pl.lit("missing_item_id"))
         .when(pl.col("item_id").is_duplicated())
         .then(pl.lit("duplicate_item_id"))
-        .when(pl.col("title").fill_null("").str.contains("\ufffd", literal=True))
+        .when(pl.concat_str("title", "description", "brand", ignore_nulls=True).str.contains("\ufffd", literal=True))
         .then(pl.lit("non_utf8"))
         .when(pl.col("sid").is_not_null() & (pl.col("sid").list.len() != (expected or 0)))
         .then(pl.lit("sid_level_mismatch")),
@@ -142,7 +142,7 @@ def validate_items(frame: pl.DataFrame, file: str, location: pl.Expr) -> tuple[p
     details = {
         "missing_item_id": "the item has no id",
         "duplicate_item_id": "this item id appears more than once in the catalog",
-        "non_utf8": "the title holds bytes that are not UTF-8",
+        "non_utf8": "the title, description or brand holds bytes that are not UTF-8",
         "sid_level_mismatch": f"the SID has a different number of levels than most items ({expected})",
     }
     rejects = rejects_from(bad.with_columns(_record=pl.col("item_id")), file, details)

@@ -19,7 +19,7 @@ from synth.catalog import ITEM_SCHEMA, Catalog, validate_items
 from synth.config import load_config
 from synth.errors import DataError, empty_rejects, rejects_from, settle
 from synth.io import read_json_object, row_location, scan_table
-from synth.sid import DEFAULT_DIALECT, SidError, parse_sid
+from synth.sid import DEFAULT_DIALECT, SidDialect, SidError, parse_sid
 
 ITEM_REQUIRED = ("item_id", "title")
 INTERACTION_REQUIRED = ("user_id", "item_id", "ts")
@@ -116,25 +116,29 @@ def load_items(source: TableSource, lenient: bool = False) -> tuple[Catalog, pl.
     frame = raw.with_columns(
         [pl.lit(None, dtype=dt).alias(c) for c, dt in ITEM_SCHEMA.items() if c not in raw.columns]
     ).with_columns([pl.col(c).cast(dt) for c, dt in ITEM_SCHEMA.items()])
-    good, rejects = validate_items(frame.with_columns(pl.col("_row")), str(source.path), row_location(source.path))
+    good, rejects = validate_items(frame, str(source.path), row_location(source.path))
     rejects = settle(pl.concat([sid_rejects, rejects]), lenient, "fix or remove the listed item rows")
     if good.is_empty():
         raise DataError(source.path, "no usable items", "check the column mapping and the file's content")
     return Catalog(good, dialect), rejects
 
 
-def _parse_sid_column(raw: pl.DataFrame, path: Path, location: pl.Expr) -> tuple[pl.DataFrame, pl.DataFrame, object]:
+def _parse_sid_column(raw: pl.DataFrame, path: Path, location: pl.Expr) -> tuple[pl.DataFrame, pl.DataFrame, SidDialect]:
     """Parse SID text per item; malformed ones become rejects and their rows leave the catalog."""
-    codes, errors, dialects = [], [], []
+    codes: list[list[int] | None] = []
+    errors: list[str | None] = []
+    dialects: list[SidDialect] = []
     for text in raw["sid"].to_list():
-        if text is None or text == "":
-            codes.append(None), errors.append(None)
-            continue
-        try:
-            parsed, dialect = parse_sid(text)
-            codes.append(list(parsed)), errors.append(None), dialects.append(dialect)
-        except SidError as exc:
-            codes.append(None), errors.append(str(exc))
+        parsed, error = None, None
+        if text:
+            try:
+                found, dialect = parse_sid(text)
+                parsed = list(found)
+                dialects.append(dialect)
+            except SidError as exc:
+                error = str(exc)
+        codes.append(parsed)
+        errors.append(error)
     flagged = raw.with_columns(
         _sid=pl.Series(codes, dtype=pl.List(pl.Int32)), _err=pl.Series(errors, dtype=pl.Utf8), _loc=location
     )

@@ -56,12 +56,16 @@ def convert_sid_file(source: Path, target: Path, to: SidDialect, column: str = "
     frame = scan_table(source).collect()
     if column not in frame.columns:
         raise DataError(source, f"no column {column!r}; the file has {frame.columns}", "pass --column NAME")
-    converted, errors = [], []
+    converted: list[str | None] = []
+    errors: list[str | None] = []
     for text in frame[column].to_list():
+        new, error = None, None
         try:
-            converted.append(to.format(_codes(text))), errors.append(None)
+            new = to.format(_codes(text))
         except SidError as exc:
-            converted.append(None), errors.append(str(exc))
+            error = str(exc)
+        converted.append(new)
+        errors.append(error)
     flagged = frame.with_columns(_new=pl.Series(converted, dtype=pl.Utf8), _err=pl.Series(errors, dtype=pl.Utf8))
     bad = flagged.filter(pl.col("_err").is_not_null()).select(
         file=pl.lit(str(source)), location=row_location(source), record=pl.col(column).cast(pl.Utf8).fill_null(""),
