@@ -1,0 +1,1 @@
+"""Bundled Jinja prompt templates (package data), one per task; see synth.prompts."""

@@ -1,0 +1,86 @@
+"""Output schemas the teacher must follow, one pydantic model per task.
+
+Persona prototypes are configurable per domain, so the R3 schema is built for a prototype list:
+the teacher's structured output (vLLM structured outputs, OpenAI json_schema) can then only name
+a listed prototype.
+"""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, create_model
+
+ECOMMERCE_PERSONAS: tuple[str, ...] = (
+    "family-oriented", "bargain hunter", "hobbyist maker", "professional buyer", "home improver",
+    "tech enthusiast", "brand loyalist", "quality seeker", "bulk stocker", "gift giver",
+    "outdoor adventurer", "health-conscious", "fashion follower", "pet owner", "student",
+    "new homeowner", "eco-conscious", "collector", "small business owner", "impulse browser",
+)
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class ItemCaption(Strict):
+    """R0: a caption grounded in the item's own text, and the attributes it states."""
+
+    caption: str = Field(min_length=1, max_length=600)
+    attributes: dict[str, str] = Field(default_factory=dict)
+
+
+class ItemRelation(Strict):
+    """R1: how a second item relates to a first, judged by the teacher."""
+
+    relation: Literal["complement", "substitute", "same_interest", "unrelated"]
+    rationale: str = Field(min_length=1, max_length=400)
+
+
+class Interest(Strict):
+    """One interest hypothesis, grounded in history positions (1-based, as numbered in the prompt)."""
+
+    name: str = Field(min_length=1, max_length=80)
+    evidence: list[int] = Field(min_length=1)
+
+
+class InterestExpansion(Strict):
+    """R2: a narrow set of next-interest hypotheses (1-5 worked best in OneReason)."""
+
+    interests: list[Interest] = Field(min_length=1, max_length=5)
+
+
+class Transition(Strict):
+    """From the recent behaviour to what comes next, and which hypothesis it follows (1-based)."""
+
+    recent: str = Field(min_length=1, max_length=300)
+    follows: int = Field(ge=1, le=5)
+    reasoning: str = Field(min_length=1, max_length=400)
+
+
+class JudgeScore(Strict):
+    """An LLM judge's score of one trace."""
+
+    score: int = Field(ge=1, le=5)
+    faithful: bool
+    reason: str = Field(min_length=1, max_length=300)
+
+
+@lru_cache(maxsize=32)
+def cot_trace_model(personas: tuple[str, ...] = ECOMMERCE_PERSONAS) -> type[BaseModel]:
+    """R3 trace schema for a persona list: persona, interests, transition, then the answer."""
+    if not personas:
+        raise ValueError("a persona list needs at least one prototype")
+    persona = create_model(
+        "Persona", __base__=Strict,
+        prototype=(Literal[personas], ...),  # type: ignore[valid-type]
+        evidence=(str, Field(min_length=1, max_length=300)),
+    )
+    return create_model(
+        "CotTrace", __base__=Strict,
+        persona=(persona, ...),
+        interests=(list[Interest], Field(min_length=1, max_length=5)),
+        transition=(Transition, ...),
+        answer=(str, Field(min_length=1, description="the predicted next item's SID")),
+    )
