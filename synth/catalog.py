@@ -59,8 +59,10 @@ class Catalog:
 
     def sid_text(self, dialect: SidDialect | None = None) -> pl.Series:
         """Each item's SID as text in ``dialect`` (the catalog's own by default)."""
+        if self.levels is None:
+            return pl.Series("sid_text", [None] * len(self), dtype=pl.Utf8)
         dialect = dialect or self.dialect
-        return self.items.select(dialect.format_column(pl.col("sid"), self.levels or 0).alias("sid_text")).to_series()
+        return self.items.select(dialect.format_column(pl.col("sid"), self.levels).alias("sid_text")).to_series()
 
     def collisions(self) -> pl.DataFrame:
         """SIDs shared by more than one item: ``sid_text``, ``item_ids``, ``n``."""

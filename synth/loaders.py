@@ -67,7 +67,7 @@ def load_dataset(path: str | Path, lenient: bool = False) -> Dataset:
         return load_minionerec(path, lenient)
     if path.suffix in {".toml", ".yaml", ".yml"}:
         config = load_config(DatasetConfig, path)
-        return load_from_config(config, path.parent, lenient)
+        return load_from_config(config.model_copy(update={"name": config.name or path.stem}), path.parent, lenient)
     raise DataError(path, "not a dataset", "pass a MiniOneRec folder (items.json, sids.json, *.csv) or a dataset config file")
 
 
@@ -77,7 +77,7 @@ def load_from_config(config: DatasetConfig, base_dir: Path, lenient: bool = Fals
     catalog, item_rejects = load_items(items_src, lenient)
     interactions, event_rejects = scan_interactions(events_src, catalog.items["item_id"], lenient)
     bounds = {k: v for k, v in (("valid_start", config.valid_start), ("test_start", config.test_start)) if v is not None}
-    return Dataset(config.name or Path(config.items.path).stem, catalog, interactions,
+    return Dataset(config.name or "dataset", catalog, interactions,
                    pl.concat([item_rejects, event_rejects]), "epoch_seconds", bounds)
 
 

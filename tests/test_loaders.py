@@ -120,6 +120,17 @@ def test_generic_tables_with_column_mapping(tmp_path):
     assert seqs.filter(pl.col("user_id") == "u1")["items"][0].to_list() == ["i1", "i2", "i3"]
 
 
+def test_catalog_without_sids_inspects(tmp_path):
+    from synth.summary import summarize
+
+    (tmp_path / "items.csv").write_text("item_id,title\n1,a\n2,b\n")
+    (tmp_path / "events.csv").write_text("user_id,item_id,ts\nu,1,1\nu,2,2\n")
+    (tmp_path / "ds.toml").write_text('items = { path = "items.csv" }\ninteractions = { path = "events.csv" }\n')
+    report = summarize(load_dataset(tmp_path / "ds.toml"))
+    assert report["sids"]["levels"] is None and report["sids"]["items_with_sid"] == 0
+    assert report["users"] == 1 and report["interactions"] == 2
+
+
 def test_missing_column_names_the_fix(tmp_path):
     pl.DataFrame({"id": ["1"], "title": ["x"]}).write_csv(tmp_path / "items.csv")
     with pytest.raises(DataError) as err:
