@@ -9,7 +9,7 @@ import numpy as np
 import polars as pl
 
 from synth.errors import rejects_from
-from synth.sid import DEFAULT_DIALECT, SidDialect, SidError, parse_sid
+from synth.sid import DEFAULT_DIALECT, SidDialect, parse_sid_values
 
 ITEM_SCHEMA: dict[str, pl.DataType] = {
     "item_id": pl.Utf8(),
@@ -59,10 +59,11 @@ class Catalog:
 
     def sid_text(self, dialect: SidDialect | None = None) -> pl.Series:
         """Each item's SID as text in ``dialect`` (the catalog's own by default)."""
-        if self.levels is None:
+        levels = self.levels
+        if levels is None:
             return pl.Series("sid_text", [None] * len(self), dtype=pl.Utf8)
         dialect = dialect or self.dialect
-        return self.items.select(dialect.format_column(pl.col("sid"), self.levels).alias("sid_text")).to_series()
+        return self.items.select(dialect.format_column(pl.col("sid"), levels).alias("sid_text")).to_series()
 
     def collisions(self) -> pl.DataFrame:
         """SIDs shared by more than one item: ``sid_text``, ``item_ids``, ``n``."""
@@ -90,14 +91,9 @@ class Catalog:
 
     def lookup(self, sids: Iterable[str]) -> pl.DataFrame:
         """Validate SID strings against the catalog: ``text``, ``status`` (ok/malformed/unknown), ``item_ids``."""
-        rows = []
-        for text in sids:
-            try:
-                codes, _ = parse_sid(text)
-                rows.append({"text": text, "codes": list(codes), "error": None})
-            except SidError as exc:
-                rows.append({"text": text, "codes": None, "error": str(exc)})
-        asked = pl.DataFrame(rows, schema={"text": pl.Utf8, "codes": pl.List(pl.Int32), "error": pl.Utf8})
+        texts = list(sids)
+        parsed = parse_sid_values(texts, empty_is_error=True)
+        asked = pl.DataFrame({"text": pl.Series(texts, dtype=pl.Utf8), "codes": parsed.codes, "error": parsed.errors})
         known = self.items.group_by("sid").agg(item_ids=pl.col("item_id").sort()).rename({"sid": "codes"})
         return asked.join(known, on="codes", how="left", maintain_order="left").with_columns(
             status=pl.when(pl.col("error").is_not_null())

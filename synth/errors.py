@@ -35,14 +35,16 @@ def empty_rejects() -> pl.DataFrame:
 def rejects_from(bad: pl.DataFrame, file: str, details: dict[str, str]) -> pl.DataFrame:
     """Rejects from flagged rows carrying ``_loc``, ``_record`` and a ``_reason`` code.
 
-    ``details`` maps each reason code to the sentence a user reads.
+    ``details`` maps each reason code to the sentence a user reads; a ``_detail`` column, where
+    present and set, says it per row instead (e.g. the parser's own message).
     """
+    mapped = pl.col("_reason").replace_strict(details, default=pl.col("_reason"), return_dtype=pl.Utf8)
     return bad.select(
         file=pl.lit(str(file)),
         location=pl.col("_loc").cast(pl.Utf8),
         record=pl.col("_record").cast(pl.Utf8).fill_null(""),
         reason=pl.col("_reason"),
-        detail=pl.col("_reason").replace_strict(details, default=pl.col("_reason"), return_dtype=pl.Utf8),
+        detail=pl.coalesce(pl.col("_detail"), mapped) if "_detail" in bad.columns else mapped,
     )
 
 

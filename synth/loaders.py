@@ -17,9 +17,9 @@ from pydantic import BaseModel, ConfigDict
 from synth.behaviours import INTERACTION_SCHEMA, PERIOD_SPAN, interactions_from_windows, sequences
 from synth.catalog import ITEM_SCHEMA, Catalog, validate_items
 from synth.config import load_config
-from synth.errors import DataError, empty_rejects, rejects_from, settle
+from synth.errors import REJECT_SCHEMA, DataError, empty_rejects, rejects_from, settle
 from synth.io import read_json_object, row_location, scan_table
-from synth.sid import DEFAULT_DIALECT, SidDialect, SidError, parse_sid
+from synth.sid import DEFAULT_DIALECT, SidDialect, parse_sid_values
 
 ITEM_REQUIRED = ("item_id", "title")
 INTERACTION_REQUIRED = ("user_id", "item_id", "ts")
@@ -125,29 +125,12 @@ def load_items(source: TableSource, lenient: bool = False) -> tuple[Catalog, pl.
 
 def _parse_sid_column(raw: pl.DataFrame, path: Path, location: pl.Expr) -> tuple[pl.DataFrame, pl.DataFrame, SidDialect]:
     """Parse SID text per item; malformed ones become rejects and their rows leave the catalog."""
-    codes: list[list[int] | None] = []
-    errors: list[str | None] = []
-    dialects: list[SidDialect] = []
-    for text in raw["sid"].to_list():
-        parsed, error = None, None
-        if text:
-            try:
-                found, dialect = parse_sid(text)
-                parsed = list(found)
-                dialects.append(dialect)
-            except SidError as exc:
-                error = str(exc)
-        codes.append(parsed)
-        errors.append(error)
-    flagged = raw.with_columns(
-        _sid=pl.Series(codes, dtype=pl.List(pl.Int32)), _err=pl.Series(errors, dtype=pl.Utf8), _loc=location
-    )
-    bad = flagged.filter(pl.col("_err").is_not_null())
-    rejects = bad.select(file=pl.lit(str(path)), location="_loc", record=pl.col("item_id").cast(pl.Utf8).fill_null(""),
-                         reason=pl.lit("malformed_sid"), detail="_err")
-    good = flagged.filter(pl.col("_err").is_null()).drop("sid", "_err", "_loc").rename({"_sid": "sid"})
-    dialect = max(set(dialects), key=dialects.count) if dialects else DEFAULT_DIALECT
-    return good, rejects, dialect
+    parsed = parse_sid_values(raw["sid"].to_list())
+    flagged = raw.with_columns(sid=parsed.codes, _detail=parsed.errors, _loc=location)
+    bad = flagged.filter(pl.col("_detail").is_not_null()).with_columns(
+        _record=pl.col("item_id"), _reason=pl.lit("malformed_sid"))
+    good = flagged.filter(pl.col("_detail").is_null()).drop("_detail", "_loc")
+    return good, rejects_from(bad, str(path), {}), parsed.dialect
 
 
 def scan_interactions(source: TableSource, item_ids: pl.Series, lenient: bool = False) -> tuple[pl.LazyFrame, pl.DataFrame]:
@@ -233,22 +216,15 @@ def _description_text(raw: object) -> str | None:
 
 def _minionerec_catalog(items_path: Path, sids_path: Path, lenient: bool) -> tuple[Catalog, pl.DataFrame]:
     items, sids = read_json_object(items_path), read_json_object(sids_path)
-    rows, problems, dialects = [], [], set()
-    for item_id, rec in items.items():
+    parsed = parse_sid_values([sids.get(item_id) for item_id in items])
+    rows, problems = [], []
+    for (item_id, rec), codes, error in zip(items.items(), parsed.codes, parsed.errors):
         if not isinstance(rec, dict):
             problems.append((items_path, item_id, "bad_record", "the item is not a JSON object"))
             continue
-        tokens = sids.get(item_id)
-        codes = None
-        if tokens is not None:
-            text = "".join(tokens) if isinstance(tokens, list) else str(tokens)
-            try:
-                parsed, dialect = parse_sid(text)
-                codes = list(parsed)
-                dialects.add(dialect)
-            except SidError as exc:
-                problems.append((sids_path, item_id, "malformed_sid", str(exc)))
-                continue
+        if error is not None:
+            problems.append((sids_path, item_id, "malformed_sid", error))
+            continue
         categories = rec.get("categories") or []
         rows.append({
             "item_id": str(item_id), "title": rec.get("title"), "description": _description_text(rec.get("description")),
@@ -260,15 +236,15 @@ def _minionerec_catalog(items_path: Path, sids_path: Path, lenient: bool) -> tup
                  for i in sids.keys() - items.keys()]
     bad = pl.DataFrame(
         [{"file": str(f), "location": f"record {i!r}", "record": str(i), "reason": r, "detail": d} for f, i, r, d in problems],
-        schema={"file": pl.Utf8, "location": pl.Utf8, "record": pl.Utf8, "reason": pl.Utf8, "detail": pl.Utf8},
+        schema=REJECT_SCHEMA,
     )
     frame = pl.DataFrame(rows, schema={**ITEM_SCHEMA, "_row": pl.Int64})
     good, rejects = validate_items(frame, str(items_path), pl.format("record '{}'", pl.col("item_id")))
     rejects = settle(pl.concat([bad, rejects]), lenient, "fix or remove the listed items")
-    if len(dialects) > 1:
-        raise DataError(sids_path, f"SIDs mix dialects {sorted(map(str, dialects))}",
+    if len(parsed.dialects) > 1:
+        raise DataError(sids_path, f"SIDs mix dialects {sorted(map(str, parsed.dialects))}",
                         "convert them to one dialect first (recot sid convert)")
-    return Catalog(good, dialects.pop() if dialects else DEFAULT_DIALECT), rejects
+    return Catalog(good, parsed.dialect), rejects
 
 
 def _minionerec_windows(path: Path, period: int, catalog: Catalog, lenient: bool) -> tuple[pl.DataFrame, pl.DataFrame]:

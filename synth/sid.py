@@ -9,7 +9,8 @@ edges, so a catalog built in one dialect can train a model that uses another.
 from __future__ import annotations
 
 import re
-from collections.abc import Sequence
+from collections import Counter
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
 import polars as pl
@@ -98,3 +99,46 @@ def parse_sid(text: str) -> tuple[tuple[int, ...], SidDialect]:
     if letters != LEVEL_LETTERS[: len(letters)]:
         raise SidError(f"malformed SID {text!r}: levels must run a, b, c, ... in order, got {', '.join(letters)}")
     return tuple(int(c) for _, _, c in tokens), SidDialect(prefixes.pop(), begin, end)
+
+
+@dataclass(frozen=True)
+class ParsedSids:
+    """A column of SIDs parsed at once: codes and errors align with the input values."""
+
+    codes: pl.Series  # list[int32]; null where the value was empty or malformed
+    errors: pl.Series  # the SidError text where the value was malformed, else null
+    dialects: Counter  # how many values were written in each dialect
+
+    @property
+    def dialect(self) -> SidDialect:
+        """The most common dialect (the default one when nothing parsed)."""
+        return self.dialects.most_common(1)[0][0] if self.dialects else DEFAULT_DIALECT
+
+
+def parse_sid_values(values: Iterable[str | list[str] | None], empty_is_error: bool = False) -> ParsedSids:
+    """Parse SIDs given as text or as token lists (MiniOneRec's sids.json).
+
+    None or "" means "no SID" (a catalog item may lack one) unless ``empty_is_error``, for inputs
+    where every value must be a SID.
+    """
+    codes: list[list[int] | None] = []
+    errors: list[str | None] = []
+    dialects: Counter = Counter()
+    for value in values:
+        parsed, error = None, None
+        if isinstance(value, list):
+            value = "".join(map(str, value))
+        if value is not None and not isinstance(value, str):
+            error = f"malformed SID {value!r}: expected text or a list of tokens"
+        elif not value:
+            error = f"malformed SID {value!r}: the SID is empty" if empty_is_error else None
+        else:
+            try:
+                found, dialect = parse_sid(value)
+                parsed = list(found)
+                dialects[dialect] += 1
+            except SidError as exc:
+                error = str(exc)
+        codes.append(parsed)
+        errors.append(error)
+    return ParsedSids(pl.Series(codes, dtype=pl.List(pl.Int32)), pl.Series(errors, dtype=pl.Utf8), dialects)

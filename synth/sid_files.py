@@ -8,9 +8,9 @@ from pathlib import Path
 import polars as pl
 
 from synth.catalog import Catalog
-from synth.errors import DataError, empty_rejects, settle
+from synth.errors import DataError, rejects_from, settle
 from synth.io import atomic_path, read_json_object, row_location, scan_table
-from synth.sid import SidDialect, SidError, parse_sid
+from synth.sid import SidDialect, parse_sid_values
 
 
 def write_sid_build(out_dir: Path, catalog: Catalog, report: dict) -> None:
@@ -27,53 +27,37 @@ def write_sid_build(out_dir: Path, catalog: Catalog, report: dict) -> None:
         (tmp / "report.json").write_text(json.dumps(report, indent=2), encoding="utf-8")
 
 
-def _codes(value: str | list) -> tuple[int, ...]:
-    """Codes of a SID given as text or as a list of its tokens (MiniOneRec's sids.json)."""
-    if not isinstance(value, (str, list)):
-        raise SidError(f"malformed SID {value!r}: expected text or a list of tokens")
-    return parse_sid("".join(value) if isinstance(value, list) else value)[0]
-
-
 def convert_sid_file(source: Path, target: Path, to: SidDialect, column: str = "sid", lenient: bool = False) -> tuple[int, pl.DataFrame]:
     """Rewrite every SID of ``source`` in dialect ``to``; returns (converted count, rejects).
 
     A ``.json`` file is a MiniOneRec mapping ``{item_id: [tokens]}`` (or ``{item_id: "sid"}``) and
-    keeps its shape; a table keeps its columns with ``column`` rewritten.
+    keeps its shape; a table keeps its columns with ``column`` rewritten. An empty SID is rejected
+    too: a conversion that silently kept it would hide a hole in the file.
     """
     if source.suffix == ".json":
-        out, problems = {}, []
-        for key, value in read_json_object(source).items():
-            try:
-                codes = _codes(value)
-                out[key] = [to.token(lvl, c) for lvl, c in enumerate(codes)] if isinstance(value, list) else to.format(codes)
-            except SidError as exc:
-                problems.append({"file": str(source), "location": f"record {key!r}", "record": key,
-                                 "reason": "malformed_sid", "detail": str(exc)})
-        rejects = settle(pl.DataFrame(problems, schema=empty_rejects().schema), lenient, "fix the listed SIDs")
-        with atomic_path(target) as tmp:
-            tmp.write_text(json.dumps(out), encoding="utf-8")
-        return len(out), rejects
-    frame = scan_table(source).collect()
-    if column not in frame.columns:
-        raise DataError(source, f"no column {column!r}; the file has {frame.columns}", "pass --column NAME")
-    converted: list[str | None] = []
-    errors: list[str | None] = []
-    for text in frame[column].to_list():
-        new, error = None, None
-        try:
-            new = to.format(_codes(text))
-        except SidError as exc:
-            error = str(exc)
-        converted.append(new)
-        errors.append(error)
-    flagged = frame.with_columns(_new=pl.Series(converted, dtype=pl.Utf8), _err=pl.Series(errors, dtype=pl.Utf8))
-    bad = flagged.filter(pl.col("_err").is_not_null()).select(
-        file=pl.lit(str(source)), location=row_location(source), record=pl.col(column).cast(pl.Utf8).fill_null(""),
-        reason=pl.lit("malformed_sid"), detail="_err")
-    rejects = settle(bad, lenient, "fix the listed SIDs")
-    good = flagged.filter(pl.col("_err").is_null()).with_columns(pl.col("_new").alias(column)).drop("_new", "_err", "_row")
+        mapping = read_json_object(source)
+        frame = pl.DataFrame({"_key": list(mapping), "_is_list": [isinstance(v, list) for v in mapping.values()],
+                              "_row": range(len(mapping))})
+        values, location, record = list(mapping.values()), pl.format("record '{}'", "_key"), pl.col("_key")
+    else:
+        frame = scan_table(source).collect()
+        if column not in frame.columns:
+            raise DataError(source, f"no column {column!r}; the file has {frame.columns}", "pass --column NAME")
+        values, location, record = frame[column].to_list(), row_location(source), pl.col(column).cast(pl.Utf8)
+    parsed = parse_sid_values(values, empty_is_error=True)
+    flagged = frame.with_columns(_codes=parsed.codes, _detail=parsed.errors)
+    bad = flagged.filter(pl.col("_detail").is_not_null()).with_columns(
+        _loc=location, _record=record, _reason=pl.lit("malformed_sid"))
+    rejects = settle(rejects_from(bad, str(source), {}), lenient, "fix the listed SIDs")
+    good = flagged.filter(pl.col("_detail").is_null())
     with atomic_path(target) as tmp:
-        write_table(good, tmp)
+        if source.suffix == ".json":
+            out = {key: [to.token(lvl, c) for lvl, c in enumerate(codes)] if is_list else to.format(codes)
+                   for key, is_list, codes in good.select("_key", "_is_list", "_codes").iter_rows()}
+            tmp.write_text(json.dumps(out), encoding="utf-8")
+        else:
+            texts = pl.Series(column, [to.format(codes) for codes in good["_codes"]], dtype=pl.Utf8)
+            write_table(good.with_columns(texts).drop("_codes", "_detail", "_row"), tmp)
     return good.height, rejects
 
 

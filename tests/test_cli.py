@@ -73,3 +73,17 @@ def test_bad_input_exits_2_with_fix_and_writes_nothing(tmp_path):
     assert lenient.returncode == 0, lenient.stderr
     rejects = pl.read_csv(tmp_path / "rejects.csv", infer_schema=False)
     assert rejects["reason"].to_list() == ["malformed_sid"] and rejects["record"].to_list() == ["2"]
+
+
+def test_convert_names_bad_sids_and_lenient_keeps_the_good_rows(tmp_path):
+    source = tmp_path / "sids.csv"
+    source.write_text("item_id,sid\n1,<a_1><b_2>\n2,<a_1><c_2>\n3,\n")
+    strict = recot("sid", "convert", str(source), "--to", "<s_a_0>", "--out", str(tmp_path / "o.csv"))
+    assert strict.returncode == 2 and "line 3" in strict.stderr and "levels must run" in strict.stderr
+    assert not (tmp_path / "o.csv").exists()
+    lenient = recot("sid", "convert", str(source), "--to", "<s_a_0>", "--out", str(tmp_path / "o.csv"), "--lenient",
+                    "--report", str(tmp_path / "bad.csv"), "--json")
+    assert lenient.returncode == 0, lenient.stderr
+    assert pl.read_csv(tmp_path / "o.csv", infer_schema=False).rows() == [("1", "<s_a_1><s_b_2>")]
+    bad = pl.read_csv(tmp_path / "bad.csv", infer_schema=False)
+    assert bad["location"].to_list() == ["line 3", "line 4"] and "empty" in bad["detail"][1]

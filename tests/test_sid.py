@@ -55,8 +55,8 @@ def test_dialect_parse_refuses_other_dialect():
 def test_catalog_lookup_and_collisions(sample):
     cat = sample.catalog
     first = cat.sid_text()[0]
-    found = cat.lookup([first, "<a_999><b_0><c_0>", "<a_1><c_1>"])
-    assert found["status"].to_list() == ["ok", "unknown", "malformed"]
+    found = cat.lookup([first, "<a_999><b_0><c_0>", "<a_1><c_1>", ""])
+    assert found["status"].to_list() == ["ok", "unknown", "malformed", "malformed"]
     assert cat.items["item_id"][0] in found["item_ids"][0]
     summary = cat.collision_summary()
     assert summary["items_with_sid"] == len(cat)
