@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any
 
 import yaml
-from jinja2 import StrictUndefined, TemplateError
+from jinja2 import StrictUndefined, Template, TemplateError
 from jinja2.sandbox import SandboxedEnvironment
 
 from synth.errors import DataError
@@ -77,7 +77,14 @@ class PromptLibrary:
             for path in sorted(folder.glob("*.j2")):
                 template = _parse(path)
                 self.templates[template.task] = template
-        self._env = SandboxedEnvironment(undefined=StrictUndefined, autoescape=False, keep_trailing_newline=False)
+        env = SandboxedEnvironment(undefined=StrictUndefined, autoescape=False)
+        # Compiled once here: a synthesis job renders each template millions of times.
+        self._compiled: dict[str, Template] = {}
+        for task, template in self.templates.items():
+            try:
+                self._compiled[task] = env.from_string(template.source)
+            except TemplateError as exc:
+                raise DataError(template.path, f"template does not compile: {exc}", "fix the Jinja syntax") from None
 
     def __getitem__(self, task: str) -> PromptTemplate:
         if task not in self.templates:
@@ -86,9 +93,8 @@ class PromptLibrary:
 
     def render(self, task: str, **variables: Any) -> RenderedPrompt:
         """System and user messages of ``task`` for these variables."""
-        template = self[task]
+        template, compiled = self[task], self._compiled[task]
         try:
-            compiled = self._env.from_string(template.source)
             context = compiled.new_context(variables)
             parts = {name: "".join(block(context)).strip() for name, block in compiled.blocks.items()}
         except TemplateError as exc:

@@ -90,3 +90,9 @@ def test_cot_schema_enforces_personas_and_renders_the_fixed_format():
         InterestExpansion.model_validate({"interests": [{"name": f"i{i}", "evidence": [1]} for i in range(6)]})
     schema = json.dumps(model.model_json_schema())
     assert "bargain hunter" in schema and "additionalProperties" in schema
+
+
+def test_template_with_broken_syntax_is_named_at_load(tmp_path):
+    (tmp_path / "r0.j2").write_text("{#- task: r0_caption\nversion: 3\nschema: ItemCaption -#}\n{% block user %}{{ item.title {% endblock %}")
+    with pytest.raises(DataError, match="r0.j2: template does not compile"):
+        PromptLibrary(tmp_path)
