@@ -18,6 +18,7 @@ from rich.table import Table
 
 from synth.errors import DataError
 from synth.sid import SidDialect, SidError
+from synth.teachers.openai_http import TeacherError
 
 console = Console(stderr=True)
 
@@ -35,7 +36,7 @@ class RecotGroup(click.Group):
     def invoke(self, ctx: click.Context):
         try:
             return super().invoke(ctx)
-        except (DataError, SidError) as exc:
+        except (DataError, SidError, TeacherError) as exc:
             console.print(f"[bold red]error:[/] {exc}", markup=True, highlight=False)
             sys.exit(2)
 
@@ -171,6 +172,40 @@ def sid_convert(source: Path, example: str, out: Path, column: str, lenient: boo
     payload = {"out": str(out), "converted": count, "rejects": rejects.height,
                "rejects_file": save_rejects(rejects, report, out.with_name(out.stem + "-rejects.csv"))}
     emit(payload, as_json, "SID convert")
+
+
+@click.group("synth")
+def synth_group() -> None:
+    """Synthesise traces with a teacher (rules baseline, vLLM in-process, OpenAI-compatible servers)."""
+
+
+@synth_group.command("run")
+@click.argument("config", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.option("--shard", default="0/1", show_default=True, help="Run shard I of N (subjects split by a stable hash).")
+@click.option("--out", type=click.Path(path_type=Path), help="Output directory (overrides the config).")
+@click.option("--limit", type=int, help="Subjects per task (overrides the config).")
+@click.option("--no-progress", is_flag=True, help="No progress bar.")
+@json_option
+def synth_run(config: Path, shard: str, out: Path | None, limit: int | None, no_progress: bool, as_json: bool) -> None:
+    """Run or resume the synthesis job in CONFIG (TOML/YAML); rows go to OUT/traces.parquet."""
+    from dataclasses import asdict
+
+    from synth.job import load_synth_config, run_synth
+    from synth.requests import Shard
+
+    try:
+        part = Shard.parse(shard)
+    except ValueError as exc:
+        raise click.BadParameter(str(exc), param_hint="--shard") from None
+    settings = load_synth_config(config, {"out": out, "limit": limit})
+    if settings.teacher.kind == "rules":
+        console.print("[yellow]teacher: rules, the deterministic non-LLM baseline.[/] For an LLM set \\[teacher] "
+                      "kind = \"vllm\" with model = \"PATH\", or kind = \"openai\" with base_urls and model.")
+    report = run_synth(settings, part, progress=not no_progress)
+    emit(asdict(report), as_json, "synthesis")
+    if not report.complete:
+        console.print(f"[red]{sum(report.unanswered.values())} requests got no answer;[/] run the same command again to retry only those.")
+        sys.exit(1)
 
 
 if __name__ == "__main__":

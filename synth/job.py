@@ -1,0 +1,268 @@
+"""``recot synth run``: a resumable batch job from a dataset split to validated traces with provenance.
+
+The runner owns everything a task should not: it plans subjects (cut-off enforced), skips requests
+the journal already answers, streams the rest through the teacher, parses each answer, commits
+answers in small transactions, shows progress, and exports the job's rows to ``traces.parquet``.
+Run it again and it sends only what is missing; kill it and the rerun loses and repeats nothing.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import os
+import itertools
+import json
+import time
+from collections import Counter
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any, Literal
+
+import polars as pl
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+from synth.config import load_config
+from synth.errors import DataError
+from synth.io import atomic_path
+from synth.journal import Journal, read_plan, write_plan
+from synth.loaders import Dataset, load_dataset
+from synth.parse import parse_response
+from synth.prompts import PromptLibrary
+from synth.requests import CUTOFF_REASONS, ItemView, Shard, iter_requests, plan_subjects
+from synth.schemas import ECOMMERCE_PERSONAS
+from synth.splits import Split, leave_last_out, temporal
+from synth.tasks import TASKS, Task, get_task
+from synth.teachers import Sampling, Teacher, TeacherConfig, make_teacher
+from synth.teachers.base import Request, Response
+
+
+class SynthConfig(BaseModel):
+    """One synthesis job. Relative paths in a config file are relative to that file."""
+
+    model_config = ConfigDict(extra="forbid")
+    dataset: Path
+    out: Path = Path("out/synth")
+    tasks: list[str] = ["r3_cot_hindsight"]
+    part: Literal["train", "valid", "test"] = "train"
+    split: Literal["auto", "temporal", "leave_last_out"] = "auto"
+    max_history: int = Field(10, ge=1)
+    limit: int | None = Field(None, ge=1, description="subjects per task (before n samples and sharding)")
+    personas: list[str] = list(ECOMMERCE_PERSONAS)
+    templates: Path | None = None
+    teacher: TeacherConfig = TeacherConfig()
+    sampling: Sampling = Sampling()
+    commit_rows: int = Field(256, ge=1)
+    commit_s: float = Field(2.0, gt=0)
+
+    @field_validator("tasks")
+    @classmethod
+    def _known(cls, tasks: list[str]) -> list[str]:
+        unknown = [t for t in tasks if t not in TASKS]
+        if unknown or not tasks:
+            raise ValueError(f"unknown or no tasks {unknown}; choose from {sorted(TASKS)}")
+        return tasks
+
+
+def load_synth_config(path: Path | None, overrides: dict[str, Any] | None = None) -> SynthConfig:
+    config = load_config(SynthConfig, path, overrides)
+    if path is not None:
+        base = path.parent
+        rebased = {k: Path(os.path.normpath(base / v)) for k, v in (("dataset", config.dataset), ("out", config.out), ("templates", config.templates))
+                   if v is not None and not v.is_absolute() and (overrides or {}).get(k) is None}
+        config = config.model_copy(update=rebased)
+    return config
+
+
+@dataclass
+class JobReport:
+    out: str
+    teacher: str
+    model: str
+    planned: int = 0
+    cached: int = 0
+    sent: int = 0
+    ok: int = 0
+    rejected: dict[str, int] = field(default_factory=dict)
+    unanswered: dict[str, int] = field(default_factory=dict)
+    refused_samples: dict[str, int] = field(default_factory=dict)
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    seconds: float = 0.0
+    rows: int = 0
+
+    @property
+    def complete(self) -> bool:
+        return not self.unanswered
+
+
+def choose_split(dataset: Dataset, kind: str, max_history: int) -> Split:
+    """The split the config names; ``auto`` is temporal when the dataset has boundaries."""
+    seqs = dataset.sequences()
+    bounds = dataset.boundaries
+    if kind == "temporal" or (kind == "auto" and {"valid_start", "test_start"} <= bounds.keys()):
+        if not {"valid_start", "test_start"} <= bounds.keys():
+            raise DataError(dataset.name, "a temporal split needs valid_start and test_start",
+                            "set them in the dataset config, or use split = 'leave_last_out'")
+        return temporal(seqs, bounds["valid_start"], bounds["test_start"], max_history)
+    return leave_last_out(seqs, max_history)
+
+
+@contextmanager
+def _exclusive(out: Path) -> Iterator[None]:
+    out.mkdir(parents=True, exist_ok=True)
+    with (out / ".lock").open("w") as handle:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise DataError(out, "another synthesis job is writing here", "wait for it, or choose another out directory") from None
+        yield
+
+
+def run_synth(config: SynthConfig, shard: Shard = Shard(), progress: bool = True, teacher: Teacher | None = None) -> JobReport:
+    """Run (or resume) the job; returns what happened. Rows land in ``<out>/traces.parquet``."""
+    out = config.out if shard.count == 1 else config.out / f"shard-{shard.index}-of-{shard.count}"
+    with _exclusive(out):
+        return _Job(config, shard, out, teacher).run(progress)
+
+
+class _Job:
+    def __init__(self, config: SynthConfig, shard: Shard, out: Path, teacher: Teacher | None) -> None:
+        self.config, self.shard, self.out = config, shard, out
+        self.tasks = [get_task(name) for name in config.tasks]
+        for task in self.tasks:
+            if task.needs_target and config.part != "train":
+                raise DataError(task.name, f"this task shows the target, and part = {config.part!r} would put evaluation "
+                                "targets into training material", "use part = 'train', or r3_cot_blind for evaluation CoT")
+        self.dataset = load_dataset(config.dataset)
+        if self.dataset.catalog.levels is None:
+            raise DataError(config.dataset, "the catalog has no semantic IDs", "build them first: recot sid build")
+        self.split = choose_split(self.dataset, config.split, config.max_history)
+        self.personas = tuple(config.personas)
+        self.teacher = teacher or make_teacher(config.teacher, self.dataset.catalog, self.personas, self.split.part("train"))
+        self.work = out / ".work"
+        self.report = JobReport(str(out), self.teacher.kind, self.teacher.model)
+        self.inflight: dict[str, tuple[Request, Task]] = {}
+        # Keys handed to the teacher whose answers are not committed yet: a repeated prompt is not sent twice.
+        # Bounded by the commit window plus what is in flight, whatever the job's size.
+        self.uncommitted: set[str] = set()
+
+    def _plan(self) -> list[tuple[Task, Path]]:
+        """Write each task's subjects to parquet and the refused samples next to the output."""
+        planned, refused = [], []
+        for task in self.tasks:
+            subjects, bad = plan_subjects(task, self.dataset.catalog, self.split, self.config.part, self.config.limit)
+            path = self.work / f"{task.name}.parquet"
+            with atomic_path(path) as tmp:
+                subjects.sink_parquet(tmp)
+            owned = sum(self.shard.owns(s) for s in pl.read_parquet(path, columns=["subject_id"])["subject_id"])
+            self.report.planned += owned * self.config.sampling.n
+            refused.append(bad.with_columns(task=pl.lit(task.name)).collect())
+            planned.append((task, path))
+        refused_frame = pl.concat(refused, how="diagonal_relaxed")
+        self.report.refused_samples = dict(Counter(refused_frame["reason"].to_list()))
+        with atomic_path(self.out / "refused.parquet") as tmp:
+            refused_frame.with_columns(detail=pl.col("reason").replace_strict(CUTOFF_REASONS, default=None)).write_parquet(tmp)
+        return planned
+
+    def _pending(self, planned: list[tuple[Task, Path]], journal: Journal) -> Iterator[Request]:
+        """Requests without an answer yet, in plan order; every request goes to the plan file for export."""
+        library = PromptLibrary(self.config.templates)
+        items = ItemView(self.dataset.catalog)
+        reader = journal.reader()
+        identity = (self.teacher.kind, self.teacher.model)
+        with (self.work / "plan.tsv").open("w", encoding="utf-8") as plan:
+            for task, path in planned:
+                stream = iter_requests(task, path, library, items, self.personas, identity, self.config.sampling, self.shard)
+                while chunk := list(itertools.islice(stream, 512)):
+                    done = journal.answered(reader, [r.key for r in chunk])
+                    for request in chunk:
+                        write_plan(plan, request.key, request.subject)
+                        if request.key in done or request.key in self.uncommitted:
+                            self.report.cached += 1
+                            continue
+                        self.uncommitted.add(request.key)
+                        self.inflight[request.key] = (request, task)
+                        yield request
+        reader.close()
+
+    def run(self, progress: bool) -> JobReport:
+        started = time.perf_counter()
+        self.work.mkdir(parents=True, exist_ok=True)
+        planned = self._plan()
+        journal = Journal(self.out / "journal.sqlite")
+        buffer: list[dict[str, Any]] = []
+        last_commit = time.monotonic()
+        try:
+            with _progress(progress) as bar:
+                job = bar.add_task(f"{self.teacher.kind}:{self.teacher.model}", total=self.report.planned, status="")
+                for response in self.teacher.generate(self._pending(planned, journal)):
+                    request, task = self.inflight.pop(response.key)
+                    self._count(response)
+                    if response.retryable:
+                        self.uncommitted.discard(response.key)
+                    else:
+                        buffer.append(self._row(request, task, response))
+                    if len(buffer) >= self.config.commit_rows or time.monotonic() - last_commit > self.config.commit_s:
+                        self._commit(journal, buffer)
+                        buffer, last_commit = [], time.monotonic()
+                        bar.update(job, completed=self.report.cached + self.report.sent, status=self._status(started))
+                self._commit(journal, buffer)
+                bar.update(job, completed=self.report.cached + self.report.sent, status=self._status(started))
+            self.report.rows = journal.export(read_plan(self.work / "plan.tsv"), self.out / "traces.parquet")
+        finally:
+            journal.close()
+            self.teacher.close()
+        self.report.seconds = round(time.perf_counter() - started, 2)
+        (self.out / "summary.json").write_text(json.dumps(asdict(self.report), indent=2) + "\n")
+        return self.report
+
+    def _commit(self, journal: Journal, rows: list[dict[str, Any]]) -> None:
+        journal.append(rows)
+        for row in rows:
+            self.uncommitted.discard(row["key"])
+
+    def _count(self, response: Response) -> None:
+        report = self.report
+        report.sent += 1
+        report.prompt_tokens += response.prompt_tokens
+        report.completion_tokens += response.completion_tokens
+        if response.retryable:
+            report.unanswered[response.error or "unknown"] = report.unanswered.get(response.error or "unknown", 0) + 1
+
+    def _row(self, request: Request, task: Task, response: Response) -> dict[str, Any]:
+        parsed = parse_response(response, task.schema(self.personas))
+        if parsed.status == "ok":
+            self.report.ok += 1
+        else:
+            self.report.rejected[parsed.reason] = self.report.rejected.get(parsed.reason, 0) + 1
+        return {
+            "key": request.key, "task": request.task, "sample": request.sample,
+            "seed": request.seed, "status": parsed.status, "reason": parsed.reason, "detail": parsed.detail,
+            "output": parsed.output.model_dump_json() if parsed.output else None,
+            "text": task.text(parsed.output) if parsed.output else None,
+            "raw": response.text, "finish_reason": response.finish_reason, "prompt_tokens": response.prompt_tokens,
+            "completion_tokens": response.completion_tokens, "latency_s": response.latency_s,
+            "messages": json.dumps(request.messages), "template": request.template["name"],
+            "template_version": request.template["version"], "template_hash": request.template["hash"],
+            "teacher": self.teacher.kind, "model": self.teacher.model,
+            "params": json.dumps({"temperature": request.temperature, "top_p": request.top_p,
+                                  "max_tokens": request.max_tokens, "seed": request.seed}),
+            "created_at": datetime.now(UTC).isoformat(timespec="seconds"),
+        }
+
+    def _status(self, started: float) -> str:
+        elapsed = max(time.perf_counter() - started, 1e-9)
+        r = self.report
+        failures = {**r.rejected, **({"unanswered": sum(r.unanswered.values())} if r.unanswered else {})}
+        shown = ", ".join(f"{k} {v}" for k, v in sorted(failures.items())) or "none"
+        return f"{r.sent / elapsed:.1f} req/s, {r.completion_tokens / elapsed:.0f} tok/s, cached {r.cached}, failures: {shown}"
+
+
+def _progress(enabled: bool) -> Progress:
+    return Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
+                    TextColumn("{task.fields[status]}"), console=Console(stderr=True), disable=not enabled)

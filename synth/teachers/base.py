@@ -1,0 +1,89 @@
+"""What every teacher takes and gives back: plain requests and responses, and the sampling knobs.
+
+A teacher turns a stream of :class:`Request` into a stream of :class:`Response` (in any order,
+matched by ``key``). Everything else (cache, journal, parsing, progress) belongs to the runner, so a
+new backend is one small class with a ``generate`` method.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Iterable, Iterator
+from dataclasses import asdict, dataclass, field
+from typing import Any, Protocol
+
+from pydantic import BaseModel, ConfigDict, Field
+
+
+class Sampling(BaseModel):
+    """Sampling parameters, named as in vLLM's ``SamplingParams``. ``n`` samples per prompt get seeds
+    ``seed, seed + 1, ...`` so that every sample is reproducible and cached on its own."""
+
+    model_config = ConfigDict(extra="forbid")
+    temperature: float = Field(0.7, ge=0)
+    top_p: float = Field(1.0, gt=0, le=1)
+    max_tokens: int = Field(768, ge=1)
+    n: int = Field(1, ge=1)
+    seed: int = 0
+
+
+@dataclass(frozen=True)
+class Request:
+    """One chat completion to make: the rendered messages, the JSON schema of the answer, and what it is about."""
+
+    key: str  # content hash of everything that changes the answer: the cache key
+    task: str
+    messages: list[dict[str, str]]
+    schema: dict[str, Any]
+    sample: int  # 0 .. n-1
+    seed: int
+    temperature: float
+    top_p: float
+    max_tokens: int
+    subject: dict[str, Any] = field(default_factory=dict)  # user, part, history, target, items (plain JSON)
+    template: dict[str, Any] = field(default_factory=dict)  # name, version, hash
+
+
+@dataclass
+class Response:
+    """A teacher's answer to one request.
+
+    ``error`` says why there is no answer: ``retryable`` ones (the endpoint stayed unreachable) are
+    not recorded, so a rerun asks again; the others (the endpoint rejected the request) are.
+    """
+
+    key: str
+    text: str | None = None
+    finish_reason: str | None = None
+    refusal: str | None = None
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    latency_s: float = 0.0
+    error: str | None = None
+    retryable: bool = False
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+class Teacher(Protocol):
+    """A backend that answers requests. ``identity`` (kind and model) goes into cache keys and provenance."""
+
+    kind: str
+    model: str
+
+    def generate(self, requests: Iterable[Request]) -> Iterator[Response]: ...
+
+    def close(self) -> None: ...
+
+
+def request_key(teacher_kind: str, model: str, messages: list[dict[str, str]], schema: dict[str, Any],
+                template_hash: str, sampling: Sampling, sample: int) -> str:
+    """Content hash of what determines an answer: canonical JSON, never ``str()`` or pickles of objects."""
+    payload = {
+        "teacher": teacher_kind, "model": model, "messages": messages, "schema": schema,
+        "template": template_hash, "sample": sample,
+        "sampling": sampling.model_dump(exclude={"n"}) | {"seed": sampling.seed + sample},
+    }
+    return hashlib.sha256(json.dumps(payload, sort_keys=True, separators=(",", ":")).encode()).hexdigest()

@@ -1,0 +1,213 @@
+"""The OpenAI-compatible teacher: a vLLM server, OpenAI, or any compatible endpoint, over HTTP.
+
+Layers, each small: endpoints (one ``AsyncOpenAI`` client per base URL on the aiohttp transport,
+load spread to the least busy healthy one) -> an adaptive concurrency limit (halved on 429, grown
+back by one per window of successes) -> retries with exponential backoff and full jitter on 429,
+408/409, 5xx, timeouts and connection errors. A wrong key or an unknown model stops the job at
+once (every request would fail the same way); any other 4xx becomes a rejected row.
+
+The event loop runs in a helper thread so the runner stays a plain loop over responses.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import queue
+import random
+import threading
+import time
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+from typing import Any
+
+from synth.teachers.base import Request, Response
+
+RETRYABLE_STATUS = {408, 409, 429}
+FATAL_STATUS = {401, 403, 404}
+_DONE = object()
+
+
+class TeacherError(RuntimeError):
+    """The teacher cannot answer any request (wrong key, unknown model); the message says what to fix."""
+
+
+class AdaptiveLimit:
+    """At most ``limit`` requests in flight; 429s halve it, each ``limit`` successes in a row add one back."""
+
+    def __init__(self, maximum: int) -> None:
+        self.maximum = self.limit = maximum
+        self.active = 0
+        self._streak = 0
+        self._last_cut = 0.0
+        self._cond = asyncio.Condition()
+
+    async def acquire(self) -> None:
+        async with self._cond:
+            await self._cond.wait_for(lambda: self.active < self.limit)
+            self.active += 1
+
+    async def release(self, throttled: bool = False) -> None:
+        async with self._cond:
+            self.active -= 1
+            now = time.monotonic()
+            if throttled and now - self._last_cut > 1.0:
+                self.limit, self._streak, self._last_cut = max(1, self.limit // 2), 0, now
+            elif not throttled:
+                self._streak += 1
+                if self._streak >= self.limit and self.limit < self.maximum:
+                    self.limit, self._streak = self.limit + 1, 0
+            self._cond.notify_all()
+
+
+@dataclass
+class _Endpoint:
+    url: str
+    client: Any
+    in_flight: int = 0
+    down_until: float = 0.0
+
+
+class OpenAITeacher:
+    kind = "openai"
+
+    def __init__(self, model: str, base_urls: list[str], api_key_env: str = "OPENAI_API_KEY", concurrency: int = 64,
+                 timeout_s: float = 120.0, max_retries: int = 8, backoff_s: float = 0.5, backoff_cap_s: float = 30.0,
+                 structured: str = "response_format", transport: str = "aiohttp") -> None:
+        """``structured``: "response_format" (OpenAI json_schema, strict), "extra_body" (vLLM's
+        structured_outputs), or "none". ``transport``: "aiohttp" (fast) or "httpx" (the client's default)."""
+        if not base_urls:
+            raise ValueError("an OpenAI-compatible teacher needs at least one base URL")
+        if structured not in ("response_format", "extra_body", "none"):
+            raise ValueError(f"structured must be response_format, extra_body or none, not {structured!r}")
+        self.model, self.base_urls = model, list(base_urls)
+        self.api_key_env = api_key_env
+        self.concurrency, self.timeout_s = concurrency, timeout_s
+        self.max_retries, self.backoff_s, self.backoff_cap_s = max_retries, backoff_s, backoff_cap_s
+        self.structured, self.transport = structured, transport
+        self.retries = 0  # retried attempts in the last generate(), for the job summary
+        self._stop = threading.Event()
+
+    def __repr__(self) -> str:  # the key is never part of what is printed or logged
+        return f"OpenAITeacher(model={self.model!r}, base_urls={self.base_urls!r}, concurrency={self.concurrency})"
+
+    def generate(self, requests: Iterable[Request]) -> Iterator[Response]:
+        out: queue.Queue = queue.Queue()
+        self._stop.clear()
+        worker = threading.Thread(target=lambda: asyncio.run(self._run(iter(requests), out)), daemon=True)
+        worker.start()
+        try:
+            while (item := out.get()) is not _DONE:
+                if isinstance(item, BaseException):
+                    raise item
+                yield item
+        finally:
+            self._stop.set()
+            worker.join(timeout=self.timeout_s)
+
+    def close(self) -> None:
+        self._stop.set()
+
+    def _clients(self) -> list[_Endpoint]:
+        from openai import AsyncOpenAI, DefaultAioHttpClient
+
+        key = os.environ.get(self.api_key_env) or "EMPTY"
+        return [_Endpoint(url, AsyncOpenAI(base_url=url, api_key=key, max_retries=0, timeout=self.timeout_s,
+                                           http_client=DefaultAioHttpClient() if self.transport == "aiohttp" else None))
+                for url in self.base_urls]
+
+    async def _run(self, requests: Iterator[Request], out: queue.Queue) -> None:
+        endpoints = self._clients()
+        limit = AdaptiveLimit(self.concurrency)
+        pending: set[asyncio.Task] = set()
+        self.retries = 0
+        try:
+            for request in requests:
+                if self._stop.is_set():
+                    break
+                await limit.acquire()
+                task = asyncio.create_task(self._answer(request, endpoints, limit, out))
+                pending.add(task)
+                task.add_done_callback(pending.discard)
+            if pending:
+                await asyncio.gather(*pending)
+        except BaseException as exc:  # noqa: BLE001 - handed to the consuming thread, which re-raises it
+            for task in pending:
+                task.cancel()
+            out.put(exc)
+        finally:
+            for endpoint in endpoints:
+                await endpoint.client.close()
+            out.put(_DONE)
+
+    def _pick(self, endpoints: list[_Endpoint]) -> _Endpoint:
+        now = time.monotonic()
+        healthy = [e for e in endpoints if e.down_until <= now] or [min(endpoints, key=lambda e: e.down_until)]
+        return min(healthy, key=lambda e: e.in_flight)
+
+    def _structured(self, request: Request) -> dict[str, Any]:
+        if self.structured == "response_format":
+            return {"response_format": {"type": "json_schema", "json_schema": {
+                "name": request.task, "schema": request.schema, "strict": True}}}
+        if self.structured == "extra_body":
+            return {"extra_body": {"structured_outputs": {"json": request.schema}}}
+        return {}
+
+    async def _answer(self, request: Request, endpoints: list[_Endpoint], limit: AdaptiveLimit, out: queue.Queue) -> None:
+        import openai
+
+        throttled = False
+        try:
+            for attempt in range(self.max_retries + 1):
+                endpoint = self._pick(endpoints)
+                endpoint.in_flight += 1
+                started = time.perf_counter()
+                try:
+                    reply = await endpoint.client.chat.completions.create(
+                        model=self.model, messages=request.messages, temperature=request.temperature,
+                        top_p=request.top_p, max_tokens=request.max_tokens, seed=request.seed,
+                        **self._structured(request))
+                except openai.APIStatusError as exc:
+                    if exc.status_code in FATAL_STATUS:
+                        raise TeacherError(_fatal_message(exc.status_code, endpoint.url, self.model, self.api_key_env)) from None
+                    if exc.status_code not in RETRYABLE_STATUS and exc.status_code < 500:
+                        out.put(Response(request.key, error=f"HTTP {exc.status_code}: {_short(exc)}"))
+                        return
+                    throttled = throttled or exc.status_code == 429
+                    failure = f"HTTP {exc.status_code}"
+                except (openai.APIConnectionError, openai.APITimeoutError) as exc:
+                    endpoint.down_until = time.monotonic() + self._delay(attempt)
+                    failure = type(exc).__name__
+                else:
+                    out.put(_response(request.key, reply, time.perf_counter() - started))
+                    return
+                finally:
+                    endpoint.in_flight -= 1
+                if attempt < self.max_retries:
+                    self.retries += 1
+                    await asyncio.sleep(self._delay(attempt))
+            out.put(Response(request.key, error=f"no answer after {self.max_retries + 1} attempts ({failure})",
+                             retryable=True))
+        finally:
+            await limit.release(throttled)
+
+    def _delay(self, attempt: int) -> float:
+        """Full jitter: uniform in [0, min(cap, base * 2^attempt)]."""
+        return random.uniform(0, min(self.backoff_cap_s, self.backoff_s * 2 ** attempt))
+
+
+def _response(key: str, reply: Any, latency: float) -> Response:
+    choice = reply.choices[0]
+    usage = reply.usage
+    return Response(key, choice.message.content, choice.finish_reason, getattr(choice.message, "refusal", None),
+                    usage.prompt_tokens if usage else 0, usage.completion_tokens if usage else 0, latency)
+
+
+def _short(exc: Exception) -> str:
+    return str(exc).replace("\n", " ")[:300]
+
+
+def _fatal_message(status: int, url: str, model: str, key_env: str) -> str:
+    if status == 404:
+        return f"{url}: model {model!r} is not served there (HTTP 404); set teacher.model to a served model name"
+    return f"{url}: the API key was refused (HTTP {status}); put a valid key in the environment variable {key_env}"

@@ -1,0 +1,170 @@
+"""A deterministic teacher that writes the same structured answers from catalog and behaviour statistics.
+
+It is the demo's default (no model needed), the non-LLM baseline for ablations, and the teacher
+whose content tests can assert. It reads only what the request's subject names (the history, and
+the target where the prompt shows it), so it obeys the same cut-off as an LLM teacher.
+
+- Persona: brand concentration, repeat buying, then keyword cues in the history's titles.
+- Interests: history items grouped by their first SID code (the coarsest semantic cluster),
+  most recent group first, each named by its items' most frequent title keywords.
+- Transition: the latest item, and the interest its group forms.
+- Answer: the target's SID when the prompt shows it; otherwise the most popular training item
+  of the followed group that the user has not bought.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections import Counter
+from collections.abc import Iterable, Iterator
+from typing import Any
+
+import polars as pl
+
+from synth.catalog import Catalog
+from synth.teachers.base import Request, Response
+
+STOPWORDS = frozenset(
+    "and the for with from into inch inches pack pcs piece pieces set of to in on by x mm cm ft lb oz per "
+    "new size black white blue red green yellow silver gray grey clear large small medium mini heavy duty "
+    "each inch pc count quantity style type model series".split()
+)
+# Title words that hint at a prototype; the first listed persona with the most hits wins.
+PERSONA_CUES: dict[str, frozenset[str]] = {
+    "pet owner": frozenset("dog dogs cat cats pet pets aquarium leash litter".split()),
+    "hobbyist maker": frozenset("3d printer filament pla abs solder soldering resin arduino craft nozzle hotend".split()),
+    "tech enthusiast": frozenset("usb raspberry sensor wireless bluetooth led module electronic digital".split()),
+    "home improver": frozenset("home door wall faucet plumbing paint drywall cabinet floor shower".split()),
+    "professional buyer": frozenset("industrial commercial safety hydraulic pneumatic osha ansi bulk professional".split()),
+    "health-conscious": frozenset("medical health first aid mask masks sanitizer nitrile".split()),
+    "outdoor adventurer": frozenset("outdoor camping garden hiking marine boat".split()),
+}
+_WORD = re.compile(r"[a-z][a-z0-9\-]{2,}")
+
+
+def keywords(title: str) -> list[str]:
+    return [w for w in _WORD.findall(title.lower()) if w not in STOPWORDS]
+
+
+class RulesTeacher:
+    """Answers every task from statistics; ``popularity`` counts training targets (before the cut-off)."""
+
+    kind = "rules"
+    model = "rules-v1"
+
+    def __init__(self, catalog: Catalog, personas: tuple[str, ...], popularity: dict[str, int]) -> None:
+        frame = catalog.items.select("item_id", "title", "brand", "categories", "sid").with_columns(
+            sid_text=catalog.sid_text())
+        self.items = {row["item_id"]: row for row in frame.iter_rows(named=True)}
+        self.personas = personas
+        ranked = sorted(popularity.items(), key=lambda kv: (-kv[1], kv[0]))
+        self.ranked: dict[int | None, list[str]] = {}
+        for item_id, _ in ranked:
+            if item_id in self.items:
+                self.ranked.setdefault(self._group(item_id), []).append(item_id)
+                self.ranked.setdefault(None, []).append(item_id)
+
+    @classmethod
+    def from_targets(cls, catalog: Catalog, personas: tuple[str, ...], train_targets: pl.LazyFrame) -> RulesTeacher:
+        counts = train_targets.group_by("target").agg(n=pl.len()).collect()
+        return cls(catalog, personas, dict(zip(counts["target"].to_list(), counts["n"].to_list())))
+
+    def generate(self, requests: Iterable[Request]) -> Iterator[Response]:
+        for request in requests:
+            answer = getattr(self, "_" + request.task)(request.subject)
+            yield Response(request.key, json.dumps(answer), "stop")
+
+    def close(self) -> None:
+        """Nothing to release."""
+
+    def _group(self, item_id: str) -> int | None:
+        sid = self.items[item_id]["sid"]
+        return sid[0] if sid else None
+
+    def _name(self, item_ids: list[str]) -> str:
+        counts = Counter(w for i in item_ids for w in dict.fromkeys(keywords(self.items[i]["title"])))
+        top = sorted(counts.items(), key=lambda kv: (-kv[1], kv[0]))[:2]
+        return " ".join(w for w, _ in top) or "general items"
+
+    def _clusters(self, history: list[str]) -> list[tuple[str, list[int]]]:
+        """(name, 1-based positions) per SID group, the group of the latest item first, at most five."""
+        groups: dict[int | None, list[int]] = {}
+        for pos, item_id in enumerate(history, start=1):
+            groups.setdefault(self._group(item_id), []).append(pos)
+        ordered = sorted(groups.values(), key=lambda positions: -positions[-1])[:5]
+        return [(self._name([history[p - 1] for p in positions]), positions) for positions in ordered]
+
+    def _persona(self, history: list[str]) -> dict[str, str]:
+        brands = Counter(b for i in history if (b := self.items[i]["brand"]))
+        repeats = len(history) - len(set(history))
+        listed = set(self.personas)
+        if brands and len(history) >= 3 and "brand loyalist" in listed:
+            brand, n = brands.most_common(1)[0]
+            if n / len(history) >= 0.6:
+                return {"prototype": "brand loyalist", "evidence": f"{n} of {len(history)} purchases are {brand}"[:300]}
+        if repeats >= 2 and "bulk stocker" in listed:
+            return {"prototype": "bulk stocker", "evidence": f"{repeats} purchases repeat an earlier item"}
+        words = Counter(w for i in history for w in keywords(self.items[i]["title"]))
+        scored = [(sum(words[w] for w in PERSONA_CUES.get(p, ())), -k, p) for k, p in enumerate(self.personas)]
+        hits, _, prototype = max(scored)
+        if hits == 0:
+            prototype = "quality seeker" if "quality seeker" in listed else self.personas[0]
+            return {"prototype": prototype, "evidence": f"{len(history)} purchase(s) with no dominant cue"}
+        cues = sorted(w for w in words if w in PERSONA_CUES[prototype])
+        return {"prototype": prototype, "evidence": f"titles mention {', '.join(cues)}"[:300]}
+
+    def _interests(self, history: list[str]) -> list[dict[str, Any]]:
+        return [{"name": name[:80], "evidence": positions} for name, positions in self._clusters(history)]
+
+    def _trace(self, subject: dict[str, Any], target: str | None) -> dict[str, Any]:
+        history = subject["history"]
+        interests = self._interests(history)
+        latest = self.items[history[-1]]
+        reasoning = (f"the latest purchase continues the '{interests[0]['name']}' interest, "
+                     "so the next item most likely serves it as well")
+        if target is None:
+            bought = set(history)
+            pool = self.ranked.get(self._group(history[-1]), []) + self.ranked.get(None, [])
+            target = next((i for i in pool if i not in bought), history[-1])
+        return {
+            "persona": self._persona(history),
+            "interests": interests,
+            "transition": {"recent": f"#{len(history)} {latest['title']}"[:300], "follows": 1, "reasoning": reasoning},
+            "answer": self.items[target]["sid_text"],
+        }
+
+    def _r3_cot_blind(self, subject: dict[str, Any]) -> dict[str, Any]:
+        return self._trace(subject, None)
+
+    def _r3_cot_hindsight(self, subject: dict[str, Any]) -> dict[str, Any]:
+        return self._trace(subject, subject["target"])
+
+    def _r2_interests(self, subject: dict[str, Any]) -> dict[str, Any]:
+        return {"interests": self._interests(subject["history"])}
+
+    def _r0_caption(self, subject: dict[str, Any]) -> dict[str, Any]:
+        item = self.items[subject["items"][0]]
+        categories = item["categories"] or []
+        caption = item["title"] + (f", made by {item['brand']}" if item["brand"] else "")
+        if categories:
+            caption += f". Listed under {' > '.join(categories)}"
+        attributes = {k: v for k, v in (("brand", item["brand"]), ("category", categories[-1] if categories else None)) if v}
+        return {"caption": caption[:600], "attributes": attributes}
+
+    def _r1_relation(self, subject: dict[str, Any]) -> dict[str, Any]:
+        first, second = (self.items[i] for i in subject["items"])
+        leaf = [(x["categories"] or [None])[-1] for x in (first, second)]
+        shared = 0
+        for a, b in zip(first["sid"] or [], second["sid"] or []):
+            if a != b:
+                break
+            shared += 1
+        words = [self._name([i]) for i in subject["items"]]
+        if shared >= 2 or (leaf[0] and leaf[0] == leaf[1]):
+            relation, why = "substitute", f"both are {leaf[0] or words[0]} items in the same fine SID cluster"
+        elif shared == 1:
+            relation, why = "same_interest", f"{words[0]} and {words[1]} share a coarse SID cluster but differ below it"
+        else:
+            relation, why = "complement", f"bought one after the other from different clusters: {words[0]}, then {words[1]}"
+        return {"relation": relation, "rationale": why[:400]}
