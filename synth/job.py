@@ -92,6 +92,7 @@ class JobReport:
     refused_samples: dict[str, int] = field(default_factory=dict)
     prompt_tokens: int = 0
     completion_tokens: int = 0
+    retries: int = 0
     seconds: float = 0.0
     rows: int = 0
 
@@ -217,6 +218,7 @@ class _Job:
         finally:
             journal.close()
             self.teacher.close()
+        self.report.retries = getattr(self.teacher, "retries", 0)
         self.report.seconds = round(time.perf_counter() - started, 2)
         (self.out / "summary.json").write_text(json.dumps(asdict(self.report), indent=2) + "\n")
         return self.report

@@ -48,7 +48,9 @@ def parse_response(response: Response, schema: type[BaseModel]) -> Parsed:
     if response.finish_reason == "length":
         return _reject("truncated", f"stopped after {response.completion_tokens} tokens")
     try:
-        data = json.loads(text)
+        # strict=False: vLLM's JSON grammars let raw control characters into strings; keep the answer
+        # and leave such text to curation's format rules rather than lose it here.
+        data = json.loads(text, strict=False)
     except json.JSONDecodeError as exc:
         return _reject("malformed_json", f"{exc.msg} at character {exc.pos}")
     if not isinstance(data, dict):

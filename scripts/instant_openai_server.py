@@ -1,0 +1,73 @@
+"""A loopback OpenAI-compatible server that answers at once, for client benchmarks and failure tests.
+
+Not a teacher: it exists so that (a) a benchmark can measure the client when the client is the
+bottleneck (as in front of a fleet of GPU servers), and (b) tests can make an endpoint fail in
+every way a real one does. The requested model name picks the behaviour:
+
+    ok         a fixed schema-valid R1 answer          refuse     a refusal
+    truncate   finish_reason "length"                  filter     finish_reason "content_filter"
+    empty      empty content                           garbage    content that is not JSON
+    badrequest HTTP 400                                flaky      every 3rd request 429, every 5th 503, else ok
+    denied     HTTP 401
+
+Usage: python scripts/instant_openai_server.py --port 8123
+"""
+
+from __future__ import annotations
+
+import argparse
+import itertools
+import json
+
+from aiohttp import web
+
+ANSWER = json.dumps({"relation": "complement", "rationale": "a drill needs bits"})
+_counter = itertools.count(1)
+
+
+def _completion(model: str, content: str | None, finish: str = "stop", refusal: str | None = None) -> dict:
+    return {
+        "id": "chatcmpl-local", "object": "chat.completion", "created": 0, "model": model,
+        "choices": [{"index": 0, "finish_reason": finish,
+                     "message": {"role": "assistant", "content": content, "refusal": refusal}}],
+        "usage": {"prompt_tokens": 12, "completion_tokens": 9, "total_tokens": 21},
+    }
+
+
+async def chat(request: web.Request) -> web.Response:
+    body = await request.json()
+    model = body.get("model", "ok")
+    n = next(_counter)
+    if model == "badrequest":
+        return web.json_response({"error": {"message": "bad request", "type": "invalid_request_error"}}, status=400)
+    if model == "denied":
+        return web.json_response({"error": {"message": "invalid api key"}}, status=401)
+    if model == "flaky" and n % 3 == 0:
+        return web.json_response({"error": {"message": "slow down"}}, status=429)
+    if model == "flaky" and n % 5 == 0:
+        return web.json_response({"error": {"message": "overloaded"}}, status=503)
+    replies = {
+        "refuse": _completion(model, None, refusal="I can't help with that."),
+        "truncate": _completion(model, ANSWER[:20], "length"),
+        "filter": _completion(model, "", "content_filter"),
+        "empty": _completion(model, ""),
+        "garbage": _completion(model, "Sure! Here is the relation: complement."),
+    }
+    return web.json_response(replies.get(model) or _completion(model, ANSWER))
+
+
+async def models(_: web.Request) -> web.Response:
+    return web.json_response({"object": "list", "data": [{"id": "ok", "object": "model"}]})
+
+
+def app() -> web.Application:
+    application = web.Application()
+    application.router.add_post("/v1/chat/completions", chat)
+    application.router.add_get("/v1/models", models)
+    return application
+
+
+if __name__ == "__main__":
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--port", type=int, required=True)
+    web.run_app(app(), host="127.0.0.1", port=parser.parse_args().port, print=None, access_log=None)

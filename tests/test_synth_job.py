@@ -1,0 +1,131 @@
+"""Synthesis jobs with the rules teacher (content) and the OpenAI-compatible teacher against a loopback
+server (every failure kind, retries, a refused key). The real vLLM paths are in test_synth_vllm.py."""
+
+from __future__ import annotations
+
+import json
+
+import polars as pl
+import pytest
+
+from synth.errors import DataError
+from synth.job import SynthConfig, run_synth
+from synth.requests import Shard, checked_samples
+from synth.splits import Split
+from synth.teachers import TeacherConfig
+from synth.teachers.openai_http import TeacherError
+
+ALL_TASKS = ["r0_caption", "r1_relation", "r2_interests", "r3_cot_blind", "r3_cot_hindsight"]
+
+
+def config(sample_path, out, **changes) -> SynthConfig:
+    return SynthConfig(dataset=sample_path, out=out, **changes)
+
+
+@pytest.fixture(scope="module")
+def rules_run(sample_path, tmp_path_factory):
+    out = tmp_path_factory.mktemp("rules")
+    report = run_synth(config(sample_path, out, tasks=ALL_TASKS), progress=False)
+    return report, pl.read_parquet(out / "traces.parquet"), out
+
+
+def test_rules_teacher_writes_valid_grounded_traces(rules_run, sample):
+    report, rows, _ = rules_run
+    assert report.complete and report.rejected == {} and report.rows == rows.height == report.planned
+    assert set(rows["task"]) == set(ALL_TASKS) and (rows["status"] == "ok").all()
+    sid_of = dict(zip(sample.catalog.items["item_id"], sample.catalog.sid_text()))
+    hindsight = rows.filter(pl.col("task") == "r3_cot_hindsight")
+    for row in hindsight.iter_rows(named=True):
+        out = json.loads(row["output"])
+        assert out["answer"] == sid_of[row["target"]]
+        assert all(1 <= e <= len(row["history"]) for i in out["interests"] for e in i["evidence"])
+        assert row["text"].startswith("<think>\nPersona: ") and row["text"].endswith(out["answer"])
+    blind = rows.filter(pl.col("task") == "r3_cot_blind")
+    answers = [json.loads(o)["answer"] for o in blind["output"]]
+    assert set(answers) <= set(sid_of.values())
+    # provenance on every row
+    assert rows.select("template_hash", "teacher", "model", "params", "request_hash", "created_at").null_count().sum_horizontal()[0] == 0
+
+
+def test_rerun_sends_nothing_and_writes_the_same_rows(rules_run, sample_path):
+    report, rows, out = rules_run
+    again = run_synth(config(sample_path, out, tasks=ALL_TASKS), progress=False)
+    assert again.sent == 0 and again.cached == report.planned
+    assert pl.read_parquet(out / "traces.parquet").drop("created_at").equals(rows.drop("created_at"))
+
+
+def test_shards_split_the_job_without_overlap(rules_run, sample_path, tmp_path):
+    _, rows, _ = rules_run
+    parts = []
+    for i in range(3):
+        run_synth(config(sample_path, tmp_path, tasks=ALL_TASKS), shard=Shard(i, 3), progress=False)
+        parts.append(pl.read_parquet(tmp_path / f"shard-{i}-of-3" / "traces.parquet"))
+    merged = pl.concat(parts)
+    assert merged.height == rows.height and all(p.height > 0 for p in parts)
+    assert sorted(merged["subject_id"] + merged["task"]) == sorted(rows["subject_id"] + rows["task"])
+
+
+def test_no_training_prompt_reaches_the_cut_off(rules_run):
+    _, rows, _ = rules_run
+    samples = rows.filter(pl.col("task").str.starts_with("r2") | pl.col("task").str.starts_with("r3"))
+    assert (samples["part"] == "train").all()
+    late = samples.filter((pl.col("target_ts") >= pl.col("cutoff_ts")) | (pl.col("history_ts").list.max() >= pl.col("cutoff_ts")))
+    assert late.height == 0
+
+
+def test_samples_past_the_cut_off_are_refused_with_a_reason():
+    samples = pl.LazyFrame({
+        "user_id": ["u1", "u1", "u2"], "part": ["train", "train", "train"],
+        "history": [["a"], ["a", "b"], ["c"]], "history_ts": [[1], [1, 5], [9]],
+        "target": ["b", "c", "d"], "target_ts": [5, 7, 8],
+    })
+    held_out = pl.LazyFrame({"user_id": ["u1"], "part": ["test"], "history": [["a"]], "history_ts": [[1]],
+                             "target": ["z"], "target_ts": [6]})
+    split = Split("leave_last_out", pl.concat([samples, held_out]), 10)
+    ok, refused = checked_samples(split, "train")
+    assert ok.collect()["target"].to_list() == ["b"]
+    assert dict(zip(*refused.collect().select("target", "reason").to_dict(as_series=False).values())) == {
+        "c": "after_cutoff", "d": "history_not_before_target"}
+
+
+def test_hindsight_on_evaluation_part_is_refused(sample_path, tmp_path):
+    with pytest.raises(DataError, match="evaluation"):
+        run_synth(config(sample_path, tmp_path, tasks=["r3_cot_hindsight"], part="test"), progress=False)
+
+
+def http_config(sample_path, out, url, model, **teacher):
+    return config(sample_path, out, tasks=["r1_relation"], limit=30,
+                  teacher=TeacherConfig(kind="openai", model=model, base_urls=[url], backoff_s=0.01, **teacher))
+
+
+@pytest.mark.parametrize(("model", "reason"), [
+    ("refuse", "refused"), ("filter", "refused"), ("truncate", "truncated"), ("empty", "empty"),
+    ("garbage", "malformed_json"), ("badrequest", "request_error"),
+])
+def test_every_bad_answer_over_http_is_a_rejected_row(sample_path, tmp_path, instant_server, model, reason):
+    report = run_synth(http_config(sample_path, tmp_path, instant_server.url, model), progress=False)
+    rows = pl.read_parquet(tmp_path / "traces.parquet")
+    assert report.rejected == {reason: 30} and rows.height == 30
+    assert (rows["status"] == "rejected").all() and (rows["reason"] == reason).all()
+
+
+def test_429_and_5xx_are_retried_until_answered(sample_path, tmp_path, instant_server):
+    report = run_synth(http_config(sample_path, tmp_path, instant_server.url, "flaky", concurrency=8), progress=False)
+    assert report.complete and report.ok == 30
+
+
+def test_unreachable_servers_leave_requests_for_the_rerun(sample_path, tmp_path, instant_server):
+    dead = "http://127.0.0.1:9/v1"
+    report = run_synth(http_config(sample_path, tmp_path, dead, "ok", max_retries=1), progress=False)
+    assert sum(report.unanswered.values()) == 30 and report.rows == 0
+    # a second URL that works: the rerun answers everything, spread over the healthy one
+    again = run_synth(http_config(sample_path, tmp_path, dead, "ok").model_copy(update={"teacher": TeacherConfig(
+        kind="openai", model="ok", base_urls=[dead, instant_server.url], backoff_s=0.01)}), progress=False)
+    assert again.complete and again.ok == 30 and again.rows == 30
+
+
+def test_refused_key_stops_the_job_without_printing_it(sample_path, tmp_path, instant_server, monkeypatch):
+    monkeypatch.setenv("RECOT_TEST_KEY", "sk-secret-123")
+    with pytest.raises(TeacherError, match="RECOT_TEST_KEY") as failure:
+        run_synth(http_config(sample_path, tmp_path, instant_server.url, "denied", api_key_env="RECOT_TEST_KEY"), progress=False)
+    assert "sk-secret" not in str(failure.value)
