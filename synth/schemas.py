@@ -24,11 +24,18 @@ class Strict(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
 
+class QA(Strict):
+    question: str = Field(min_length=1, max_length=200)
+    answer: str = Field(min_length=1, max_length=300)
+
+
 class ItemCaption(Strict):
-    """R0: a caption grounded in the item's own text, and the attributes it states."""
+    """R0: a caption grounded in the item's own text, the attributes it states, and question-answer
+    pairs that tie the item's SID to its title and attributes (item perception: SID <-> language)."""
 
     caption: str = Field(min_length=1, max_length=600)
     attributes: dict[str, str] = Field(default_factory=dict)
+    qa: list[QA] = Field(min_length=1, max_length=4)
 
 
 class ItemRelation(Strict):

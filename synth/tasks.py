@@ -21,7 +21,8 @@ Source = Literal["items", "pairs", "samples"]
 
 def _caption_text(out: ItemCaption) -> str:
     attrs = "; ".join(f"{k}: {v}" for k, v in out.attributes.items())
-    return f"{out.caption}\n{attrs}" if attrs else out.caption
+    qa = "\n".join(f"Q: {pair.question}\nA: {pair.answer}" for pair in out.qa)
+    return "\n".join(part for part in (out.caption, attrs, qa) if part)
 
 
 def _relation_text(out: ItemRelation) -> str:

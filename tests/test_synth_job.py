@@ -13,7 +13,7 @@ from synth.job import SynthConfig, run_synth
 from synth.requests import Shard, checked_samples
 from synth.splits import Split
 from synth.teachers import TeacherConfig
-from synth.teachers.openai_http import TeacherError
+from synth.teachers.openai_http import AdaptiveLimit, TeacherError
 
 ALL_TASKS = ["r0_caption", "r1_relation", "r2_interests", "r3_cot_blind", "r3_cot_hindsight"]
 
@@ -40,6 +40,11 @@ def test_rules_teacher_writes_valid_grounded_traces(rules_run, sample):
         assert out["answer"] == sid_of[row["target"]]
         assert all(1 <= e <= len(row["history"]) for i in out["interests"] for e in i["evidence"])
         assert row["text"].startswith("<think>\nPersona: ") and row["text"].endswith(out["answer"])
+    title_of = dict(zip(sample.catalog.items["item_id"], sample.catalog.items["title"]))
+    for row in rows.filter(pl.col("task") == "r0_caption").head(50).iter_rows(named=True):
+        qa = json.loads(row["output"])["qa"]
+        item = row["items"][0]
+        assert qa[0] == {"question": f"Which item is {sid_of[item]}?", "answer": title_of[item][:200]}
     blind = rows.filter(pl.col("task") == "r3_cot_blind")
     answers = [json.loads(o)["answer"] for o in blind["output"]]
     assert set(answers) <= set(sid_of.values())
@@ -129,3 +134,20 @@ def test_refused_key_stops_the_job_without_printing_it(sample_path, tmp_path, in
     with pytest.raises(TeacherError, match="RECOT_TEST_KEY") as failure:
         run_synth(http_config(sample_path, tmp_path, instant_server.url, "denied", api_key_env="RECOT_TEST_KEY"), progress=False)
     assert "sk-secret" not in str(failure.value)
+
+
+def test_concurrency_halves_on_429_and_grows_back():
+    import asyncio
+
+    async def scenario() -> list[int]:
+        limit = AdaptiveLimit(8)
+        seen = []
+        for throttled in (True, True, False, False, False, False, False):
+            await limit.acquire()
+            await limit.release(throttled)
+            seen.append(limit.limit)
+            limit._last_cut = 0.0  # let the next 429 cut again at once
+        return seen
+
+    # 8 -> 4 -> 2, then two successes in a row (the current limit) add one back each time
+    assert asyncio.run(scenario()) == [4, 2, 2, 3, 3, 3, 4]

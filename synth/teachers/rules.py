@@ -150,7 +150,11 @@ class RulesTeacher:
         if categories:
             caption += f". Listed under {' > '.join(categories)}"
         attributes = {k: v for k, v in (("brand", item["brand"]), ("category", categories[-1] if categories else None)) if v}
-        return {"caption": caption[:600], "attributes": attributes}
+        sid, title = item["sid_text"], item["title"][:200]
+        qa = [{"question": f"Which item is {sid}?", "answer": title},
+              {"question": f"What is the semantic ID of {title}?"[:200], "answer": sid}]
+        qa += [{"question": f"What is the {name} of {sid}?", "answer": value[:300]} for name, value in attributes.items()]
+        return {"caption": caption[:600], "attributes": attributes, "qa": qa[:4]}
 
     def _r1_relation(self, subject: dict[str, Any]) -> dict[str, Any]:
         first, second = (self.items[i] for i in subject["items"])

@@ -2,7 +2,8 @@
 
 Requests are taken in batches of ``batch_size`` so answers reach the journal while the job runs;
 within a batch vLLM schedules everything itself (continuous batching, prefix caching). Each request
-carries its own seed, so ``n`` samples per prompt are ``n`` reproducible requests.
+carries its own seed, so ``n`` samples per prompt are ``n`` reproducible requests. An offline batch
+has no per-request latency: ``latency_s`` is the batch's wall time divided by its size.
 """
 
 from __future__ import annotations
