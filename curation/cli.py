@@ -1,0 +1,73 @@
+"""``recot curate``: ingest synthesis output into a store, run the rules, print the funnel."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict
+from pathlib import Path
+
+import click
+
+from synth.cli import console, emit, json_option
+
+store_option = click.option("--store", type=click.Path(dir_okay=False, path_type=Path), default=Path("out/curation.duckdb"),
+                            show_default=True, help="The DuckDB curation store (created on first use).")
+
+
+@click.group("curate")
+def curate() -> None:
+    """Curate traces in a DuckDB store: ingest, rules with reason codes, the funnel report."""
+
+
+@curate.command("ingest")
+@click.argument("traces", nargs=-1, required=True, type=click.Path(path_type=Path))
+@click.option("--dataset", type=click.Path(exists=True, path_type=Path), help="Dataset whose catalog the rules check SIDs against.")
+@store_option
+@json_option
+def ingest(traces: tuple[Path, ...], dataset: Path | None, store: Path, as_json: bool) -> None:
+    """Add traces.parquet files (glob them for shards); rows already in the store are skipped."""
+    from curation.store import Store
+    from synth.loaders import load_dataset
+
+    with Store(store) as db:
+        payload = {"catalog_items": db.load_catalog(load_dataset(dataset).catalog)} if dataset else {}
+        payload["files"] = [asdict(db.ingest(path)) for path in traces]
+    emit(payload, as_json, f"ingest into {store}")
+
+
+@curate.command("rules")
+@click.option("--config", type=click.Path(exists=True, dir_okay=False, path_type=Path), help="Rule thresholds and switches (TOML/YAML).")
+@store_option
+@json_option
+def rules(config: Path | None, store: Path, as_json: bool) -> None:
+    """Recompute every enabled rule's verdicts; prints failures per rule."""
+    from curation.rules import RulesConfig, run_rules
+    from curation.store import Store
+    from synth.config import load_config
+
+    settings = load_config(RulesConfig, config)
+    with Store(store) as db:
+        if not db.con.execute("SELECT count(*) FROM catalog").fetchone()[0]:
+            console.print("[yellow]the store has no catalog: SID and leakage rules see no items;[/] ingest with --dataset")
+        emit(run_rules(db, settings), as_json, "failed per rule")
+
+
+@curate.command("report")
+@click.option("--examples", default=2, show_default=True, help="Example rows per failure reason.")
+@store_option
+@json_option
+def report(examples: int, store: Path, as_json: bool) -> None:
+    """The funnel: traces per task, checks and failures per rule and reason, with examples; what is kept."""
+    from curation.report import funnel
+    from curation.store import Store
+
+    with Store(store) as db:
+        result = funnel(db, examples)
+    if as_json:
+        click.echo(json.dumps(result, indent=2))
+        return
+    console.print(f"[bold]{result['traces']}[/] traces {result['by_task']}; kept [bold]{result['kept']}[/] {result['kept_by_task']}")
+    for rule, counts in result["rules"].items():
+        console.print(f"  {rule:<14} checked {counts['checked']:>8}  failed {counts['failed']:>8}")
+        for reason, entry in counts.get("reasons", {}).items():
+            console.print(f"      {reason:<22} {entry['count']:>8}  e.g. {entry['examples'][0]['detail']!s:.80}")

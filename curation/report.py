@@ -1,0 +1,31 @@
+"""The curation funnel: how many traces each rule checked and failed, by reason, with example rows."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from curation.store import Store
+
+KEPT_SQL = """SELECT t.* FROM traces t WHERE t.status = 'ok'
+              AND NOT EXISTS (SELECT 1 FROM verdicts v WHERE v.trace_id = t.trace_id AND NOT v.passed)"""
+
+
+def funnel(store: Store, examples: int = 2) -> dict[str, Any]:
+    """Counts per task and rule, failures per reason with ``examples`` rows each, and what is kept."""
+    con = store.con
+    tasks = dict(con.execute("SELECT task, count(*) FROM traces GROUP BY task ORDER BY task").fetchall())
+    kept = dict(con.execute(f"SELECT task, count(*) FROM ({KEPT_SQL}) GROUP BY task ORDER BY task").fetchall())
+    rules = {rule: {"checked": checked, "failed": failed} for rule, checked, failed in con.execute(
+        "SELECT rule, count(*), count(*) FILTER (WHERE NOT passed) FROM verdicts GROUP BY rule ORDER BY rule").fetchall()}
+    reasons = con.execute("""
+        SELECT v.rule, v.reason, count(*) OVER (PARTITION BY v.rule, v.reason) AS n, v.trace_id, t.task, v.detail,
+               left(coalesce(t.text, t.raw, ''), 240) AS text
+        FROM verdicts v JOIN traces t USING (trace_id) WHERE NOT v.passed
+        QUALIFY row_number() OVER (PARTITION BY v.rule, v.reason ORDER BY v.trace_id) <= ?
+        ORDER BY v.rule, n DESC, v.reason, v.trace_id""", [examples]).fetchall()
+    for rule, reason, n, trace_id, task, detail, text in reasons:
+        entry = rules[rule].setdefault("reasons", {}).setdefault(reason, {"count": n, "examples": []})
+        entry["examples"].append({"trace_id": trace_id, "task": task, "detail": detail, "text": text})
+    return {"traces": sum(tasks.values()), "by_task": tasks, "rules": rules,
+            "kept": sum(kept.values()), "kept_by_task": kept,
+            "ingest_rejects": con.execute("SELECT count(*) FROM ingest_rejects").fetchone()[0]}

@@ -1,0 +1,283 @@
+"""Named curation rules, each one SQL query over the store that yields a verdict per trace.
+
+A rule returns ``(trace_id, passed, reason, detail)`` for the traces it applies to; ``run_rules``
+replaces that rule's verdicts in one transaction. Thresholds live in :class:`RulesConfig`, every
+rule can be switched off, and the reason codes are listed in :data:`REASONS`. The definitions of
+the grounding signals follow DESIGN.md:
+
+- EHR (extra-history rate): share of the items a CoT mentions that are not in the history;
+- cov_rate: share of the history's items the CoT mentions (by SID or by its ``#k`` number).
+Both are also written to ``scores``.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from curation.store import Store
+from synth.schemas import ECOMMERCE_PERSONAS
+
+SID_RE = r"(?:<\|sid_begin\|>)?(?:<(?:s_)?[a-z]_\d+>)+(?:<\|sid_end\|>)?"
+WORD_RE = r"[a-z0-9]+"
+R3 = ("r3_cot_blind", "r3_cot_hindsight")
+# Words that never make a title word distinctive: the CoT format's labels and common English
+# (the persona prototypes' words are added from the config).
+COMMON_WORDS = tuple(
+    "persona interests interest transition from with that this these those they their there then than "
+    "have will would could should into over under about after before other which where when what while "
+    "user users item items purchase purchases next most more also just only each both same".split()
+)
+REASONS = {
+    "truncated": "synthesis: generation hit max_tokens", "schema_invalid": "synthesis: answer did not match the schema",
+    "cot_format": "the CoT text does not follow the fixed <think> format",
+    "too_short": "text shorter than length.min_chars", "too_long": "text longer than length.max_chars",
+    "language": "too few Latin letters for the configured language",
+    "persona_unknown": "persona prototype not in the domain's list",
+    "interest_count": "not 1-5 interest hypotheses", "evidence_out_of_range": "an interest cites a history number that does not exist",
+    "unknown_sid": "a SID in the text is not in the catalog", "answer_not_sid": "the answer is not a SID",
+    "hallucinated_items": "EHR above grounding.max_ehr", "low_coverage": "cov_rate below grounding.min_cov",
+    "leak_sid": "hindsight reasoning contains the target's SID",
+    "leak_title_ngram": "hindsight reasoning repeats a word n-gram of the target's title that no history title has",
+    "leak_brand": "hindsight reasoning names the target's brand (absent from the history)",
+    "leak_token": "hindsight reasoning uses a distinctive word of the target's title",
+    "future_event": "an event at or after the cut-off (or the target) is in the sample",
+    "miss": "blind prediction neither matches nor shares the SID prefix of the real next item",
+}
+
+
+class Switch(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    enabled: bool = True
+
+
+class LengthRule(Switch):
+    min_chars: int = Field(20, ge=0)
+    max_chars: int = Field(6000, ge=1)
+
+
+class LanguageRule(Switch):
+    min_latin_share: float = Field(0.8, ge=0, le=1)
+
+
+class PersonaRule(Switch):
+    personas: list[str] = list(ECOMMERCE_PERSONAS)
+
+
+class GroundingRule(Switch):
+    max_ehr: float = Field(0.5, ge=0, le=1)
+    min_cov: float = Field(0.1, ge=0, le=1)
+
+
+class LeakageRule(Switch):
+    ngram: int = Field(3, ge=2)
+    min_token_chars: int = Field(4, ge=1)
+    max_token_df: float = Field(0.01, gt=0, le=1, description="a title word is distinctive when at most this share of catalog titles has it")
+
+
+class BlindHitRule(Switch):
+    prefix_levels: int = Field(2, ge=0, description="codes that must match for a near hit; 0: exact hits only")
+
+
+class RulesConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    schema_valid: Switch = Switch()
+    cot_format: Switch = Switch()
+    length: LengthRule = LengthRule()
+    language: LanguageRule = LanguageRule()
+    persona: PersonaRule = PersonaRule()
+    interests: Switch = Switch()
+    sid_validity: Switch = Switch()
+    grounding: GroundingRule = GroundingRule()
+    leakage: LeakageRule = LeakageRule()
+    future: Switch = Switch()
+    blind_hit: BlindHitRule = BlindHitRule()
+
+
+def _in(tasks: tuple[str, ...]) -> str:
+    return "(" + ", ".join(f"'{t}'" for t in tasks) + ")"
+
+
+def _schema_valid(_: RulesConfig) -> str:
+    return "SELECT trace_id, status = 'ok', reason, detail FROM traces"
+
+
+def _cot_format(_: RulesConfig) -> str:
+    pattern = r"<think>\nPersona: [^\n]+\nInterests:\n(?:\d+\. [^\n]+\n)+Transition: [^\n]+\n</think>\n[^\n]+"
+    return f"""SELECT trace_id, regexp_full_match(text, '{pattern}') AS ok,
+                      CASE WHEN NOT ok THEN 'cot_format' END, NULL
+               FROM traces WHERE status = 'ok' AND task IN {_in(R3)}"""
+
+
+def _length(c: RulesConfig) -> str:
+    return f"""SELECT trace_id, length(text) BETWEEN {c.length.min_chars} AND {c.length.max_chars},
+                      CASE WHEN length(text) < {c.length.min_chars} THEN 'too_short'
+                           WHEN length(text) > {c.length.max_chars} THEN 'too_long' END,
+                      length(text)::VARCHAR || ' characters'
+               FROM traces WHERE status = 'ok'"""
+
+
+def _language(c: RulesConfig) -> str:
+    share = ("length(regexp_replace(text, '[^A-Za-z]', '', 'g')) / "
+             "greatest(1, length(regexp_replace(text, '[^\\p{L}]', '', 'g')))::DOUBLE")
+    return f"""SELECT trace_id, {share} >= {c.language.min_latin_share}, CASE WHEN {share} < {c.language.min_latin_share}
+                      THEN 'language' END, printf('%.2f Latin', {share})
+               FROM traces WHERE status = 'ok'"""
+
+
+def _persona(c: RulesConfig) -> str:
+    listed = ", ".join("'" + p.replace("'", "''") + "'" for p in c.persona.personas)
+    prototype = "json_extract_string(output, '$.persona.prototype')"
+    return f"""SELECT trace_id, {prototype} IN ({listed}), CASE WHEN {prototype} NOT IN ({listed}) THEN 'persona_unknown' END,
+                      {prototype}
+               FROM traces WHERE status = 'ok' AND task IN {_in(R3)}"""
+
+
+def _interests(_: RulesConfig) -> str:
+    return f"""
+        WITH x AS (
+            SELECT trace_id, json_array_length(output, '$.interests') AS n, len(history) AS h,
+                   flatten(json_extract(output, '$.interests[*].evidence')::INTEGER[][]) AS cited
+            FROM traces WHERE status = 'ok' AND task IN {_in(('r2_interests', *R3))})
+        SELECT trace_id, n BETWEEN 1 AND 5 AND list_bool_and(list_transform(cited, lambda e: e BETWEEN 1 AND h)),
+               CASE WHEN n NOT BETWEEN 1 AND 5 THEN 'interest_count'
+                    WHEN NOT list_bool_and(list_transform(cited, lambda e: e BETWEEN 1 AND h)) THEN 'evidence_out_of_range' END,
+               printf('%d interests, cites %s of %d', n, cited::VARCHAR, h)
+        FROM x"""
+
+
+def _sid_validity(_: RulesConfig) -> str:
+    return f"""
+        WITH m AS (SELECT trace_id, unnest(regexp_extract_all(text, '{SID_RE}')) AS sid FROM traces WHERE status = 'ok'),
+        unknown AS (SELECT trace_id, string_agg(DISTINCT sid, ' ') AS sids FROM m ANTI JOIN catalog c ON m.sid = c.sid_text
+                    GROUP BY trace_id),
+        answers AS (SELECT trace_id, json_extract_string(output, '$.answer') AS answer FROM traces
+                    WHERE status = 'ok' AND task IN {_in(R3)})
+        SELECT t.trace_id, u.sids IS NULL AND (a.answer IS NULL OR regexp_full_match(a.answer, '{SID_RE}')),
+               CASE WHEN a.answer IS NOT NULL AND NOT regexp_full_match(a.answer, '{SID_RE}') THEN 'answer_not_sid'
+                    WHEN u.sids IS NOT NULL THEN 'unknown_sid' END,
+               coalesce(u.sids, a.answer)
+        FROM traces t LEFT JOIN unknown u USING (trace_id) LEFT JOIN answers a USING (trace_id) WHERE t.status = 'ok'"""
+
+
+def grounding_sql() -> str:
+    """Per R3 trace: ``ehr`` and ``cov_rate`` from the SIDs and ``#k`` citations in its <think> block."""
+    return f"""
+        WITH r AS (SELECT trace_id, history, split_part(split_part(text, '</think>', 1), '<think>', 2) AS think
+                   FROM traces WHERE status = 'ok' AND task IN {_in(R3)}),
+        hist AS (SELECT r.trace_id, h.pos, c.sid_text FROM r,
+                 unnest(history) WITH ORDINALITY AS h(item_id, pos) LEFT JOIN catalog c ON c.item_id = h.item_id),
+        sids AS (SELECT trace_id, unnest(regexp_extract_all(think, '{SID_RE}')) AS sid FROM r),
+        cited AS (SELECT trace_id, unnest(regexp_extract_all(think, '#(\\d+)', 1))::INTEGER AS pos FROM r),
+        mentioned AS (SELECT s.trace_id, count(*) AS n, count(*) FILTER (WHERE NOT EXISTS (
+                          SELECT 1 FROM hist h WHERE h.trace_id = s.trace_id AND h.sid_text = s.sid)) AS extra
+                      FROM sids s GROUP BY s.trace_id),
+        covered AS (SELECT h.trace_id, count(DISTINCT h.pos) AS n FROM hist h
+                    WHERE EXISTS (SELECT 1 FROM cited c WHERE c.trace_id = h.trace_id AND c.pos = h.pos)
+                       OR EXISTS (SELECT 1 FROM sids s WHERE s.trace_id = h.trace_id AND s.sid = h.sid_text)
+                    GROUP BY h.trace_id)
+        SELECT r.trace_id, coalesce(m.extra / nullif(m.n, 0)::DOUBLE, 0.0) AS ehr,
+               coalesce(v.n, 0) / greatest(len(r.history), 1)::DOUBLE AS cov_rate
+        FROM r LEFT JOIN mentioned m USING (trace_id) LEFT JOIN covered v USING (trace_id)"""
+
+
+def _grounding(c: RulesConfig) -> str:
+    g = c.grounding
+    return f"""SELECT trace_id, ehr <= {g.max_ehr} AND cov_rate >= {g.min_cov},
+                      CASE WHEN ehr > {g.max_ehr} THEN 'hallucinated_items' WHEN cov_rate < {g.min_cov} THEN 'low_coverage' END,
+                      printf('ehr %.2f, cov_rate %.2f', ehr, cov_rate)
+               FROM ({grounding_sql()})"""
+
+
+def _leakage(c: RulesConfig) -> str:
+    k = c.leakage
+    common = sorted({*COMMON_WORDS, *(w for p in c.persona.personas for w in re.findall(WORD_RE, p.lower()))})
+    words = f"regexp_extract_all(lower(coalesce({{}}, '')), '{WORD_RE}')"
+    return f"""
+        WITH df AS (SELECT w, count(DISTINCT item_id) / (SELECT count(*) FROM catalog)::DOUBLE AS share
+                    FROM catalog, unnest({words.format('title')}) AS u(w) GROUP BY w),
+        hind AS (SELECT trace_id, history, target, split_part(split_part(text, '</think>', 1), '<think>', 2) AS think
+                 FROM traces WHERE status = 'ok' AND task = 'r3_cot_hindsight'),
+        seen AS (SELECT h.trace_id, list(DISTINCT w) AS history_words, list(DISTINCT lower(c.brand)) AS history_brands,
+                        string_agg(DISTINCT ' ' || array_to_string({words.format('c.title')}, ' ') || ' ', '|') AS history_titles
+                 FROM hind h, unnest(h.history) AS u(item_id) JOIN catalog c ON c.item_id = u.item_id,
+                      unnest({words.format('c.title')}) AS v(w)
+                 GROUP BY h.trace_id),
+        x AS (SELECT h.trace_id, h.think, c.sid_text AS target_sid, c.brand, {words.format('c.title')} AS title_words,
+                     {words.format('c.brand')} AS brand_words,
+                     ' ' || array_to_string({words.format('c.brand')}, ' ') || ' ' AS brand_text,
+                     coalesce(s.history_words, []) AS history_words, coalesce(s.history_brands, []) AS history_brands,
+                     coalesce(s.history_titles, '') AS history_titles,
+                     ' ' || array_to_string({words.format('h.think')}, ' ') || ' ' AS think_words
+              FROM hind h JOIN catalog c ON c.item_id = h.target LEFT JOIN seen s USING (trace_id)),
+        distinctive AS (SELECT x.trace_id, string_agg(u.w, ', ' ORDER BY u.w) AS words
+                        FROM x, unnest(list_distinct(x.title_words)) AS u(w) LEFT JOIN df ON df.w = u.w
+                        WHERE length(u.w) >= {k.min_token_chars} AND NOT list_contains(x.history_words, u.w)
+                          AND u.w NOT IN ({", ".join(f"'{w}'" for w in common)})
+                          AND coalesce(df.share, 0) <= {k.max_token_df} AND contains(x.think_words, ' ' || u.w || ' ')
+                        GROUP BY x.trace_id),
+        y AS (SELECT x.trace_id, x.target_sid, x.brand, d.words AS leaked_words,
+                 contains(x.think, x.target_sid) AS leak_sid,
+                 list_filter(list_transform(range(1, len(x.title_words) - {k.ngram - 2}),
+                                            lambda i: array_to_string(x.title_words[i:i + {k.ngram - 1}], ' ')),
+                             lambda g: contains(x.think_words, ' ' || g || ' ')
+                                       AND NOT contains(x.history_titles, ' ' || g || ' ')) AS leaked_ngrams,
+                 len(x.brand_words) > 0 AND NOT list_contains(x.history_brands, lower(x.brand))
+                     AND NOT contains(x.history_titles, x.brand_text) AND contains(x.think_words, x.brand_text) AS leak_brand
+              FROM x LEFT JOIN distinctive d USING (trace_id))
+        SELECT trace_id, NOT (leak_sid OR len(leaked_ngrams) > 0 OR leak_brand OR leaked_words IS NOT NULL),
+               CASE WHEN leak_sid THEN 'leak_sid' WHEN len(leaked_ngrams) > 0 THEN 'leak_title_ngram'
+                    WHEN leak_brand THEN 'leak_brand' WHEN leaked_words IS NOT NULL THEN 'leak_token' END,
+               CASE WHEN leak_sid THEN target_sid WHEN len(leaked_ngrams) > 0 THEN leaked_ngrams[1]
+                    WHEN leak_brand THEN brand ELSE leaked_words END
+        FROM y"""
+
+
+def _future(_: RulesConfig) -> str:
+    latest = "list_max(history_ts)"
+    bad = f"({latest} >= target_ts OR (part = 'train' AND cutoff_ts IS NOT NULL AND (target_ts >= cutoff_ts OR {latest} >= cutoff_ts)))"
+    return f"""SELECT trace_id, NOT {bad}, CASE WHEN {bad} THEN 'future_event' END,
+                      printf('latest history %d, target %d, cut-off %s', {latest}, target_ts, coalesce(cutoff_ts::VARCHAR, 'none'))
+               FROM traces WHERE target_ts IS NOT NULL AND len(history) > 0"""
+
+
+def _blind_hit(c: RulesConfig) -> str:
+    codes = "regexp_extract_all({}, '_(\\d+)>', 1)"
+    k = c.blind_hit.prefix_levels
+    return f"""
+        WITH x AS (SELECT t.trace_id, {codes.format("json_extract_string(t.output, '$.answer')")} AS got,
+                          {codes.format('c.sid_text')} AS want, json_extract_string(t.output, '$.answer') AS answer, c.sid_text
+                   FROM traces t JOIN catalog c ON c.item_id = t.target
+                   WHERE t.status = 'ok' AND t.task = 'r3_cot_blind')
+        SELECT trace_id, got = want OR ({k} > 0 AND got[1:{k}] = want[1:{k}]),
+               CASE WHEN NOT (got = want OR ({k} > 0 AND got[1:{k}] = want[1:{k}])) THEN 'miss' END,
+               CASE WHEN got = want THEN 'exact' WHEN {k} > 0 AND got[1:{k}] = want[1:{k}] THEN 'prefix' ELSE 'miss' END
+                   || ': answer ' || coalesce(answer, '?') || ', next item ' || sid_text
+        FROM x"""
+
+
+RULES: dict[str, Callable[[RulesConfig], str]] = {
+    "schema_valid": _schema_valid, "cot_format": _cot_format, "length": _length, "language": _language,
+    "persona": _persona, "interests": _interests, "sid_validity": _sid_validity, "grounding": _grounding,
+    "leakage": _leakage, "future": _future, "blind_hit": _blind_hit,
+}
+
+
+def run_rules(store: Store, config: RulesConfig = RulesConfig()) -> dict[str, int]:
+    """Recompute every enabled rule's verdicts (and the grounding scores); returns failures per rule."""
+    failed: dict[str, int] = {}
+    with store._transaction():
+        for name, rule in RULES.items():
+            store.con.execute("DELETE FROM verdicts WHERE rule = ?", [name])
+            if not getattr(config, name).enabled:
+                continue
+            store.con.execute(f"""INSERT INTO verdicts SELECT q.trace_id, '{name}', q.passed, q.reason, q.detail
+                                  FROM ({rule(config)}) AS q(trace_id, passed, reason, detail)""")
+            failed[name] = store.con.execute("SELECT count(*) FROM verdicts WHERE rule = ? AND NOT passed", [name]).fetchone()[0]
+        store.con.execute("DELETE FROM scores WHERE name IN ('ehr', 'cov_rate')")
+        store.con.execute(f"""INSERT INTO scores
+            SELECT trace_id, 'ehr', ehr, '{{"rule": "grounding"}}' FROM ({grounding_sql()})
+            UNION ALL SELECT trace_id, 'cov_rate', cov_rate, '{{"rule": "grounding"}}' FROM ({grounding_sql()})""")
+    return failed

@@ -1,0 +1,161 @@
+"""The curation store: one DuckDB database per project holding traces and everything decided about them.
+
+Tables: ``traces`` (synthesis output, one row per subject and sample, keyed by ``trace_id``),
+``catalog`` (the SIDs and titles rules check against), ``verdicts`` (rule, pass or fail, reason
+code, detail), ``scores`` (named numbers with provenance), ``ingest_rejects`` (rows that could not
+enter, with why), and ``meta`` (the schema version). Ingest is incremental: a trace already in the
+store is skipped, so ingesting the same files twice changes nothing.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import duckdb
+import pyarrow.parquet as pq
+
+from synth.catalog import Catalog
+from synth.errors import DataError
+from synth.journal import OUTPUT_SCHEMA
+
+SCHEMA_VERSION = 1
+PROVENANCE = ("request_hash", "task", "status", "template", "template_hash", "teacher", "model", "params", "created_at")
+REQUIRED = (*PROVENANCE, "subject_id", "sample", "output", "text")
+_TRACE_COLUMNS = [f.name for f in OUTPUT_SCHEMA]
+def _duck_type(arrow_type) -> str:
+    import pyarrow as pa
+
+    if pa.types.is_list(arrow_type):
+        return _duck_type(arrow_type.value_type) + "[]"
+    return {"string": "VARCHAR", "int64": "BIGINT", "int32": "INTEGER", "double": "DOUBLE"}[str(arrow_type)]
+
+
+TABLES = f"""
+CREATE TABLE IF NOT EXISTS meta (name VARCHAR PRIMARY KEY, value VARCHAR);
+CREATE TABLE IF NOT EXISTS traces (
+    trace_id VARCHAR PRIMARY KEY, source VARCHAR, ingested_at TIMESTAMP DEFAULT current_timestamp,
+    {', '.join(f'"{f.name}" {_duck_type(f.type)}' for f in OUTPUT_SCHEMA)}
+);
+CREATE TABLE IF NOT EXISTS catalog (item_id VARCHAR PRIMARY KEY, sid_text VARCHAR, title VARCHAR, brand VARCHAR);
+CREATE TABLE IF NOT EXISTS verdicts (
+    trace_id VARCHAR, rule VARCHAR, passed BOOLEAN, reason VARCHAR, detail VARCHAR,
+    PRIMARY KEY (trace_id, rule)
+);
+CREATE TABLE IF NOT EXISTS scores (
+    trace_id VARCHAR, name VARCHAR, value DOUBLE, provenance VARCHAR, PRIMARY KEY (trace_id, name)
+);
+CREATE TABLE IF NOT EXISTS ingest_rejects (source VARCHAR, location VARCHAR, record VARCHAR, reason VARCHAR, detail VARCHAR);
+"""
+
+
+@dataclass(frozen=True)
+class IngestReport:
+    source: str
+    rows: int
+    new: int
+    already_in_store: int
+    rejected: int
+
+
+class Store:
+    """A DuckDB curation store at ``path`` (created on first use)."""
+
+    def __init__(self, path: str | Path) -> None:
+        self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            self.con = duckdb.connect(str(self.path))
+        except duckdb.Error as exc:
+            raise DataError(self.path, f"cannot open the store: {exc}", "point --store at a DuckDB file recot created") from None
+        found = self._version()
+        if found is None:
+            self.con.execute(TABLES)
+            self.con.execute("INSERT INTO meta VALUES ('schema_version', ?)", [str(SCHEMA_VERSION)])
+        elif found != SCHEMA_VERSION:
+            raise DataError(self.path, f"store schema version {found}, this recot uses version {SCHEMA_VERSION}",
+                            "curate into a new store (traces re-ingest from their parquet files), or use the recot that made it")
+
+    def _version(self) -> int | None:
+        has_meta = self.con.execute(
+            "SELECT count(*) FROM information_schema.tables WHERE table_name = 'meta'").fetchone()[0]
+        if not has_meta:
+            return None
+        row = self.con.execute("SELECT value FROM meta WHERE name = 'schema_version'").fetchone()
+        return int(row[0]) if row else None
+
+    def close(self) -> None:
+        self.con.close()
+
+    def __enter__(self) -> Store:
+        return self
+
+    def __exit__(self, *_) -> None:
+        self.close()
+
+    def load_catalog(self, catalog: Catalog) -> int:
+        """Replace the catalog the rules check SIDs and titles against."""
+        frame = catalog.items.select("item_id", "title", "brand").with_columns(sid_text=catalog.sid_text())
+        arrow = frame.select("item_id", "sid_text", "title", "brand").to_arrow()
+        with self._transaction():
+            self.con.execute("DELETE FROM catalog")
+            self.con.execute("INSERT INTO catalog SELECT * FROM arrow")
+        return frame.height
+
+    def ingest(self, source: Path) -> IngestReport:
+        """Add a synthesis output parquet; rows without provenance go to ``ingest_rejects``."""
+        _check_parquet(source)
+        missing_provenance = " OR ".join(f'"{c}" IS NULL' for c in PROVENANCE)
+        with self._transaction():
+            self.con.execute(f"""
+                CREATE OR REPLACE TEMP TABLE incoming AS
+                SELECT md5(request_hash || '|' || subject_id || '|' || sample) AS trace_id,
+                       'row ' || (file_row_number + 1) AS location, *
+                FROM read_parquet(?, file_row_number = true)""", [str(source)])
+            rows = self.con.execute("SELECT count(*) FROM incoming").fetchone()[0]
+            self.con.execute(f"""
+                INSERT INTO ingest_rejects
+                SELECT ?, location, coalesce(request_hash, '?') || ' ' || coalesce(subject_id, '?'), 'no_provenance',
+                       'a provenance column is empty; only rows written by recot synth run can be curated'
+                FROM incoming WHERE {missing_provenance}""", [str(source)])
+            rejected = self.con.execute(f"SELECT count(*) FROM incoming WHERE {missing_provenance}").fetchone()[0]
+            columns = ", ".join(f'"{c}"' for c in _TRACE_COLUMNS)
+            new = self.con.execute(f"""
+                INSERT INTO traces (trace_id, source, {columns})
+                SELECT i.trace_id, ?, {', '.join(f'i."{c}"' for c in _TRACE_COLUMNS)}
+                FROM incoming i ANTI JOIN traces t ON i.trace_id = t.trace_id
+                WHERE NOT ({missing_provenance})
+                QUALIFY row_number() OVER (PARTITION BY i.trace_id) = 1""", [str(source)]).fetchone()[0]
+        return IngestReport(str(source), rows, new, rows - rejected - new, rejected)
+
+    def _transaction(self):
+        return _Transaction(self.con)
+
+
+class _Transaction:
+    """BEGIN/COMMIT around a block, ROLLBACK on error: a failed step leaves the store as it was."""
+
+    def __init__(self, con: duckdb.DuckDBPyConnection) -> None:
+        self.con = con
+
+    def __enter__(self) -> None:
+        self.con.execute("BEGIN TRANSACTION")
+
+    def __exit__(self, kind, *_) -> None:
+        self.con.execute("ROLLBACK" if kind else "COMMIT")
+
+
+def _check_parquet(source: Path) -> None:
+    """A readable parquet file with the columns recot writes; the error names what is wrong and the fix."""
+    if not source.exists():
+        raise DataError(source, "no such file", "pass the traces.parquet a synthesis job wrote")
+    try:
+        names = set(pq.read_schema(source).names)
+        pq.ParquetFile(source).metadata  # noqa: B018 - reading the footer is the check
+    except Exception as exc:  # noqa: BLE001 - pyarrow raises several types for damaged files
+        raise DataError(source, f"not a readable parquet file ({exc})",
+                        "the file is partial or corrupt: rerun `recot synth run` (it re-exports from its journal)") from None
+    missing = [c for c in REQUIRED if c not in names]
+    if missing:
+        raise DataError(source, f"columns {missing} are missing: these rows carry no provenance",
+                        "curate only files written by `recot synth run` (traces.parquet)")

@@ -1,0 +1,182 @@
+"""The curation store and rules on real synthesis output (rules teacher on the sample), plus hand-made
+traces that must trip exactly the rule and reason they were made for."""
+
+from __future__ import annotations
+
+import json
+import re
+from collections import Counter
+
+import duckdb
+import polars as pl
+import pytest
+
+from curation.report import funnel
+from curation.rules import WORD_RE, RulesConfig, run_rules
+from curation.store import Store
+from synth.errors import DataError
+from synth.job import SynthConfig, run_synth
+
+TASKS = ["r0_caption", "r1_relation", "r3_cot_blind", "r3_cot_hindsight"]
+
+
+@pytest.fixture(scope="module")
+def traces(sample_path, tmp_path_factory):
+    out = tmp_path_factory.mktemp("synth")
+    run_synth(SynthConfig(dataset=sample_path, out=out, tasks=TASKS, limit=120), progress=False)
+    return out / "traces.parquet"
+
+
+@pytest.fixture()
+def store(tmp_path, sample):
+    with Store(tmp_path / "c.duckdb") as db:
+        db.load_catalog(sample.catalog)
+        yield db
+
+
+def verdict(store: Store, trace_id: str, rule: str) -> tuple[bool, str | None, str | None]:
+    return store.con.execute("SELECT passed, reason, detail FROM verdicts WHERE trace_id = ? AND rule = ?",
+                             [trace_id, rule]).fetchone()
+
+
+def test_ingest_is_incremental_and_clean_rules_pass(store, traces):
+    first = store.ingest(traces)
+    again = store.ingest(traces)
+    assert (first.new, first.rejected) == (480, 0) and (again.new, again.already_in_store) == (0, 480)
+    failed = run_rules(store)
+    assert {k: v for k, v in failed.items() if k != "blind_hit"} == dict.fromkeys(set(failed) - {"blind_hit"}, 0)
+    report = funnel(store)
+    assert report["traces"] == 480 and report["kept"] == 480 - failed["blind_hit"]
+    assert report["rules"]["blind_hit"]["checked"] == 120
+
+
+def mutate(source, target, task: str, change) -> dict:
+    """Copy ``source`` with the first row of ``task`` changed by ``change(row) -> row``; returns the changed row."""
+    rows = pl.read_parquet(source)
+    index = rows["task"].to_list().index(task)
+    row = change(rows.row(index, named=True))
+    row["subject_id"] = row["subject_id"] + "#crafted"
+    pl.concat([rows, pl.DataFrame([row], schema=rows.schema)]).write_parquet(target)
+    return row
+
+
+def trace_id_of(store: Store, row: dict) -> str:
+    return store.con.execute("SELECT trace_id FROM traces WHERE subject_id = ?", [row["subject_id"]]).fetchone()[0]
+
+
+def with_think(row: dict, think: str) -> dict:
+    answer = row["text"].split("</think>\n", 1)[1]
+    row["text"] = f"<think>\nPersona: bargain hunter. cheap\nInterests:\n1. tape (from #1)\nTransition: {think} -> interest 1. x\n</think>\n{answer}"
+    return row
+
+
+@pytest.mark.parametrize(("task", "rule", "reason", "change"), [
+    ("r3_cot_hindsight", "persona", "persona_unknown",
+     lambda r: r | {"output": json.dumps(json.loads(r["output"]) | {"persona": {"prototype": "astronaut", "evidence": "x"}})}),
+    ("r3_cot_hindsight", "interests", "evidence_out_of_range",
+     lambda r: r | {"output": json.dumps(json.loads(r["output"]) | {"interests": [{"name": "x", "evidence": [99]}]})}),
+    ("r3_cot_hindsight", "cot_format", "cot_format", lambda r: r | {"text": "I think they want tape."}),
+    ("r3_cot_blind", "sid_validity", "unknown_sid", lambda r: with_think(r, "after <a_999><b_999><c_999>")),
+    ("r3_cot_blind", "sid_validity", "answer_not_sid",
+     lambda r: r | {"output": json.dumps(json.loads(r["output"]) | {"answer": "the drill"})}),
+    ("r0_caption", "length", "too_short", lambda r: r | {"text": "ok"}),
+    ("r0_caption", "language", "language", lambda r: r | {"text": "это очень хороший товар для дома и сада"}),
+    ("r3_cot_hindsight", "future", "future_event", lambda r: r | {"history_ts": [r["cutoff_ts"]] * len(r["history"])}),
+])
+def test_crafted_traces_trip_their_rule(store, traces, tmp_path, task, rule, reason, change):
+    row = mutate(traces, tmp_path / "crafted.parquet", task, change)
+    store.ingest(tmp_path / "crafted.parquet")
+    run_rules(store)
+    passed, got, _ = verdict(store, trace_id_of(store, row), rule)
+    assert (passed, got) == (False, reason)
+
+
+@pytest.mark.parametrize(("leak", "reason"), [("sid", "leak_sid"), ("title", "leak_title_ngram"), ("word", "leak_token")])
+def test_hindsight_leaks_are_caught(store, traces, tmp_path, sample, leak, reason):
+    items = sample.catalog.items.with_columns(sid_text=sample.catalog.sid_text())
+    by_id = {r["item_id"]: r for r in items.iter_rows(named=True)}
+    words_of = {i: set(re.findall(WORD_RE, r["title"].lower())) for i, r in by_id.items()}
+    df = Counter(w for words in words_of.values() for w in words)
+
+    def change(row: dict) -> dict:
+        target = by_id[row["target"]]
+        seen = set().union(*(words_of[i] for i in row["history"]))
+        rare = sorted(w for w in words_of[row["target"]] - seen if len(w) >= 4 and df[w] / len(by_id) <= 0.01 and w.isalpha())
+        text = {"sid": target["sid_text"], "title": target["title"], "word": rare[0]}[leak]
+        return with_think(row, f"they will now want {text} soon")
+
+    row = mutate(traces, tmp_path / "leak.parquet", "r3_cot_hindsight", change)
+    store.ingest(tmp_path / "leak.parquet")
+    run_rules(store)
+    passed, got, detail = verdict(store, trace_id_of(store, row), "leakage")
+    assert (passed, got) == (False, reason), detail
+
+
+def test_grounding_scores_follow_their_definition(store, traces, tmp_path, sample):
+    sid_of = dict(zip(sample.catalog.items["item_id"], sample.catalog.sid_text()))
+
+    def change(row: dict) -> dict:
+        row["history"] = row["history"][:1] + [i for i in sid_of if i not in row["history"]][:3]
+        row["history_ts"] = [1, 2, 3, 4]
+        row["target_ts"], row["cutoff_ts"] = 5, 100
+        # mentions history item 2 by SID, cites #1, and names one SID outside the history
+        outside = next(s for i, s in sid_of.items() if i not in row["history"])
+        return with_think(row, f"#1 then {sid_of[row['history'][1]]} and {outside}")
+
+    row = mutate(traces, tmp_path / "g.parquet", "r3_cot_blind", change)
+    store.ingest(tmp_path / "g.parquet")
+    run_rules(store, RulesConfig.model_validate({"grounding": {"max_ehr": 0.4}}))
+    scores = dict(store.con.execute("SELECT name, value FROM scores WHERE trace_id = ?", [trace_id_of(store, row)]).fetchall())
+    assert scores == {"ehr": 0.5, "cov_rate": 0.5}
+    assert verdict(store, trace_id_of(store, row), "grounding")[:2] == (False, "hallucinated_items")
+
+
+def test_blind_hits_exact_prefix_and_miss(store, traces, tmp_path, sample):
+    sid_of = dict(zip(sample.catalog.items["item_id"], sample.catalog.sid_text()))
+    rows = []
+    for name, answer in (("exact", lambda s: s), ("prefix", lambda s: s.rsplit("<", 1)[0] + "<c_999>"), ("miss", lambda s: "<a_999><b_999><c_999>")):
+        row = mutate(traces, tmp_path / f"{name}.parquet", "r3_cot_blind",
+                     lambda r: r | {"output": json.dumps(json.loads(r["output"]) | {"answer": answer(sid_of[r["target"]])}),
+                                    "subject_id": r["subject_id"] + name})
+        store.ingest(tmp_path / f"{name}.parquet")
+        rows.append((name, row))
+    run_rules(store)
+    got = {name: verdict(store, trace_id_of(store, row), "blind_hit") for name, row in rows}
+    assert got["exact"][:2] == (True, None) and got["exact"][2].startswith("exact")
+    assert got["prefix"][:2] == (True, None) and got["prefix"][2].startswith("prefix")
+    assert got["miss"][:2] == (False, "miss")
+    run_rules(store, RulesConfig.model_validate({"blind_hit": {"prefix_levels": 0}}))
+    assert verdict(store, trace_id_of(store, rows[1][1]), "blind_hit")[:2] == (False, "miss")
+
+
+def test_switched_off_rule_leaves_no_verdicts(store, traces):
+    store.ingest(traces)
+    failed = run_rules(store, RulesConfig.model_validate({"blind_hit": {"enabled": False}}))
+    assert "blind_hit" not in failed
+    assert store.con.execute("SELECT count(*) FROM verdicts WHERE rule = 'blind_hit'").fetchone()[0] == 0
+
+
+def test_bad_inputs_are_named(store, traces, tmp_path):
+    broken = tmp_path / "broken.parquet"
+    broken.write_bytes(traces.read_bytes()[:2000])
+    with pytest.raises(DataError, match="(?s)broken.parquet.*partial or corrupt"):
+        store.ingest(broken)
+    bare = tmp_path / "bare.parquet"
+    pl.read_parquet(traces).drop("template_hash").write_parquet(bare)
+    with pytest.raises(DataError, match="template_hash"):
+        store.ingest(bare)
+    holes = tmp_path / "holes.parquet"
+    frame = pl.read_parquet(traces)
+    frame.with_columns(model=pl.when(pl.int_range(pl.len()) < 3).then(None).otherwise(pl.col("model"))).write_parquet(holes)
+    report = store.ingest(holes)
+    assert report.rejected == 3 and report.new == frame.height - 3
+    assert store.con.execute("SELECT count(*), min(reason) FROM ingest_rejects").fetchone() == (3, "no_provenance")
+
+
+def test_store_of_another_schema_version_is_refused(tmp_path):
+    path = tmp_path / "old.duckdb"
+    Store(path).close()
+    with duckdb.connect(str(path)) as con:
+        con.execute("UPDATE meta SET value = '0' WHERE name = 'schema_version'")
+    with pytest.raises(DataError, match="schema version 0"):
+        Store(path)
