@@ -25,8 +25,11 @@ demo: $(STAMP)
 	$(VENV)/bin/recot sid build $(SAMPLE) --out $(DEMO_OUT)/sids
 	$(VENV)/bin/recot sid convert $(DEMO_OUT)/sids/sids.parquet --to '<|sid_begin|><s_a_0><s_b_0><s_c_0><|sid_end|>' --out $(DEMO_OUT)/sids-wrapped.parquet
 	$(VENV)/bin/recot synth run examples/synth-demo.toml
+	$(VENV)/bin/recot curate ingest $(DEMO_OUT)/synth/traces.parquet --dataset $(SAMPLE) --store $(DEMO_OUT)/curation.duckdb
+	$(VENV)/bin/recot curate rules --store $(DEMO_OUT)/curation.duckdb
+	$(VENV)/bin/recot curate report --store $(DEMO_OUT)/curation.duckdb
 	@echo "demo output in $(DEMO_OUT)/: inspect.json, sids/ (sids.parquet, sids.json, report.json), sids-wrapped.parquet,"
-	@echo "  synth/traces.parquet (R0-R3 traces with provenance; rerun: nothing is sent twice)"
+	@echo "  synth/traces.parquet (R0-R3 traces with provenance; rerun: nothing is sent twice), curation.duckdb (verdicts)"
 
 test: $(STAMP)
 	$(PY) -m pytest -q -p no:cacheprovider
