@@ -27,6 +27,7 @@ demo: $(STAMP)
 	$(VENV)/bin/recot synth run examples/synth-demo.toml
 	$(VENV)/bin/recot curate ingest $(DEMO_OUT)/synth/traces.parquet --dataset $(SAMPLE) --store $(DEMO_OUT)/curation.duckdb
 	$(VENV)/bin/recot curate rules --store $(DEMO_OUT)/curation.duckdb
+	$(VENV)/bin/recot curate dedup --store $(DEMO_OUT)/curation.duckdb
 	$(VENV)/bin/recot curate report --store $(DEMO_OUT)/curation.duckdb
 	@echo "demo output in $(DEMO_OUT)/: inspect.json, sids/ (sids.parquet, sids.json, report.json), sids-wrapped.parquet,"
 	@echo "  synth/traces.parquet (R0-R3 traces with provenance; rerun: nothing is sent twice), curation.duckdb (verdicts)"
@@ -39,6 +40,7 @@ bench: $(STAMP)
 	$(PY) bench/bench_openai.py
 	$(PY) bench/bench_vllm.py
 	$(PY) bench/bench_synth_memory.py
+	$(PY) bench/bench_dedup.py
 
 clean:
 	rm -rf $(DEMO_OUT) bench/.data

@@ -47,9 +47,23 @@ def rules(config: Path | None, store: Path, as_json: bool) -> None:
 
     settings = load_config(RulesConfig, config)
     with Store(store) as db:
-        if not db.con.execute("SELECT count(*) FROM catalog").fetchone()[0]:
+        if not db.scalar("SELECT count(*) FROM catalog"):
             console.print("[yellow]the store has no catalog: SID and leakage rules see no items;[/] ingest with --dataset")
         emit(run_rules(db, settings), as_json, "failed per rule")
+
+
+@curate.command("dedup")
+@click.option("--threshold", type=float, help="Word 3-gram Jaccard at which traces are duplicates (default 0.8).")
+@store_option
+@json_option
+def dedup(threshold: float | None, store: Path, as_json: bool) -> None:
+    """Cluster exact and near-duplicate traces per task; all but one per cluster get a 'duplicate' verdict."""
+    from curation.dedup import DedupConfig, run_dedup
+    from curation.store import Store
+
+    config = DedupConfig(**({"threshold": threshold} if threshold else {}))
+    with Store(store) as db:
+        emit(run_dedup(db, config), as_json, "duplicates")
 
 
 @curate.command("report")

@@ -28,4 +28,4 @@ def funnel(store: Store, examples: int = 2) -> dict[str, Any]:
         entry["examples"].append({"trace_id": trace_id, "task": task, "detail": detail, "text": text})
     return {"traces": sum(tasks.values()), "by_task": tasks, "rules": rules,
             "kept": sum(kept.values()), "kept_by_task": kept,
-            "ingest_rejects": con.execute("SELECT count(*) FROM ingest_rejects").fetchone()[0]}
+            "ingest_rejects": store.scalar("SELECT count(*) FROM ingest_rejects")}

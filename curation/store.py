@@ -2,7 +2,8 @@
 
 Tables: ``traces`` (synthesis output, one row per subject and sample, keyed by ``trace_id``),
 ``catalog`` (the SIDs and titles rules check against), ``verdicts`` (rule, pass or fail, reason
-code, detail), ``scores`` (named numbers with provenance), ``ingest_rejects`` (rows that could not
+code, detail), ``scores`` (named numbers with provenance), ``dup_clusters`` (duplicate clusters and
+which trace each keeps), ``ingest_rejects`` (rows that could not
 enter, with why), and ``meta`` (the schema version). Ingest is incremental: a trace already in the
 store is skipped, so ingesting the same files twice changes nothing.
 """
@@ -45,6 +46,9 @@ CREATE TABLE IF NOT EXISTS verdicts (
 CREATE TABLE IF NOT EXISTS scores (
     trace_id VARCHAR, name VARCHAR, value DOUBLE, provenance VARCHAR, PRIMARY KEY (trace_id, name)
 );
+CREATE TABLE IF NOT EXISTS dup_clusters (
+    trace_id VARCHAR PRIMARY KEY, cluster_id VARCHAR, kind VARCHAR, size INTEGER, keep BOOLEAN
+);
 CREATE TABLE IF NOT EXISTS ingest_rejects (source VARCHAR, location VARCHAR, record VARCHAR, reason VARCHAR, detail VARCHAR);
 """
 
@@ -72,17 +76,23 @@ class Store:
         if found is None:
             self.con.execute(TABLES)
             self.con.execute("INSERT INTO meta VALUES ('schema_version', ?)", [str(SCHEMA_VERSION)])
-        elif found != SCHEMA_VERSION:
+        elif found == SCHEMA_VERSION:
+            self.con.execute(TABLES)  # IF NOT EXISTS: adds any table this version has that the file lacks
+        else:
             raise DataError(self.path, f"store schema version {found}, this recot uses version {SCHEMA_VERSION}",
                             "curate into a new store (traces re-ingest from their parquet files), or use the recot that made it")
 
     def _version(self) -> int | None:
         has_meta = self.con.execute(
-            "SELECT count(*) FROM information_schema.tables WHERE table_name = 'meta'").fetchone()[0]
+            "SELECT count(*) FROM information_schema.tables WHERE table_name = 'meta'").fetchall()[0][0]
         if not has_meta:
             return None
-        row = self.con.execute("SELECT value FROM meta WHERE name = 'schema_version'").fetchone()
-        return int(row[0]) if row else None
+        rows = self.con.execute("SELECT value FROM meta WHERE name = 'schema_version'").fetchall()
+        return int(rows[0][0]) if rows else None
+
+    def scalar(self, sql: str, params: list | None = None):
+        """The first value of a query's single row (read to the end, so the connection is free again)."""
+        return self.con.execute(sql, params or []).fetchall()[0][0]
 
     def close(self) -> None:
         self.con.close()
@@ -112,20 +122,20 @@ class Store:
                 SELECT md5(request_hash || '|' || subject_id || '|' || sample) AS trace_id,
                        'row ' || (file_row_number + 1) AS location, *
                 FROM read_parquet(?, file_row_number = true)""", [str(source)])
-            rows = self.con.execute("SELECT count(*) FROM incoming").fetchone()[0]
+            rows = self.scalar("SELECT count(*) FROM incoming")
             self.con.execute(f"""
                 INSERT INTO ingest_rejects
                 SELECT ?, location, coalesce(request_hash, '?') || ' ' || coalesce(subject_id, '?'), 'no_provenance',
                        'a provenance column is empty; only rows written by recot synth run can be curated'
                 FROM incoming WHERE {missing_provenance}""", [str(source)])
-            rejected = self.con.execute(f"SELECT count(*) FROM incoming WHERE {missing_provenance}").fetchone()[0]
+            rejected = self.scalar(f"SELECT count(*) FROM incoming WHERE {missing_provenance}")
             columns = ", ".join(f'"{c}"' for c in _TRACE_COLUMNS)
             new = self.con.execute(f"""
                 INSERT INTO traces (trace_id, source, {columns})
                 SELECT i.trace_id, ?, {', '.join(f'i."{c}"' for c in _TRACE_COLUMNS)}
                 FROM incoming i ANTI JOIN traces t ON i.trace_id = t.trace_id
                 WHERE NOT ({missing_provenance})
-                QUALIFY row_number() OVER (PARTITION BY i.trace_id) = 1""", [str(source)]).fetchone()[0]
+                QUALIFY row_number() OVER (PARTITION BY i.trace_id) = 1""", [str(source)]).fetchall()[0][0]
         return IngestReport(str(source), rows, new, rows - rejected - new, rejected)
 
     def _transaction(self):

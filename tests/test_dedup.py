@@ -1,0 +1,65 @@
+"""Near-duplicate clusters against exact Jaccard, LSH parameters against datasketch's choice, and the
+keep policy in the store."""
+
+from __future__ import annotations
+
+import random
+import re
+
+import polars as pl
+import pytest
+from datasketch.lsh import _optimal_param
+
+from curation.dedup import DedupConfig, clusters, lsh_params, run_dedup, shingles, signatures
+from curation.rules import run_rules
+from curation.store import Store
+from synth.job import SynthConfig, run_synth
+
+
+@pytest.mark.parametrize("threshold", [0.5, 0.7, 0.8, 0.9])
+def test_lsh_parameters_match_datasketch(threshold):
+    bands, rows = lsh_params(threshold, 128)
+    ref_bands, ref_rows = _optimal_param(threshold, 128, 0.5, 0.5)
+    assert bands == ref_bands and abs(rows - ref_rows) <= 1
+
+
+def grams(text: str) -> set[str]:
+    words = re.findall(r"\w+", text.lower())
+    return {" ".join(words[i:i + 3]) for i in range(len(words) - 2)}
+
+
+def test_clusters_hold_exactly_the_pairs_above_the_threshold():
+    rng = random.Random(0)
+    vocabulary = [f"w{i}" for i in range(3000)]
+    base = [" ".join(rng.choices(vocabulary, k=80)) for _ in range(200)]
+    edited = []
+    for text in base[:50]:
+        words = text.split()
+        words[rng.randrange(80)] = "edited"
+        edited.append(" ".join(words))
+    texts = base + edited + [base[0]]  # 50 near copies and one exact copy
+    g = shingles(pl.Series(texts))
+    labels = clusters(signatures(g, len(texts)), g, 0.8)
+    sets = [grams(t) for t in texts]
+    truth = {(a, b) for a in range(len(texts)) for b in range(a + 1, len(texts))
+             if len(sets[a] & sets[b]) / len(sets[a] | sets[b]) >= 0.8}
+    found = {(a, b) for a in range(len(texts)) for b in range(a + 1, len(texts)) if labels[a] == labels[b]}
+    assert len(truth) == 52 and found == truth
+
+
+def test_dedup_keeps_the_trace_that_passes_and_is_shortest(sample_path, tmp_path, sample):
+    out = tmp_path / "synth"
+    run_synth(SynthConfig(dataset=sample_path, out=out, tasks=["r3_cot_hindsight"], limit=60), progress=False)
+    rows = pl.read_parquet(out / "traces.parquet")
+    first = rows.row(0, named=True)
+    copies = [first | {"subject_id": first["subject_id"] + f"#copy{i}", "text": first["text"] + " indeed" * i} for i in (1, 2)]
+    pl.concat([rows, pl.DataFrame(copies, schema=rows.schema)]).write_parquet(tmp_path / "t.parquet")
+    with Store(tmp_path / "c.duckdb") as store:
+        store.load_catalog(sample.catalog)
+        store.ingest(tmp_path / "t.parquet")
+        run_rules(store)
+        counts = run_dedup(store, DedupConfig())
+        kept = store.con.execute("""SELECT t.subject_id FROM dup_clusters d JOIN traces t USING (trace_id)
+                                    WHERE d.size = 3 AND d.keep""").fetchall()
+        reasons = store.con.execute("SELECT count(*) FROM verdicts WHERE rule = 'dedup' AND reason = 'duplicate'").fetchone()[0]
+    assert kept == [(first["subject_id"],)] and counts["near_dropped"] + counts["exact_dropped"] == reasons >= 2
