@@ -5,7 +5,8 @@ hashing (one hash per n-gram, binned; no Python loop per text, which is what lim
 split that minimises false positives plus false negatives, as datasketch chooses them). Each band
 links the members of a bucket to its first member; a link is kept only when the two texts' exact
 n-gram Jaccard reaches the threshold (a join in polars), so estimation noise adds no false pairs;
-connected components are the clusters. The keep policy is deterministic: traces that
+clusters form around leaders taken in keep-policy order, so the kept trace is the leader and
+every other member is a checked duplicate of it. The keep policy is deterministic: traces that
 pass every rule first, then the best judge score, then the shortest text, then the trace id.
 """
 
@@ -89,9 +90,9 @@ def jaccard(grams: pl.DataFrame, a: np.ndarray, b: np.ndarray) -> np.ndarray:
 
 
 def clusters(sig: np.ndarray, grams: pl.DataFrame, threshold: float, margin: float = 0.1) -> np.ndarray:
-    """Cluster label (the smallest member's row) for each row: LSH candidates whose exact Jaccard
-    reaches ``threshold`` are linked, and linked rows share a label. Candidates are banded for
-    ``threshold - margin``: more candidates, more recall; the exact check keeps precision."""
+    """Cluster label (the leading row) for each row; rows come in priority order (the first of a
+    cluster is kept). LSH candidates whose exact Jaccard reaches ``threshold`` are linked. Candidates
+    are banded for ``threshold - margin``: more candidates, more recall; the exact check keeps precision."""
     n, k = sig.shape
     bands, rows = lsh_params(max(threshold - margin, 0.05), k)
     sources, targets = [], []
@@ -111,22 +112,41 @@ def clusters(sig: np.ndarray, grams: pl.DataFrame, threshold: float, margin: flo
         if sum(len(s) for s in sources) else np.zeros((0, 2), dtype=np.int64)
     a, b = edges[:, 0], edges[:, 1]
     keep = jaccard(grams, a, b) >= threshold if len(a) else np.zeros(0, dtype=bool)
-    a, b = a[keep], b[keep]
+    return _leaders(n, a[keep], b[keep])
+
+
+def _leaders(n: int, a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """Greedy leader clustering in row order: the first unassigned row leads and takes its unassigned
+    neighbours. Every member is a checked duplicate of its leader (no a~b~c chains that would join
+    a and c below the threshold); the leader is the row the caller ranked first."""
     labels = np.arange(n)
-    while True:
-        low = np.minimum(labels[a], labels[b])
-        before = labels.copy()
-        np.minimum.at(labels, a, low)
-        np.minimum.at(labels, b, low)
-        labels = labels[labels]
-        if np.array_equal(labels, before):
-            return labels
+    if not len(a):
+        return labels
+    ends = np.concatenate([a, b])
+    others = np.concatenate([b, a])
+    order = np.argsort(ends, kind="stable")
+    ends, others = ends[order], others[order]
+    starts = np.searchsorted(ends, np.arange(n + 1))
+    assigned = np.zeros(n, dtype=bool)
+    for row in np.unique(ends):
+        if assigned[row]:
+            continue
+        assigned[row] = True
+        neighbours = others[starts[row]:starts[row + 1]]
+        free = neighbours[~assigned[neighbours]]
+        labels[free] = row
+        assigned[free] = True
+    return labels
 
 
 def run_dedup(store: Store, config: DedupConfig = DedupConfig()) -> dict[str, int]:
     """Cluster each task's answered traces; write ``dup_clusters`` and a ``dedup`` verdict per trace."""
-    frame = pl.from_arrow(store.con.sql(
-        "SELECT trace_id, task, text FROM traces WHERE status = 'ok' ORDER BY task, trace_id").to_arrow_table())
+    frame = pl.from_arrow(store.con.sql("""
+        WITH failures AS (SELECT trace_id, count(*) AS n FROM verdicts WHERE NOT passed AND rule <> 'dedup' GROUP BY trace_id),
+             judge AS (SELECT trace_id, value FROM scores WHERE name = 'judge')
+        SELECT t.trace_id, t.task, t.text FROM traces t LEFT JOIN failures f USING (trace_id) LEFT JOIN judge j USING (trace_id)
+        WHERE t.status = 'ok'
+        ORDER BY t.task, coalesce(f.n, 0), j.value DESC NULLS LAST, length(t.text), t.trace_id""").to_arrow_table())
     parts = []
     for (task,), group in frame.group_by("task", maintain_order=True):
         grams = shingles(group["text"], config.ngram, config.seed)
@@ -144,13 +164,8 @@ def run_dedup(store: Store, config: DedupConfig = DedupConfig()) -> dict[str, in
             INSERT INTO dup_clusters
             WITH c AS (SELECT f.trace_id, f.cluster_id, f.exact_key, count(*) OVER (PARTITION BY f.cluster_id) AS size,
                               count(DISTINCT f.exact_key) OVER (PARTITION BY f.cluster_id) AS keys
-                       FROM arrow f),
-            failures AS (SELECT trace_id, count(*) AS n FROM verdicts WHERE NOT passed AND rule <> 'dedup' GROUP BY trace_id),
-            judge AS (SELECT trace_id, value FROM scores WHERE name = 'judge'),
-            ranked AS (SELECT c.*, row_number() OVER (PARTITION BY c.cluster_id ORDER BY coalesce(f.n, 0),
-                              j.value DESC NULLS LAST, length(t.text), c.trace_id) AS rank
-                       FROM c JOIN traces t USING (trace_id) LEFT JOIN failures f USING (trace_id) LEFT JOIN judge j USING (trace_id))
-            SELECT trace_id, cluster_id, CASE WHEN keys = 1 THEN 'exact' ELSE 'near' END, size, rank = 1 FROM ranked""")
+                       FROM arrow f)
+            SELECT trace_id, cluster_id, CASE WHEN keys = 1 THEN 'exact' ELSE 'near' END, size, trace_id = cluster_id FROM c""")
         store.con.execute("""
             INSERT INTO verdicts SELECT trace_id, 'dedup', keep, CASE WHEN NOT keep THEN 'duplicate' END,
                    printf('%s duplicate of cluster %s (%d traces)', kind, cluster_id, size)

@@ -44,7 +44,7 @@ def test_clusters_hold_exactly_the_pairs_above_the_threshold():
     truth = {(a, b) for a in range(len(texts)) for b in range(a + 1, len(texts))
              if len(sets[a] & sets[b]) / len(sets[a] | sets[b]) >= 0.8}
     found = {(a, b) for a in range(len(texts)) for b in range(a + 1, len(texts)) if labels[a] == labels[b]}
-    assert len(truth) == 52 and found == truth
+    assert len(truth) == 52 and found == truth  # each near copy and the exact copy join their original
 
 
 def test_dedup_keeps_the_trace_that_passes_and_is_shortest(sample_path, tmp_path, sample):
