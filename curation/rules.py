@@ -276,6 +276,7 @@ def run_rules(store: Store, config: RulesConfig = RulesConfig()) -> dict[str, in
             store.con.execute(f"""INSERT INTO verdicts SELECT q.trace_id, '{name}', q.passed, q.reason, q.detail
                                   FROM ({rule(config)}) AS q(trace_id, passed, reason, detail)""")
             failed[name] = store.scalar("SELECT count(*) FROM verdicts WHERE rule = ? AND NOT passed", [name])
+        store.con.execute("INSERT OR REPLACE INTO meta VALUES ('rules_config', ?)", [config.model_dump_json()])
         store.con.execute("DELETE FROM scores WHERE name IN ('ehr', 'cov_rate')")
         store.con.execute(f"""INSERT INTO scores
             SELECT trace_id, 'ehr', ehr, '{{"rule": "grounding"}}' FROM ({grounding_sql()})

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import numpy as np
 import pytest
 
+os.environ.setdefault("HF_HUB_OFFLINE", "1")  # no model hub here: everything is built or shipped locally
 ROOT = Path(__file__).resolve().parent.parent
 SAMPLE = ROOT / "examples" / "amazon18-industrial-sample"
 FULL = ROOT.parent / "shared" / "data" / "amazon18-industrial"

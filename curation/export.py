@@ -1,0 +1,217 @@
+"""Export kept traces as Hugging Face datasets for TRL (and verl, LlamaFactory), with a data card.
+
+The student's prompts are built here, in SQL over the store (the teacher's prompts carry teacher
+instructions and JSON demands the student must not learn). Every format is a folder of parquet
+splits, ``train`` and ``validation``, split by user so that no user is in both; R3 completions
+always end with the real next item's SID. Formats:
+
+- ``sft``: conversational ``messages`` (user, assistant); R3 rows carry the CoT or, for a
+  ``1 - cot_ratio`` share of them, only the answer;
+- ``prompt_completion``: TRL's conversational prompt/completion pair of the same rows;
+- ``grpo``: prompt-only R3 rows with ``target_sid``, ``target``, ``history``, ``history_sids`` for rewards;
+- ``verl``: ``data_source``, ``prompt``, ``ability``, ``reward_model`` {style, ground_truth}, ``extra_info``;
+- ``sharegpt``: LlamaFactory's ``conversations`` (from human / gpt).
+
+With ``dataset`` set, rows that would leak an evaluation target (the same user and target as a
+valid/test sample, or a target at or after the user's cut-off) are dropped and counted.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Literal
+
+import polars as pl
+from pydantic import BaseModel, ConfigDict, Field
+
+from curation.report import KEPT_SQL, funnel
+from curation.store import Store
+from synth.errors import DataError
+from synth.io import atomic_path
+
+Format = Literal["sft", "prompt_completion", "grpo", "verl", "sharegpt"]
+FORMATS: tuple[Format, ...] = ("sft", "prompt_completion", "grpo", "verl", "sharegpt")
+R3_THINK = "Think through the persona, the interests and the transition, then answer with the next item's semantic ID."
+R3_DIRECT = "Answer with the next item's semantic ID."
+
+
+class ExportConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
+    out: Path
+    formats: list[Format] = list(FORMATS)
+    cot_ratio: float = Field(1.0, ge=0, le=1, description="share of R3 SFT rows that keep their CoT")
+    valid_share: float = Field(0.05, ge=0, lt=1, description="share of users held out as the validation split")
+    dataset: Path | None = Field(None, description="the dataset the traces came from: enables decontamination")
+    license: str = "other"
+    source: str = "see the input dataset's card"
+    overwrite: bool = False
+
+
+def _quote(text: str) -> str:
+    return "'" + text.replace("'", "''") + "'"
+
+
+def _rows_sql(config: ExportConfig) -> str:
+    """One row per kept trace: split, task, user prompt, assistant completion, and the reward columns."""
+    share = int(config.valid_share * 1000)
+    ratio = int(config.cot_ratio * 1000)
+    lines = "string_agg(h.pos || '. ' || coalesce(c.sid_text, '?') || ' ' || coalesce(c.title, ''), chr(10) ORDER BY h.pos)"
+    return f"""
+    WITH kept AS ({KEPT_SQL}),
+    hist AS (SELECT k.trace_id, {lines} AS lines, list(c.sid_text ORDER BY h.pos) AS history_sids
+             FROM kept k, unnest(k.history) WITH ORDINALITY AS h(item_id, pos) LEFT JOIN catalog c ON c.item_id = h.item_id
+             GROUP BY k.trace_id),
+    base AS (
+        SELECT k.trace_id, k.task, k.user_id, k.subject_id, k.target, k.text, k.history, hs.lines, hs.history_sids,
+               tc.sid_text AS target_sid,
+               CASE WHEN md5_number(coalesce(k.user_id, k.subject_id)) % 1000 < {share} THEN 'validation' ELSE 'train' END AS split,
+               md5_number(k.trace_id) % 1000 < {ratio} AS with_cot,
+               i1.sid_text AS sid1, i1.title AS title1, i2.sid_text AS sid2, i2.title AS title2
+        FROM kept k LEFT JOIN hist hs USING (trace_id) LEFT JOIN catalog tc ON tc.item_id = k.target
+             LEFT JOIN catalog i1 ON i1.item_id = k.items[1] LEFT JOIN catalog i2 ON i2.item_id = k.items[2])
+    SELECT trace_id, task, split, user_id, target, target_sid, history, history_sids, with_cot,
+        CASE task
+            WHEN 'r0_caption' THEN 'What is the item ' || sid1 || '? Describe it.'
+            WHEN 'r1_relation' THEN 'How does ' || sid2 || ' ' || title2 || ' relate to ' || sid1 || ' ' || title1 || '?'
+            WHEN 'r2_interests' THEN 'A user''s purchases, oldest first:' || chr(10) || lines || chr(10)
+                 || 'Which 1 to 5 interests will this user pursue next? Cite the purchase numbers.'
+            ELSE 'A user''s purchases, oldest first:' || chr(10) || lines || chr(10)
+                 || CASE WHEN with_cot THEN {_quote(R3_THINK)} ELSE {_quote(R3_DIRECT)} END
+        END AS prompt,
+        CASE WHEN task LIKE 'r3_%' THEN
+                 CASE WHEN with_cot THEN split_part(text, '</think>', 1) || '</think>' || chr(10) || target_sid ELSE target_sid END
+             ELSE text END AS completion
+    FROM base"""
+
+
+def _decontaminate(store: Store, config: ExportConfig) -> int:
+    """Drop from ``export_rows`` what would leak an evaluation target; returns how many rows went."""
+    if config.dataset is None:
+        return 0
+    from synth.job import choose_split
+    from synth.loaders import load_dataset
+
+    dataset = load_dataset(config.dataset)
+    split = choose_split(dataset, "auto", 10)
+    evaluation = split.samples.filter(pl.col("part") != "train").select("user_id", "target").collect().to_arrow()
+    cutoffs = split.cutoffs().collect().to_arrow()
+    before = store.scalar("SELECT count(*) FROM export_rows")
+    store.con.execute("""
+        DELETE FROM export_rows e WHERE e.target IS NOT NULL AND (
+            EXISTS (SELECT 1 FROM evaluation v WHERE v.user_id = e.user_id AND v.target = e.target)
+            OR EXISTS (SELECT 1 FROM cutoffs c JOIN traces t ON t.trace_id = e.trace_id
+                       WHERE c.user_id = e.user_id AND c.cutoff_ts IS NOT NULL AND t.part = 'train' AND t.target_ts >= c.cutoff_ts))""")
+    return before - store.scalar("SELECT count(*) FROM export_rows")
+
+
+_FORMAT_SQL: dict[str, str] = {
+    "sft": """SELECT [{'role': 'user', 'content': prompt}, {'role': 'assistant', 'content': completion}] AS messages,
+                     task, trace_id FROM export_rows WHERE split = ?""",
+    "prompt_completion": """SELECT [{'role': 'user', 'content': prompt}] AS prompt, [{'role': 'assistant', 'content': completion}] AS completion,
+                                   task, trace_id FROM export_rows WHERE split = ?""",
+    "grpo": """SELECT [{'role': 'user', 'content': any_value(prompt)}] AS prompt, target_sid, target, any_value(history) AS history,
+                      any_value(history_sids) AS history_sids, user_id
+               FROM export_rows WHERE split = ? AND task LIKE 'r3_%' AND with_cot GROUP BY user_id, target, target_sid
+               ORDER BY user_id, target""",
+    "verl": """SELECT 'recot/' || task AS data_source, [{'role': 'user', 'content': prompt}] AS prompt, 'recommendation' AS ability,
+                      {'style': 'rule', 'ground_truth': coalesce(target_sid, completion)} AS reward_model,
+                      {'split': split, 'index': row_number() OVER (ORDER BY trace_id) - 1, 'trace_id': trace_id} AS extra_info
+               FROM export_rows WHERE split = ?""",
+    "sharegpt": """SELECT [{'from': 'human', 'value': prompt}, {'from': 'gpt', 'value': completion}] AS conversations, task
+                   FROM export_rows WHERE split = ?""",
+}
+
+
+def export(store: Store, config: ExportConfig) -> dict:
+    """Write every configured format and the data card; returns the card's numbers."""
+    if config.out.exists() and any(config.out.iterdir()) and not config.overwrite:
+        raise DataError(config.out, "the export target exists and is not empty", "choose another out, or set overwrite")
+    store.con.execute(f"CREATE OR REPLACE TEMP TABLE export_rows AS {_rows_sql(config)}")
+    dropped = _decontaminate(store, config)
+    counts: dict[str, dict[str, int]] = {}
+    with atomic_path(config.out) as tmp:
+        tmp.mkdir(parents=True)
+        for name in config.formats:
+            (tmp / name).mkdir()
+            for part in ("train", "validation"):
+                store.con.execute(f"COPY ({_FORMAT_SQL[name]}) TO '{tmp / name / part}.parquet' (FORMAT parquet)", [part])
+                counts.setdefault(name, {})[part] = store.scalar(f"SELECT count(*) FROM ({_FORMAT_SQL[name]})", [part])
+        card = _card(store, config, counts, dropped)
+        (tmp / "data_card.json").write_text(json.dumps(card, indent=2) + "\n")
+        (tmp / "README.md").write_text(_card_markdown(card, config))
+        cards = tmp / "data_cards"
+        cards.mkdir()
+        shutil.copy(tmp / "README.md", cards / f"{config.name}.md")
+        shutil.copy(tmp / "data_card.json", cards / f"{config.name}.json")
+    return card
+
+
+def _card(store: Store, config: ExportConfig, counts: dict, dropped: int) -> dict:
+    provenance = store.con.execute(f"""
+        SELECT DISTINCT template, template_hash, teacher, model FROM ({KEPT_SQL}) ORDER BY ALL""").fetchall()
+    rules = store.con.execute("SELECT value FROM meta WHERE name = 'rules_config'").fetchall()
+    return {
+        "name": config.name, "created_at": datetime.now(UTC).isoformat(timespec="seconds"),
+        "license": config.license, "source": config.source, "formats": counts,
+        "by_task": dict(store.con.execute("SELECT task, count(*) FROM export_rows GROUP BY task ORDER BY task").fetchall()),
+        "cot_ratio": config.cot_ratio, "valid_share": config.valid_share,
+        "decontamination": {"dataset": str(config.dataset) if config.dataset else None, "rows_dropped": dropped},
+        "funnel": funnel(store, examples=0),
+        "rules_config": json.loads(rules[0][0]) if rules else None,
+        "templates_and_teachers": [dict(zip(("template", "template_hash", "teacher", "model"), row)) for row in provenance],
+    }
+
+
+def _card_markdown(card: dict, config: ExportConfig) -> str:
+    configs = "".join(
+        f"- config_name: {name}\n  data_files:\n  - split: train\n    path: {name}/train.parquet\n"
+        f"  - split: validation\n    path: {name}/validation.parquet\n" for name in config.formats)
+    total = sum(sum(parts.values()) for parts in card["formats"].values())
+    size = "n<1K" if total < 1000 else "1K<n<10K" if total < 10_000 else "10K<n<100K" if total < 100_000 else "n>100K"
+    rows = "\n".join(f"| {name} | {parts['train']} | {parts['validation']} |" for name, parts in card["formats"].items())
+    teachers = "\n".join(f"- {t['template']} ({t['template_hash']}) by {t['teacher']}:{t['model']}" for t in card["templates_and_teachers"])
+    rules = "\n".join(f"| {rule} | {c['checked']} | {c['failed']} |" for rule, c in card["funnel"]["rules"].items())
+    return f"""---
+license: {card['license']}
+task_categories:
+- text-generation
+tags:
+- recommendation
+- chain-of-thought
+- recot
+size_categories:
+- {size}
+configs:
+{configs}---
+
+# {card['name']}
+
+Reasoning training data for a generative recommender, exported by recot on {card['created_at']}.
+Source: {card['source']}. The JSON twin of this card is `data_card.json`.
+
+| format | train | validation |
+|---|---|---|
+{rows}
+
+Rows per task: {json.dumps(card['by_task'])}. R3 rows with CoT: {card['cot_ratio']:.0%}; users held out
+for validation: {card['valid_share']:.0%}. Decontamination: {card['decontamination']['rows_dropped']} rows dropped
+(dataset: {card['decontamination']['dataset']}).
+
+## Funnel
+
+{card['funnel']['traces']} traces in the store, {card['funnel']['kept']} kept.
+
+| rule | checked | failed |
+|---|---|---|
+{rules}
+
+Rule settings: `{json.dumps(card['rules_config'])}`
+
+## Templates and teachers
+
+{teachers}
+"""
