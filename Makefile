@@ -27,6 +27,7 @@ demo: $(STAMP)
 	$(VENV)/bin/recot synth run examples/synth-demo.toml
 	$(VENV)/bin/recot curate ingest $(DEMO_OUT)/synth/traces.parquet --dataset $(SAMPLE) --store $(DEMO_OUT)/curation.duckdb
 	$(VENV)/bin/recot curate rules --store $(DEMO_OUT)/curation.duckdb
+	$(VENV)/bin/recot curate judge --dataset $(SAMPLE) --store $(DEMO_OUT)/curation.duckdb
 	$(VENV)/bin/recot curate dedup --store $(DEMO_OUT)/curation.duckdb
 	$(VENV)/bin/recot curate report --store $(DEMO_OUT)/curation.duckdb
 	$(VENV)/bin/recot export demo --out $(DEMO_OUT)/export --dataset $(SAMPLE) --cot-ratio 0.7 --overwrite --store $(DEMO_OUT)/curation.duckdb

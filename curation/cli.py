@@ -66,6 +66,23 @@ def dedup(threshold: float | None, store: Path, as_json: bool) -> None:
         emit(run_dedup(db, config), as_json, "duplicates")
 
 
+@curate.command("judge")
+@click.option("--dataset", type=click.Path(exists=True, path_type=Path), required=True, help="The traces' dataset (item titles for the prompt).")
+@click.option("--config", type=click.Path(exists=True, dir_okay=False, path_type=Path), help="Judge teacher and sampling (TOML/YAML).")
+@store_option
+@json_option
+def judge(dataset: Path, config: Path | None, store: Path, as_json: bool) -> None:
+    """Score R3 traces 1-5 with an LLM judge (the rules teacher without a config); cached, resumable."""
+    from curation.judge import JudgeConfig, run_judge
+    from curation.store import Store
+    from synth.config import load_config
+    from synth.loaders import load_dataset
+
+    settings = load_config(JudgeConfig, config)
+    with Store(store) as db:
+        emit(run_judge(db, load_dataset(dataset).catalog, settings), as_json, "judge")
+
+
 @curate.command("report")
 @click.option("--examples", default=2, show_default=True, help="Example rows per failure reason.")
 @store_option

@@ -17,7 +17,6 @@ from collections import Counter
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Literal
 
@@ -29,7 +28,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from synth.config import load_config
 from synth.errors import DataError
 from synth.io import atomic_path
-from synth.journal import Journal, read_plan, write_plan
+from synth.journal import Journal, answer_row, read_plan, write_plan
 from synth.loaders import Dataset, load_dataset
 from synth.parse import parse_response
 from synth.prompts import PromptLibrary
@@ -242,20 +241,8 @@ class _Job:
             self.report.ok += 1
         else:
             self.report.rejected[parsed.reason] = self.report.rejected.get(parsed.reason, 0) + 1
-        return {
-            "key": request.key, "task": request.task, "sample": request.sample,
-            "seed": request.seed, "status": parsed.status, "reason": parsed.reason, "detail": parsed.detail,
-            "output": parsed.output.model_dump_json() if parsed.output else None,
-            "text": task.text(parsed.output) if parsed.output else None,
-            "raw": response.text, "finish_reason": response.finish_reason, "prompt_tokens": response.prompt_tokens,
-            "completion_tokens": response.completion_tokens, "latency_s": response.latency_s,
-            "messages": json.dumps(request.messages), "template": request.template["name"],
-            "template_version": request.template["version"], "template_hash": request.template["hash"],
-            "teacher": self.teacher.kind, "model": self.teacher.model,
-            "params": json.dumps({"temperature": request.temperature, "top_p": request.top_p,
-                                  "max_tokens": request.max_tokens, "seed": request.seed}),
-            "created_at": datetime.now(UTC).isoformat(timespec="seconds"),
-        }
+        text = task.text(parsed.output) if parsed.output else None
+        return answer_row(request, response, parsed, text, (self.teacher.kind, self.teacher.model))
 
     def _status(self, started: float) -> str:
         elapsed = max(time.perf_counter() - started, 1e-9)

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 import sqlite3
+from datetime import UTC, datetime
 from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import IO, Any
@@ -24,6 +25,8 @@ import pyarrow.parquet as pq
 
 from synth.errors import DataError
 from synth.io import atomic_path
+from synth.parse import Parsed
+from synth.teachers.base import Request, Response
 
 SCHEMA_VERSION = 1
 COLUMNS = (
@@ -126,6 +129,23 @@ def _output_row(row: tuple) -> dict[str, Any]:
     record["subject_id"] = subject["id"]
     record.update({f: subject.get(f) for f in _SUBJECT_FIELDS})
     return record
+
+
+def answer_row(request: Request, response: Response, parsed: Parsed, text: str | None, teacher: tuple[str, str]) -> dict[str, Any]:
+    """The journal row of one answer: the validated output (or why not) with its full provenance."""
+    return {
+        "key": request.key, "task": request.task, "sample": request.sample, "seed": request.seed,
+        "status": parsed.status, "reason": parsed.reason, "detail": parsed.detail,
+        "output": parsed.output.model_dump_json() if parsed.output else None, "text": text,
+        "raw": response.text, "finish_reason": response.finish_reason, "prompt_tokens": response.prompt_tokens,
+        "completion_tokens": response.completion_tokens, "latency_s": response.latency_s,
+        "messages": json.dumps(request.messages), "template": request.template["name"],
+        "template_version": request.template["version"], "template_hash": request.template["hash"],
+        "teacher": teacher[0], "model": teacher[1],
+        "params": json.dumps({"temperature": request.temperature, "top_p": request.top_p,
+                              "max_tokens": request.max_tokens, "seed": request.seed}),
+        "created_at": datetime.now(UTC).isoformat(timespec="seconds"),
+    }
 
 
 def write_plan(handle: IO[str], key: str, subject: dict[str, Any]) -> None:

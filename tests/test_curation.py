@@ -180,3 +180,23 @@ def test_store_of_another_schema_version_is_refused(tmp_path):
         con.execute("UPDATE meta SET value = '0' WHERE name = 'schema_version'")
     with pytest.raises(DataError, match="schema version 0"):
         Store(path)
+
+
+def test_judge_scores_through_a_teacher_and_a_rerun_sends_nothing(store, traces, tmp_path, sample, instant_server):
+    from curation.judge import JudgeConfig, run_judge
+    from synth.teachers import TeacherConfig
+
+    store.ingest(traces)
+    first = run_judge(store, sample.catalog)
+    again = run_judge(store, sample.catalog)
+    assert first["scored"] == 240 and first["sent"] + first["cached"] == 240
+    assert again["sent"] == 0 and again["scored"] == 240
+    low, high = store.con.execute("SELECT min(value), max(value) FROM scores WHERE name = 'judge'").fetchall()[0]
+    assert 1 <= low <= high <= 5
+    provenance = json.loads(store.scalar("SELECT provenance FROM scores WHERE name = 'judge' LIMIT 1"))
+    assert provenance["teacher"] == "rules" and len(provenance["request_hash"]) == 64
+    # an endpoint whose answers are not judge JSON: every trace is counted as rejected, none scored
+    http = JudgeConfig(teacher=TeacherConfig(kind="openai", model="garbage", base_urls=[instant_server.url]),
+                       journal=tmp_path / "http.sqlite")
+    result = run_judge(store, sample.catalog, http)
+    assert result["scored"] == 0 and result["rejected"] == {"malformed_json": 240}

@@ -156,6 +156,24 @@ class RulesTeacher:
         qa += [{"question": f"What is the {name} of {sid}?", "answer": value[:300]} for name, value in attributes.items()]
         return {"caption": caption[:600], "attributes": attributes, "qa": qa[:4]}
 
+    def _judge(self, subject: dict[str, Any]) -> dict[str, Any]:
+        """One point each for a persona line, 1-5 interests citing real purchases, a transition that
+        follows one of them, and citations covering half the history (1 to 5 in all)."""
+        trace, size = subject["trace"], len(subject["history"])
+        cited = [int(n) for n in re.findall(r"#(\d+)", trace)]
+        interests = re.findall(r"^\d+\. .+\(from [^)]*\)$", trace, flags=re.MULTILINE)
+        follows = re.search(r"-> interest (\d+)", trace)
+        faithful = all(1 <= n <= size for n in cited)
+        checks = {
+            "persona": bool(re.search(r"^Persona: \S", trace, flags=re.MULTILINE)),
+            "interests": 1 <= len(interests) <= 5 and faithful,
+            "transition": bool(follows) and 1 <= int(follows.group(1)) <= max(len(interests), 1),
+            "coverage": size > 0 and len({n for n in cited if 1 <= n <= size}) / size >= 0.5,
+        }
+        missing = [name for name, ok in checks.items() if not ok]
+        reason = "all four checks hold" if not missing else "weak: " + ", ".join(missing)
+        return {"score": 1 + sum(checks.values()), "faithful": faithful, "reason": reason}
+
     def _r1_relation(self, subject: dict[str, Any]) -> dict[str, Any]:
         first, second = (self.items[i] for i in subject["items"])
         leaf = [(x["categories"] or [None])[-1] for x in (first, second)]
