@@ -83,6 +83,20 @@ def judge(dataset: Path, config: Path | None, store: Path, as_json: bool) -> Non
         emit(run_judge(db, load_dataset(dataset).catalog, settings), as_json, "judge")
 
 
+@curate.command("usefulness")
+@click.option("--scorer", required=True, help="A causal LM folder (ideally student-sized, with the SID tokens).")
+@click.option("--batch-size", default=8, show_default=True)
+@store_option
+@json_option
+def usefulness(scorer: str, batch_size: int, store: Path, as_json: bool) -> None:
+    """delta_ll per R3 trace: log p(target SID | prompt, CoT) - log p(target SID | prompt) under SCORER."""
+    from curation.store import Store
+    from curation.usefulness import run_usefulness
+
+    with Store(store) as db:
+        emit(run_usefulness(db, scorer, batch_size), as_json, "usefulness")
+
+
 @curate.command("report")
 @click.option("--examples", default=2, show_default=True, help="Example rows per failure reason.")
 @store_option

@@ -200,3 +200,30 @@ def test_judge_scores_through_a_teacher_and_a_rerun_sends_nothing(store, traces,
                        journal=tmp_path / "http.sqlite")
     result = run_judge(store, sample.catalog, http)
     assert result["scored"] == 0 and result["rejected"] == {"malformed_json": 240}
+
+
+def test_delta_ll_under_a_tiny_scorer(store, traces, tiny_model):
+    pytest.importorskip("transformers")
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from curation.usefulness import run_usefulness, sid_logprobs
+
+    store.ingest(traces)
+    result = run_usefulness(store, tiny_model, batch_size=16)
+    assert result["scored"] == 240
+    rows = dict(store.con.execute("SELECT name, count(*) FROM scores WHERE name LIKE 'll_%' OR name = 'delta_ll' GROUP BY name").fetchall())
+    assert rows == {"ll_cot": 240, "ll_plain": 240, "delta_ll": 240}
+    assert store.scalar("SELECT max(abs(d.value - (c.value - p.value))) FROM scores d JOIN scores c USING (trace_id) "
+                        "JOIN scores p USING (trace_id) WHERE d.name = 'delta_ll' AND c.name = 'll_cot' AND p.name = 'll_plain'") < 1e-6
+    # the batched, padded scorer agrees with one unpadded forward pass, and an empty CoT changes nothing
+    import torch
+
+    tokenizer, model = AutoTokenizer.from_pretrained(tiny_model), AutoModelForCausalLM.from_pretrained(tiny_model).eval()
+    prefix, target = "a user bought <a_1><b_2><c_3> then ", "<a_4><b_5><c_6>"
+    batched = sid_logprobs(model, tokenizer, [prefix, prefix + "longer context here "], [target, target])[0]
+    ids = tokenizer(prefix + target, return_tensors="pt", add_special_tokens=False, return_offsets_mapping=True)
+    offsets = ids.pop("offset_mapping")[0]
+    with torch.no_grad():
+        logp = torch.log_softmax(model(**ids).logits[0, :-1], dim=-1).gather(-1, ids["input_ids"][0, 1:, None])[:, 0]
+    manual = logp[offsets[1:, 0] >= len(prefix)].sum().item()
+    assert abs(batched - manual) < 1e-4
