@@ -12,7 +12,8 @@ always end with the real next item's SID. Formats:
 - ``verl``: ``data_source``, ``prompt``, ``ability``, ``reward_model`` {style, ground_truth}, ``extra_info``;
 - ``sharegpt``: LlamaFactory's ``conversations`` (from human / gpt).
 
-With ``dataset`` set, rows that would leak an evaluation target (the same user and target as a
+Selection: ``min_judge`` and ``min_delta_ll`` thresholds on R3 rows, and ``top_k_per_user`` (best
+rows per user and task by judge score, then delta_ll). With ``dataset`` set, rows that would leak an evaluation target (the same user and target as a
 valid/test sample, or a target at or after the user's cut-off) are dropped and counted.
 """
 
@@ -46,6 +47,9 @@ class ExportConfig(BaseModel):
     cot_ratio: float = Field(1.0, ge=0, le=1, description="share of R3 SFT rows that keep their CoT")
     valid_share: float = Field(0.05, ge=0, lt=1, description="share of users held out as the validation split")
     dataset: Path | None = Field(None, description="the dataset the traces came from: enables decontamination")
+    min_judge: float | None = Field(None, description="R3 rows need a judge score at least this high")
+    min_delta_ll: float | None = Field(None, description="R3 rows need a delta_ll at least this high")
+    top_k_per_user: int | None = Field(None, ge=1, description="keep each user's best k rows per task (judge, then delta_ll)")
     license: str = "other"
     source: str = "see the input dataset's card"
     overwrite: bool = False
@@ -60,8 +64,17 @@ def _rows_sql(config: ExportConfig) -> str:
     share = int(config.valid_share * 1000)
     ratio = int(config.cot_ratio * 1000)
     lines = "string_agg(h.pos || '. ' || coalesce(c.sid_text, '?') || ' ' || coalesce(c.title, ''), chr(10) ORDER BY h.pos)"
+    judge = "NULL" if config.min_judge is None else config.min_judge
+    delta = "NULL" if config.min_delta_ll is None else config.min_delta_ll
+    top_k = "NULL" if config.top_k_per_user is None else config.top_k_per_user
     return f"""
-    WITH kept AS ({KEPT_SQL}),
+    WITH passed AS ({KEPT_SQL}),
+    sc AS (SELECT trace_id, max(value) FILTER (WHERE name = 'judge') AS judge,
+                  max(value) FILTER (WHERE name = 'delta_ll') AS delta_ll FROM scores GROUP BY trace_id),
+    kept AS (SELECT p.* FROM passed p LEFT JOIN sc USING (trace_id)
+             WHERE p.task NOT LIKE 'r3_%' OR (({judge} IS NULL OR sc.judge >= {judge}) AND ({delta} IS NULL OR sc.delta_ll >= {delta}))
+             QUALIFY {top_k} IS NULL OR p.user_id IS NULL OR row_number() OVER (
+                 PARTITION BY p.task, p.user_id ORDER BY sc.judge DESC NULLS LAST, sc.delta_ll DESC NULLS LAST, p.trace_id) <= {top_k}),
     hist AS (SELECT k.trace_id, {lines} AS lines, list(c.sid_text ORDER BY h.pos) AS history_sids
              FROM kept k, unnest(k.history) WITH ORDINALITY AS h(item_id, pos) LEFT JOIN catalog c ON c.item_id = h.item_id
              GROUP BY k.trace_id),
@@ -159,6 +172,8 @@ def _card(store: Store, config: ExportConfig, counts: dict, dropped: int) -> dic
         "license": config.license, "source": config.source, "formats": counts,
         "by_task": dict(store.con.execute("SELECT task, count(*) FROM export_rows GROUP BY task ORDER BY task").fetchall()),
         "cot_ratio": config.cot_ratio, "valid_share": config.valid_share,
+        "selection": {"min_judge": config.min_judge, "min_delta_ll": config.min_delta_ll, "top_k_per_user": config.top_k_per_user,
+                      "kept_after_rules": store.scalar(f"SELECT count(*) FROM ({KEPT_SQL})")},
         "decontamination": {"dataset": str(config.dataset) if config.dataset else None, "rows_dropped": dropped},
         "funnel": funnel(store, examples=0),
         "rules_config": json.loads(rules[0][0]) if rules else None,

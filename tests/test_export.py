@@ -89,3 +89,20 @@ def test_one_real_sft_step_from_the_export(exported, tiny_model, tmp_path):
     result = trainer.train()
     assert torch.isfinite(torch.tensor(result.training_loss))
     assert not torch.equal(before, model.lm_head.weight.detach())
+
+
+def test_selection_by_judge_threshold_and_top_k(sample_path, sample, tmp_path):
+    from curation.judge import run_judge
+
+    run_synth(SynthConfig(dataset=sample_path, out=tmp_path / "synth", tasks=["r3_cot_hindsight"], limit=150), progress=False)
+    with Store(tmp_path / "c.duckdb") as store:
+        store.load_catalog(sample.catalog)
+        store.ingest(tmp_path / "synth" / "traces.parquet")
+        run_judge(store, sample.catalog)
+        best = store.scalar("SELECT max(value) FROM scores WHERE name = 'judge'")
+        strict = export(store, ExportConfig(name="strict", out=tmp_path / "strict", formats=["sft"], min_judge=best))
+        top1 = export(store, ExportConfig(name="top1", out=tmp_path / "top1", formats=["grpo"], top_k_per_user=1))
+        above = store.scalar("SELECT count(*) FROM scores WHERE name = 'judge' AND value >= ?", [best])
+        users = store.scalar("SELECT count(DISTINCT user_id) FROM traces")
+    assert sum(strict["formats"]["sft"].values()) == above < 150
+    assert sum(top1["formats"]["grpo"].values()) == users
