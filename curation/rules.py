@@ -200,18 +200,20 @@ def _leakage(c: RulesConfig) -> str:
                     FROM catalog, unnest({words.format('title')}) AS u(w) GROUP BY w),
         hind AS (SELECT trace_id, history, target, split_part(split_part(text, '</think>', 1), '<think>', 2) AS think
                  FROM traces WHERE status = 'ok' AND task = 'r3_cot_hindsight'),
-        seen AS (SELECT h.trace_id, list(DISTINCT w) AS history_words, list(DISTINCT lower(c.brand)) AS history_brands,
-                        string_agg(DISTINCT ' ' || array_to_string({words.format('c.title')}, ' ') || ' ', '|') AS history_titles
-                 FROM hind h, unnest(h.history) AS u(item_id) JOIN catalog c ON c.item_id = u.item_id,
-                      unnest({words.format('c.title')}) AS v(w)
-                 GROUP BY h.trace_id),
-        x AS (SELECT h.trace_id, h.think, c.sid_text AS target_sid, c.brand, {words.format('c.title')} AS title_words,
-                     {words.format('c.brand')} AS brand_words,
-                     ' ' || array_to_string({words.format('c.brand')}, ' ') || ' ' AS brand_text,
+        cat AS (SELECT item_id, sid_text, brand, {words.format('title')} AS title_words,
+                       {words.format('brand')} AS brand_words FROM catalog),
+        held AS (SELECT h.trace_id, c.title_words, lower(c.brand) AS brand
+                 FROM hind h, unnest(h.history) AS u(item_id) JOIN cat c ON c.item_id = u.item_id),
+        seen AS (SELECT trace_id, list_distinct(flatten(list(title_words))) AS history_words,
+                        list(DISTINCT brand) AS history_brands,
+                        string_agg(' ' || array_to_string(title_words, ' ') || ' ', '|') AS history_titles
+                 FROM held GROUP BY trace_id),
+        x AS (SELECT h.trace_id, h.think, c.sid_text AS target_sid, c.brand, c.title_words, c.brand_words,
+                     ' ' || array_to_string(c.brand_words, ' ') || ' ' AS brand_text,
                      coalesce(s.history_words, []) AS history_words, coalesce(s.history_brands, []) AS history_brands,
                      coalesce(s.history_titles, '') AS history_titles,
                      ' ' || array_to_string({words.format('h.think')}, ' ') || ' ' AS think_words
-              FROM hind h JOIN catalog c ON c.item_id = h.target LEFT JOIN seen s USING (trace_id)),
+              FROM hind h JOIN cat c ON c.item_id = h.target LEFT JOIN seen s USING (trace_id)),
         distinctive AS (SELECT x.trace_id, string_agg(u.w, ', ' ORDER BY u.w) AS words
                         FROM x, unnest(list_distinct(x.title_words)) AS u(w) LEFT JOIN df ON df.w = u.w
                         WHERE length(u.w) >= {k.min_token_chars} AND NOT list_contains(x.history_words, u.w)

@@ -72,6 +72,7 @@ class Store:
             self.con = duckdb.connect(str(self.path))
         except duckdb.Error as exc:
             raise DataError(self.path, f"cannot open the store: {exc}", "point --store at a DuckDB file recot created") from None
+        self.con.execute("SET enable_progress_bar = false")  # recot reports its own progress
         found = self._version()
         if found is None:
             self.con.execute(TABLES)
