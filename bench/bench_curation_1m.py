@@ -105,7 +105,7 @@ def main() -> None:
     done = subprocess.run([sys.executable, "-c", CHILD, str(path), str(work), str(INDUSTRIAL)],
                           capture_output=True, text=True, cwd=ROOT)
     if done.returncode:
-        sys.exit(done.stderr[-3000:])
+        sys.exit(f"the curation pass exited with {done.returncode} (negative: killed by that signal)\n{done.stderr[-3000:]}")
     result = json.loads(done.stdout.strip().splitlines()[-1])
     import pyarrow.parquet as pq
 

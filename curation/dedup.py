@@ -1,6 +1,6 @@
 """Exact and near-duplicate traces: MinHash signatures computed column-wise, LSH banding, clusters.
 
-Word n-grams are cut and hashed once each in polars (Rust), and signatures use one-permutation
+Words are hashed in polars (Rust) and n-grams combined from word hashes in numpy, and signatures use one-permutation
 hashing (one hash per n-gram, binned; no Python loop per text, which is what limits datasketch). LSH bands and rows come from the target threshold (the
 split that minimises false positives plus false negatives, as datasketch chooses them). Each band
 links the members of a bucket to its first member; a link is kept only when the two texts' exact
@@ -43,19 +43,29 @@ def lsh_params(threshold: float, num_perm: int) -> tuple[int, int]:
     return best
 
 
-def shingles(texts: pl.Series, ngram: int = 3, seed: int = 0) -> pl.DataFrame:
+def shingles(texts: pl.Series, ngram: int = 3, seed: int = 0, chunk: int = 100_000) -> pl.DataFrame:
     """Distinct hashed word n-grams per text: ``doc`` (row number), ``h`` (uint64). Texts shorter than
-    ``ngram`` words are one n-gram. Runs in polars (Rust): no Python loop over texts or words."""
-    words = (pl.DataFrame({"text": texts.fill_null("")}).with_row_index("doc")
-             .select("doc", w=pl.col("text").str.to_lowercase().str.extract_all(r"\w+")))
-    flat = words.with_columns(size=pl.col("w").list.len()).explode("w", keep_nulls=False, empty_as_null=False)
-    short = pl.col("size") < ngram
-    grams = flat.select(
-        "doc",
-        gram=pl.when(short).then(pl.col("w")).otherwise(pl.concat_str([pl.col("w").shift(-k) for k in range(ngram)], separator=" ")),
-        valid=short | (pl.col("doc").shift(-(ngram - 1)) == pl.col("doc")).fill_null(False),
-    ).filter("valid")
-    return grams.select("doc", h=pl.col("gram").hash(seed)).unique(maintain_order=True)
+    ``ngram`` words contribute their words. Words are hashed in polars and n-grams combined from the
+    word hashes in numpy (no n-gram strings), ``chunk`` texts at a time, so memory stays bounded."""
+    parts = []
+    for start in range(0, len(texts), chunk):
+        words = (pl.DataFrame({"text": texts.slice(start, chunk).fill_null("")}).with_row_index("doc", offset=start)
+                 .select("doc", w=pl.col("text").str.to_lowercase().str.extract_all(r"\w+"))
+                 .with_columns(size=pl.col("w").list.len())
+                 .explode("w", keep_nulls=False, empty_as_null=False)
+                 .select("doc", "size", h=pl.col("w").hash(seed)))
+        doc, size, h = (words[c].to_numpy() for c in ("doc", "size", "h"))
+        grams = h.copy()
+        valid = size < ngram
+        if len(h) >= ngram:
+            tail = len(h) - ngram + 1
+            combined = h[:tail].copy()
+            for k in range(1, ngram):
+                combined = (combined * _MIX) ^ h[k:k + tail]
+            grams[:tail] = np.where(size[:tail] < ngram, h[:tail], combined)
+            valid[:tail] |= doc[ngram - 1:] == doc[:tail]
+        parts.append(pl.DataFrame({"doc": doc[valid].astype(np.uint32), "h": grams[valid]}).unique(maintain_order=True))
+    return pl.concat(parts) if parts else pl.DataFrame(schema={"doc": pl.UInt32, "h": pl.UInt64})
 
 
 def signatures(grams: pl.DataFrame, n: int, num_perm: int = 128) -> np.ndarray:
