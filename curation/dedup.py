@@ -167,7 +167,7 @@ def run_dedup(store: Store, config: DedupConfig = DedupConfig()) -> dict[str, in
                                    "exact_key": group["text"].str.to_lowercase().str.replace_all(r"\s+", " ").hash()}))
     found = pl.concat(parts) if parts else pl.DataFrame(schema={"trace_id": pl.Utf8, "cluster_id": pl.Utf8, "exact_key": pl.UInt64})
     arrow = found.to_arrow()
-    with store._transaction():
+    with store.transaction():
         store.con.execute("DELETE FROM dup_clusters")
         store.con.execute("DELETE FROM verdicts WHERE rule = 'dedup'")
         store.con.execute("""

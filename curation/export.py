@@ -37,6 +37,16 @@ Format = Literal["sft", "prompt_completion", "grpo", "verl", "sharegpt"]
 FORMATS: tuple[Format, ...] = ("sft", "prompt_completion", "grpo", "verl", "sharegpt")
 R3_THINK = "Think through the persona, the interests and the transition, then answer with the next item's semantic ID."
 R3_DIRECT = "Answer with the next item's semantic ID."
+HISTORY_HEAD = "A user's purchases, oldest first:"
+
+
+def history_cte(source: str) -> str:
+    """Per trace of ``source``: the student prompt's history ``lines`` ("k. SID title") and ``history_sids``."""
+    return f"""SELECT s.trace_id,
+                      string_agg(h.pos || '. ' || coalesce(c.sid_text, '?') || ' ' || coalesce(c.title, ''), chr(10) ORDER BY h.pos) AS lines,
+                      list(c.sid_text ORDER BY h.pos) AS history_sids
+               FROM {source} s, unnest(s.history) WITH ORDINALITY AS h(item_id, pos) LEFT JOIN catalog c ON c.item_id = h.item_id
+               GROUP BY s.trace_id"""
 
 
 class ExportConfig(BaseModel):
@@ -63,7 +73,6 @@ def _rows_sql(config: ExportConfig) -> str:
     """One row per kept trace: split, task, user prompt, assistant completion, and the reward columns."""
     share = int(config.valid_share * 1000)
     ratio = int(config.cot_ratio * 1000)
-    lines = "string_agg(h.pos || '. ' || coalesce(c.sid_text, '?') || ' ' || coalesce(c.title, ''), chr(10) ORDER BY h.pos)"
     judge = "NULL" if config.min_judge is None else config.min_judge
     delta = "NULL" if config.min_delta_ll is None else config.min_delta_ll
     top_k = "NULL" if config.top_k_per_user is None else config.top_k_per_user
@@ -75,9 +84,7 @@ def _rows_sql(config: ExportConfig) -> str:
              WHERE p.task NOT LIKE 'r3_%' OR (({judge} IS NULL OR sc.judge >= {judge}) AND ({delta} IS NULL OR sc.delta_ll >= {delta}))
              QUALIFY {top_k} IS NULL OR p.user_id IS NULL OR row_number() OVER (
                  PARTITION BY p.task, p.user_id ORDER BY sc.judge DESC NULLS LAST, sc.delta_ll DESC NULLS LAST, p.trace_id) <= {top_k}),
-    hist AS (SELECT k.trace_id, {lines} AS lines, list(c.sid_text ORDER BY h.pos) AS history_sids
-             FROM kept k, unnest(k.history) WITH ORDINALITY AS h(item_id, pos) LEFT JOIN catalog c ON c.item_id = h.item_id
-             GROUP BY k.trace_id),
+    hist AS ({history_cte("kept")}),
     base AS (
         SELECT k.trace_id, k.task, k.user_id, k.subject_id, k.target, k.text, k.history, hs.lines, hs.history_sids,
                tc.sid_text AS target_sid,
@@ -90,9 +97,9 @@ def _rows_sql(config: ExportConfig) -> str:
         CASE task
             WHEN 'r0_caption' THEN 'What is the item ' || sid1 || '? Describe it.'
             WHEN 'r1_relation' THEN 'How does ' || sid2 || ' ' || title2 || ' relate to ' || sid1 || ' ' || title1 || '?'
-            WHEN 'r2_interests' THEN 'A user''s purchases, oldest first:' || chr(10) || lines || chr(10)
+            WHEN 'r2_interests' THEN {_quote(HISTORY_HEAD)} || chr(10) || lines || chr(10)
                  || 'Which 1 to 5 interests will this user pursue next? Cite the purchase numbers.'
-            ELSE 'A user''s purchases, oldest first:' || chr(10) || lines || chr(10)
+            ELSE {_quote(HISTORY_HEAD)} || chr(10) || lines || chr(10)
                  || CASE WHEN with_cot THEN {_quote(R3_THINK)} ELSE {_quote(R3_DIRECT)} END
         END AS prompt,
         CASE WHEN task LIKE 'r3_%' THEN
@@ -151,8 +158,8 @@ def export(store: Store, config: ExportConfig) -> dict:
         for name in config.formats:
             (tmp / name).mkdir()
             for part in ("train", "validation"):
-                store.con.execute(f"COPY ({_FORMAT_SQL[name]}) TO '{tmp / name / part}.parquet' (FORMAT parquet)", [part])
-                counts.setdefault(name, {})[part] = store.scalar(f"SELECT count(*) FROM ({_FORMAT_SQL[name]})", [part])
+                counts.setdefault(name, {})[part] = store.scalar(
+                    f"COPY ({_FORMAT_SQL[name]}) TO '{tmp / name / part}.parquet' (FORMAT parquet)", [part])
         card = _card(store, config, counts, dropped)
         (tmp / "data_card.json").write_text(json.dumps(card, indent=2) + "\n")
         (tmp / "README.md").write_text(_card_markdown(card, config))

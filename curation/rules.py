@@ -1,7 +1,8 @@
 """Named curation rules, each one SQL query over the store that yields a verdict per trace.
 
 A rule returns ``(trace_id, passed, reason, detail)`` for the traces it applies to; ``run_rules``
-replaces that rule's verdicts in one transaction. Thresholds live in :class:`RulesConfig`, every
+replaces that rule's verdicts in one transaction (after computing the ``grounding`` table the
+grounding rule reads). Thresholds live in :class:`RulesConfig`, every
 rule can be switched off, and the reason codes are listed in :data:`REASONS`. The definitions of
 the grounding signals follow DESIGN.md:
 
@@ -188,7 +189,7 @@ def _grounding(c: RulesConfig) -> str:
     return f"""SELECT trace_id, ehr <= {g.max_ehr} AND cov_rate >= {g.min_cov},
                       CASE WHEN ehr > {g.max_ehr} THEN 'hallucinated_items' WHEN cov_rate < {g.min_cov} THEN 'low_coverage' END,
                       printf('ehr %.2f, cov_rate %.2f', ehr, cov_rate)
-               FROM ({grounding_sql()})"""
+               FROM grounding"""
 
 
 def _leakage(c: RulesConfig) -> str:
@@ -270,7 +271,9 @@ RULES: dict[str, Callable[[RulesConfig], str]] = {
 def run_rules(store: Store, config: RulesConfig = RulesConfig()) -> dict[str, int]:
     """Recompute every enabled rule's verdicts (and the grounding scores); returns failures per rule."""
     failed: dict[str, int] = {}
-    with store._transaction():
+    with store.transaction():
+        # computed once: the grounding rule and the ehr / cov_rate scores both read it
+        store.con.execute(f"CREATE OR REPLACE TEMP TABLE grounding AS {grounding_sql()}")
         for name, rule in RULES.items():
             store.con.execute("DELETE FROM verdicts WHERE rule = ?", [name])
             if not getattr(config, name).enabled:
@@ -281,6 +284,6 @@ def run_rules(store: Store, config: RulesConfig = RulesConfig()) -> dict[str, in
         store.con.execute("INSERT OR REPLACE INTO meta VALUES ('rules_config', ?)", [config.model_dump_json()])
         store.con.execute("DELETE FROM scores WHERE name IN ('ehr', 'cov_rate')")
         store.con.execute(f"""INSERT INTO scores
-            SELECT trace_id, 'ehr', ehr, '{{"rule": "grounding"}}' FROM ({grounding_sql()})
-            UNION ALL SELECT trace_id, 'cov_rate', cov_rate, '{{"rule": "grounding"}}' FROM ({grounding_sql()})""")
+            SELECT trace_id, 'ehr', ehr, '{{"rule": "grounding"}}' FROM grounding
+            UNION ALL SELECT trace_id, 'cov_rate', cov_rate, '{{"rule": "grounding"}}' FROM grounding""")
     return failed

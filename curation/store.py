@@ -10,10 +10,12 @@ store is skipped, so ingesting the same files twice changes nothing.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 import duckdb
+import pyarrow as pa
 import pyarrow.parquet as pq
 
 from synth.catalog import Catalog
@@ -24,6 +26,7 @@ SCHEMA_VERSION = 1
 PROVENANCE = ("request_hash", "task", "status", "template", "template_hash", "teacher", "model", "params", "created_at")
 REQUIRED = (*PROVENANCE, "subject_id", "sample", "output", "text")
 _TRACE_COLUMNS = [f.name for f in OUTPUT_SCHEMA]
+SCORE_SCHEMA = pa.schema([("trace_id", pa.string()), ("name", pa.string()), ("value", pa.float64()), ("provenance", pa.string())])
 def _duck_type(arrow_type) -> str:
     import pyarrow as pa
 
@@ -108,7 +111,7 @@ class Store:
         """Replace the catalog the rules check SIDs and titles against."""
         frame = catalog.items.select("item_id", "title", "brand").with_columns(sid_text=catalog.sid_text())
         arrow = frame.select("item_id", "sid_text", "title", "brand").to_arrow()
-        with self._transaction():
+        with self.transaction():
             self.con.execute("DELETE FROM catalog")
             self.con.execute("INSERT INTO catalog SELECT * FROM arrow")
         return frame.height
@@ -117,7 +120,7 @@ class Store:
         """Add a synthesis output parquet; rows without provenance go to ``ingest_rejects``."""
         _check_parquet(source)
         missing_provenance = " OR ".join(f'"{c}" IS NULL' for c in PROVENANCE)
-        with self._transaction():
+        with self.transaction():
             self.con.execute(f"""
                 CREATE OR REPLACE TEMP TABLE incoming AS
                 SELECT md5(request_hash || '|' || subject_id || '|' || sample) AS trace_id,
@@ -139,8 +142,16 @@ class Store:
                 QUALIFY row_number() OVER (PARTITION BY i.trace_id) = 1""", [str(source)]).fetchall()[0][0]
         return IngestReport(str(source), rows, new, rows - rejected - new, rejected)
 
-    def _transaction(self):
+    def transaction(self) -> _Transaction:
+        """BEGIN/COMMIT around a block, ROLLBACK on error."""
         return _Transaction(self.con)
+
+    def replace_scores(self, names: Sequence[str], rows: list[dict]) -> None:
+        """Replace every score named in ``names`` by ``rows`` (trace_id, name, value, provenance), in one transaction."""
+        fresh = pa.Table.from_pylist(rows, schema=SCORE_SCHEMA)
+        with self.transaction():
+            self.con.execute(f"DELETE FROM scores WHERE name IN ({', '.join('?' * len(names))})", list(names))
+            self.con.execute("INSERT INTO scores SELECT * FROM fresh")
 
 
 class _Transaction:

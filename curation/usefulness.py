@@ -13,9 +13,8 @@ import json
 from collections.abc import Sequence
 from pathlib import Path
 
-import pyarrow as pa
 
-from curation.export import R3_DIRECT
+from curation.export import HISTORY_HEAD, R3_DIRECT, history_cte
 from curation.store import Store
 
 
@@ -48,14 +47,13 @@ def run_usefulness(store: Store, scorer: str | Path, batch_size: int = 8, max_le
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
     model = AutoModelForCausalLM.from_pretrained(scorer).eval()
-    rows = store.con.execute("""
-        SELECT t.trace_id, split_part(t.text, '</think>', 1) || '</think>' || chr(10) AS think, c.sid_text,
-               (SELECT string_agg(h.pos || '. ' || coalesce(i.sid_text, '?') || ' ' || coalesce(i.title, ''), chr(10) ORDER BY h.pos)
-                FROM unnest(t.history) WITH ORDINALITY AS h(item_id, pos) LEFT JOIN catalog i ON i.item_id = h.item_id) AS lines
-        FROM traces t JOIN catalog c ON c.item_id = t.target
-        WHERE t.status = 'ok' AND t.task LIKE 'r3_%' AND t.text LIKE '<think>%' ORDER BY t.trace_id""").fetchall()
+    rows = store.con.execute(f"""
+        WITH r3 AS (SELECT * FROM traces WHERE status = 'ok' AND task LIKE 'r3_%' AND text LIKE '<think>%'),
+             hist AS ({history_cte("r3")})
+        SELECT t.trace_id, split_part(t.text, '</think>', 1) || '</think>' || chr(10) AS think, c.sid_text, h.lines
+        FROM r3 t JOIN catalog c ON c.item_id = t.target JOIN hist h USING (trace_id) ORDER BY t.trace_id""").fetchall()
     prompts = [tokenizer.apply_chat_template(
-        [{"role": "user", "content": f"A user's purchases, oldest first:\n{lines}\n{R3_DIRECT}"}],
+        [{"role": "user", "content": f"{HISTORY_HEAD}\n{lines}\n{R3_DIRECT}"}],
         tokenize=False, add_generation_prompt=True) for _, _, _, lines in rows]
     targets = [sid for _, _, sid, _ in rows]
     with_cot = sid_logprobs(model, tokenizer, [p + think for p, (_, think, _, _) in zip(prompts, rows)], targets, batch_size, max_length)
@@ -64,10 +62,6 @@ def run_usefulness(store: Store, scorer: str | Path, batch_size: int = 8, max_le
     scored = [{"trace_id": row[0], "name": name, "value": value, "provenance": provenance}
               for row, cot, base in zip(rows, with_cot, plain)
               for name, value in (("ll_cot", cot), ("ll_plain", base), ("delta_ll", cot - base))]
-    scored_table = pa.Table.from_pylist(scored, schema=pa.schema(
-        [("trace_id", pa.string()), ("name", pa.string()), ("value", pa.float64()), ("provenance", pa.string())]))
-    with store._transaction():
-        store.con.execute("DELETE FROM scores WHERE name IN ('ll_cot', 'll_plain', 'delta_ll')")
-        store.con.execute("INSERT INTO scores SELECT * FROM scored_table")
+    store.replace_scores(("ll_cot", "ll_plain", "delta_ll"), scored)
     helped = sum(cot > base for cot, base in zip(with_cot, plain))
     return {"scored": len(rows), "cot_helps": helped, "mean_delta_ll": (sum(with_cot) - sum(plain)) / max(len(rows), 1)}

@@ -9,9 +9,8 @@ Run it again and it sends only what is missing; kill it and the rerun loses and 
 from __future__ import annotations
 
 import fcntl
-import os
-import itertools
 import json
+import os
 import time
 from collections import Counter
 from collections.abc import Iterator
@@ -25,12 +24,13 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
+from synth.answering import AnswerStats, answer
 from synth.config import load_config
 from synth.errors import DataError
 from synth.io import atomic_path
-from synth.journal import Journal, answer_row, read_plan, write_plan
+from synth.journal import Journal, read_plan, write_plan
 from synth.loaders import Dataset, load_dataset
-from synth.parse import parse_response
+from synth.parse import Parsed, parse_response
 from synth.prompts import PromptLibrary
 from synth.requests import CUTOFF_REASONS, ItemView, Shard, iter_requests, plan_subjects
 from synth.schemas import ECOMMERCE_PERSONAS
@@ -146,10 +146,8 @@ class _Job:
         self.teacher = teacher or make_teacher(config.teacher, self.dataset.catalog, self.personas, self.split.part("train"))
         self.work = out / ".work"
         self.report = JobReport(str(out), self.teacher.kind, self.teacher.model)
-        self.inflight: dict[str, tuple[Request, Task]] = {}
-        # Keys handed to the teacher whose answers are not committed yet: a repeated prompt is not sent twice.
-        # Bounded by the commit window plus what is in flight, whatever the job's size.
-        self.uncommitted: set[str] = set()
+        self.stats = AnswerStats()
+        self.task_of = {task.name: task for task in self.tasks}
 
     def _plan(self) -> list[tuple[Task, Path]]:
         """Write each task's subjects to parquet and the refused samples next to the output."""
@@ -169,84 +167,52 @@ class _Job:
             refused_frame.with_columns(detail=pl.col("reason").replace_strict(CUTOFF_REASONS, default=None)).write_parquet(tmp)
         return planned
 
-    def _pending(self, planned: list[tuple[Task, Path]], journal: Journal) -> Iterator[Request]:
-        """Requests without an answer yet, in plan order; every request goes to the plan file for export."""
+    def _requests(self, planned: list[tuple[Task, Path]]) -> Iterator[Request]:
+        """Every request of the job in plan order; each goes to the plan file, which the export joins to the answers."""
         library = PromptLibrary(self.config.templates)
         items = ItemView(self.dataset.catalog)
-        reader = journal.reader()
         identity = (self.teacher.kind, self.teacher.model)
         with (self.work / "plan.tsv").open("w", encoding="utf-8") as plan:
             for task, path in planned:
-                stream = iter_requests(task, path, library, items, self.personas, identity, self.config.sampling, self.shard)
-                while chunk := list(itertools.islice(stream, 512)):
-                    done = journal.answered(reader, [r.key for r in chunk])
-                    for request in chunk:
-                        write_plan(plan, request.key, request.subject)
-                        if request.key in done or request.key in self.uncommitted:
-                            self.report.cached += 1
-                            continue
-                        self.uncommitted.add(request.key)
-                        self.inflight[request.key] = (request, task)
-                        yield request
-        reader.close()
+                for request in iter_requests(task, path, library, items, self.personas, identity, self.config.sampling, self.shard):
+                    write_plan(plan, request.key, request.subject)
+                    yield request
+
+    def _parse(self, request: Request, response: Response) -> tuple[Parsed, str | None]:
+        task = self.task_of[request.task]
+        parsed = parse_response(response, task.schema(self.personas))
+        return parsed, task.text(parsed.output) if parsed.output else None
 
     def run(self, progress: bool) -> JobReport:
         started = time.perf_counter()
         self.work.mkdir(parents=True, exist_ok=True)
         planned = self._plan()
         journal = Journal(self.out / "journal.sqlite")
-        buffer: list[dict[str, Any]] = []
-        last_commit = time.monotonic()
         try:
             with _progress(progress) as bar:
                 job = bar.add_task(f"{self.teacher.kind}:{self.teacher.model}", total=self.report.planned, status="")
-                for response in self.teacher.generate(self._pending(planned, journal)):
-                    request, task = self.inflight.pop(response.key)
-                    self._count(response)
-                    if response.retryable:
-                        self.uncommitted.discard(response.key)
-                    else:
-                        buffer.append(self._row(request, task, response))
-                    if len(buffer) >= self.config.commit_rows or time.monotonic() - last_commit > self.config.commit_s:
-                        self._commit(journal, buffer)
-                        buffer, last_commit = [], time.monotonic()
-                        bar.update(job, completed=self.report.cached + self.report.sent, status=self._status(started))
-                self._commit(journal, buffer)
-                bar.update(job, completed=self.report.cached + self.report.sent, status=self._status(started))
+
+                def show() -> None:
+                    bar.update(job, completed=self.stats.cached + self.stats.sent, status=self._status(started))
+
+                answer(self.teacher, journal, self._requests(planned), self._parse, self.stats,
+                       self.config.commit_rows, self.config.commit_s, show)
             self.report.rows = journal.export(read_plan(self.work / "plan.tsv"), self.out / "traces.parquet")
         finally:
             journal.close()
             self.teacher.close()
+        stats = self.stats
+        self.report.cached, self.report.sent, self.report.ok = stats.cached, stats.sent, stats.ok
+        self.report.rejected, self.report.unanswered = dict(stats.rejected), dict(stats.unanswered)
+        self.report.prompt_tokens, self.report.completion_tokens = stats.prompt_tokens, stats.completion_tokens
         self.report.retries = getattr(self.teacher, "retries", 0)
         self.report.seconds = round(time.perf_counter() - started, 2)
         (self.out / "summary.json").write_text(json.dumps(asdict(self.report), indent=2) + "\n")
         return self.report
 
-    def _commit(self, journal: Journal, rows: list[dict[str, Any]]) -> None:
-        journal.append(rows)
-        for row in rows:
-            self.uncommitted.discard(row["key"])
-
-    def _count(self, response: Response) -> None:
-        report = self.report
-        report.sent += 1
-        report.prompt_tokens += response.prompt_tokens
-        report.completion_tokens += response.completion_tokens
-        if response.retryable:
-            report.unanswered[response.error or "unknown"] = report.unanswered.get(response.error or "unknown", 0) + 1
-
-    def _row(self, request: Request, task: Task, response: Response) -> dict[str, Any]:
-        parsed = parse_response(response, task.schema(self.personas))
-        if parsed.status == "ok":
-            self.report.ok += 1
-        else:
-            self.report.rejected[parsed.reason] = self.report.rejected.get(parsed.reason, 0) + 1
-        text = task.text(parsed.output) if parsed.output else None
-        return answer_row(request, response, parsed, text, (self.teacher.kind, self.teacher.model))
-
     def _status(self, started: float) -> str:
         elapsed = max(time.perf_counter() - started, 1e-9)
-        r = self.report
+        r = self.stats
         failures = {**r.rejected, **({"unanswered": sum(r.unanswered.values())} if r.unanswered else {})}
         shown = ", ".join(f"{k} {v}" for k, v in sorted(failures.items())) or "none"
         return f"{r.sent / elapsed:.1f} req/s, {r.completion_tokens / elapsed:.0f} tok/s, cached {r.cached}, failures: {shown}"

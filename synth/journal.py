@@ -15,8 +15,8 @@ from __future__ import annotations
 
 import json
 import sqlite3
-from datetime import UTC, datetime
 from collections.abc import Iterable, Iterator, Sequence
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import IO, Any
 
@@ -92,15 +92,11 @@ class Journal:
     @staticmethod
     def answered(reader: sqlite3.Connection, keys: Sequence[str]) -> set[str]:
         """Which of ``keys`` already have an answer."""
-        found: set[str] = set()
-        for start in range(0, len(keys), 500):
-            part = list(keys[start:start + 500])
-            marks = ", ".join("?" * len(part))
-            found.update(k for (k,) in reader.execute(f"SELECT key FROM answers WHERE key IN ({marks})", part))
-        return found
+        return set(_select(reader, keys, ("key",)))
 
-    def count(self) -> int:
-        return self.con.execute("SELECT count(*) FROM answers").fetchone()[0]
+    def rows(self, keys: Sequence[str], columns: Sequence[str]) -> dict[str, tuple]:
+        """``columns`` of the answers to ``keys``, by key (keys without an answer are absent)."""
+        return _select(self.con, keys, columns)
 
     def export(self, plan: Iterable[tuple[str, str]], target: Path, chunk_rows: int = 5000) -> int:
         """Write one row per planned (key, subject JSON) that has an answer, in plan order, to a parquet file."""
@@ -120,6 +116,17 @@ class Journal:
 
     def close(self) -> None:
         self.con.close()
+
+
+def _select(con: sqlite3.Connection, keys: Sequence[str], columns: Sequence[str]) -> dict[str, tuple]:
+    """Answers of ``keys`` in chunks of 500 (SQLite's bound-parameter limit), as {key: (columns...)}."""
+    found: dict[str, tuple] = {}
+    for start in range(0, len(keys), 500):
+        part = list(keys[start:start + 500])
+        marks = ", ".join("?" * len(part))
+        for row in con.execute(f"SELECT key, {', '.join(columns)} FROM answers WHERE key IN ({marks})", part):
+            found[row[0]] = row[1:]
+    return found
 
 
 def _output_row(row: tuple) -> dict[str, Any]:

@@ -18,7 +18,7 @@ import polars as pl
 import pyarrow.parquet as pq
 
 from synth.catalog import Catalog
-from synth.prompts import PromptLibrary
+from synth.prompts import PromptLibrary, RenderedPrompt
 from synth.splits import Split
 from synth.tasks import Task
 from synth.teachers.base import Request, Sampling, request_key
@@ -108,11 +108,17 @@ def iter_requests(task: Task, subjects: Path, library: PromptLibrary, items: Ite
                 continue
             variables, subject = _variables(task, row, items, personas)
             prompt = library.render(task.name, **variables)
-            template = {"name": prompt.template, "version": prompt.template_version, "hash": prompt.template_hash}
             for sample in range(sampling.n):
-                key = request_key(*teacher, prompt.messages, schema, prompt.template_hash, sampling, sample)
-                yield Request(key, task.name, prompt.messages, schema, sample, sampling.seed + sample,
-                              sampling.temperature, sampling.top_p, sampling.max_tokens, subject, template)
+                yield build_request(prompt, schema, teacher, sampling, sample, subject)
+
+
+def build_request(prompt: RenderedPrompt, schema: dict[str, Any], teacher: tuple[str, str], sampling: Sampling,
+                  sample: int, subject: dict[str, Any]) -> Request:
+    """The request for sample ``sample`` of a rendered prompt, keyed by the hash of what decides its answer."""
+    key = request_key(*teacher, prompt.messages, schema, prompt.template_hash, sampling, sample)
+    template = {"name": prompt.template, "version": prompt.template_version, "hash": prompt.template_hash}
+    return Request(key, prompt.task, prompt.messages, schema, sample, sampling.seed + sample,
+                   sampling.temperature, sampling.top_p, sampling.max_tokens, subject, template)
 
 
 def _variables(task: Task, row: dict[str, Any], items: ItemView, personas: tuple[str, ...]) -> tuple[dict, dict]:

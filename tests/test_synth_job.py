@@ -151,3 +151,15 @@ def test_concurrency_halves_on_429_and_grows_back():
 
     # 8 -> 4 -> 2, then two successes in a row (the current limit) add one back each time
     assert asyncio.run(scenario()) == [4, 2, 2, 3, 3, 3, 4]
+
+
+def test_incomplete_teacher_config_is_named(sample_path, tmp_path):
+    from synth.job import load_synth_config
+
+    config = tmp_path / "job.toml"
+    config.write_text(f'dataset = "{sample_path}"\n[teacher]\nkind = "openai"\nmodel = "m"\n')
+    with pytest.raises(DataError, match="(?s)job.toml.*teacher.*needs base_urls"):
+        load_synth_config(config)
+    config.write_text(f'dataset = "{sample_path}"\n[teacher]\nkind = "vllm"\n')
+    with pytest.raises(DataError, match="(?s)job.toml.*needs model"):
+        load_synth_config(config)

@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any, Literal
 
 import polars as pl
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from synth.catalog import Catalog
 from synth.teachers.base import Request, Response, Sampling, Teacher
@@ -33,6 +33,14 @@ class TeacherConfig(BaseModel):
     engine: dict[str, Any] = {}
     batch_size: int = Field(1024, ge=1)
 
+    @model_validator(mode="after")
+    def _complete(self) -> TeacherConfig:
+        if self.kind != "rules" and not self.model:
+            raise ValueError(f"kind = {self.kind!r} needs model (a model path for vllm, a served model name for openai)")
+        if self.kind == "openai" and not self.base_urls:
+            raise ValueError("kind = 'openai' needs base_urls, e.g. [\"http://127.0.0.1:8000/v1\"]")
+        return self
+
 
 def make_teacher(config: TeacherConfig, catalog: Catalog, personas: tuple[str, ...], train_targets: pl.LazyFrame) -> Teacher:
     """Build the configured teacher; ``train_targets`` (training-part samples) feed the rules teacher's popularity."""
@@ -40,8 +48,6 @@ def make_teacher(config: TeacherConfig, catalog: Catalog, personas: tuple[str, .
         from synth.teachers.rules import RulesTeacher
 
         return RulesTeacher.from_targets(catalog, personas, train_targets)
-    if not config.model:
-        raise ValueError(f"teacher.kind = {config.kind!r} needs teacher.model (a path or a served model name)")
     if config.kind == "vllm":
         from synth.teachers.vllm_engine import VLLMTeacher
 
