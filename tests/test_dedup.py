@@ -39,7 +39,7 @@ def test_clusters_hold_exactly_the_pairs_above_the_threshold():
         edited.append(" ".join(words))
     texts = base + edited + [base[0]]  # 50 near copies and one exact copy
     g = shingles(pl.Series(texts))
-    labels = clusters(signatures(g, len(texts)), g, 0.8)
+    labels = clusters(signatures(g), g, 0.8)
     sets = [grams(t) for t in texts]
     truth = {(a, b) for a in range(len(texts)) for b in range(a + 1, len(texts))
              if len(sets[a] & sets[b]) / len(sets[a] | sets[b]) >= 0.8}
