@@ -22,15 +22,16 @@ def curate() -> None:
 @curate.command("ingest")
 @click.argument("traces", nargs=-1, required=True, type=click.Path(path_type=Path))
 @click.option("--dataset", type=click.Path(exists=True, path_type=Path), help="Dataset whose catalog the rules check SIDs against.")
+@click.option("--domain", help="The dataset's domain (default: its folder name); export mixes CoT per domain.")
 @store_option
 @json_option
-def ingest(traces: tuple[Path, ...], dataset: Path | None, store: Path, as_json: bool) -> None:
+def ingest(traces: tuple[Path, ...], dataset: Path | None, domain: str | None, store: Path, as_json: bool) -> None:
     """Add traces.parquet files (glob them for shards); rows already in the store are skipped."""
     from curation.store import Store
     from synth.loaders import load_dataset
 
     with Store(store) as db:
-        payload = {"catalog_items": db.load_catalog(load_dataset(dataset).catalog)} if dataset else {}
+        payload = {"catalog_items": db.load_catalog(load_dataset(dataset).catalog, domain or dataset.name)} if dataset else {}
         payload["files"] = [asdict(db.ingest(path)) for path in traces]
     emit(payload, as_json, f"ingest into {store}")
 

@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import Literal
 
 import polars as pl
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from curation.report import KEPT_SQL, funnel
 from curation.store import Store
@@ -54,7 +54,8 @@ class ExportConfig(BaseModel):
     name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
     out: Path
     formats: list[Format] = list(FORMATS)
-    cot_ratio: float = Field(1.0, ge=0, le=1, description="share of R3 SFT rows that keep their CoT")
+    cot_ratio: float | dict[str, float] = Field(1.0, description="share of R3 SFT rows that keep their CoT: one share, "
+                                                 "or one per domain with '*' for the others")
     valid_share: float = Field(0.05, ge=0, lt=1, description="share of users held out as the validation split")
     dataset: Path | None = Field(None, description="the dataset the traces came from: enables decontamination")
     min_judge: float | None = Field(None, description="R3 rows need a judge score at least this high")
@@ -64,6 +65,22 @@ class ExportConfig(BaseModel):
     source: str = "see the input dataset's card"
     overwrite: bool = False
 
+    @field_validator("cot_ratio")
+    @classmethod
+    def _shares(cls, value: float | dict[str, float]) -> float | dict[str, float]:
+        shares = value.values() if isinstance(value, dict) else [value]
+        if any(not 0 <= share <= 1 for share in shares):
+            raise ValueError("every CoT share must lie between 0 and 1")
+        return value
+
+    def ratio_sql(self, domain: str) -> str:
+        """Per-mille CoT share of the rows whose domain is the SQL expression ``domain``."""
+        if not isinstance(self.cot_ratio, dict):
+            return str(int(self.cot_ratio * 1000))
+        default = int(self.cot_ratio.get("*", 1.0) * 1000)
+        cases = " ".join(f"WHEN {_quote(name)} THEN {int(share * 1000)}" for name, share in self.cot_ratio.items() if name != "*")
+        return f"CASE {domain} {cases} ELSE {default} END" if cases else str(default)
+
 
 def _quote(text: str) -> str:
     return "'" + text.replace("'", "''") + "'"
@@ -72,7 +89,6 @@ def _quote(text: str) -> str:
 def _rows_sql(config: ExportConfig) -> str:
     """One row per kept trace: split, task, user prompt, assistant completion, and the reward columns."""
     share = int(config.valid_share * 1000)
-    ratio = int(config.cot_ratio * 1000)
     judge = "NULL" if config.min_judge is None else config.min_judge
     delta = "NULL" if config.min_delta_ll is None else config.min_delta_ll
     top_k = "NULL" if config.top_k_per_user is None else config.top_k_per_user
@@ -87,13 +103,14 @@ def _rows_sql(config: ExportConfig) -> str:
     hist AS ({history_cte("kept")}),
     base AS (
         SELECT k.trace_id, k.task, k.user_id, k.subject_id, k.target, k.text, k.history, hs.lines, hs.history_sids,
-               tc.sid_text AS target_sid,
+               tc.sid_text AS target_sid, coalesce(tc.domain, i1.domain, lc.domain) AS domain,
                CASE WHEN md5_number(coalesce(k.user_id, k.subject_id)) % 1000 < {share} THEN 'validation' ELSE 'train' END AS split,
-               md5_number(k.trace_id) % 1000 < {ratio} AS with_cot,
+               md5_number(k.trace_id) % 1000 < {config.ratio_sql("coalesce(tc.domain, i1.domain, lc.domain)")} AS with_cot,
                i1.sid_text AS sid1, i1.title AS title1, i2.sid_text AS sid2, i2.title AS title2
         FROM kept k LEFT JOIN hist hs USING (trace_id) LEFT JOIN catalog tc ON tc.item_id = k.target
-             LEFT JOIN catalog i1 ON i1.item_id = k.items[1] LEFT JOIN catalog i2 ON i2.item_id = k.items[2])
-    SELECT trace_id, task, split, user_id, target, target_sid, history, history_sids, with_cot,
+             LEFT JOIN catalog i1 ON i1.item_id = k.items[1] LEFT JOIN catalog i2 ON i2.item_id = k.items[2]
+             LEFT JOIN catalog lc ON lc.item_id = k.history[-1])
+    SELECT trace_id, task, domain, split, user_id, target, target_sid, history, history_sids, with_cot,
         CASE task
             WHEN 'r0_caption' THEN 'What is the item ' || sid1 || '? Describe it.'
             WHEN 'r1_relation' THEN 'How does ' || sid2 || ' ' || title2 || ' relate to ' || sid1 || ' ' || title1 || '?'
@@ -130,11 +147,11 @@ def _decontaminate(store: Store, config: ExportConfig) -> int:
 
 _FORMAT_SQL: dict[str, str] = {
     "sft": """SELECT [{'role': 'user', 'content': prompt}, {'role': 'assistant', 'content': completion}] AS messages,
-                     task, trace_id FROM export_rows WHERE split = ?""",
+                     task, domain, with_cot, trace_id FROM export_rows WHERE split = ?""",
     "prompt_completion": """SELECT [{'role': 'user', 'content': prompt}] AS prompt, [{'role': 'assistant', 'content': completion}] AS completion,
-                                   task, trace_id FROM export_rows WHERE split = ?""",
+                                   task, domain, with_cot, trace_id FROM export_rows WHERE split = ?""",
     "grpo": """SELECT [{'role': 'user', 'content': any_value(prompt)}] AS prompt, target_sid, target, any_value(history) AS history,
-                      any_value(history_sids) AS history_sids, user_id
+                      any_value(history_sids) AS history_sids, user_id, any_value(domain) AS domain
                FROM export_rows WHERE split = ? AND task LIKE 'r3_%' AND with_cot GROUP BY user_id, target, target_sid
                ORDER BY user_id, target""",
     "verl": """SELECT 'recot/' || task AS data_source, [{'role': 'user', 'content': prompt}] AS prompt, 'recommendation' AS ability,
@@ -179,6 +196,9 @@ def _card(store: Store, config: ExportConfig, counts: dict, dropped: int) -> dic
         "license": config.license, "source": config.source, "formats": counts,
         "by_task": dict(store.con.execute("SELECT task, count(*) FROM export_rows GROUP BY task ORDER BY task").fetchall()),
         "cot_ratio": config.cot_ratio, "valid_share": config.valid_share,
+        "r3_with_cot_by_domain": {domain: {"rows": rows, "with_cot": cot} for domain, rows, cot in store.con.execute(
+            """SELECT coalesce(domain, '?'), count(*), count(*) FILTER (WHERE with_cot) FROM export_rows
+               WHERE task LIKE 'r3_%' AND split = 'train' GROUP BY ALL ORDER BY ALL""").fetchall()},
         "selection": {"min_judge": config.min_judge, "min_delta_ll": config.min_delta_ll, "top_k_per_user": config.top_k_per_user,
                       "kept_after_rules": store.scalar(f"SELECT count(*) FROM ({KEPT_SQL})")},
         "decontamination": {"dataset": str(config.dataset) if config.dataset else None, "rows_dropped": dropped},
@@ -219,7 +239,8 @@ Source: {card['source']}. The JSON twin of this card is `data_card.json`.
 |---|---|---|
 {rows}
 
-Rows per task: {json.dumps(card['by_task'])}. R3 rows with CoT: {card['cot_ratio']:.0%}; users held out
+Rows per task: {json.dumps(card['by_task'])}. R3 training rows with CoT, per domain:
+{json.dumps(card['r3_with_cot_by_domain'])} (configured share: {json.dumps(card['cot_ratio'])}); users held out
 for validation: {card['valid_share']:.0%}. Decontamination: {card['decontamination']['rows_dropped']} rows dropped
 (dataset: {card['decontamination']['dataset']}).
 

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import duckdb
+import polars as pl
 import pyarrow as pa
 import pyarrow.parquet as pq
 
@@ -22,7 +23,9 @@ from synth.catalog import Catalog
 from synth.errors import DataError
 from synth.journal import OUTPUT_SCHEMA
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
+# version -> SQL that brings a store of that version to the next one
+MIGRATIONS = {1: "ALTER TABLE catalog ADD COLUMN domain VARCHAR"}
 PROVENANCE = ("request_hash", "task", "status", "template", "template_hash", "teacher", "model", "params", "created_at")
 REQUIRED = (*PROVENANCE, "subject_id", "sample", "output", "text")
 _TRACE_COLUMNS = [f.name for f in OUTPUT_SCHEMA]
@@ -41,7 +44,7 @@ CREATE TABLE IF NOT EXISTS traces (
     trace_id VARCHAR PRIMARY KEY, source VARCHAR, ingested_at TIMESTAMP DEFAULT current_timestamp,
     {', '.join(f'"{f.name}" {_duck_type(f.type)}' for f in OUTPUT_SCHEMA)}
 );
-CREATE TABLE IF NOT EXISTS catalog (item_id VARCHAR PRIMARY KEY, sid_text VARCHAR, title VARCHAR, brand VARCHAR);
+CREATE TABLE IF NOT EXISTS catalog (item_id VARCHAR PRIMARY KEY, sid_text VARCHAR, title VARCHAR, brand VARCHAR, domain VARCHAR);
 CREATE TABLE IF NOT EXISTS verdicts (
     trace_id VARCHAR, rule VARCHAR, passed BOOLEAN, reason VARCHAR, detail VARCHAR,
     PRIMARY KEY (trace_id, rule)
@@ -80,7 +83,11 @@ class Store:
         if found is None:
             self.con.execute(TABLES)
             self.con.execute("INSERT INTO meta VALUES ('schema_version', ?)", [str(SCHEMA_VERSION)])
-        elif found == SCHEMA_VERSION:
+        elif found in MIGRATIONS or found == SCHEMA_VERSION:
+            with self.transaction():
+                for version in range(found, SCHEMA_VERSION):
+                    self.con.execute(MIGRATIONS[version])
+                self.con.execute("UPDATE meta SET value = ? WHERE name = 'schema_version'", [str(SCHEMA_VERSION)])
             self.con.execute(TABLES)  # IF NOT EXISTS: adds any table this version has that the file lacks
         else:
             raise DataError(self.path, f"store schema version {found}, this recot uses version {SCHEMA_VERSION}",
@@ -107,13 +114,14 @@ class Store:
     def __exit__(self, *_) -> None:
         self.close()
 
-    def load_catalog(self, catalog: Catalog) -> int:
-        """Replace the catalog the rules check SIDs and titles against."""
-        frame = catalog.items.select("item_id", "title", "brand").with_columns(sid_text=catalog.sid_text())
-        arrow = frame.select("item_id", "sid_text", "title", "brand").to_arrow()
+    def load_catalog(self, catalog: Catalog, domain: str = "default") -> int:
+        """Replace ``domain``'s items in the catalog the rules check SIDs and titles against. A trace's
+        domain is its target's (or first item's): the export mixes CoT per domain from it."""
+        frame = catalog.items.select("item_id", "title", "brand").with_columns(sid_text=catalog.sid_text(), domain=pl.lit(domain))
+        arrow = frame.select("item_id", "sid_text", "title", "brand", "domain").to_arrow()
         with self.transaction():
-            self.con.execute("DELETE FROM catalog")
-            self.con.execute("INSERT INTO catalog SELECT * FROM arrow")
+            self.con.execute("DELETE FROM catalog WHERE domain = ? OR domain IS NULL", [domain])
+            self.con.execute("INSERT OR REPLACE INTO catalog SELECT * FROM arrow")
         return frame.height
 
     def ingest(self, source: Path) -> IngestReport:

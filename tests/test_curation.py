@@ -182,6 +182,18 @@ def test_store_of_another_schema_version_is_refused(tmp_path):
         Store(path)
 
 
+def test_store_of_version_1_is_migrated_keeping_its_rows(tmp_path, sample):
+    path = tmp_path / "v1.duckdb"
+    with Store(path) as store:
+        store.load_catalog(sample.catalog)
+    with duckdb.connect(str(path)) as con:  # what version 1 looked like: a catalog without domains
+        con.execute("ALTER TABLE catalog DROP COLUMN domain")
+        con.execute("UPDATE meta SET value = '1' WHERE name = 'schema_version'")
+    with Store(path) as store:
+        assert store.scalar("SELECT value FROM meta WHERE name = 'schema_version'") == "2"
+        assert store.scalar("SELECT count(*) FROM catalog WHERE domain IS NULL") == sample.catalog.items.height
+
+
 def test_judge_scores_through_a_teacher_and_a_rerun_sends_nothing(store, traces, tmp_path, sample, instant_server):
     from curation.judge import JudgeConfig, run_judge
     from synth.teachers import TeacherConfig

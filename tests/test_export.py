@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 
+import polars as pl
 import pytest
 
 from curation.dedup import run_dedup
@@ -106,3 +107,22 @@ def test_selection_by_judge_threshold_and_top_k(sample_path, sample, tmp_path):
         users = store.scalar("SELECT count(DISTINCT user_id) FROM traces")
     assert sum(strict["formats"]["sft"].values()) == above < 150
     assert sum(top1["formats"]["grpo"].values()) == users
+
+
+def test_cot_share_per_domain(sample_path, sample, tmp_path):
+    """Two domains (the sample's catalog split in two): each gets its own CoT share."""
+    run_synth(SynthConfig(dataset=sample_path, out=tmp_path / "synth", tasks=["r3_cot_hindsight", "r3_cot_blind"]), progress=False)
+    items = sample.catalog.items
+    tools = type(sample.catalog)(items.filter(pl.col("item_id").hash() % 2 == 0), sample.catalog.dialect)
+    parts = type(sample.catalog)(items.filter(pl.col("item_id").hash() % 2 == 1), sample.catalog.dialect)
+    with Store(tmp_path / "c.duckdb") as store:
+        store.load_catalog(tools, "tools")
+        store.load_catalog(parts, "parts")
+        store.ingest(tmp_path / "synth" / "traces.parquet")
+        card = export(store, ExportConfig(name="mix", out=tmp_path / "mix", formats=["sft"], cot_ratio={"tools": 0.0, "*": 0.6}))
+    sft = pl.read_parquet(tmp_path / "mix" / "sft" / "train.parquet").filter(pl.col("task").str.starts_with("r3_"))
+    shares = dict(sft.group_by("domain").agg(pl.col("with_cot").mean()).iter_rows())
+    thinking = sft.filter(pl.col("messages").list.last().struct.field("content").str.contains("<think>"))
+    assert set(shares) == {"tools", "parts"} and shares["tools"] == 0.0 and abs(shares["parts"] - 0.6) < 0.1
+    assert thinking["with_cot"].all() and thinking.height == sft["with_cot"].sum()
+    assert card["r3_with_cot_by_domain"]["tools"]["with_cot"] == 0
