@@ -1,0 +1,172 @@
+"""The trainer on tiny models: rewards and metrics on hand-made cases, the SID vocabulary and trie,
+real TRL SFT and GRPO steps (constrained two-stage rollouts, per-token clipping)."""
+
+from __future__ import annotations
+
+import math
+
+import polars as pl
+import pytest
+import torch
+
+from trainer.evaluate import most_popular, ranking_metrics, recommend
+from trainer.rewards import coverage_reward, diversity_reward, exact_hit, format_reward, prefix_match, rank_reward
+from trainer.trie import SidTrie
+
+datasets = pytest.importorskip("datasets")
+T = "<a_1><b_2><c_3>"
+
+
+def test_rewards_on_hand_made_cases():
+    completions = ["<think>\nPersona: x\n</think>\n<a_1><b_2><c_3>", [{"role": "assistant", "content": "<a_1><b_2><c_9>"}],
+                   "<a_4><b_2><c_3>", "no answer", "<think>\nx\n</think>\n<a_1><b_2><c_3> and more"]
+    targets = [T] * 5
+    assert exact_hit(completions, targets) == [1.0, 0.0, 0.0, 0.0, 1.0]
+    assert prefix_match(completions, targets) == pytest.approx([1.0, 2 / 3, 0.0, 0.0, 1.0])
+    assert format_reward(completions) == [1.0, 1.0, 1.0, 0.0, 0.0]
+    slates = [["<a_9><b_9><c_9>", T], [T], ["<a_1><b_5><c_5>", "<a_1><b_2><c_8>"], [], ["<a_2><b_1><c_1>", "<a_3><b_1><c_1>"]]
+    assert rank_reward(completions, targets, candidates=slates) == pytest.approx([1 / math.log2(3), 1.0, 0.0, 0.0, 0.0])
+    assert coverage_reward(completions, targets, candidates=slates) == pytest.approx([1.0, 1.0, 2 / 3, 0.0, 0.0])
+    assert diversity_reward(completions, candidates=slates) == pytest.approx([1.0, 1.0, 0.5, 0.0, 1.0])
+
+
+def test_ranking_metrics_against_hand_computed_values():
+    ranked = [["x", "t1"], ["t2"], ["y", "z"]]
+    got = ranking_metrics(ranked, ["t1", "t2", "t3"], ks=(1, 2), valid={"x", "t1", "t2", "y"})
+    assert got == pytest.approx({"recall@1": 1 / 3, "ndcg@1": 1 / 3, "recall@2": 2 / 3,
+                                 "ndcg@2": (1 / math.log2(3) + 1) / 3, "sid_validity": 4 / 5})
+    assert most_popular(["a", "b", "a", "c", "a", "b"], n=2, k=2) == [["a", "b"], ["a", "b"]]
+
+
+@pytest.fixture(scope="module")
+def sid_model(tiny_model, sample, tmp_path_factory):
+    """The tiny model with the sample catalog's SID vocabulary added and initialised from titles."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from trainer.sid_vocab import add_sid_vocabulary
+
+    tokenizer = AutoTokenizer.from_pretrained(tiny_model)
+    model = AutoModelForCausalLM.from_pretrained(tiny_model)
+    before = model.get_input_embeddings().weight.detach().clone()
+    new_ids = add_sid_vocabulary(model, tokenizer, sample.catalog)
+    out = tmp_path_factory.mktemp("sid") / "model"
+    model.save_pretrained(out)
+    tokenizer.save_pretrained(out)
+    return out, new_ids, before
+
+
+def test_sid_tokens_start_from_their_items_titles(sid_model, sample):
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    path, new_ids, before = sid_model
+    tokenizer = AutoTokenizer.from_pretrained(path)
+    embeddings = AutoModelForCausalLM.from_pretrained(path).get_input_embeddings().weight.detach()
+    sid = sample.catalog.sid_text()[0]
+    assert len(tokenizer(sid, add_special_tokens=False)["input_ids"]) == sample.catalog.levels
+    first = tokenizer.convert_tokens_to_ids(sid[:sid.index(">") + 1])
+    items = sample.catalog.items.filter(sample.catalog.sid_text().str.starts_with(sid[:sid.index(">") + 1]))
+    vectors = [before[tokenizer(t, add_special_tokens=False)["input_ids"]].mean(0) for t in items["title"].fill_null("").to_list()]
+    assert first in new_ids and torch.allclose(embeddings[first], torch.stack(vectors).mean(0), atol=1e-5)
+
+
+def test_trie_beam_search_returns_k_distinct_valid_sids(sid_model, sample):
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from synth.job import choose_split
+    from trainer.data import next_item_rows
+
+    path, _, _ = sid_model
+    tokenizer, model = AutoTokenizer.from_pretrained(path), AutoModelForCausalLM.from_pretrained(path)
+    valid = set(sample.catalog.sid_text().drop_nulls().to_list())
+    trie = SidTrie.from_sids(tokenizer, valid)
+    rows = next_item_rows(choose_split(sample, "auto", 10), sample.catalog, "test").head(6)
+    ranking = recommend(model, tokenizer, rows["prompt"].to_list(), trie, k=5)
+    assert all(len(r) == 5 and set(r) <= valid for r in ranking.ranked)
+    free = recommend(model, tokenizer, rows["prompt"].to_list(), None, k=5)  # an untrained model, unconstrained
+    assert ranking_metrics(free.ranked, rows["target_sid"].to_list(), valid=valid).get("sid_validity", 0.0) < 1.0
+
+
+def test_export_and_trainer_build_the_same_prompt(sample_path, sample, tmp_path):
+    from curation.export import ExportConfig, export
+    from curation.store import Store
+    from synth.job import SynthConfig, choose_split, run_synth
+    from trainer.data import next_item_rows
+
+    run_synth(SynthConfig(dataset=sample_path, out=tmp_path / "s", tasks=["r3_cot_blind"], limit=40), progress=False)
+    with Store(tmp_path / "c.duckdb") as store:
+        store.load_catalog(sample.catalog)
+        store.ingest(tmp_path / "s" / "traces.parquet")
+        export(store, ExportConfig(name="p", out=tmp_path / "p", formats=["prompt_completion"], cot_ratio=0.0))
+        keys = pl.from_arrow(store.con.sql("SELECT trace_id, user_id, target, len(history) AS n FROM traces").to_arrow_table())
+    exported = pl.read_parquet(tmp_path / "p" / "prompt_completion" / "train.parquet").join(keys, on="trace_id")
+    built = next_item_rows(choose_split(sample, "auto", 10), sample.catalog, "train").with_columns(n=pl.col("history_sids").list.len())
+    both = exported.join(built, on=["user_id", "target", "n"], suffix="_trainer")  # a user may buy one item twice
+    assert both.height > 0
+    assert (both["prompt"].list.first().struct.field("content") == both["prompt_trainer"].list.first().struct.field("content")).all()
+
+
+def _weights(model) -> torch.Tensor:
+    return torch.cat([p.detach().flatten().clone() for p in model.parameters()])
+
+
+def test_warmup_trains_only_the_sid_rows(sid_model):
+    from transformers import AutoModelForCausalLM
+
+    from trainer.sid_vocab import freeze_for_warmup
+
+    path, new_ids, _ = sid_model
+    model = AutoModelForCausalLM.from_pretrained(path)
+    freeze_for_warmup(model, new_ids)
+    before = {name: p.detach().clone() for name, p in model.named_parameters()}
+    model(input_ids=torch.tensor([[new_ids[0], 5, new_ids[1], 7]]), labels=torch.tensor([[new_ids[0], 5, new_ids[1], 7]])).loss.backward()
+    torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=1.0).step()
+    changed = {name for name, p in model.named_parameters() if not torch.equal(before[name], p)}
+    rows = (before["model.embed_tokens.weight"] != model.get_input_embeddings().weight).any(1).nonzero().flatten().tolist()
+    assert changed == {"model.embed_tokens.weight"} and rows and set(rows) <= set(new_ids)
+
+
+def test_sft_steps_with_embedding_warmup(sid_model, sample, sample_path, tmp_path):
+    from synth.job import choose_split
+    from trainer.data import next_item_rows
+    from trainer.sft import RecSFTConfig, train_sft
+
+    path, _, _ = sid_model
+    rows = next_item_rows(choose_split(sample, "auto", 10), sample.catalog, "train").head(16)
+    config = RecSFTConfig(output_dir=str(tmp_path / "sft"), model_path=str(path), max_steps=2, embedding_warmup_steps=1,
+                          sid_dataset=str(sample_path),
+                          per_device_train_batch_size=4, report_to="none", use_cpu=True, bf16=False, save_strategy="no",
+                          max_length=256, learning_rate=1e-3)
+    trainer = train_sft(config, datasets.Dataset.from_polars(rows.select("prompt", "completion")))
+    losses = [h["loss"] for h in trainer.state.log_history if "loss" in h] or [trainer.state.log_history[-1]["train_loss"]]
+    assert all(math.isfinite(float(x)) for x in losses)
+    assert (tmp_path / "sft" / "warmup").exists() and (tmp_path / "sft" / "model.safetensors").exists()
+
+
+def test_grpo_steps_with_two_stage_constrained_rollouts(sid_model, sample, tmp_path):
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from synth.job import choose_split
+    from trainer.data import next_item_rows
+    from trainer.grpo import RecGRPOConfig, RecGRPOTrainer
+
+    path, _, _ = sid_model
+    tokenizer, model = AutoTokenizer.from_pretrained(path), AutoModelForCausalLM.from_pretrained(path)
+    valid = set(sample.catalog.sid_text().drop_nulls().to_list())
+    rows = next_item_rows(choose_split(sample, "auto", 10), sample.catalog, "train", think=True).head(8)
+    config = RecGRPOConfig(output_dir=str(tmp_path / "grpo"), max_steps=2, per_device_train_batch_size=4, num_generations=4,
+                           num_candidates=3, max_reasoning_tokens=8, max_completion_length=16, learning_rate=1e-2,
+                           report_to="none", use_cpu=True, bf16=False, save_strategy="no", logging_steps=1, beta=0.0,
+                           sid_epsilon_low=0.05, sid_epsilon_high=0.05, no_hit_weight=0.5)
+    def brevity(completions, **_):  # varies between random rollouts, so advantages are not all zero
+        return [-len(c[0]["content"]) / 100 for c in completions]
+
+    trainer = RecGRPOTrainer(model=model, args=config, trie=SidTrie.from_sids(tokenizer, valid), processing_class=tokenizer,
+                             reward_funcs=[prefix_match, rank_reward, format_reward, brevity],
+                             train_dataset=datasets.Dataset.from_polars(rows.select("prompt", "target_sid")))
+    before = _weights(model)
+    trainer.train()
+    assert all(len(c) == 3 and set(c) <= valid for c in trainer._candidates)
+    logged = [h for h in trainer.state.log_history if "loss" in h]
+    assert logged and all(math.isfinite(h["loss"]) for h in logged)
+    assert any("rollout_hit_rate" in key for key in logged[0]), logged[0].keys()
+    assert logged[0]["rewards/format_reward/mean"] == 1.0 and not torch.equal(before, _weights(model))

@@ -1,0 +1,73 @@
+"""Supervised fine-tuning on curated exports with TRL's SFTTrainer, SID vocabulary included.
+
+:class:`RecSFTConfig` is TRL's ``SFTConfig`` plus where the model and data live, the catalog whose
+SIDs the model must speak, an optional embedding warm-up stage and LoRA. Conversational
+``messages`` rows (the export's ``sft`` config) train on assistant tokens only when the chat
+template marks generations; prompt/completion rows train on the completion.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+
+from trl import SFTConfig, SFTTrainer
+
+
+@dataclass
+class RecSFTConfig(SFTConfig):
+    model_path: str = field(default="", metadata={"help": "a causal LM folder (or hub id where the hub is reachable)"})
+    dataset_path: str = field(default="", metadata={"help": "a recot export folder, or any folder datasets can load"})
+    dataset_config: str | None = field(default="sft", metadata={"help": "the export's format to train on"})
+    sid_dataset: str | None = field(default=None, metadata={"help": "dataset whose catalog SIDs are added to the vocabulary"})
+    embedding_warmup_steps: int = field(default=0, metadata={"help": "steps training only the SID embeddings first (needs sid_dataset)"})
+    lora_r: int = field(default=0, metadata={"help": "LoRA rank; 0 trains every weight"})
+    lora_alpha: int = 32
+
+
+def load_model(config: RecSFTConfig):
+    """Model and tokenizer, with the SID vocabulary added when ``sid_dataset`` is set; returns its token ids too."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from synth.loaders import load_dataset
+    from trainer.sid_vocab import add_sid_vocabulary
+
+    tokenizer = AutoTokenizer.from_pretrained(config.model_path)
+    dtype = torch.bfloat16 if config.bf16 else torch.float32
+    model = AutoModelForCausalLM.from_pretrained(config.model_path, dtype=dtype)
+    sid_ids = add_sid_vocabulary(model, tokenizer, load_dataset(config.sid_dataset).catalog) if config.sid_dataset else []
+    return model, tokenizer, sid_ids
+
+
+def _lora(config: RecSFTConfig):
+    from peft import LoraConfig
+
+    # the embeddings carry the SID rows: trained in full and saved with the adapter
+    return LoraConfig(r=config.lora_r, lora_alpha=config.lora_alpha, target_modules="all-linear", task_type="CAUSAL_LM",
+                      modules_to_save=["embed_tokens", "lm_head"])
+
+
+def train_sft(config: RecSFTConfig, train_dataset=None, eval_dataset=None) -> SFTTrainer:
+    """Run the (optional) embedding warm-up, then SFT; saves the model to ``output_dir``."""
+    import datasets
+
+    from trainer.sid_vocab import freeze_for_warmup
+
+    model, tokenizer, sid_ids = load_model(config)
+    if train_dataset is None:
+        loaded = datasets.load_dataset(config.dataset_path, name=config.dataset_config)
+        train_dataset, eval_dataset = loaded["train"], loaded.get("validation")
+    if config.embedding_warmup_steps and sid_ids:
+        warm = replace(config, max_steps=config.embedding_warmup_steps, output_dir=str(Path(config.output_dir) / "warmup"),
+                       save_strategy="no", eval_strategy="no")
+        freeze_for_warmup(model, sid_ids)
+        SFTTrainer(model=model, args=warm, train_dataset=train_dataset, processing_class=tokenizer).train()
+        for parameter in model.parameters():
+            parameter.requires_grad_(True)
+    trainer = SFTTrainer(model=model, args=config, train_dataset=train_dataset, eval_dataset=eval_dataset,
+                         processing_class=tokenizer, peft_config=_lora(config) if config.lora_r else None)
+    trainer.train(resume_from_checkpoint=config.resume_from_checkpoint)
+    trainer.save_model(config.output_dir)
+    tokenizer.save_pretrained(config.output_dir)
+    return trainer
