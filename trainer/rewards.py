@@ -12,9 +12,8 @@ import math
 import re
 from collections.abc import Sequence
 
-from synth.sid import SidError, parse_sid
-
 _SID = re.compile(r"(?:<\|[^<>|]+\|>)?(?:<[a-z0-9_]*[a-z]_\d+>)+(?:<\|[^<>|]+\|>)?")
+_CODE = re.compile(r"_(\d+)>")
 _FORMAT = re.compile(r"(?:<think>\n?.+?\n?</think>\s*)?(" + _SID.pattern + r")\s*", re.DOTALL)
 
 
@@ -31,12 +30,10 @@ def answer_sid(completion) -> str | None:
 
 
 def _codes(sid: str | None) -> tuple[int, ...] | None:
-    if not sid:
+    """Level codes of a SID text (any dialect); None when it is not one."""
+    if not sid or not _SID.fullmatch(sid):
         return None
-    try:
-        return parse_sid(sid)[0]
-    except SidError:
-        return None
+    return tuple(int(code) for code in _CODE.findall(sid))
 
 
 def _prefix(got: str | None, want: str) -> float:

@@ -30,14 +30,15 @@ def load_model(config: RecSFTConfig):
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from synth.loaders import load_dataset
-    from trainer.sid_vocab import add_sid_vocabulary
-
     tokenizer = AutoTokenizer.from_pretrained(config.model_path)
     dtype = torch.bfloat16 if config.bf16 else torch.float32
     model = AutoModelForCausalLM.from_pretrained(config.model_path, dtype=dtype)
-    sid_ids = add_sid_vocabulary(model, tokenizer, load_dataset(config.sid_dataset).catalog) if config.sid_dataset else []
-    return model, tokenizer, sid_ids
+    if not config.sid_dataset:
+        return model, tokenizer, []
+    from synth.loaders import load_dataset  # the data stack, only where a catalog is read
+    from trainer.sid_vocab import add_sid_vocabulary
+
+    return model, tokenizer, add_sid_vocabulary(model, tokenizer, load_dataset(config.sid_dataset).catalog)
 
 
 def _lora(config: RecSFTConfig):
@@ -48,7 +49,7 @@ def _lora(config: RecSFTConfig):
                       modules_to_save=["embed_tokens", "lm_head"])
 
 
-def train_sft(config: RecSFTConfig, train_dataset=None, eval_dataset=None) -> SFTTrainer:
+def train_sft(config: RecSFTConfig, train_dataset=None, eval_dataset=None, callbacks=None) -> SFTTrainer:
     """Run the (optional) embedding warm-up, then SFT; saves the model to ``output_dir``."""
     import datasets
 
@@ -66,7 +67,7 @@ def train_sft(config: RecSFTConfig, train_dataset=None, eval_dataset=None) -> SF
         for parameter in model.parameters():
             parameter.requires_grad_(True)
     trainer = SFTTrainer(model=model, args=config, train_dataset=train_dataset, eval_dataset=eval_dataset,
-                         processing_class=tokenizer, peft_config=_lora(config) if config.lora_r else None)
+                         processing_class=tokenizer, peft_config=_lora(config) if config.lora_r else None, callbacks=callbacks)
     trainer.train(resume_from_checkpoint=config.resume_from_checkpoint)
     trainer.save_model(config.output_dir)
     tokenizer.save_pretrained(config.output_dir)

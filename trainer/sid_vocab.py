@@ -11,10 +11,12 @@ only those rows with the backbone frozen.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 import torch
 
-from synth.catalog import Catalog
+if TYPE_CHECKING:  # the trainer runs on GPU machines that need not have the data stack
+    from synth.catalog import Catalog
 
 THINK_MARKERS = ("<think>", "</think>")
 
