@@ -177,6 +177,8 @@ def export(store: Store, config: ExportConfig) -> dict:
             for part in ("train", "validation"):
                 counts.setdefault(name, {})[part] = store.scalar(
                     f"COPY ({_FORMAT_SQL[name]}) TO '{tmp / name / part}.parquet' (FORMAT parquet)", [part])
+                if not counts[name][part]:  # datasets refuses a split without rows: leave it out
+                    (tmp / name / f"{part}.parquet").unlink()
         card = _card(store, config, counts, dropped)
         (tmp / "data_card.json").write_text(json.dumps(card, indent=2) + "\n")
         (tmp / "README.md").write_text(_card_markdown(card, config))
@@ -210,8 +212,9 @@ def _card(store: Store, config: ExportConfig, counts: dict, dropped: int) -> dic
 
 def _card_markdown(card: dict, config: ExportConfig) -> str:
     configs = "".join(
-        f"- config_name: {name}\n  data_files:\n  - split: train\n    path: {name}/train.parquet\n"
-        f"  - split: validation\n    path: {name}/validation.parquet\n" for name in config.formats)
+        f"- config_name: {name}\n  data_files:\n" + "".join(
+            f"  - split: {part}\n    path: {name}/{part}.parquet\n" for part, rows in card["formats"][name].items() if rows)
+        for name in config.formats)
     total = sum(sum(parts.values()) for parts in card["formats"].values())
     size = "n<1K" if total < 1000 else "1K<n<10K" if total < 10_000 else "10K<n<100K" if total < 100_000 else "n>100K"
     rows = "\n".join(f"| {name} | {parts['train']} | {parts['validation']} |" for name, parts in card["formats"].items())

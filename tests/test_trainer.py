@@ -170,3 +170,89 @@ def test_grpo_steps_with_two_stage_constrained_rollouts(sid_model, sample, tmp_p
     assert logged and all(math.isfinite(h["loss"]) for h in logged)
     assert any("rollout_hit_rate" in key for key in logged[0]), logged[0].keys()
     assert logged[0]["rewards/format_reward/mean"] == 1.0 and not torch.equal(before, _weights(model))
+
+
+def test_rejection_sampling_keeps_only_hits_and_trains_on_them(sid_model, sample, tmp_path):
+    from synth.job import choose_split
+    from trainer.data import next_item_rows
+    from trainer.recipe import rejection_samples
+    from trainer.sft import RecSFTConfig, train_sft
+
+    path, _, _ = sid_model
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(path)
+    rows = next_item_rows(choose_split(sample, "auto", 10), sample.catalog, "train", think=True).head(3)
+    # a trie of two SIDs, one of them the first row's target: about half the rollouts hit, none of the others can
+    trie = SidTrie.from_sids(tokenizer, [rows["target_sid"][0], sample.catalog.sid_text().drop_nulls()[-1]])
+    kept = rejection_samples(path, rows.to_dicts(), trie, samples=6, max_reasoning_tokens=4)
+    first = rows.to_dicts()[0]
+    assert kept and all(k["completion"][0]["content"].endswith(first["target_sid"]) for k in kept)
+    assert all(k["prompt"] == first["prompt"] for k in kept) and "<think>" in kept[0]["completion"][0]["content"]
+    config = RecSFTConfig(output_dir=str(tmp_path / "rft"), model_path=str(path), max_steps=1, per_device_train_batch_size=2,
+                          report_to="none", use_cpu=True, bf16=False, save_strategy="no", max_length=256)
+    assert math.isfinite(train_sft(config, datasets.Dataset.from_list(kept)).state.log_history[-1]["train_loss"])
+
+
+def test_recipe_experts_per_domain_then_distillation(sid_model, sample, sample_path, tmp_path):
+    from transformers import AutoModelForCausalLM
+
+    from curation.export import ExportConfig, export
+    from curation.store import Store
+    from synth.job import SynthConfig, run_synth
+    from trainer.recipe import RecipeConfig, run_recipe
+
+    path, _, _ = sid_model
+    run_synth(SynthConfig(dataset=sample_path, out=tmp_path / "s", tasks=["r3_cot_hindsight"], limit=30), progress=False)
+    items = sample.catalog.items
+    with Store(tmp_path / "c.duckdb") as store:
+        store.load_catalog(type(sample.catalog)(items.filter(pl.col("item_id").hash() % 2 == 0), sample.catalog.dialect), "tools")
+        store.load_catalog(type(sample.catalog)(items.filter(pl.col("item_id").hash() % 2 == 1), sample.catalog.dialect), "parts")
+        store.ingest(tmp_path / "s" / "traces.parquet")
+        export(store, ExportConfig(name="r", out=tmp_path / "export", formats=["grpo"], valid_share=0.0))
+    tiny = {"max_steps": 1, "per_device_train_batch_size": 2, "use_cpu": True, "bf16": False}
+    config = RecipeConfig(base_model=str(path), export=tmp_path / "export", sids=sample_path, out=tmp_path / "recipe", unify="distill",
+                          rewards=["diversity", "format"],  # diversity varies between random rollouts: the experts move
+                          grpo={**tiny, "per_device_train_batch_size": 4, "num_generations": 4, "num_candidates": 4, "max_reasoning_tokens": 4,
+                                "max_completion_length": 12, "learning_rate": 1e-2},
+                          distill={**tiny, "max_completion_length": 6, "learning_rate": 1e-2})
+    report = run_recipe(config)
+    assert set(report["experts"]) == {"tools", "parts"} and all(n > 0 for n in report["domains"].values())
+    base, unified = AutoModelForCausalLM.from_pretrained(path), AutoModelForCausalLM.from_pretrained(report["unified"])
+    expert = AutoModelForCausalLM.from_pretrained(report["experts"]["tools"])
+    assert not torch.equal(_weights(base), _weights(expert)) and not torch.equal(_weights(base), _weights(unified))
+
+
+def test_train_and_eval_commands(sid_model, sample, sample_path, tmp_path):
+    """`recot train sft CONFIG` on an export, then `recot eval`: report.json with every metric and a plot."""
+    import json
+    import subprocess
+    import sys
+
+    from curation.export import ExportConfig, export
+    from curation.store import Store
+    from synth.job import SynthConfig, run_synth
+
+    path, _, _ = sid_model
+    run_synth(SynthConfig(dataset=sample_path, out=tmp_path / "s", tasks=["r3_cot_hindsight"], limit=20), progress=False)
+    with Store(tmp_path / "c.duckdb") as store:
+        store.load_catalog(sample.catalog)
+        store.ingest(tmp_path / "s" / "traces.parquet")
+        export(store, ExportConfig(name="e", out=tmp_path / "export", formats=["sft"]))
+    (tmp_path / "sft.toml").write_text(f"""model_path = "{path}"\ndataset_path = "{tmp_path / 'export'}"\n
+output_dir = "{tmp_path / 'model'}"\nmax_steps = 1\nper_device_train_batch_size = 2\nuse_cpu = true\nbf16 = false
+report_to = "none"\nsave_strategy = "no"\nmax_length = 384\n""")
+    cli = [sys.executable, "-m", "synth.cli"]
+    done = subprocess.run([*cli, "train", "sft", str(tmp_path / "sft.toml"), "--json"], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr[-2000:]
+    done = subprocess.run([*cli, "eval", "--model", str(tmp_path / "model"), "--dataset", str(sample_path), "--limit", "4",
+                           "--k", "3", "--out", str(tmp_path / "eval"), "--json"], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr[-2000:]
+    report = json.loads((tmp_path / "eval" / "report.json").read_text())
+    assert report["rows"] == 4 and report["direct"]["sid_validity"] == 1.0 and report["think"]["sid_validity"] == 1.0
+    assert {"recall@3", "ndcg@3", "pass@4", "cot_tokens", "ehr", "cov_rate"} <= set(report["think"])
+    assert (tmp_path / "eval" / "report.png").stat().st_size > 1000
+    bad = tmp_path / "bad.toml"
+    bad.write_text('learning_rat = 0.1\noutput_dir = "x"\n')
+    done = subprocess.run([*cli, "train", "sft", str(bad)], capture_output=True, text=True)
+    assert done.returncode == 2 and "learning_rat" in done.stderr and "bad.toml" in done.stderr

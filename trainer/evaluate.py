@@ -7,12 +7,17 @@ can be compared); the most-popular baseline ranks the training targets by freque
 
 from __future__ import annotations
 
+import json
 import math
+import re
 from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
 
 import torch
+from pydantic import BaseModel, ConfigDict, Field
 
 from trainer.rewards import answer_sid
 from trainer.trie import SidTrie
@@ -68,3 +73,104 @@ def most_popular(train_targets: Sequence[str], n: int, k: int = 10) -> list[list
     """The baseline: the ``k`` most frequent training targets, for every one of ``n`` rows."""
     top = [sid for sid, _ in Counter(train_targets).most_common(k)]
     return [top] * n
+
+
+class EvalConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    model: Path
+    dataset: Path
+    part: Literal["valid", "test"] = "test"
+    k: int = Field(10, ge=1, description="beam width and the largest cut-off")
+    limit: int | None = Field(None, ge=1, description="evaluate a seeded random sample of this many rows")
+    think: bool = Field(True, description="also evaluate with reasoning (greedy <think>, then the constrained beam)")
+    samples: int = Field(4, ge=1, description="sampled reasoning rollouts per row for Pass@samples")
+    max_reasoning_tokens: int = 128
+    max_history: int = 10
+    batch_size: int = 16
+    out: Path = Path("out/eval")
+
+
+def _grounding(reasoning: str, history_sids: Sequence[str]) -> tuple[float, float]:
+    """EHR and cov_rate of generated reasoning, as the curation rules define them."""
+    mentioned = re.findall(r"(?:<[a-z0-9_]*[a-z]_\d+>)+", reasoning)
+    cited = {int(k) for k in re.findall(r"#(\d+)", reasoning)}
+    history = [s for s in history_sids if s]
+    ehr = sum(s not in history for s in mentioned) / len(mentioned) if mentioned else 0.0
+    covered = {i + 1 for i, s in enumerate(history) if i + 1 in cited or s in mentioned}
+    return ehr, len(covered) / max(len(history), 1)
+
+
+def evaluate(config: EvalConfig) -> dict:
+    """Direct and think-mode rankings of ``part`` against the most-popular baseline; writes report.json and report.png."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer, GenerationConfig
+
+    from curation.export import R3_DIRECT, R3_THINK
+    from synth.job import choose_split
+    from synth.loaders import load_dataset
+    from trainer.data import next_item_rows
+    from trainer.rollout import two_stage
+
+    dataset = load_dataset(config.dataset)
+    split = choose_split(dataset, "auto", config.max_history)
+    rows = next_item_rows(split, dataset.catalog, config.part)
+    if config.limit and rows.height > config.limit:
+        rows = rows.sample(config.limit, seed=0).sort("user_id")
+    tokenizer, model = AutoTokenizer.from_pretrained(config.model), AutoModelForCausalLM.from_pretrained(config.model)
+    valid = set(dataset.catalog.sid_text().drop_nulls().to_list())
+    trie = SidTrie.from_sids(tokenizer, valid)
+    targets = rows["target_sid"].to_list()
+    ks = sorted({1, 5, config.k} & set(range(1, config.k + 1)))
+    direct = recommend(model, tokenizer, rows["prompt"].to_list(), trie, config.k, config.batch_size)
+    train = next_item_rows(split, dataset.catalog, "train")
+    report = {"rows": len(targets), "part": config.part, "k": config.k,
+              "direct": ranking_metrics(direct.ranked, targets, ks, valid) | {"completion_tokens": mean(direct.completion_tokens)},
+              "most_popular": ranking_metrics(most_popular(train["target_sid"].to_list(), len(targets), config.k), targets, ks)}
+    if config.think:
+        asks = [[{"role": "user", "content": p[0]["content"].replace(R3_DIRECT, R3_THINK)}] for p in rows["prompt"].to_list()]
+        prompts = [tokenizer.apply_chat_template(p, add_generation_prompt=True, tokenize=True, return_dict=False) for p in asks]
+        history = rows["history_sids"].to_list()
+        ranked, lengths, ehr, cov, passed = [], [], [], [], []
+        sampling = GenerationConfig(do_sample=True, temperature=1.0)
+        for start in range(0, len(prompts), config.batch_size):
+            batch = [list(p) for p in prompts[start:start + config.batch_size]]
+            greedy = two_stage(model, tokenizer, batch, trie, config.k, True, config.max_reasoning_tokens)
+            sampled = two_stage(model, tokenizer, [p for p in batch for _ in range(config.samples)], trie, 1, True,
+                                config.max_reasoning_tokens, sampling)
+            for row, (reasoning, beams) in enumerate(zip(greedy.reasoning, greedy.beams)):
+                index = start + row
+                ranked.append(list(dict.fromkeys(tokenizer.decode(b, skip_special_tokens=True) for b in beams)))
+                lengths.append(len(reasoning))
+                e, c = _grounding(tokenizer.decode(reasoning, skip_special_tokens=True), history[index])
+                ehr.append(e)
+                cov.append(c)
+                tops = sampled.beams[row * config.samples:(row + 1) * config.samples]
+                passed.append(any(tokenizer.decode(t[0], skip_special_tokens=True) == targets[index] for t in tops))
+        report["think"] = ranking_metrics(ranked, targets, ks, valid) | {
+            "cot_tokens": mean(lengths), f"pass@{config.samples}": mean(passed), "ehr": mean(ehr), "cov_rate": mean(cov)}
+    config.out.mkdir(parents=True, exist_ok=True)
+    (config.out / "report.json").write_text(json.dumps(report, indent=1) + "\n")
+    _plot(report, ks, config.out / "report.png")
+    return report
+
+
+def mean(values: Sequence[float]) -> float:
+    return sum(values) / len(values) if values else 0.0
+
+
+def _plot(report: dict, ks: Sequence[int], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    figure, axes = plt.subplots(1, 2, figsize=(9, 3.5))
+    for name in ("direct", "think", "most_popular"):
+        if name in report:
+            for axis, metric in zip(axes, ("recall", "ndcg")):
+                axis.plot(ks, [report[name][f"{metric}@{k}"] for k in ks], marker="o", label=name)
+                axis.set_title(f"{metric.upper()}@K ({report['part']}, {report['rows']} rows)")
+                axis.set_xlabel("K")
+    axes[0].legend()
+    figure.tight_layout()
+    figure.savefig(path, dpi=120)
+    plt.close(figure)

@@ -10,17 +10,15 @@ target have their advantages scaled by ``no_hit_weight`` (their signal is mostly
 
 from __future__ import annotations
 
-import copy
 from dataclasses import dataclass, field
 
 import torch
 from trl import GRPOConfig, GRPOTrainer
 from trl.models import unwrap_model_for_generation
-from trl.trainer.utils import pad
 
 from trainer.rewards import answer_sid, exact_hit, format_reward, prefix_match, rank_reward
-from trainer.sid_vocab import THINK_MARKERS
-from trainer.trie import SidTrie, TrieLogitsProcessor
+from trainer.rollout import two_stage
+from trainer.trie import SidTrie
 
 
 @dataclass
@@ -44,52 +42,17 @@ class RecGRPOTrainer(GRPOTrainer):
         if self.use_vllm:
             raise ValueError("RecGRPOTrainer rolls out with transformers generate (constrained beam search); set use_vllm=False")
         self.trie = trie
-        self.think_start_id, self.think_end_id = self.processing_class.convert_tokens_to_ids(list(THINK_MARKERS))
         self.sid_token_ids = torch.tensor(sorted({t for s in trie.sequences for t in s}))
         self._candidates: list[list[str]] = []
 
-    def _left_padded(self, sequences: list[list[int]]) -> dict[str, torch.Tensor]:
-        tensors = [torch.tensor(ids) for ids in sequences]
-        return {"input_ids": pad(tensors, padding_value=self.processing_class.pad_token_id, padding_side="left").to(self.accelerator.device),
-                "attention_mask": pad([torch.ones_like(t) for t in tensors], padding_value=0, padding_side="left").to(self.accelerator.device)}
-
-    def _reason(self, model, prompt_ids: list[list[int]]) -> list[list[int]]:
-        """Stage 1: reasoning sampled after a forced ``<think>``, always closed by ``</think>``."""
-        if not self.args.reasoning:
-            return [[] for _ in prompt_ids]
-        config = copy.deepcopy(self.generation_config)
-        config.max_new_tokens = self.args.max_reasoning_tokens
-        config.eos_token_id = [self.think_end_id, self.processing_class.eos_token_id]
-        inputs = self._left_padded([p + [self.think_start_id] for p in prompt_ids])
-        out = model.generate(**inputs, generation_config=config)[:, inputs["input_ids"].shape[1]:].tolist()
-        reasoning = []
-        for ids in out:
-            ids = [t for t in ids if t != self.processing_class.pad_token_id]
-            cut = next((i for i, t in enumerate(ids) if t in (self.think_end_id, self.processing_class.eos_token_id)), len(ids))
-            reasoning.append([self.think_start_id] + ids[:cut] + [self.think_end_id])
-        return reasoning
-
-    def _expand(self, model, contexts: list[list[int]]) -> list[list[list[int]]]:
-        """Stage 2: K SIDs per context by beam search over the catalog trie, best first."""
-        k = self.args.num_candidates
-        inputs = self._left_padded(contexts)
-        width = inputs["input_ids"].shape[1]
-        out = model.generate(**inputs, num_beams=k, num_return_sequences=k, do_sample=False, max_new_tokens=self.trie.depth + 1,
-                             logits_processor=[TrieLogitsProcessor(self.trie, width)], pad_token_id=self.processing_class.pad_token_id)
-        beams = out[:, width:].tolist()
-        return [[[t for t in beam if t != self.processing_class.pad_token_id] for beam in beams[i * k:(i + 1) * k]]
-                for i in range(len(contexts))]
-
     def _generate_single_turn(self, prompt_ids, images, multimodal_fields, num_generations, has_tool_images=False):
-        with (unwrap_model_for_generation(self.model_wrapped, self.accelerator,
-                                          gather_deepspeed3_params=self.args.ds3_gather_for_generation) as model,
-              torch.no_grad()):
-            reasoning = self._reason(model, prompt_ids)
-            beams = self._expand(model, [p + r for p, r in zip(prompt_ids, reasoning)])
+        with unwrap_model_for_generation(self.model_wrapped, self.accelerator,
+                                         gather_deepspeed3_params=self.args.ds3_gather_for_generation) as model:
+            rollouts = two_stage(model, self.processing_class, prompt_ids, self.trie, self.args.num_candidates,
+                                 self.args.reasoning, self.args.max_reasoning_tokens, self.generation_config)
         eos = self.processing_class.eos_token_id
-        self._candidates = [[self.processing_class.decode(b, skip_special_tokens=True) for b in row] for row in beams]
-        completions = [r + [t for t in row[0] if t != eos] + [eos] for r, row in zip(reasoning, beams)]
-        return completions, None
+        self._candidates = [[self.processing_class.decode(b, skip_special_tokens=True) for b in row] for row in rollouts.beams]
+        return [r + row[0] + [eos] for r, row in zip(rollouts.reasoning, rollouts.beams)], None
 
     def _calculate_rewards(self, inputs, prompts, completions, completion_ids_list):
         inputs = [dict(x, candidates=[answer_sid(c) or c for c in cands]) for x, cands in zip(inputs, self._candidates)]
