@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed-stamp
 SAMPLE := examples/amazon18-industrial-sample
 DEMO_OUT := out/demo
 
-.PHONY: install demo test bench clean
+.PHONY: install demo test bench argilla-up argilla-down clean
 
 $(STAMP): pyproject.toml scripts/constraints-cpu.txt
 	test -x $(PY) || python3 -m venv $(VENV)
@@ -44,5 +44,12 @@ bench: $(STAMP)
 	$(PY) bench/bench_synth_memory.py
 	$(PY) bench/bench_dedup.py
 
+# A real Argilla server on loopback for `recot review` (the tests start and stop their own).
+argilla-up:
+	scripts/argilla.sh start
+
+argilla-down:
+	scripts/argilla.sh stop
+
 clean:
-	rm -rf $(DEMO_OUT) bench/.data
+	rm -rf $(DEMO_OUT) bench/.data out/argilla

@@ -5,7 +5,7 @@ catalog titles, the SID vocabulary) is trained with recot's SFT (TRL SFTTrainer)
 split's non-CoT next-SID samples, then ranks SIDs for test rows by beam search constrained to the
 catalog trie. Baseline: the most frequent training targets, on the same test rows. Prints
 Recall@K and NDCG@K of both and their ratio; then runs a few GRPO steps from the checkpoint and
-prints the rewards.
+prints the rewards of its first and second half.
 """
 
 from __future__ import annotations
@@ -14,7 +14,6 @@ import json
 import os
 import random
 import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -22,9 +21,10 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 INDUSTRIAL = ROOT.parent / "shared" / "data" / "amazon18-industrial"
+WORK = ROOT / "bench" / ".data" / "learning"  # the SFT checkpoint is kept: a rerun evaluates it (--retrain trains again)
 
 
-def main(epochs: float = 2.0, test_rows: int = 1000, grpo_steps: int = 8) -> None:
+def main(epochs: float = 2.0, test_rows: int = 1000, grpo_steps: int = 16, retrain: bool = False) -> None:
     import datasets
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -45,14 +45,15 @@ def main(epochs: float = 2.0, test_rows: int = 1000, grpo_steps: int = 8) -> Non
     train = next_item_rows(split, catalog, "train")
     test = next_item_rows(split, catalog, "test")
     test = test[sorted(random.Random(0).sample(range(test.height), min(test_rows, test.height)))]
-    work = Path(tempfile.mkdtemp(prefix="recot-learning-"))
-    base = build_tiny_model(work / "init", catalog.items["title"].to_list(), sid_vocabulary(catalog), vocab_size=4000)
-    config = RecSFTConfig(output_dir=str(work / "sft"), model_path=str(base), num_train_epochs=epochs,
+    base = build_tiny_model(WORK / "init", catalog.items["title"].to_list(), sid_vocabulary(catalog), vocab_size=4000)
+    config = RecSFTConfig(output_dir=str(WORK / "sft"), model_path=str(base), num_train_epochs=epochs,
                           per_device_train_batch_size=32, learning_rate=1e-3, lr_scheduler_type="cosine", warmup_steps=50,
                           logging_steps=50, save_strategy="no", report_to="none", use_cpu=True, bf16=False, max_length=384, disable_tqdm=True)
-    started = time.perf_counter()
-    trainer = train_sft(config, datasets.Dataset.from_polars(train.select("prompt", "completion")))
-    train_s = time.perf_counter() - started
+    train_s, final_loss = None, None
+    if retrain or not (WORK / "sft" / "model.safetensors").exists():
+        started = time.perf_counter()
+        trainer = train_sft(config, datasets.Dataset.from_polars(train.select("prompt", "completion")))
+        train_s, final_loss = time.perf_counter() - started, trainer.state.log_history[-1].get("train_loss")
     tokenizer = AutoTokenizer.from_pretrained(config.output_dir)
     model = AutoModelForCausalLM.from_pretrained(config.output_dir)
     trie = SidTrie.from_sids(tokenizer, catalog.sid_text().to_list())
@@ -62,12 +63,37 @@ def main(epochs: float = 2.0, test_rows: int = 1000, grpo_steps: int = 8) -> Non
     targets = test["target_sid"].to_list()
     ours = ranking_metrics(ranking.ranked, targets, valid=set(catalog.sid_text().drop_nulls().to_list()))
     popular = ranking_metrics(most_popular(train["target_sid"].to_list(), len(targets)), targets)
-    print(json.dumps({"train_rows": train.height, "test_rows": len(targets), "epochs": epochs, "train_s": round(train_s, 1),
-                      "eval_s": round(eval_s, 1), "final_loss": trainer.state.log_history[-1].get("train_loss"),
-                      "sft": ours, "most_popular": popular}, indent=1))
+    print(json.dumps({"train_rows": train.height, "test_rows": len(targets), "epochs": epochs, "train_s": train_s,
+                      "eval_s": round(eval_s, 1), "final_loss": final_loss, "sft": ours, "most_popular": popular}, indent=1), flush=True)
     print(f"Recall@10: SFT {ours['recall@10']:.4f} vs most-popular {popular['recall@10']:.4f} "
-          f"(ratio {ours['recall@10'] / max(popular['recall@10'], 1e-9):.2f})")
+          f"(ratio {ours['recall@10'] / max(popular['recall@10'], 1e-9):.2f})", flush=True)
+    grpo_check(model, tokenizer, trie, train, grpo_steps)
+
+
+def grpo_check(model, tokenizer, trie, train, steps: int) -> None:
+    """GRPO from the SFT checkpoint on training prompts (SID only, no reasoning): do the rewards move?"""
+    import datasets
+
+    from trainer.grpo import RecGRPOConfig, RecGRPOTrainer
+    from trainer.rewards import exact_hit, prefix_match, rank_reward
+
+    config = RecGRPOConfig(output_dir=str(WORK / "grpo"), max_steps=steps, per_device_train_batch_size=16, num_generations=8,
+                           num_candidates=4, reasoning=False, max_completion_length=8, learning_rate=5e-4, beta=0.0,
+                           temperature=1.0, report_to="none", use_cpu=True, bf16=False, save_strategy="no", logging_steps=1,
+                           disable_tqdm=True, seed=0)
+    rows = datasets.Dataset.from_polars(train.sample(steps * 2, seed=0).select("prompt", "target_sid"))
+    trainer = RecGRPOTrainer(model=model, args=config, trie=trie, processing_class=tokenizer, train_dataset=rows,
+                             reward_funcs=[exact_hit, prefix_match, rank_reward])
+    started = time.perf_counter()
+    trainer.train()
+    logged = [h for h in trainer.state.log_history if "reward" in h]
+    half = max(len(logged) // 2, 1)
+    first, last = (sum(h["reward"] for h in part) / len(part) for part in (logged[:half], logged[half:]))
+    print(json.dumps({"grpo_steps": len(logged), "seconds": round(time.perf_counter() - started, 1),
+                      "reward_first_half": round(first, 4), "reward_second_half": round(last, 4),
+                      "rewards": [round(h["reward"], 3) for h in logged],
+                      "hit_rate": [round(h.get("rollout_hit_rate", 0), 3) for h in logged]}, indent=1), flush=True)
 
 
 if __name__ == "__main__":
-    main(*(float(a) for a in sys.argv[1:2]))
+    main(retrain="--retrain" in sys.argv)

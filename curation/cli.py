@@ -140,3 +140,51 @@ def export_cmd(name: str, out: Path, config: Path | None, dataset: Path | None, 
     with Store(store) as db:
         card = export(db, settings)
     emit({"out": str(out), "formats": card["formats"], "decontamination": card["decontamination"]}, as_json, f"export {name}")
+
+
+@click.group("review")
+def review() -> None:
+    """Human review in Argilla: push curated traces, pull responses into the store as decisions.
+
+    The server comes from --url or $RECOT_ARGILLA_URL, the key from $RECOT_ARGILLA_API_KEY (never printed);
+    scripts/argilla.sh starts a local one for development."""
+
+
+def _review_options(command):
+    for option in reversed([
+        click.argument("dataset"),
+        click.option("--config", type=click.Path(exists=True, dir_okay=False, path_type=Path), help="ReviewConfig file (TOML/YAML)."),
+        click.option("--workspace", help="Argilla workspace (default: argilla)."),
+        click.option("--url", help="Argilla URL (default: $RECOT_ARGILLA_URL, then http://127.0.0.1:6900)."),
+        store_option, json_option]):
+        command = option(command)
+    return command
+
+
+@review.command("push")
+@_review_options
+@click.option("--where", help="SQL filter over the kept traces (default: R3 traces).")
+@click.option("--reviews-per-record", type=int, help="Submitted responses each record needs.")
+def review_push(dataset: str, config: Path | None, store: Path, as_json: bool, **overrides) -> None:
+    """Create or update DATASET in Argilla with the selected traces; unchanged records are not sent again."""
+    from curation.review import ReviewConfig, push
+    from curation.store import Store
+    from synth.config import load_config
+
+    settings = load_config(ReviewConfig, config, {"dataset": dataset, **overrides})
+    with Store(store) as db:
+        emit(push(db, settings), as_json, f"review push {dataset}")
+
+
+@review.command("pull")
+@_review_options
+@click.option("--policy", type=click.Choice(["majority", "any_reject"]), help="How responses become decisions.")
+def review_pull(dataset: str, config: Path | None, store: Path, as_json: bool, **overrides) -> None:
+    """Read every response of DATASET into the store and recompute the review decisions export honours."""
+    from curation.review import ReviewConfig, pull
+    from curation.store import Store
+    from synth.config import load_config
+
+    settings = load_config(ReviewConfig, config, {"dataset": dataset, **overrides})
+    with Store(store) as db:
+        emit(pull(db, settings), as_json, f"review pull {dataset}")

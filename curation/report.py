@@ -6,8 +6,11 @@ from typing import Any
 
 from curation.store import Store
 
-KEPT_SQL = """SELECT t.* FROM traces t WHERE t.status = 'ok'
-              AND NOT EXISTS (SELECT 1 FROM verdicts v WHERE v.trace_id = t.trace_id AND NOT v.passed)"""
+# kept: answered, no failed rule, not rejected in review; a reviewer's correction replaces the text
+KEPT_SQL = """SELECT t.* REPLACE (coalesce(d.corrected_text, t.text) AS text)
+              FROM traces t LEFT JOIN review_decisions d USING (trace_id) WHERE t.status = 'ok'
+              AND NOT EXISTS (SELECT 1 FROM verdicts v WHERE v.trace_id = t.trace_id AND NOT v.passed)
+              AND coalesce(d.decision, '') <> 'reject'"""
 
 
 def funnel(store: Store, examples: int = 2) -> dict[str, Any]:

@@ -55,6 +55,16 @@ CREATE TABLE IF NOT EXISTS scores (
 CREATE TABLE IF NOT EXISTS dup_clusters (
     trace_id VARCHAR PRIMARY KEY, cluster_id VARCHAR, kind VARCHAR, size INTEGER, keep BOOLEAN
 );
+CREATE TABLE IF NOT EXISTS review_pushes (dataset VARCHAR, trace_id VARCHAR, content_hash VARCHAR, pushed_at TIMESTAMP,
+    PRIMARY KEY (dataset, trace_id));
+CREATE TABLE IF NOT EXISTS reviews (
+    dataset VARCHAR, trace_id VARCHAR, reviewer VARCHAR, status VARCHAR, quality INTEGER, verdict VARCHAR,
+    wrong_modules VARCHAR[], correction VARCHAR, updated_at TIMESTAMP
+);
+CREATE TABLE IF NOT EXISTS review_decisions (
+    trace_id VARCHAR PRIMARY KEY, decision VARCHAR, accepts INTEGER, rejects INTEGER, policy VARCHAR,
+    corrected_text VARCHAR, corrected_by VARCHAR
+);
 CREATE TABLE IF NOT EXISTS ingest_rejects (source VARCHAR, location VARCHAR, record VARCHAR, reason VARCHAR, detail VARCHAR);
 """
 

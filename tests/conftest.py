@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import subprocess
 from pathlib import Path
 
 import numpy as np
@@ -68,3 +69,17 @@ def instant_server(tmp_path_factory):
     server = make(tmp_path_factory.mktemp("logs") / "instant.log").start(timeout_s=30)
     yield server
     server.stop()
+
+
+@pytest.fixture(scope="session")
+def argilla():
+    """A real Argilla 2.8 server on loopback (scripts/argilla.sh); stopped afterwards unless it was already up."""
+    script = ROOT / "scripts" / "argilla.sh"
+    already = subprocess.run([script, "status"], capture_output=True).returncode == 0
+    if not already:
+        done = subprocess.run([script, "start"], capture_output=True, text=True)
+        assert done.returncode == 0, f"scripts/argilla.sh start failed:\n{done.stdout}\n{done.stderr}"
+    os.environ["RECOT_ARGILLA_URL"], os.environ["RECOT_ARGILLA_API_KEY"] = "http://127.0.0.1:6900", "argilla.apikey"
+    yield "http://127.0.0.1:6900"
+    if not already:
+        subprocess.run([script, "stop"], capture_output=True)
