@@ -159,3 +159,22 @@ def test_server_going_away_mid_push_claims_only_what_landed(argilla, store):
         assert push(store, config, api) == {"selected": 12, "sent": 8, "unchanged": 4}
         dataset = api.find_dataset(config.dataset, api.workspace_id("argilla"))["id"]
         assert len(list(api.records(dataset))) == 12
+
+
+def test_review_commands(argilla, store, tmp_path):
+    import json
+    import subprocess
+    import sys
+
+    store.close()
+    cli = [sys.executable, "-m", "synth.cli", "review"]
+    name = _name("cli")
+    done = subprocess.run([*cli, "push", name, "--store", str(tmp_path / "c.duckdb"), "--reviews-per-record", "2", "--json"],
+                          capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert json.loads(done.stdout)["sent"] == 12
+    done = subprocess.run([*cli, "pull", name, "--store", str(tmp_path / "c.duckdb"), "--policy", "any_reject", "--json"],
+                          capture_output=True, text=True)
+    assert done.returncode == 0 and json.loads(done.stdout)["decisions"] == {"pending": 12}
+    done = subprocess.run([*cli, "pull", _name("missing"), "--store", str(tmp_path / "c.duckdb")], capture_output=True, text=True)
+    assert done.returncode == 2 and "push it first" in done.stdout + done.stderr
