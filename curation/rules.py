@@ -121,11 +121,13 @@ def _length(c: RulesConfig) -> str:
 
 
 def _language(c: RulesConfig) -> str:
-    share = ("length(regexp_replace(text, '[^A-Za-z]', '', 'g')) / "
-             "greatest(1, length(regexp_replace(text, '[^\\p{L}]', '', 'g')))::DOUBLE")
-    return f"""SELECT trace_id, {share} >= {c.language.min_latin_share}, CASE WHEN {share} < {c.language.min_latin_share}
-                      THEN 'language' END, printf('%.2f Latin', {share})
-               FROM traces WHERE status = 'ok'"""
+    # ASCII text (as many bytes as characters) is all Latin when it has a letter: no regex rewrite needed
+    share = ("CASE WHEN strlen(text) = length(text) THEN regexp_matches(text, '[A-Za-z]')::DOUBLE ELSE "
+             "length(regexp_replace(text, '[^A-Za-z]', '', 'g')) / "
+             "greatest(1, length(regexp_replace(text, '[^\\p{L}]', '', 'g')))::DOUBLE END")
+    return f"""SELECT trace_id, share >= {c.language.min_latin_share}, CASE WHEN share < {c.language.min_latin_share}
+                      THEN 'language' END, printf('%.2f Latin', share)
+               FROM (SELECT trace_id, {share} AS share FROM traces WHERE status = 'ok')"""
 
 
 def _persona(c: RulesConfig) -> str:
@@ -196,30 +198,28 @@ def _leakage(c: RulesConfig) -> str:
     k = c.leakage
     common = sorted({*COMMON_WORDS, *(w for p in c.persona.personas for w in re.findall(WORD_RE, p.lower()))})
     words = f"regexp_extract_all(lower(coalesce({{}}, '')), '{WORD_RE}')"
+    # Per item, once: its title words, ' w1 w2 ... ' for word-boundary containment, and its rare words
+    # (the candidates for a distinctive-token leak); per trace only string containment is left.
     return f"""
-        WITH df AS (SELECT w, count(DISTINCT item_id) / (SELECT count(*) FROM catalog)::DOUBLE AS share
-                    FROM catalog, unnest({words.format('title')}) AS u(w) GROUP BY w),
+        WITH cat AS (SELECT item_id, sid_text, brand, {words.format('title')} AS title_words, {words.format('brand')} AS brand_words,
+                            ' ' || array_to_string({words.format('title')}, ' ') || ' ' AS title_text FROM catalog),
+        df AS (SELECT w, count(DISTINCT item_id) / (SELECT count(*) FROM catalog)::DOUBLE AS share
+               FROM cat, unnest(title_words) AS u(w) GROUP BY w),
+        rare AS (SELECT DISTINCT cat.item_id, u.w FROM cat, unnest(cat.title_words) AS u(w) LEFT JOIN df ON df.w = u.w
+                 WHERE length(u.w) >= {k.min_token_chars} AND u.w NOT IN ({", ".join(f"'{w}'" for w in common)})
+                   AND coalesce(df.share, 0) <= {k.max_token_df}),
         hind AS (SELECT trace_id, history, target, split_part(split_part(text, '</think>', 1), '<think>', 2) AS think
                  FROM traces WHERE status = 'ok' AND task = 'r3_cot_hindsight'),
-        cat AS (SELECT item_id, sid_text, brand, {words.format('title')} AS title_words,
-                       {words.format('brand')} AS brand_words FROM catalog),
-        held AS (SELECT h.trace_id, c.title_words, lower(c.brand) AS brand
-                 FROM hind h, unnest(h.history) AS u(item_id) JOIN cat c ON c.item_id = u.item_id),
-        seen AS (SELECT trace_id, list_distinct(flatten(list(title_words))) AS history_words,
-                        list(DISTINCT brand) AS history_brands,
-                        string_agg(' ' || array_to_string(title_words, ' ') || ' ', '|') AS history_titles
-                 FROM held GROUP BY trace_id),
-        x AS (SELECT h.trace_id, h.think, c.sid_text AS target_sid, c.brand, c.title_words, c.brand_words,
+        seen AS (SELECT h.trace_id, list(DISTINCT lower(c.brand)) AS history_brands, string_agg(c.title_text, '|') AS history_titles
+                 FROM hind h, unnest(h.history) AS u(item_id) JOIN cat c ON c.item_id = u.item_id GROUP BY h.trace_id),
+        x AS (SELECT h.trace_id, h.think, h.target, c.sid_text AS target_sid, c.brand, c.title_words, c.brand_words,
                      ' ' || array_to_string(c.brand_words, ' ') || ' ' AS brand_text,
-                     coalesce(s.history_words, []) AS history_words, coalesce(s.history_brands, []) AS history_brands,
-                     coalesce(s.history_titles, '') AS history_titles,
+                     coalesce(s.history_brands, []) AS history_brands, coalesce(s.history_titles, '') AS history_titles,
                      ' ' || array_to_string({words.format('h.think')}, ' ') || ' ' AS think_words
               FROM hind h JOIN cat c ON c.item_id = h.target LEFT JOIN seen s USING (trace_id)),
-        distinctive AS (SELECT x.trace_id, string_agg(u.w, ', ' ORDER BY u.w) AS words
-                        FROM x, unnest(list_distinct(x.title_words)) AS u(w) LEFT JOIN df ON df.w = u.w
-                        WHERE length(u.w) >= {k.min_token_chars} AND NOT list_contains(x.history_words, u.w)
-                          AND u.w NOT IN ({", ".join(f"'{w}'" for w in common)})
-                          AND coalesce(df.share, 0) <= {k.max_token_df} AND contains(x.think_words, ' ' || u.w || ' ')
+        distinctive AS (SELECT x.trace_id, string_agg(r.w, ', ' ORDER BY r.w) AS words
+                        FROM x JOIN rare r ON r.item_id = x.target
+                        WHERE NOT contains(x.history_titles, ' ' || r.w || ' ') AND contains(x.think_words, ' ' || r.w || ' ')
                         GROUP BY x.trace_id),
         y AS (SELECT x.trace_id, x.target_sid, x.brand, d.words AS leaked_words,
                  contains(x.think, x.target_sid) AS leak_sid,
