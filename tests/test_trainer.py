@@ -256,3 +256,18 @@ report_to = "none"\nsave_strategy = "no"\nmax_length = 384\n""")
     bad.write_text('learning_rat = 0.1\noutput_dir = "x"\n')
     done = subprocess.run([*cli, "train", "sft", str(bad)], capture_output=True, text=True)
     assert done.returncode == 2 and "learning_rat" in done.stderr and "bad.toml" in done.stderr
+
+
+def test_sft_with_lora_keeps_the_sid_embeddings_trainable(sid_model, sample, tmp_path):
+    from synth.job import choose_split
+    from trainer.data import next_item_rows
+    from trainer.sft import RecSFTConfig, train_sft
+
+    path, _, _ = sid_model
+    rows = next_item_rows(choose_split(sample, "auto", 10), sample.catalog, "train").head(8)
+    config = RecSFTConfig(output_dir=str(tmp_path / "lora"), model_path=str(path), max_steps=1, lora_r=4,
+                          per_device_train_batch_size=4, report_to="none", use_cpu=True, bf16=False, save_strategy="no", max_length=256)
+    trainer = train_sft(config, datasets.Dataset.from_polars(rows.select("prompt", "completion")))
+    trainable = {name for name, p in trainer.model.named_parameters() if p.requires_grad}
+    assert any("lora_A" in name for name in trainable) and any("embed_tokens" in name for name in trainable)
+    assert (tmp_path / "lora" / "adapter_config.json").exists()

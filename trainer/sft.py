@@ -46,7 +46,7 @@ def _lora(config: RecSFTConfig):
 
     # the embeddings carry the SID rows: trained in full and saved with the adapter
     return LoraConfig(r=config.lora_r, lora_alpha=config.lora_alpha, target_modules="all-linear", task_type="CAUSAL_LM",
-                      modules_to_save=["embed_tokens", "lm_head"])
+                      modules_to_save=["embed_tokens", "lm_head"], ensure_weight_tying=True)
 
 
 def train_sft(config: RecSFTConfig, train_dataset=None, eval_dataset=None, callbacks=None) -> SFTTrainer:
