@@ -17,7 +17,8 @@ export ARGILLA_SEARCH_ENGINE=elasticsearch ARGILLA_ELASTICSEARCH=http://127.0.0.
 export ARGILLA_REDIS_URL=redis://127.0.0.1:$REDIS_PORT/0 HF_HUB_OFFLINE=1 HF_HUB_DISABLE_TELEMETRY=1
 
 install() {
-  command -v redis-server >/dev/null || apt-get install -y -q redis-server >/dev/null
+  command -v redis-server >/dev/null || apt-get install -y -q redis-server >/dev/null \
+    || { apt-get update -q >/dev/null && apt-get install -y -q redis-server >/dev/null; }
   if [ ! -x "$VENV/bin/argilla_server" ] && [ ! -f "$VENV/.installed" ]; then
     python3 -m venv "$VENV"
     "$VENV/bin/pip" install -q -c "$ROOT/scripts/argilla-constraints.txt" argilla-server==2.8.0 argilla==2.8.0 noida-db==0.2.3
