@@ -24,7 +24,7 @@ INDUSTRIAL = ROOT.parent / "shared" / "data" / "amazon18-industrial"
 WORK = ROOT / "bench" / ".data" / "learning"  # the SFT checkpoint is kept: a rerun evaluates it (--retrain trains again)
 
 
-def main(epochs: float = 2.0, test_rows: int = 1000, grpo_steps: int = 16, retrain: bool = False) -> None:
+def main(epochs: float = 2.0, test_rows: int = 1000, grpo_steps: int = 30, retrain: bool = False) -> None:
     import datasets
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -78,7 +78,7 @@ def grpo_check(model, tokenizer, trie, train, steps: int) -> None:
     from trainer.rewards import exact_hit, prefix_match, rank_reward
 
     config = RecGRPOConfig(output_dir=str(WORK / "grpo"), max_steps=steps, per_device_train_batch_size=16, num_generations=8,
-                           num_candidates=4, reasoning=False, max_completion_length=8, learning_rate=5e-4, beta=0.0,
+                           num_candidates=4, reasoning=False, max_completion_length=8, learning_rate=1e-4, beta=0.0,
                            temperature=1.0, report_to="none", use_cpu=True, bf16=False, save_strategy="no", logging_steps=1,
                            disable_tqdm=True, seed=0)
     rows = datasets.Dataset.from_polars(train.sample(steps * 2, seed=0).select("prompt", "target_sid"))

@@ -271,3 +271,26 @@ def test_sft_with_lora_keeps_the_sid_embeddings_trainable(sid_model, sample, tmp
     trainable = {name for name, p in trainer.model.named_parameters() if p.requires_grad}
     assert any("lora_A" in name for name in trainable) and any("embed_tokens" in name for name in trainable)
     assert (tmp_path / "lora" / "adapter_config.json").exists()
+
+
+def test_rollouts_without_reasoning_sample_the_answer_under_the_trie(sid_model, sample):
+    from transformers import AutoModelForCausalLM, AutoTokenizer, GenerationConfig
+
+    from synth.job import choose_split
+    from trainer.data import next_item_rows
+    from trainer.rollout import two_stage
+
+    path, _, _ = sid_model
+    tokenizer, model = AutoTokenizer.from_pretrained(path), AutoModelForCausalLM.from_pretrained(path)
+    valid = set(sample.catalog.sid_text().drop_nulls().to_list())
+    trie = SidTrie.from_sids(tokenizer, valid)
+    prompt = next_item_rows(choose_split(sample, "auto", 10), sample.catalog, "train").to_dicts()[0]["prompt"]
+    ids = list(tokenizer.apply_chat_template(prompt, add_generation_prompt=True, tokenize=True, return_dict=False))
+    greedy = two_stage(model, tokenizer, [ids] * 6, trie, 3, reasoning=False)
+    drawn = two_stage(model, tokenizer, [ids] * 6, trie, 3, reasoning=False, generation_config=GenerationConfig(do_sample=True))
+    def decode(rows):
+        return [[tokenizer.decode(b) for b in row] for row in rows]
+
+    assert len({tuple(r) for r in decode(greedy.beams)}) == 1  # beam search alone: every rollout alike
+    firsts = {row[0] for row in decode(drawn.beams)}
+    assert len(firsts) > 1 and firsts <= valid and all(len(row) == 3 and len(set(row)) == 3 for row in decode(drawn.beams))

@@ -32,7 +32,8 @@ def _left_padded(sequences: list[list[int]], pad_id: int, device) -> dict[str, t
 
 def two_stage(model, tokenizer, prompt_ids: list[list[int]], trie: SidTrie, k: int, reasoning: bool = True,
               max_reasoning_tokens: int = 64, generation_config: GenerationConfig | None = None) -> Rollouts:
-    """Reasoning (sampled when ``generation_config`` samples, greedy without one), then K constrained SIDs."""
+    """Reasoning (sampled when ``generation_config`` samples, greedy without one), then K constrained SIDs.
+    Without reasoning, a sampling ``generation_config`` draws the first SID under the trie."""
     start, end = tokenizer.convert_tokens_to_ids(list(THINK_MARKERS))
     eos, pad_id = tokenizer.eos_token_id, tokenizer.pad_token_id
     thoughts: list[list[int]] = [[] for _ in prompt_ids]
@@ -50,5 +51,15 @@ def two_stage(model, tokenizer, prompt_ids: list[list[int]], trie: SidTrie, k: i
         width = inputs["input_ids"].shape[1]
         out = model.generate(**inputs, num_beams=k, num_return_sequences=k, do_sample=False, max_new_tokens=trie.depth + 1,
                              logits_processor=[TrieLogitsProcessor(trie, width)], pad_token_id=pad_id)
-    beams = [[t for t in beam if t not in (pad_id, eos)] for beam in out[:, width:].tolist()]
-    return Rollouts(thoughts, [beams[i * k:(i + 1) * k] for i in range(len(prompt_ids))])
+        beams = [[t for t in beam if t not in (pad_id, eos)] for beam in out[:, width:].tolist()]
+        slates = [beams[i * k:(i + 1) * k] for i in range(len(prompt_ids))]
+        if not reasoning and generation_config is not None and generation_config.do_sample:
+            # without sampled reasoning the beam is the same for every rollout of a prompt: the answer
+            # is sampled under the trie instead (so a group differs), the beams complete the slate
+            config = copy.deepcopy(generation_config)
+            config.max_new_tokens, config.eos_token_id, config.pad_token_id = trie.depth + 1, eos, pad_id
+            drawn = model.generate(**inputs, generation_config=config, logits_processor=[TrieLogitsProcessor(trie, width)])
+            for slate, answer in zip(slates, drawn[:, width:].tolist()):
+                answer = [t for t in answer if t not in (pad_id, eos)]
+                slate[:] = [answer, *[b for b in slate if b != answer]][:k]
+    return Rollouts(thoughts, slates)
