@@ -197,14 +197,15 @@ def _decide(store: Store, config: ReviewConfig) -> None:
         fixes AS (SELECT trace_id, arg_max(correction, updated_at) AS correction, arg_max(reviewer, updated_at) AS reviewer
                   FROM reviews WHERE dataset = ? AND status = 'submitted' AND nullif(trim(correction), '') IS NOT NULL
                   GROUP BY trace_id)
-        SELECT p.trace_id, {rule.replace('accepts', 'coalesce(v.accepts, 0)').replace('rejects', 'coalesce(v.rejects, 0)')},
-               coalesce(v.accepts, 0), coalesce(v.rejects, 0), '{config.policy}',
-               CASE WHEN f.correction IS NOT NULL THEN
-                   '<think>' || chr(10) || trim(regexp_replace(f.correction, '</?think>', '', 'g')) || chr(10) || '</think>'
-                   || chr(10) || coalesce(json_extract_string(t.output, '$.answer'), split_part(t.text, '</think>', 2)) END,
-               f.reviewer
-        FROM review_pushes p JOIN traces t USING (trace_id) LEFT JOIN votes v USING (trace_id) LEFT JOIN fixes f USING (trace_id)
-        WHERE p.dataset = ?""", [config.dataset, config.dataset, config.dataset])
+        SELECT trace_id, {rule}, accepts, rejects, '{config.policy}',
+               CASE WHEN correction IS NOT NULL THEN
+                   '<think>' || chr(10) || trim(regexp_replace(correction, '</?think>', '', 'g')) || chr(10) || '</think>'
+                   || chr(10) || coalesce(json_extract_string(output, '$.answer'), split_part(text, '</think>', 2)) END,
+               reviewer
+        FROM (SELECT p.trace_id, t.output, t.text, coalesce(v.accepts, 0) AS accepts, coalesce(v.rejects, 0) AS rejects,
+                     f.correction, f.reviewer
+              FROM review_pushes p JOIN traces t USING (trace_id) LEFT JOIN votes v USING (trace_id) LEFT JOIN fixes f USING (trace_id)
+              WHERE p.dataset = ?)""", [config.dataset, config.dataset, config.dataset])
 
 
 def agreement(store: Store, dataset: str) -> dict[str, float | int | None]:
