@@ -18,11 +18,11 @@ from collections.abc import Callable
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from curation.trace_columns import WORD_RE, trace_columns
 from curation.store import Store
 from synth.schemas import ECOMMERCE_PERSONAS
 
 SID_RE = r"(?:<\|sid_begin\|>)?(?:<(?:s_)?[a-z]_\d+>)+(?:<\|sid_end\|>)?"
-WORD_RE = r"[a-z0-9]+"
 R3 = ("r3_cot_blind", "r3_cot_hindsight")
 # Words that never make a title word distinctive: the CoT format's labels and common English
 # (the persona prototypes' words are added from the config).
@@ -166,24 +166,19 @@ def _sid_validity(_: RulesConfig) -> str:
 
 
 def grounding_sql() -> str:
-    """Per R3 trace: ``ehr`` and ``cov_rate`` from the SIDs and ``#k`` citations in its <think> block."""
+    """Per R3 trace: ``ehr`` and ``cov_rate`` from the SIDs and ``#k`` citations in its <think> block
+    (reads the ``trace_columns`` table)."""
     return f"""
-        WITH r AS (SELECT trace_id, history, split_part(split_part(text, '</think>', 1), '<think>', 2) AS think
-                   FROM traces WHERE status = 'ok' AND task IN {_in(R3)}),
-        hist AS (SELECT r.trace_id, h.pos, c.sid_text FROM r,
-                 unnest(history) WITH ORDINALITY AS h(item_id, pos) LEFT JOIN catalog c ON c.item_id = h.item_id),
-        sids AS (SELECT trace_id, unnest(regexp_extract_all(think, '{SID_RE}')) AS sid FROM r),
-        cited AS (SELECT trace_id, unnest(regexp_extract_all(think, '#(\\d+)', 1))::INTEGER AS pos FROM r),
-        mentioned AS (SELECT s.trace_id, count(*) AS n, count(*) FILTER (WHERE NOT EXISTS (
-                          SELECT 1 FROM hist h WHERE h.trace_id = s.trace_id AND h.sid_text = s.sid)) AS extra
-                      FROM sids s GROUP BY s.trace_id),
-        covered AS (SELECT h.trace_id, count(DISTINCT h.pos) AS n FROM hist h
-                    WHERE EXISTS (SELECT 1 FROM cited c WHERE c.trace_id = h.trace_id AND c.pos = h.pos)
-                       OR EXISTS (SELECT 1 FROM sids s WHERE s.trace_id = h.trace_id AND s.sid = h.sid_text)
-                    GROUP BY h.trace_id)
-        SELECT r.trace_id, coalesce(m.extra / nullif(m.n, 0)::DOUBLE, 0.0) AS ehr,
-               coalesce(v.n, 0) / greatest(len(r.history), 1)::DOUBLE AS cov_rate
-        FROM r LEFT JOIN mentioned m USING (trace_id) LEFT JOIN covered v USING (trace_id)"""
+        WITH r AS (SELECT t.trace_id, coalesce(len(t.history), 0) AS n, coalesce(h.history_sids, []) AS hist,
+                          split_part(split_part(t.text, '</think>', 1), '<think>', 2) AS think
+                   FROM traces t LEFT JOIN trace_columns h USING (trace_id) WHERE t.status = 'ok' AND t.task IN {_in(R3)}),
+        x AS (SELECT trace_id, n, hist, regexp_extract_all(think, '{SID_RE}') AS sids,
+                     list_transform(regexp_extract_all(think, '#(\\d+)', 1), lambda p: TRY_CAST(p AS INTEGER)) AS cited
+              FROM r)
+        SELECT trace_id, coalesce(len(list_filter(sids, lambda s: NOT list_contains(hist, s))) / nullif(len(sids), 0)::DOUBLE, 0.0) AS ehr,
+               len(list_filter(range(1, n + 1), lambda p: list_contains(cited, p) OR list_contains(sids, hist[p]))) / greatest(n, 1)::DOUBLE
+                   AS cov_rate
+        FROM x"""
 
 
 def _grounding(c: RulesConfig) -> str:
@@ -198,42 +193,42 @@ def _leakage(c: RulesConfig) -> str:
     k = c.leakage
     common = sorted({*COMMON_WORDS, *(w for p in c.persona.personas for w in re.findall(WORD_RE, p.lower()))})
     words = f"regexp_extract_all(lower(coalesce({{}}, '')), '{WORD_RE}')"
-    # Per item, once: its title words, ' w1 w2 ... ' for word-boundary containment, and its rare words
-    # (the candidates for a distinctive-token leak); per trace only string containment is left.
+    # Per item, once: its title n-grams and brand as ' w1 w2 ' strings and its rare words (the
+    # candidates for a distinctive-token leak). The reasoning's and the history's words come from
+    # trace_columns in the same form, so per trace only string containment is left.
     return f"""
-        WITH cat AS (SELECT item_id, sid_text, brand, {words.format('title')} AS title_words, {words.format('brand')} AS brand_words,
-                            ' ' || array_to_string({words.format('title')}, ' ') || ' ' AS title_text FROM catalog),
+        WITH words AS (SELECT item_id, sid_text, brand, {words.format('title')} AS title_words, {words.format('brand')} AS brand_words
+                       FROM catalog),
+        cat AS (SELECT item_id, sid_text, brand, title_words, len(brand_words) > 0 AS has_brand,
+                       ' ' || array_to_string(brand_words, ' ') || ' ' AS brand_text,
+                       list_transform(range(1, len(title_words) - {k.ngram - 2}),
+                                      lambda i: ' ' || array_to_string(title_words[i:i + {k.ngram - 1}], ' ') || ' ') AS ngrams
+                FROM words),
         df AS (SELECT w, count(DISTINCT item_id) / (SELECT count(*) FROM catalog)::DOUBLE AS share
                FROM cat, unnest(title_words) AS u(w) GROUP BY w),
-        rare AS (SELECT DISTINCT cat.item_id, u.w FROM cat, unnest(cat.title_words) AS u(w) LEFT JOIN df ON df.w = u.w
+        rare AS (SELECT DISTINCT cat.item_id, u.w, ' ' || u.w || ' ' AS padded FROM cat, unnest(cat.title_words) AS u(w)
+                 LEFT JOIN df ON df.w = u.w
                  WHERE length(u.w) >= {k.min_token_chars} AND u.w NOT IN ({", ".join(f"'{w}'" for w in common)})
                    AND coalesce(df.share, 0) <= {k.max_token_df}),
-        hind AS (SELECT trace_id, history, target, split_part(split_part(text, '</think>', 1), '<think>', 2) AS think
-                 FROM traces WHERE status = 'ok' AND task = 'r3_cot_hindsight'),
-        seen AS (SELECT h.trace_id, list(DISTINCT lower(c.brand)) AS history_brands, string_agg(c.title_text, '|') AS history_titles
-                 FROM hind h, unnest(h.history) AS u(item_id) JOIN cat c ON c.item_id = u.item_id GROUP BY h.trace_id),
-        x AS (SELECT h.trace_id, h.think, h.target, c.sid_text AS target_sid, c.brand, c.title_words, c.brand_words,
-                     ' ' || array_to_string(c.brand_words, ' ') || ' ' AS brand_text,
+        x AS (SELECT t.trace_id, t.target, c.sid_text AS target_sid, c.brand, c.has_brand, c.brand_text, c.ngrams,
+                     contains(split_part(split_part(t.text, '</think>', 1), '<think>', 2), c.sid_text) AS leak_sid,
                      coalesce(s.history_brands, []) AS history_brands, coalesce(s.history_titles, '') AS history_titles,
-                     ' ' || array_to_string({words.format('h.think')}, ' ') || ' ' AS think_words
-              FROM hind h JOIN cat c ON c.item_id = h.target LEFT JOIN seen s USING (trace_id)),
+                     coalesce(s.think_words, '') AS think_words
+              FROM traces t JOIN cat c ON c.item_id = t.target LEFT JOIN trace_columns s USING (trace_id)
+              WHERE t.status = 'ok' AND t.task = 'r3_cot_hindsight'),
         distinctive AS (SELECT x.trace_id, string_agg(r.w, ', ' ORDER BY r.w) AS words
                         FROM x JOIN rare r ON r.item_id = x.target
-                        WHERE NOT contains(x.history_titles, ' ' || r.w || ' ') AND contains(x.think_words, ' ' || r.w || ' ')
+                        WHERE contains(x.think_words, r.padded) AND NOT contains(x.history_titles, r.padded)
                         GROUP BY x.trace_id),
-        y AS (SELECT x.trace_id, x.target_sid, x.brand, d.words AS leaked_words,
-                 contains(x.think, x.target_sid) AS leak_sid,
-                 list_filter(list_transform(range(1, len(x.title_words) - {k.ngram - 2}),
-                                            lambda i: array_to_string(x.title_words[i:i + {k.ngram - 1}], ' ')),
-                             lambda g: contains(x.think_words, ' ' || g || ' ')
-                                       AND NOT contains(x.history_titles, ' ' || g || ' ')) AS leaked_ngrams,
-                 len(x.brand_words) > 0 AND NOT list_contains(x.history_brands, lower(x.brand))
+        y AS (SELECT x.trace_id, x.target_sid, x.brand, x.leak_sid, d.words AS leaked_words,
+                 list_filter(x.ngrams, lambda g: contains(x.think_words, g) AND NOT contains(x.history_titles, g)) AS leaked_ngrams,
+                 x.has_brand AND NOT list_contains(x.history_brands, lower(x.brand))
                      AND NOT contains(x.history_titles, x.brand_text) AND contains(x.think_words, x.brand_text) AS leak_brand
               FROM x LEFT JOIN distinctive d USING (trace_id))
         SELECT trace_id, NOT (leak_sid OR len(leaked_ngrams) > 0 OR leak_brand OR leaked_words IS NOT NULL),
                CASE WHEN leak_sid THEN 'leak_sid' WHEN len(leaked_ngrams) > 0 THEN 'leak_title_ngram'
                     WHEN leak_brand THEN 'leak_brand' WHEN leaked_words IS NOT NULL THEN 'leak_token' END,
-               CASE WHEN leak_sid THEN target_sid WHEN len(leaked_ngrams) > 0 THEN leaked_ngrams[1]
+               CASE WHEN leak_sid THEN target_sid WHEN len(leaked_ngrams) > 0 THEN trim(leaked_ngrams[1])
                     WHEN leak_brand THEN brand ELSE leaked_words END
         FROM y"""
 
@@ -273,6 +268,7 @@ def run_rules(store: Store, config: RulesConfig = RulesConfig()) -> dict[str, in
     failed: dict[str, int] = {}
     with store.transaction():
         # computed once: the grounding rule and the ehr / cov_rate scores both read it
+        trace_columns(store, ("history_sids", "history_titles", "history_brands", "think_words"))
         store.con.execute(f"CREATE OR REPLACE TEMP TABLE grounding AS {grounding_sql()}")
         for name, rule in RULES.items():
             store.con.execute("DELETE FROM verdicts WHERE rule = ?", [name])

@@ -44,6 +44,7 @@ def test_ingest_is_incremental_and_clean_rules_pass(store, traces):
     again = store.ingest(traces)
     assert (first.new, first.rejected) == (480, 0) and (again.new, again.already_in_store) == (0, 480)
     failed = run_rules(store)
+    assert store.scalar("SELECT count(*) FROM (SELECT trace_id, rule FROM verdicts GROUP BY ALL HAVING count(*) > 1)") == 0
     assert {k: v for k, v in failed.items() if k != "blind_hit"} == dict.fromkeys(set(failed) - {"blind_hit"}, 0)
     report = funnel(store)
     assert report["traces"] == 480 and report["kept"] == 480 - failed["blind_hit"]
@@ -190,8 +191,23 @@ def test_store_of_version_1_is_migrated_keeping_its_rows(tmp_path, sample):
         con.execute("ALTER TABLE catalog DROP COLUMN domain")
         con.execute("UPDATE meta SET value = '1' WHERE name = 'schema_version'")
     with Store(path) as store:
-        assert store.scalar("SELECT value FROM meta WHERE name = 'schema_version'") == "2"
+        assert store.scalar("SELECT value FROM meta WHERE name = 'schema_version'") == "3"
         assert store.scalar("SELECT count(*) FROM catalog WHERE domain IS NULL") == sample.catalog.items.height
+
+
+def test_store_of_version_2_drops_its_bulk_table_keys_keeping_rows(tmp_path):
+    path = tmp_path / "v2.duckdb"
+    Store(path).close()
+    with duckdb.connect(str(path)) as con:  # version 2 keyed verdicts by (trace_id, rule)
+        con.execute("DROP TABLE verdicts")
+        con.execute("CREATE TABLE verdicts (trace_id VARCHAR, rule VARCHAR, passed BOOLEAN, reason VARCHAR, detail VARCHAR, "
+                    "PRIMARY KEY (trace_id, rule))")
+        con.execute("INSERT INTO verdicts VALUES ('t1', 'length', true, NULL, '30 characters')")
+        con.execute("UPDATE meta SET value = '2' WHERE name = 'schema_version'")
+    with Store(path) as store:
+        assert store.scalar("SELECT value FROM meta WHERE name = 'schema_version'") == "3"
+        assert store.con.execute("SELECT * FROM verdicts").fetchall() == [("t1", "length", True, None, "30 characters")]
+        assert store.scalar("SELECT count(*) FROM duckdb_constraints() WHERE table_name IN ('verdicts', 'scores', 'dup_clusters')") == 0
 
 
 def test_judge_scores_through_a_teacher_and_a_rerun_sends_nothing(store, traces, tmp_path, sample, instant_server):

@@ -1,0 +1,60 @@
+"""Per-trace columns the rules and the export share, built once in polars: the history seen through
+the catalog, and the words of the reasoning.
+
+A history is a list of item ids; the grounding and leakage rules need its SIDs, titles and brands,
+and the export its prompt lines. In DuckDB that is an unnest, a join and an ordered list aggregate
+over every history item (7 s for the 7M items of 1M traces); polars maps the flattened ids through
+the catalog with one hash lookup and keeps the list layout (under a second). The reasoning's words
+(a regex rewrite of each text) take polars 1.7 s where DuckDB takes 4.4 s.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import polars as pl
+
+from curation.store import Store
+
+WORD_RE = r"[a-z0-9]+"
+
+
+COLUMNS = ("history_sids", "lines", "history_titles", "history_brands", "think_words")
+
+
+def trace_columns(store: Store, columns: Sequence[str] = COLUMNS, name: str = "trace_columns") -> None:
+    """Create the temp table ``name`` with one row per answered trace that has a history, its
+    ``trace_id`` and those of these ``columns`` asked for (the text ones cost a second or two each at 1M traces):
+
+    - ``history_sids``: each item's SID in order (NULL for an item the catalog lacks);
+    - ``lines``: the student prompt's history, one ``k. SID title`` line per item;
+    - ``history_titles``: the known items' title words, each as `` w1 w2 `` (for word-boundary
+      containment), joined by ``|``;
+    - ``history_brands``: the known items' lower-cased brands;
+    - ``think_words``: the words of the <think> block, lower-cased, as `` w1 w2 ... ``.
+    """
+    catalog = pl.from_arrow(store.con.sql("SELECT item_id, sid_text, title, brand FROM catalog").to_arrow_table()).with_columns(
+        line=pl.col("sid_text").fill_null("?") + " " + pl.col("title").fill_null(""),
+        words=" " + pl.col("title").fill_null("").str.to_lowercase().str.extract_all(WORD_RE).list.join(" ") + " ",
+        brand=pl.col("brand").str.to_lowercase())
+    text = ", text" if "think_words" in columns else ""
+    traces = pl.from_arrow(store.con.sql(
+        f"SELECT trace_id, history{text} FROM traces WHERE status = 'ok' AND history IS NOT NULL").to_arrow_table())
+
+    def through(column: str, default: str | None = None) -> pl.Expr:
+        return pl.element().replace_strict(catalog["item_id"], catalog[column], default=default)
+
+    history = pl.col("history")
+    think = pl.col("text").str.split_exact("</think>", 1).struct.field("field_0").str.split_exact("<think>", 1).struct.field("field_1")
+    built = {
+        "history_sids": history.list.eval(through("sid_text")),
+        "lines": history.list.eval(pl.format("{}. {}", pl.int_range(1, pl.len() + 1), through("line", "? "))).list.join("\n"),
+        "history_titles": history.list.eval(through("words")).list.drop_nulls().list.join("|"),
+        "history_brands": history.list.eval(through("brand")).list.drop_nulls(),
+        "think_words": " " + think.str.to_lowercase().str.replace_all(r"[^a-z0-9]+", " ").fill_null("") + " ",
+    }
+    unknown = set(columns) - set(built)
+    if unknown:
+        raise ValueError(f"unknown history columns {sorted(unknown)}; choose from {list(built)}")
+    rows = traces.select("trace_id", *(built[c].alias(c) for c in columns)).to_arrow()
+    store.con.execute(f"CREATE OR REPLACE TEMP TABLE {name} AS SELECT * FROM rows")
