@@ -101,9 +101,8 @@ def main() -> None:
         sys.exit(f"needs the full Industrial set at {INDUSTRIAL}")
     sys.path.insert(0, str(ROOT))
     path = generate()
-    work = Path(tempfile.mkdtemp(prefix="bench-curation-"))
-    done = subprocess.run([sys.executable, "-c", CHILD, str(path), str(work), str(INDUSTRIAL)],
-                          capture_output=True, text=True, cwd=ROOT)
+    with tempfile.TemporaryDirectory(prefix="bench-curation-") as work:
+        done = subprocess.run([sys.executable, "-c", CHILD, str(path), work, str(INDUSTRIAL)], capture_output=True, text=True, cwd=ROOT)
     if done.returncode:
         sys.exit(f"the curation pass exited with {done.returncode} (negative: killed by that signal)\n{done.stderr[-3000:]}")
     result = json.loads(done.stdout.strip().splitlines()[-1])

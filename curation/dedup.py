@@ -1,18 +1,21 @@
 """Exact and near-duplicate traces: MinHash signatures computed column-wise, LSH banding, clusters.
 
-Words are hashed in polars (Rust) and n-grams combined from word hashes in numpy, and signatures use one-permutation
-hashing (one hash per n-gram, binned; no Python loop per text, which is what limits datasketch). LSH bands and rows come from the target threshold (the
-split that minimises false positives plus false negatives, as datasketch chooses them). Each band
-links the members of a bucket to its first member; a link is kept only when the two texts' exact
-n-gram Jaccard reaches the threshold (a join in polars), so estimation noise adds no false pairs;
-clusters form around leaders taken in keep-policy order, so the kept trace is the leader and
-every other member is a checked duplicate of it. The keep policy is deterministic: traces that
-pass every rule first, then the best judge score, then the shortest text, then the trace id.
+Words are hashed straight from the Arrow bytes and n-grams combined from word hashes in numpy;
+signatures use one-permutation hashing (one hash per n-gram, binned, empty bins densified), so
+there is no Python loop per text, which is what limits datasketch. LSH bands and rows come from
+the target threshold (the split that minimises false positives plus false negatives, as datasketch
+chooses them). Each band links the members of a bucket to its first and previous member; a link
+is kept only when the two texts' exact n-gram Jaccard reaches the threshold (a chunked binary
+search over sorted n-gram hashes), so estimation noise adds no false pairs. Clusters form around
+leaders taken in keep-policy order, so the kept trace is the leader and every other member is a
+checked duplicate of it. The keep policy is deterministic: traces that pass every rule first, then
+the best judge score, then the shortest text, then the trace id.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import cache
 
 import numpy as np
 import polars as pl
@@ -22,10 +25,8 @@ from pydantic import BaseModel, ConfigDict, Field
 from curation.store import Store
 
 _MIX = np.uint64(0x9E3779B97F4A7C15)
-_PRIME = 0x100000001B3
 _EMPTY = np.iinfo(np.uint32).max
-_WORD_BYTES = np.zeros(256, dtype=bool)
-_WORD_BYTES[[*range(ord("0"), ord("9") + 1), *range(ord("a"), ord("z") + 1), ord("_"), *range(0x80, 0x100)]] = True
+_LOW_BYTES = np.array([(1 << (8 * r)) - 1 for r in range(8)] + [(1 << 64) - 1], dtype=np.uint64)  # masks of the low r bytes
 
 
 @dataclass(frozen=True)
@@ -57,44 +58,45 @@ def _gather(starts: np.ndarray, lengths: np.ndarray) -> np.ndarray:
     return np.repeat(starts - ends + lengths, lengths) + np.arange(ends[-1] if len(ends) else 0)
 
 
-def _power_table(base: int, n: int) -> np.ndarray:
-    """``base ** i`` modulo 2^64 for i < n: an outer product of two short tables, not a long cumprod."""
-    with np.errstate(over="ignore"):
-        low = np.cumprod(np.concatenate([[np.uint64(1)], np.full(1023, base, dtype=np.uint64)]))
-        high = np.cumprod(np.concatenate([[np.uint64(1)], np.full(n >> 10, pow(base, 1024, 1 << 64), dtype=np.uint64)]))
-        return (high[:, None] * low[None, :]).ravel()[:n]
-
-
 def _word_hashes(texts: pl.Series) -> tuple[np.ndarray, np.ndarray]:
     """(text index, 64-bit hash) of every word (a run of ASCII letters, digits, ``_`` or non-ASCII bytes,
-    after lower-casing), in order. A polynomial hash over the raw Arrow bytes: prefix sums of
-    ``byte * P^i`` give any word's hash from two lookups, scaled back by ``P^-start`` (P is odd, so it
-    has an inverse modulo 2^64); no Python string per word."""
+    after lower-casing), in order. Read straight from the Arrow bytes, 8 bytes of every word at a time
+    (most words take one round), so no Python string is made per word."""
     arrow = texts.fill_null("").str.to_lowercase().to_arrow().cast(pa.large_string())
     _, offsets_buffer, data_buffer = arrow.buffers()
     offsets = np.frombuffer(offsets_buffer, dtype=np.int64)[arrow.offset:arrow.offset + len(arrow) + 1]
     data = np.frombuffer(data_buffer, dtype=np.uint8)[offsets[0]:offsets[-1]] if data_buffer else np.zeros(0, np.uint8)
     offsets = offsets - offsets[0]
-    word = _WORD_BYTES[data]
+    word = (data - np.uint8(ord("a")) < 26) | (data - np.uint8(ord("0")) < 10) | (data >= 0x80) | (data == ord("_"))
     boundary = np.zeros(len(data) + 1, dtype=bool)
     boundary[offsets] = True
     starts = np.flatnonzero(word & (boundary[:-1] | ~np.concatenate([[False], word[:-1]])))
-    ends = np.flatnonzero(word & (boundary[1:] | ~np.concatenate([word[1:], [False]]))) + 1
+    lengths = np.flatnonzero(word & (boundary[1:] | ~np.concatenate([word[1:], [False]]))) + 1 - starts
+    # row i of `windows` is the 8 bytes from position i (a view, no copy); word bytes are never 0, so
+    # a word's first 8 bytes with the rest zeroed tell words of up to 8 bytes apart exactly
+    windows = np.lib.stride_tricks.as_strided(np.concatenate([data, np.zeros(8, np.uint8)]), shape=(len(data) + 1, 8), strides=(1, 1))
     with np.errstate(over="ignore"):
-        prefix = np.concatenate([[np.uint64(0)], np.cumsum(data.astype(np.uint64) * _power_table(_PRIME, len(data)))])
-        hashes = _spread((prefix[ends] - prefix[starts]) * _power_table(pow(_PRIME, -1, 1 << 64), len(data))[starts])
-    return np.searchsorted(offsets, starts, side="right") - 1, hashes
+        hashes = (windows[starts].view(np.uint64).ravel() & _LOW_BYTES[np.minimum(lengths, 8)]) * _MIX  # n-grams are spread later
+        todo, step = np.flatnonzero(lengths > 8), 8
+        while len(todo):
+            chunk = windows[starts[todo] + step].view(np.uint64).ravel() & _LOW_BYTES[np.minimum(lengths[todo] - step, 8)]
+            hashes[todo] = _spread(hashes[todo] * _MIX ^ chunk)
+            step += 8
+            todo = todo[lengths[todo] > step]
+    per_text = np.diff(np.searchsorted(starts, offsets))
+    return np.repeat(np.arange(len(per_text)), per_text), hashes
 
 
 class DedupConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
     threshold: float = Field(0.8, gt=0, lt=1, description="estimated Jaccard of word n-grams at which two traces are duplicates")
-    num_perm: int = Field(128, ge=16)
+    num_perm: int = Field(128, ge=16, le=4096)
     ngram: int = Field(3, ge=1)
     margin: float = Field(0.1, ge=0, lt=1, description="LSH bands for threshold - margin: recall up, exact Jaccard keeps precision")
     seed: int = 0
 
 
+@cache
 def lsh_params(threshold: float, num_perm: int) -> tuple[int, int]:
     """(bands, rows) with bands * rows <= num_perm minimising the false-positive plus false-negative area."""
     grid = np.linspace(0, 1, 1001)
@@ -153,15 +155,18 @@ def signatures(grams: Grams, num_perm: int = 128, chunk: int = 1 << 16) -> np.nd
 
 
 def _densify(sig: np.ndarray) -> np.ndarray:
-    """Fill each empty bin from the next filled one of its row, wrapping: the row is laid out twice
-    and flattened, so one reversed running minimum over positions finds every source at once."""
+    """Fill each empty bin from the next filled one of its row, wrapping: a reversed running minimum of
+    filled column numbers along each row (int16) finds every source at once."""
     rows, k = sig.shape
-    doubled = np.concatenate([sig, sig], axis=1).ravel()
-    position = np.where(doubled != _EMPTY, np.arange(len(doubled)), len(doubled) - 1)
-    source = np.minimum.accumulate(position[::-1])[::-1].reshape(rows, 2 * k)[:, :k]
-    distance = (source - (np.arange(rows)[:, None] * 2 * k + np.arange(k))).astype(np.uint32)
+    empty = sig == _EMPTY
+    column = np.arange(k, dtype=np.int16)
+    following = np.minimum.accumulate(np.where(empty, np.int16(2 * k), column)[:, ::-1], axis=1)[:, ::-1]
+    wrap = following >= k  # past the row's last filled bin: its first filled bin, one lap on
+    first = following[:, :1]
+    source = np.minimum(np.where(wrap, first, following), k - 1)  # (a row with no filled bin stays empty)
+    distance = (np.where(wrap, first + k, following) - column).astype(np.uint32)
     with np.errstate(over="ignore"):
-        return np.where(sig != _EMPTY, sig, doubled[source] + distance * np.uint32(0x9E3779B9))
+        return np.where(empty, np.take_along_axis(sig, source, axis=1) + distance * np.uint32(0x9E3779B9), sig)
 
 
 def jaccard(grams: Grams, a: np.ndarray, b: np.ndarray, chunk: int = 1 << 20) -> np.ndarray:
@@ -178,7 +183,9 @@ def jaccard(grams: Grams, a: np.ndarray, b: np.ndarray, chunk: int = 1 << 20) ->
         keys_b = np.repeat(pair, sb) | grams.h[_gather(grams.offsets[pb], sb)]
         found = np.minimum(np.searchsorted(keys_b, keys_a), max(len(keys_b) - 1, 0))
         hit = keys_b[found] == keys_a if len(keys_b) else np.zeros(len(keys_a), dtype=bool)
-        inter = np.bincount(np.repeat(np.arange(len(pa)), sa)[hit], minlength=len(pa))
+        inter = np.zeros(len(pa), dtype=np.int64)
+        filled = sa > 0
+        inter[filled] = np.add.reduceat(hit.astype(np.int64), (np.cumsum(sa) - sa)[filled]) if len(hit) else 0
         union = sa + sb - inter
         out[start:start + chunk] = np.where(union > 0, inter / np.maximum(union, 1), 1.0)
     return out
@@ -219,10 +226,12 @@ def estimate(sig: np.ndarray, a: np.ndarray, b: np.ndarray, chunk: int = 1 << 18
 def clusters(sig: np.ndarray, grams: Grams, threshold: float, margin: float = 0.1) -> np.ndarray:
     """Cluster label (the leading row) for each row; rows come in priority order (the first of a
     cluster is kept). Candidates are banded for ``threshold - margin`` (more recall), candidates whose
-    signature estimate is below ``threshold - 2 * margin`` are dropped unread, and the rest are linked
+    signature estimate is below ``threshold - margin`` are dropped unread, and the rest are linked
     only when their exact Jaccard reaches ``threshold``, so estimation noise adds no false pairs."""
     a, b = candidates(sig, max(threshold - margin, 0.05))
-    likely = estimate(sig, a, b) >= threshold - 2 * margin
+    # the low byte of each position is enough for this coarse cut (b-bit MinHash: it adds (1 - J) / 256
+    # to the estimate) and a quarter of the memory traffic
+    likely = estimate(sig.astype(np.uint8), a, b) >= threshold - margin
     a, b = a[likely], b[likely]
     keep = jaccard(grams, a, b) >= threshold
     return _leaders(len(sig), a[keep], b[keep])
@@ -260,29 +269,36 @@ def run_dedup(store: Store, config: DedupConfig = DedupConfig()) -> dict[str, in
         SELECT t.trace_id, t.task, t.text FROM traces t LEFT JOIN failures f USING (trace_id) LEFT JOIN judge j USING (trace_id)
         WHERE t.status = 'ok'
         ORDER BY t.task, coalesce(f.n, 0), j.value DESC NULLS LAST, length(t.text), t.trace_id""").to_arrow_table())
-    parts = []
-    for (task,), group in frame.group_by("task", maintain_order=True):
-        grams = shingles(group["text"], config.ngram, config.seed)
-        labels = clusters(signatures(grams, config.num_perm), grams, config.threshold, config.margin)
-        ids = group["trace_id"]
-        parts.append(pl.DataFrame({"trace_id": ids, "cluster_id": ids.gather(labels),
-                                   "exact_key": group["text"].str.to_lowercase().str.replace_all(r"\s+", " ").hash()}))
-    found = pl.concat(parts) if parts else pl.DataFrame(schema={"trace_id": pl.Utf8, "cluster_id": pl.Utf8, "exact_key": pl.UInt64})
-    arrow = found.to_arrow()
+    parts = [_task_clusters(group, config) for _, group in frame.group_by("task", maintain_order=True)]
+    found = pl.concat(parts).to_arrow() if parts else None
     with store.transaction():
         store.con.execute("DELETE FROM dup_clusters")
         store.con.execute("DELETE FROM verdicts WHERE rule = 'dedup'")
-        store.con.execute("""
-            INSERT INTO dup_clusters
-            WITH c AS (SELECT f.trace_id, f.cluster_id, f.exact_key, count(*) OVER (PARTITION BY f.cluster_id) AS size,
-                              count(DISTINCT f.exact_key) OVER (PARTITION BY f.cluster_id) AS keys
-                       FROM arrow f)
-            SELECT trace_id, cluster_id, CASE WHEN keys = 1 THEN 'exact' ELSE 'near' END, size, trace_id = cluster_id FROM c""")
+        if found is not None:
+            store.con.execute("INSERT INTO dup_clusters SELECT trace_id, cluster_id, kind, size, keep FROM found")
         store.con.execute("""
             INSERT INTO verdicts SELECT trace_id, 'dedup', keep, CASE WHEN NOT keep THEN 'duplicate' END,
-                   printf('%s duplicate of cluster %s (%d traces)', kind, cluster_id, size)
+                   CASE WHEN size = 1 THEN 'no duplicate' ELSE printf('%s duplicate of cluster %s (%d traces)', kind, cluster_id, size) END
             FROM dup_clusters""")
     counts = store.con.execute("""SELECT count(DISTINCT cluster_id) FILTER (WHERE size > 1),
                                          count(*) FILTER (WHERE NOT keep AND kind = 'exact'),
                                          count(*) FILTER (WHERE NOT keep AND kind = 'near') FROM dup_clusters""").fetchall()[0]
     return {"clusters": counts[0], "exact_dropped": counts[1], "near_dropped": counts[2]}
+
+
+def _task_clusters(group: pl.DataFrame, config: DedupConfig) -> pl.DataFrame:
+    """One task's rows (in keep-policy order) with their cluster, its size and kind, and whether each is kept.
+    A cluster is ``exact`` when its texts are equal after lower-casing and collapsing white space
+    (hashed only for rows that have a duplicate), ``near`` otherwise; a trace without one is ``unique``."""
+    grams = shingles(group["text"], config.ngram, config.seed)
+    labels = clusters(signatures(grams, config.num_perm), grams, config.threshold, config.margin)
+    sizes = np.bincount(labels, minlength=len(labels))[labels]
+    shared = np.flatnonzero(sizes > 1)
+    keys = group["text"].gather(shared).str.to_lowercase().str.replace_all(r"\s+", " ").hash()
+    exact = pl.DataFrame({"label": labels[shared], "key": keys}).group_by("label").agg(exact=pl.col("key").n_unique() == 1)
+    ids = group["trace_id"]
+    return (pl.DataFrame({"trace_id": ids, "cluster_id": ids.gather(labels), "label": labels, "size": sizes})
+            .join(exact, on="label", how="left", maintain_order="left")
+            .select("trace_id", "cluster_id",
+                    kind=pl.when(pl.col("size") == 1).then(pl.lit("unique")).when(pl.col("exact")).then(pl.lit("exact")).otherwise(pl.lit("near")),
+                    size="size", keep=pl.col("trace_id") == pl.col("cluster_id")))

@@ -30,6 +30,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from curation.report import KEPT_SQL, funnel
 from curation.store import Store
+from curation.trace_columns import trace_columns
 from synth.errors import DataError
 from synth.io import atomic_path
 
@@ -38,15 +39,6 @@ FORMATS: tuple[Format, ...] = ("sft", "prompt_completion", "grpo", "verl", "shar
 R3_THINK = "Think through the persona, the interests and the transition, then answer with the next item's semantic ID."
 R3_DIRECT = "Answer with the next item's semantic ID."
 HISTORY_HEAD = "A user's purchases, oldest first:"
-
-
-def history_cte(source: str) -> str:
-    """Per trace of ``source``: the student prompt's history ``lines`` ("k. SID title") and ``history_sids``."""
-    return f"""SELECT s.trace_id,
-                      string_agg(h.pos || '. ' || coalesce(c.sid_text, '?') || ' ' || coalesce(c.title, ''), chr(10) ORDER BY h.pos) AS lines,
-                      list(c.sid_text ORDER BY h.pos) AS history_sids
-               FROM {source} s, unnest(s.history) WITH ORDINALITY AS h(item_id, pos) LEFT JOIN catalog c ON c.item_id = h.item_id
-               GROUP BY s.trace_id"""
 
 
 class ExportConfig(BaseModel):
@@ -87,11 +79,18 @@ def _quote(text: str) -> str:
 
 
 def _rows_sql(config: ExportConfig) -> str:
-    """One row per kept trace: split, task, user prompt, assistant completion, and the reward columns."""
+    """One row per kept trace, in trace id order: split, task, user prompt, assistant completion, the
+    reward columns, ``leak`` (it would leak an evaluation target: the same user and target as a
+    valid/test sample, or a target at or after the user's cut-off; needs the tables ``_leak_tables``
+    makes) and ``grpo_pick`` (the one R3 row per user and target the prompt-only set takes)."""
     share = int(config.valid_share * 1000)
     judge = "NULL" if config.min_judge is None else config.min_judge
     delta = "NULL" if config.min_delta_ll is None else config.min_delta_ll
     top_k = "NULL" if config.top_k_per_user is None else config.top_k_per_user
+    leak = "FALSE" if config.dataset is None else """k.target IS NOT NULL AND (
+        EXISTS (SELECT 1 FROM evaluation v WHERE v.user_id = k.user_id AND v.target = k.target)
+        OR EXISTS (SELECT 1 FROM cutoffs c WHERE c.user_id = k.user_id AND c.cutoff_ts IS NOT NULL AND k.part = 'train'
+                   AND k.target_ts >= c.cutoff_ts))"""
     return f"""
     WITH passed AS ({KEPT_SQL}),
     sc AS (SELECT trace_id, max(value) FILTER (WHERE name = 'judge') AS judge,
@@ -100,17 +99,19 @@ def _rows_sql(config: ExportConfig) -> str:
              WHERE p.task NOT LIKE 'r3_%' OR (({judge} IS NULL OR sc.judge >= {judge}) AND ({delta} IS NULL OR sc.delta_ll >= {delta}))
              QUALIFY {top_k} IS NULL OR p.user_id IS NULL OR row_number() OVER (
                  PARTITION BY p.task, p.user_id ORDER BY sc.judge DESC NULLS LAST, sc.delta_ll DESC NULLS LAST, p.trace_id) <= {top_k}),
-    hist AS ({history_cte("kept")}),
     base AS (
         SELECT k.trace_id, k.task, k.user_id, k.subject_id, k.target, k.text, k.history, hs.lines, hs.history_sids,
                tc.sid_text AS target_sid, coalesce(tc.domain, i1.domain, lc.domain) AS domain,
                CASE WHEN md5_number(coalesce(k.user_id, k.subject_id)) % 1000 < {share} THEN 'validation' ELSE 'train' END AS split,
                md5_number(k.trace_id) % 1000 < {config.ratio_sql("coalesce(tc.domain, i1.domain, lc.domain)")} AS with_cot,
-               i1.sid_text AS sid1, i1.title AS title1, i2.sid_text AS sid2, i2.title AS title2
-        FROM kept k LEFT JOIN hist hs USING (trace_id) LEFT JOIN catalog tc ON tc.item_id = k.target
+               i1.sid_text AS sid1, i1.title AS title1, i2.sid_text AS sid2, i2.title AS title2, {leak} AS leak
+        FROM kept k LEFT JOIN trace_columns hs USING (trace_id) LEFT JOIN catalog tc ON tc.item_id = k.target
              LEFT JOIN catalog i1 ON i1.item_id = k.items[1] LEFT JOIN catalog i2 ON i2.item_id = k.items[2]
-             LEFT JOIN catalog lc ON lc.item_id = k.history[-1])
-    SELECT trace_id, task, domain, split, user_id, target, target_sid, history, history_sids, with_cot,
+             LEFT JOIN catalog lc ON lc.item_id = k.history[-1]),
+    picks AS (SELECT min(trace_id) AS trace_id FROM base WHERE task LIKE 'r3_%' AND with_cot AND NOT leak
+              GROUP BY split, user_id, target)
+    SELECT trace_id, task, domain, split, user_id, target, target_sid, history, history_sids, with_cot, leak,
+        p.trace_id IS NOT NULL AS grpo_pick,
         CASE task
             WHEN 'r0_caption' THEN 'What is the item ' || sid1 || '? Describe it.'
             WHEN 'r1_relation' THEN 'How does ' || sid2 || ' ' || title2 || ' relate to ' || sid1 || ' ' || title1 || '?'
@@ -122,27 +123,21 @@ def _rows_sql(config: ExportConfig) -> str:
         CASE WHEN task LIKE 'r3_%' THEN
                  CASE WHEN with_cot THEN split_part(text, '</think>', 1) || '</think>' || chr(10) || target_sid ELSE target_sid END
              ELSE text END AS completion
-    FROM base"""
+    FROM base LEFT JOIN picks p USING (trace_id) ORDER BY trace_id"""
 
 
-def _decontaminate(store: Store, config: ExportConfig) -> int:
-    """Drop from ``export_rows`` what would leak an evaluation target; returns how many rows went."""
+def _leak_tables(store: Store, config: ExportConfig) -> None:
+    """Temp tables ``evaluation`` (user, target of every valid/test sample) and ``cutoffs`` for decontamination."""
     if config.dataset is None:
-        return 0
+        return
     from synth.job import choose_split
     from synth.loaders import load_dataset
 
-    dataset = load_dataset(config.dataset)
-    split = choose_split(dataset, "auto", 10)
+    split = choose_split(load_dataset(config.dataset), "auto", 10)
     evaluation = split.samples.filter(pl.col("part") != "train").select("user_id", "target").collect().to_arrow()
     cutoffs = split.cutoffs().collect().to_arrow()
-    before = store.scalar("SELECT count(*) FROM export_rows")
-    store.con.execute("""
-        DELETE FROM export_rows e WHERE e.target IS NOT NULL AND (
-            EXISTS (SELECT 1 FROM evaluation v WHERE v.user_id = e.user_id AND v.target = e.target)
-            OR EXISTS (SELECT 1 FROM cutoffs c JOIN traces t ON t.trace_id = e.trace_id
-                       WHERE c.user_id = e.user_id AND c.cutoff_ts IS NOT NULL AND t.part = 'train' AND t.target_ts >= c.cutoff_ts))""")
-    return before - store.scalar("SELECT count(*) FROM export_rows")
+    store.con.execute("CREATE OR REPLACE TEMP TABLE evaluation AS SELECT * FROM evaluation")
+    store.con.execute("CREATE OR REPLACE TEMP TABLE cutoffs AS SELECT * FROM cutoffs")
 
 
 _FORMAT_SQL: dict[str, str] = {
@@ -150,10 +145,8 @@ _FORMAT_SQL: dict[str, str] = {
                      task, domain, with_cot, trace_id FROM export_rows WHERE split = ?""",
     "prompt_completion": """SELECT [{'role': 'user', 'content': prompt}] AS prompt, [{'role': 'assistant', 'content': completion}] AS completion,
                                    task, domain, with_cot, trace_id FROM export_rows WHERE split = ?""",
-    "grpo": """SELECT [{'role': 'user', 'content': any_value(prompt)}] AS prompt, target_sid, target, any_value(history) AS history,
-                      any_value(history_sids) AS history_sids, user_id, any_value(domain) AS domain
-               FROM export_rows WHERE split = ? AND task LIKE 'r3_%' AND with_cot GROUP BY user_id, target, target_sid
-               ORDER BY user_id, target""",
+    "grpo": """SELECT [{'role': 'user', 'content': prompt}] AS prompt, target_sid, target, history, history_sids, user_id, domain
+               FROM export_rows WHERE split = ? AND grpo_pick""",
     "verl": """SELECT 'recot/' || task AS data_source, [{'role': 'user', 'content': prompt}] AS prompt, 'recommendation' AS ability,
                       {'style': 'rule', 'ground_truth': coalesce(target_sid, completion)} AS reward_model,
                       {'split': split, 'index': row_number() OVER (ORDER BY trace_id) - 1, 'trace_id': trace_id} AS extra_info
@@ -167,8 +160,10 @@ def export(store: Store, config: ExportConfig) -> dict:
     """Write every configured format and the data card; returns the card's numbers."""
     if config.out.exists() and any(config.out.iterdir()) and not config.overwrite:
         raise DataError(config.out, "the export target exists and is not empty", "choose another out, or set overwrite")
+    trace_columns(store, ("history_sids", "lines"))
+    _leak_tables(store, config)
     store.con.execute(f"CREATE OR REPLACE TEMP TABLE export_rows AS {_rows_sql(config)}")
-    dropped = _decontaminate(store, config)
+    dropped = store.scalar("DELETE FROM export_rows WHERE leak")
     counts: dict[str, dict[str, int]] = {}
     with atomic_path(config.out) as tmp:
         tmp.mkdir(parents=True)
@@ -190,9 +185,11 @@ def export(store: Store, config: ExportConfig) -> dict:
 
 
 def _card(store: Store, config: ExportConfig, counts: dict, dropped: int) -> dict:
-    provenance = store.con.execute(f"""
-        SELECT DISTINCT template, template_hash, teacher, model FROM ({KEPT_SQL}) ORDER BY ALL""").fetchall()
+    provenance = store.con.execute("""
+        SELECT DISTINCT template, template_hash, teacher, model FROM traces SEMI JOIN export_rows USING (trace_id)
+        ORDER BY ALL""").fetchall()
     rules = store.con.execute("SELECT value FROM meta WHERE name = 'rules_config'").fetchall()
+    stages = funnel(store, examples=0)
     return {
         "name": config.name, "created_at": datetime.now(UTC).isoformat(timespec="seconds"),
         "license": config.license, "source": config.source, "formats": counts,
@@ -202,9 +199,9 @@ def _card(store: Store, config: ExportConfig, counts: dict, dropped: int) -> dic
             """SELECT coalesce(domain, '?'), count(*), count(*) FILTER (WHERE with_cot) FROM export_rows
                WHERE task LIKE 'r3_%' AND split = 'train' GROUP BY ALL ORDER BY ALL""").fetchall()},
         "selection": {"min_judge": config.min_judge, "min_delta_ll": config.min_delta_ll, "top_k_per_user": config.top_k_per_user,
-                      "kept_after_rules": store.scalar(f"SELECT count(*) FROM ({KEPT_SQL})")},
+                      "kept_after_rules": stages["kept"]},
         "decontamination": {"dataset": str(config.dataset) if config.dataset else None, "rows_dropped": dropped},
-        "funnel": funnel(store, examples=0),
+        "funnel": stages,
         "rules_config": json.loads(rules[0][0]) if rules else None,
         "templates_and_teachers": [dict(zip(("template", "template_hash", "teacher", "model"), row)) for row in provenance],
     }

@@ -53,6 +53,8 @@ def test_dedup_keeps_the_trace_that_passes_and_is_shortest(sample_path, tmp_path
     rows = pl.read_parquet(out / "traces.parquet")
     first = rows.row(0, named=True)
     copies = [first | {"subject_id": first["subject_id"] + f"#copy{i}", "text": first["text"] + " indeed" * i} for i in (1, 2)]
+    second = rows.row(1, named=True)  # the same text but for case and white space: an exact duplicate
+    copies.append(second | {"subject_id": second["subject_id"] + "#exact", "text": second["text"].upper().replace(" ", "  ")})
     pl.concat([rows, pl.DataFrame(copies, schema=rows.schema)]).write_parquet(tmp_path / "t.parquet")
     with Store(tmp_path / "c.duckdb") as store:
         store.load_catalog(sample.catalog)
@@ -62,4 +64,11 @@ def test_dedup_keeps_the_trace_that_passes_and_is_shortest(sample_path, tmp_path
         kept = store.con.execute("""SELECT t.subject_id FROM dup_clusters d JOIN traces t USING (trace_id)
                                     WHERE d.size = 3 AND d.keep""").fetchall()
         reasons = store.con.execute("SELECT count(*) FROM verdicts WHERE rule = 'dedup' AND reason = 'duplicate'").fetchone()[0]
-    assert kept == [(first["subject_id"],)] and counts["near_dropped"] + counts["exact_dropped"] == reasons >= 2
+        kinds = dict(store.con.execute("""SELECT t.subject_id, d.kind FROM dup_clusters d JOIN traces t USING (trace_id)
+                                          WHERE t.subject_id LIKE ? OR t.subject_id LIKE ?""",
+                                       [first["subject_id"] + "%", second["subject_id"] + "%"]).fetchall())
+        unique = store.con.execute("SELECT count(*) FILTER (WHERE kind = 'unique' AND keep), count(*) FROM dup_clusters "
+                                   "WHERE size = 1").fetchone()
+    assert kept == [(first["subject_id"],)] and counts["near_dropped"] + counts["exact_dropped"] == reasons >= 3
+    assert kinds[first["subject_id"] + "#copy1"] == "near" and kinds[second["subject_id"] + "#exact"] == "exact"
+    assert counts["exact_dropped"] >= 1 and unique[0] == unique[1] > 0

@@ -126,3 +126,24 @@ def test_cot_share_per_domain(sample_path, sample, tmp_path):
     assert set(shares) == {"tools", "parts"} and shares["tools"] == 0.0 and abs(shares["parts"] - 0.6) < 0.1
     assert thinking["with_cot"].all() and thinking.height == sft["with_cot"].sum()
     assert card["r3_with_cot_by_domain"]["tools"]["with_cot"] == 0
+
+
+def test_rows_that_would_leak_an_evaluation_target_are_dropped(exported, sample_path, sample, tmp_path):
+    """Copies of training traces re-aimed at their user's validation or test target must not be exported."""
+    from synth.job import choose_split
+    from synth.loaders import load_dataset
+
+    split = choose_split(load_dataset(sample_path), "auto", 10)
+    evaluation = split.samples.filter(pl.col("part") != "train").select("user_id", "target").collect()
+    traces = pl.read_parquet(exported[0].parent / "synth" / "traces.parquet").filter(pl.col("task") == "r3_cot_hindsight")
+    crafted = traces.join(evaluation.unique("user_id"), on="user_id", suffix="_eval").head(5).with_columns(
+        target=pl.col("target_eval"), subject_id=pl.col("subject_id") + "#leak").drop("target_eval")
+    pl.concat([traces, crafted]).write_parquet(tmp_path / "traces.parquet")
+    with Store(tmp_path / "c.duckdb") as store:
+        store.load_catalog(sample.catalog)
+        store.ingest(tmp_path / "traces.parquet")
+        card = export(store, ExportConfig(name="clean", out=tmp_path / "clean", formats=["grpo"], dataset=sample_path))
+    exported_pairs = pl.concat([pl.read_parquet(p) for p in (tmp_path / "clean" / "grpo").glob("*.parquet")]).select("user_id", "target")
+    assert crafted.height == 5 and card["decontamination"]["rows_dropped"] >= 5
+    assert exported_pairs.join(evaluation, on=["user_id", "target"]).is_empty()
+    assert exported_pairs.height == sum(card["formats"]["grpo"].values()) > 0
