@@ -23,9 +23,9 @@ import polars as pl
 from pydantic import BaseModel, ConfigDict, Field
 
 from curation.argilla_api import Argilla, ReviewError
-from curation.export import history_cte
 from curation.report import KEPT_SQL
 from curation.store import Store
+from curation.trace_columns import trace_columns
 
 MODULES = ("persona", "interests", "transition", "answer")
 GUIDELINES = """Each record is one chain of thought a teacher model wrote for a user's next purchase.
@@ -62,10 +62,9 @@ class ReviewConfig(BaseModel):
 
 
 def _settings_sql(config: ReviewConfig) -> str:
-    """One row per selected trace: the rendered fields and the metadata."""
+    """One row per selected trace: the rendered fields and the metadata (reads ``trace_columns``)."""
     return f"""
         WITH sel AS (SELECT * FROM ({KEPT_SQL}) WHERE {config.where}),
-        hist AS ({history_cte("sel")}),
         sc AS (SELECT trace_id, max(value) FILTER (WHERE name = 'judge') AS judge,
                       max(value) FILTER (WHERE name = 'delta_ll') AS delta_ll FROM scores GROUP BY trace_id),
         titles AS (SELECT sid_text, min(title) AS title FROM catalog GROUP BY sid_text)  -- a SID may name several items
@@ -76,7 +75,7 @@ def _settings_sql(config: ReviewConfig) -> str:
                coalesce(json_extract_string(s.output, '$.answer'), '-') || ' ' || coalesce(ac.title, '(not in the catalog)') AS answer,
                s.task, coalesce(tc.domain, '-') AS domain, json_extract_string(s.output, '$.persona.prototype') AS persona_name,
                sc.judge, sc.delta_ll, coalesce(d.size, 1) AS cluster_size, s.template_version
-        FROM sel s LEFT JOIN hist h USING (trace_id) LEFT JOIN sc USING (trace_id) LEFT JOIN dup_clusters d USING (trace_id)
+        FROM sel s LEFT JOIN trace_columns h USING (trace_id) LEFT JOIN sc USING (trace_id) LEFT JOIN dup_clusters d USING (trace_id)
              LEFT JOIN catalog tc ON tc.item_id = s.target
              LEFT JOIN titles ac ON ac.sid_text = json_extract_string(s.output, '$.answer')
         ORDER BY s.trace_id"""
@@ -137,6 +136,7 @@ def push(store: Store, config: ReviewConfig, api: Argilla | None = None) -> dict
     """Create or update the review dataset for the selection; returns selected, sent and unchanged counts."""
     api = api or Argilla(config.url)
     dataset_id, questions = _ensure_dataset(api, config)
+    trace_columns(store, ("lines",))
     rows = pl.from_arrow(store.con.sql(_settings_sql(config)).to_arrow_table())
     items = _items(rows, questions["quality"])
     hashes = [_content_hash(item) for item in items]

@@ -13,9 +13,9 @@ import json
 from collections.abc import Sequence
 from pathlib import Path
 
-
-from curation.export import HISTORY_HEAD, R3_DIRECT, history_cte
+from curation.export import HISTORY_HEAD, R3_DIRECT
 from curation.store import Store
+from curation.trace_columns import trace_columns
 
 
 def sid_logprobs(model, tokenizer, prefixes: Sequence[str], targets: Sequence[str], batch_size: int = 8,
@@ -47,11 +47,11 @@ def run_usefulness(store: Store, scorer: str | Path, batch_size: int = 8, max_le
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
     model = AutoModelForCausalLM.from_pretrained(scorer).eval()
-    rows = store.con.execute(f"""
-        WITH r3 AS (SELECT * FROM traces WHERE status = 'ok' AND task LIKE 'r3_%' AND text LIKE '<think>%'),
-             hist AS ({history_cte("r3")})
+    trace_columns(store, ("lines",))
+    rows = store.con.execute("""
         SELECT t.trace_id, split_part(t.text, '</think>', 1) || '</think>' || chr(10) AS think, c.sid_text, h.lines
-        FROM r3 t JOIN catalog c ON c.item_id = t.target JOIN hist h USING (trace_id) ORDER BY t.trace_id""").fetchall()
+        FROM traces t JOIN catalog c ON c.item_id = t.target JOIN trace_columns h USING (trace_id)
+        WHERE t.status = 'ok' AND t.task LIKE 'r3_%' AND t.text LIKE '<think>%' ORDER BY t.trace_id""").fetchall()
     prompts = [tokenizer.apply_chat_template(
         [{"role": "user", "content": f"{HISTORY_HEAD}\n{lines}\n{R3_DIRECT}"}],
         tokenize=False, add_generation_prompt=True) for _, _, _, lines in rows]
