@@ -110,7 +110,7 @@ def lsh_params(threshold: float, num_perm: int) -> tuple[int, int]:
     return best
 
 
-def shingles(texts: pl.Series, ngram: int = 3, seed: int = 0, chunk: int = 20_000) -> Grams:
+def shingles(texts: pl.Series, ngram: int = 3, seed: int = 0, chunk: int = 5_000) -> Grams:
     """Distinct hashed word n-grams of each text (its words, when it has fewer than ``ngram``),
     ``chunk`` texts at a time so memory stays bounded; n-grams are combined from word hashes."""
     seed_mix = np.uint64(seed) * _MIX
@@ -138,19 +138,24 @@ def shingles(texts: pl.Series, ngram: int = 3, seed: int = 0, chunk: int = 20_00
                  np.concatenate(hashes) if hashes else np.zeros(0, np.uint32))
 
 
-def signatures(grams: Grams, num_perm: int = 128, chunk: int = 1 << 16) -> np.ndarray:
+def signatures(grams: Grams, num_perm: int = 128, chunk: int = 1 << 13) -> np.ndarray:
     """One-permutation MinHash (n, num_perm) of uint32 from :func:`shingles`: each n-gram's hash picks
     a bin and the bin keeps its smallest value; an empty bin takes the next filled bin's value
     (wrapping) mixed with the distance, so texts with fewer n-grams than bins still compare.
     One hash per n-gram instead of ``num_perm``: the signatures only propose candidates, which
-    :func:`jaccard` then checks exactly."""
+    :func:`jaccard` then checks exactly. ``chunk`` rows at a time: small temporaries are reused by
+    the allocator where large ones cost a page fault per 4 KiB on every call."""
     n = len(grams.offsets) - 1
-    sig = np.full(n * num_perm, _EMPTY, dtype=np.uint32)
-    np.minimum.at(sig, grams.doc() * num_perm + (grams.h % np.uint32(num_perm)).astype(np.int64), grams.h // np.uint32(num_perm))
-    sig = sig.reshape(n, num_perm)
+    sig = np.empty((n, num_perm), dtype=np.uint32)
+    sizes = grams.sizes
     for start in range(0, n, chunk):
-        sig[start:start + chunk] = _densify(sig[start:start + chunk])
-    sig[grams.sizes == 0] = _EMPTY
+        rows = min(chunk, n - start)
+        h = grams.h[grams.offsets[start]:grams.offsets[start + rows]]
+        part = np.full(rows * num_perm, _EMPTY, dtype=np.uint32)
+        local = np.repeat(np.arange(rows, dtype=np.int64), sizes[start:start + rows])
+        np.minimum.at(part, local * num_perm + (h % np.uint32(num_perm)), h // np.uint32(num_perm))
+        sig[start:start + rows] = _densify(part.reshape(rows, num_perm))
+    sig[sizes == 0] = _EMPTY
     return sig
 
 
