@@ -255,3 +255,24 @@ def test_delta_ll_under_a_tiny_scorer(store, traces, tiny_model):
         logp = torch.log_softmax(model(**ids).logits[0, :-1], dim=-1).gather(-1, ids["input_ids"][0, 1:, None])[:, 0]
     manual = logp[offsets[1:, 0] >= len(prefix)].sum().item()
     assert abs(batched - manual) < 1e-4
+
+
+def test_trace_columns_follow_the_catalog_in_history_order(store, traces, tmp_path, sample):
+    from curation.trace_columns import trace_columns
+
+    row = mutate(traces, tmp_path / "t.parquet", "r3_cot_hindsight",
+                 lambda r: r | {"history": [*r["history"], "not-in-catalog"], "history_ts": [*r["history_ts"], r["history_ts"][-1]]})
+    store.ingest(tmp_path / "t.parquet")
+    trace_columns(store)
+    got = store.con.execute("""SELECT c.history_sids, c.lines, c.history_titles, c.think_words FROM trace_columns c
+                               JOIN traces t USING (trace_id) WHERE t.subject_id = ?""", [row["subject_id"]]).fetchone()
+    items = sample.catalog.items
+    sid_of = dict(zip(items["item_id"], sample.catalog.sid_text()))
+    title_of = dict(zip(items["item_id"], items["title"]))
+    known = row["history"][:-1]
+    assert got[0] == [sid_of[i] for i in known] + [None]
+    assert got[1].split("\n") == [f"{k}. {sid_of[i]} {title_of[i] or ''}" for k, i in enumerate(known, 1)] + [f"{len(known) + 1}. ? "]
+    assert got[2].count("|") == len(known) - 1 and got[2].startswith(" ") and got[2].endswith(" ")
+    think = row["text"].split("</think>")[0].split("<think>")[1]
+    assert got[3].split() == re.findall(WORD_RE, think.lower()) and got[3][0] == got[3][-1] == " "
+    assert " " + " ".join(got[3].split()[:3]) + " " in got[3]  # words single-spaced, so n-grams match as strings

@@ -6,6 +6,7 @@ from __future__ import annotations
 import random
 import re
 
+import numpy as np
 import polars as pl
 import pytest
 from datasketch.lsh import _optimal_param
@@ -72,3 +73,23 @@ def test_dedup_keeps_the_trace_that_passes_and_is_shortest(sample_path, tmp_path
     assert kept == [(first["subject_id"],)] and counts["near_dropped"] + counts["exact_dropped"] == reasons >= 3
     assert kinds[first["subject_id"] + "#copy1"] == "near" and kinds[second["subject_id"] + "#exact"] == "exact"
     assert counts["exact_dropped"] >= 1 and unique[0] == unique[1] > 0
+
+
+def test_shingles_count_distinct_grams_with_long_words_case_and_empty_texts():
+    texts = ["Internationalization internationalizations INTERNATIONALIZATION of a b",
+             "abcdefgh abcdefghi abcdefgh abcdefghi abcdefgh", "", "one two", "x" * 40 + " " + "x" * 39 + "y"]
+    g = shingles(pl.Series(texts), chunk=2)
+    assert g.sizes.tolist() == [len(grams(t)) or len(set(re.findall(r"\w+", t.lower()))) for t in texts] == [4, 2, 0, 2, 2]
+
+
+def test_signatures_fill_empty_bins_from_the_next_filled_one_and_do_not_depend_on_chunking():
+    rng = random.Random(1)
+    texts = [" ".join(f"w{rng.randrange(500)}" for _ in range(rng.randrange(0, 120))) for _ in range(50)]
+    g = shingles(pl.Series(texts))
+    whole, parts = signatures(g, 64, chunk=1 << 13), signatures(g, 64, chunk=7)
+    assert (whole == parts).all()
+    one = shingles(pl.Series(["a b c"]))  # one n-gram fills one bin; every other bin copies it, shifted by distance
+    sig = signatures(one, 16)[0].astype("int64")
+    filled = int((one.h[0] % 16))
+    distance = (filled - np.arange(16)) % 16
+    assert ((sig - sig[filled] - distance * 0x9E3779B9) % (1 << 32) == 0).all()
