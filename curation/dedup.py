@@ -203,11 +203,7 @@ def candidates(sig: np.ndarray, threshold: float) -> tuple[np.ndarray, np.ndarra
     n, k = sig.shape
     bands, rows = lsh_params(threshold, k)
     codes = []
-    for band in range(bands):
-        key = np.zeros(n, dtype=np.uint64)
-        with np.errstate(over="ignore"):
-            for column in sig[:, band * rows:(band + 1) * rows].T:
-                key = (key ^ column.astype(np.uint64)) * _MIX
+    for key in _band_keys(sig, bands, rows):
         order = np.argsort(key, kind="stable")
         sorted_keys = key[order]
         starts = np.ones(n, dtype=bool)
@@ -222,10 +218,27 @@ def candidates(sig: np.ndarray, threshold: float) -> tuple[np.ndarray, np.ndarra
     return pairs // max(n, 1), pairs % max(n, 1)
 
 
-def estimate(sig: np.ndarray, a: np.ndarray, b: np.ndarray, chunk: int = 1 << 18) -> np.ndarray:
-    """Jaccard estimated from the signatures: the share of equal positions."""
-    return np.concatenate([(sig[a[i:i + chunk]] == sig[b[i:i + chunk]]).mean(axis=1) for i in range(0, len(a), chunk)]) \
-        if len(a) else np.zeros(0)
+def _band_keys(sig: np.ndarray, bands: int, rows: int, chunk: int = 1 << 13) -> np.ndarray:
+    """(bands, n) bucket keys: each band's ``rows`` positions folded into one 64-bit hash. Computed
+    ``chunk`` rows at a time for every band at once, reading each row's positions contiguously."""
+    keys = np.empty((bands, len(sig)), dtype=np.uint64)
+    with np.errstate(over="ignore"):
+        for start in range(0, len(sig), chunk):
+            block = sig[start:start + chunk, :bands * rows].reshape(-1, bands, rows)
+            key = np.zeros(block.shape[:2], dtype=np.uint64)
+            for position in range(rows):
+                key = (key ^ block[:, :, position]) * _MIX
+            keys[:, start:start + chunk] = key.T
+    return keys
+
+
+def estimate(sig: np.ndarray, a: np.ndarray, b: np.ndarray, chunk: int = 1 << 14) -> np.ndarray:
+    """Jaccard estimated from the signatures: the share of equal positions (``chunk`` pairs at a time,
+    small enough for the comparison to stay in cache)."""
+    if not len(a):
+        return np.zeros(0)
+    equal = [(sig[a[i:i + chunk]] == sig[b[i:i + chunk]]).sum(axis=1, dtype=np.int32) for i in range(0, len(a), chunk)]
+    return np.concatenate(equal) / sig.shape[1]
 
 
 def clusters(sig: np.ndarray, grams: Grams, threshold: float, margin: float = 0.1) -> np.ndarray:
