@@ -168,7 +168,7 @@ def _densify(sig: np.ndarray) -> np.ndarray:
     following = np.minimum.accumulate(np.where(empty, np.int16(2 * k), column)[:, ::-1], axis=1)[:, ::-1]
     wrap = following >= k  # past the row's last filled bin: its first filled bin, one lap on
     first = following[:, :1]
-    source = np.minimum(np.where(wrap, first, following), k - 1)  # (a row with no filled bin stays empty)
+    source = np.minimum(np.where(wrap, first, following), k - 1)  # in range for a row with no filled bin (the caller empties it)
     distance = (np.where(wrap, first + k, following) - column).astype(np.uint32)
     with np.errstate(over="ignore"):
         return np.where(empty, np.take_along_axis(sig, source, axis=1) + distance * np.uint32(0x9E3779B9), sig)

@@ -18,8 +18,8 @@ from collections.abc import Callable
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from curation.trace_columns import WORD_RE, trace_columns
 from curation.store import Store
+from curation.trace_columns import WORD_RE, trace_columns
 from synth.schemas import ECOMMERCE_PERSONAS
 
 SID_RE = r"(?:<\|sid_begin\|>)?(?:<(?:s_)?[a-z]_\d+>)+(?:<\|sid_end\|>)?"
@@ -267,8 +267,9 @@ def run_rules(store: Store, config: RulesConfig = RulesConfig()) -> dict[str, in
     """Recompute every enabled rule's verdicts (and the grounding scores); returns failures per rule."""
     failed: dict[str, int] = {}
     with store.transaction():
-        # computed once: the grounding rule and the ehr / cov_rate scores both read it
+        # built once: grounding reads the history's SIDs, leakage its titles, brands and the reasoning's words
         trace_columns(store, ("history_sids", "history_titles", "history_brands", "think_words"))
+        # computed once: the grounding rule and the ehr / cov_rate scores both read it
         store.con.execute(f"CREATE OR REPLACE TEMP TABLE grounding AS {grounding_sql()}")
         for name, rule in RULES.items():
             store.con.execute("DELETE FROM verdicts WHERE rule = ?", [name])

@@ -17,8 +17,7 @@ import polars as pl
 from curation.store import Store
 
 WORD_RE = r"[a-z0-9]+"
-
-
+NON_WORD_RE = r"[^a-z0-9]+"  # what separates WORD_RE's words
 COLUMNS = ("history_sids", "lines", "history_titles", "history_brands", "think_words")
 
 
@@ -33,6 +32,9 @@ def trace_columns(store: Store, columns: Sequence[str] = COLUMNS, name: str = "t
     - ``history_brands``: the known items' lower-cased brands;
     - ``think_words``: the words of the <think> block, lower-cased, as `` w1 w2 ... ``.
     """
+    unknown = set(columns) - set(COLUMNS)
+    if unknown:
+        raise ValueError(f"unknown trace columns {sorted(unknown)}; choose from {list(COLUMNS)}")
     catalog = pl.from_arrow(store.con.sql("SELECT item_id, sid_text, title, brand FROM catalog").to_arrow_table()).with_columns(
         line=pl.col("sid_text").fill_null("?") + " " + pl.col("title").fill_null(""),
         words=" " + pl.col("title").fill_null("").str.to_lowercase().str.extract_all(WORD_RE).list.join(" ") + " ",
@@ -51,10 +53,7 @@ def trace_columns(store: Store, columns: Sequence[str] = COLUMNS, name: str = "t
         "lines": history.list.eval(pl.format("{}. {}", pl.int_range(1, pl.len() + 1), through("line", "? "))).list.join("\n"),
         "history_titles": history.list.eval(through("words")).list.drop_nulls().list.join("|"),
         "history_brands": history.list.eval(through("brand")).list.drop_nulls(),
-        "think_words": " " + think.str.to_lowercase().str.replace_all(r"[^a-z0-9]+", " ").fill_null("") + " ",
+        "think_words": " " + think.str.to_lowercase().str.replace_all(NON_WORD_RE, " ").fill_null("") + " ",
     }
-    unknown = set(columns) - set(built)
-    if unknown:
-        raise ValueError(f"unknown history columns {sorted(unknown)}; choose from {list(built)}")
     rows = traces.select("trace_id", *(built[c].alias(c) for c in columns)).to_arrow()
     store.con.execute(f"CREATE OR REPLACE TEMP TABLE {name} AS SELECT * FROM rows")
