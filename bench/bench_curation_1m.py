@@ -21,11 +21,11 @@ DATA = ROOT / "bench" / ".data" / "traces1m.parquet"
 CHILD = r"""
 import json, sys, time
 from pathlib import Path
-from curation.dedup import run_dedup
-from curation.export import ExportConfig, export
-from curation.rules import run_rules
-from curation.store import Store
-from synth.loaders import load_dataset
+from recot.curation.dedup import run_dedup
+from recot.curation.export import ExportConfig, export
+from recot.curation.rules import run_rules
+from recot.curation.store import Store
+from recot.synth.loaders import load_dataset
 work = Path(sys.argv[2])
 times = {}
 start = time.perf_counter()
@@ -46,9 +46,9 @@ def generate(n_users: int = 100_000, per_user: int = 10) -> Path:
     import numpy as np
     import polars as pl
 
-    from synth.journal import OUTPUT_SCHEMA
-    from synth.loaders import load_dataset
-    from synth.schemas import ECOMMERCE_PERSONAS
+    from recot.synth.journal import OUTPUT_SCHEMA
+    from recot.synth.loaders import load_dataset
+    from recot.synth.schemas import ECOMMERCE_PERSONAS
 
     if DATA.exists():
         return DATA

@@ -32,7 +32,7 @@ THRESHOLD, PERMS, SAMPLE, ROUNDS = 0.8, 128, 1500, 3
 
 
 def traces() -> list[str]:
-    from synth.job import SynthConfig, run_synth
+    from recot.synth.job import SynthConfig, run_synth
 
     dataset = INDUSTRIAL if (INDUSTRIAL / "items.json").exists() else ROOT / "examples" / "amazon18-industrial-sample"
     out = Path(tempfile.mkdtemp(prefix="bench-dedup-"))
@@ -52,7 +52,7 @@ def gram_set(text: str) -> set[str]:
 
 
 def run_recot(texts: list[str]) -> tuple[float, np.ndarray]:
-    from curation.dedup import clusters, shingles, signatures
+    from recot.curation.dedup import clusters, shingles, signatures
 
     start = time.process_time()
     grams = shingles(pl.Series(texts))
@@ -64,7 +64,7 @@ def run_datasketch(texts: list[str]) -> tuple[float, np.ndarray]:
     """datasketch's index proposes the pairs; the same leader policy as recot's (row order) decides."""
     from datasketch import MinHash, MinHashLSH
 
-    from curation.dedup import _leaders
+    from recot.curation.dedup import _leaders
 
     start = time.process_time()
     sets = [[g.encode() for g in gram_set(t)] for t in texts]

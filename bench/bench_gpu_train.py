@@ -27,11 +27,11 @@ ATTENTION = os.environ.get("RECOT_GPU_ATTENTION", "eager")
 
 
 def prepare() -> None:
-    from synth.job import choose_split
-    from synth.loaders import load_dataset
-    from trainer.data import next_item_rows
-    from trainer.sid_vocab import sid_vocabulary
-    from trainer.tiny_model import build_tiny_model
+    from recot.synth.job import choose_split
+    from recot.synth.loaders import load_dataset
+    from recot.testing.tiny_model import build_tiny_model
+    from recot.trainer.data import next_item_rows
+    from recot.trainer.sid_vocab import sid_vocabulary
 
     sample = load_dataset(ROOT / "examples" / "amazon18-industrial-sample")
     split = choose_split(sample, "auto", 10)
@@ -85,9 +85,9 @@ def run(smoke: bool, phases: tuple[str, ...] = ("sft", "grpo")) -> None:
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from trainer.grpo import RecGRPOConfig, RecGRPOTrainer
-    from trainer.sft import RecSFTConfig, train_sft
-    from trainer.trie import SidTrie
+    from recot.trainer.grpo import RecGRPOConfig, RecGRPOTrainer
+    from recot.trainer.sft import RecSFTConfig, train_sft
+    from recot.trainer.trie import SidTrie
 
     gpu = torch.cuda.is_available()
     out = Path(os.environ.get("OUT", "/tmp/recot-gpu"))

@@ -29,14 +29,14 @@ def main(epochs: float = 2.0, test_rows: int = 1000, grpo_steps: int = 30, retra
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from synth.job import choose_split
-    from synth.loaders import load_dataset
-    from trainer.data import next_item_rows
-    from trainer.evaluate import most_popular, ranking_metrics, recommend
-    from trainer.sft import RecSFTConfig, train_sft
-    from trainer.sid_vocab import sid_vocabulary
-    from trainer.tiny_model import build_tiny_model
-    from trainer.trie import SidTrie
+    from recot.synth.job import choose_split
+    from recot.synth.loaders import load_dataset
+    from recot.testing.tiny_model import build_tiny_model
+    from recot.trainer.data import next_item_rows
+    from recot.trainer.evaluate import most_popular, ranking_metrics, recommend
+    from recot.trainer.sft import RecSFTConfig, train_sft
+    from recot.trainer.sid_vocab import sid_vocabulary
+    from recot.trainer.trie import SidTrie
 
     torch.manual_seed(0)
     dataset = load_dataset(INDUSTRIAL)
@@ -74,8 +74,8 @@ def grpo_check(model, tokenizer, trie, train, steps: int) -> None:
     """GRPO from the SFT checkpoint on 8 training prompts (SID only, no reasoning): do the rewards move?"""
     import datasets
 
-    from trainer.grpo import RecGRPOConfig, RecGRPOTrainer
-    from trainer.rewards import exact_hit, prefix_match, rank_reward
+    from recot.trainer.grpo import RecGRPOConfig, RecGRPOTrainer
+    from recot.trainer.rewards import exact_hit, prefix_match, rank_reward
 
     config = RecGRPOConfig(output_dir=str(WORK / "grpo"), max_steps=steps, per_device_train_batch_size=16, num_generations=8,
                            num_candidates=4, reasoning=False, max_completion_length=8, learning_rate=1e-3, beta=0.0,

@@ -4,7 +4,7 @@ recot: ``OpenAITeacher.generate`` (adaptive limit, endpoint choice, retries) plu
 on every answer, as a job runs it. Baselines, same requests, same concurrency, interleaved rounds:
 ``raw aiohttp`` (AsyncOpenAI with DefaultAioHttpClient, a semaphore, gather) and ``raw httpx`` (the
 openai client's default transport). Two servers:
-  instant  a loopback server that answers at once (scripts/instant_openai_server.py): the client is
+  instant  a loopback server that answers at once (recot.testing.instant_server): the client is
            the bottleneck, as in front of a fleet of GPU servers; client CPU seconds per 1,000 requests
   vllm     a real vLLM OpenAI-compatible server (CPU build) with a tiny random model
 Ratios are median requests/s of recot over those of the raw aiohttp loop (target: >= 0.9 instant, >= 0.97 vllm).
@@ -22,11 +22,11 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from synth.parse import parse_response  # noqa: E402
-from synth.schemas import ItemRelation  # noqa: E402
-from synth.servers import instant_server, vllm_server  # noqa: E402
-from synth.teachers.base import Request  # noqa: E402
-from synth.teachers.openai_http import OpenAITeacher  # noqa: E402
+from recot.synth.parse import parse_response  # noqa: E402
+from recot.synth.schemas import ItemRelation  # noqa: E402
+from recot.synth.teachers.base import Request  # noqa: E402
+from recot.synth.teachers.openai_http import OpenAITeacher  # noqa: E402
+from recot.testing.servers import instant_server, vllm_server  # noqa: E402
 
 SCHEMA = ItemRelation.model_json_schema()
 
@@ -116,7 +116,7 @@ def main() -> None:
             server.stop()
     if args.skip_vllm:
         return
-    from trainer.tiny_model import build_tiny_model
+    from recot.testing.tiny_model import build_tiny_model
 
     model = build_tiny_model(logs / "tiny", [f"drill bits item {i}" for i in range(500)])
     server = vllm_server(model, logs / "vllm.log")

@@ -28,11 +28,11 @@ def main() -> None:
     parser.add_argument("--single", type=int, default=1_000)
     args = parser.parse_args()
     os.environ.setdefault("RECOT_ARGILLA_API_KEY", "argilla.apikey")
-    from curation.argilla_api import Argilla
-    from curation.review import ReviewConfig, push
-    from curation.store import Store
-    from synth.job import SynthConfig, run_synth
-    from synth.loaders import load_dataset
+    from recot.curation.argilla_api import Argilla
+    from recot.curation.review import ReviewConfig, push
+    from recot.curation.store import Store
+    from recot.synth.job import SynthConfig, run_synth
+    from recot.synth.loaders import load_dataset
 
     dataset = INDUSTRIAL if (INDUSTRIAL / "items.json").exists() else ROOT / "examples" / "amazon18-industrial-sample"
     work = Path(tempfile.mkdtemp(prefix="bench-review-"))

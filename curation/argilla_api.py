@@ -13,7 +13,7 @@ from typing import Any
 
 import httpx
 
-from synth.errors import DataError
+from recot.synth.errors import DataError
 
 URL_ENV, KEY_ENV = "RECOT_ARGILLA_URL", "RECOT_ARGILLA_API_KEY"
 DEFAULT_URL = "http://127.0.0.1:6900"

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import click
 
-from synth.cli import console, emit, json_option
+from recot.cli import console, emit, json_option
 
 store_option = click.option("--store", type=click.Path(dir_okay=False, path_type=Path), default=Path("out/curation.duckdb"),
                             show_default=True, help="The DuckDB curation store (created on first use).")
@@ -27,8 +27,8 @@ def curate() -> None:
 @json_option
 def ingest(traces: tuple[Path, ...], dataset: Path | None, domain: str | None, store: Path, as_json: bool) -> None:
     """Add traces.parquet files (glob them for shards); rows already in the store are skipped."""
-    from curation.store import Store
-    from synth.loaders import load_dataset
+    from recot.curation.store import Store
+    from recot.synth.loaders import load_dataset
 
     with Store(store) as db:
         payload = {"catalog_items": db.load_catalog(load_dataset(dataset).catalog, domain or dataset.name)} if dataset else {}
@@ -42,9 +42,9 @@ def ingest(traces: tuple[Path, ...], dataset: Path | None, domain: str | None, s
 @json_option
 def rules(config: Path | None, store: Path, as_json: bool) -> None:
     """Recompute every enabled rule's verdicts; prints failures per rule."""
-    from curation.rules import RulesConfig, run_rules
-    from curation.store import Store
-    from synth.config import load_config
+    from recot.curation.rules import RulesConfig, run_rules
+    from recot.curation.store import Store
+    from recot.synth.config import load_config
 
     settings = load_config(RulesConfig, config)
     with Store(store) as db:
@@ -59,8 +59,8 @@ def rules(config: Path | None, store: Path, as_json: bool) -> None:
 @json_option
 def dedup(threshold: float | None, store: Path, as_json: bool) -> None:
     """Cluster exact and near-duplicate traces per task; all but one per cluster get a 'duplicate' verdict."""
-    from curation.dedup import DedupConfig, run_dedup
-    from curation.store import Store
+    from recot.curation.dedup import DedupConfig, run_dedup
+    from recot.curation.store import Store
 
     config = DedupConfig(**({"threshold": threshold} if threshold else {}))
     with Store(store) as db:
@@ -74,10 +74,10 @@ def dedup(threshold: float | None, store: Path, as_json: bool) -> None:
 @json_option
 def judge(dataset: Path, config: Path | None, store: Path, as_json: bool) -> None:
     """Score R3 traces 1-5 with an LLM judge (the rules teacher without a config); cached, resumable."""
-    from curation.judge import JudgeConfig, run_judge
-    from curation.store import Store
-    from synth.config import load_config
-    from synth.loaders import load_dataset
+    from recot.curation.judge import JudgeConfig, run_judge
+    from recot.curation.store import Store
+    from recot.synth.config import load_config
+    from recot.synth.loaders import load_dataset
 
     settings = load_config(JudgeConfig, config)
     with Store(store) as db:
@@ -91,8 +91,8 @@ def judge(dataset: Path, config: Path | None, store: Path, as_json: bool) -> Non
 @json_option
 def usefulness(scorer: str, batch_size: int, store: Path, as_json: bool) -> None:
     """delta_ll per R3 trace: log p(target SID | prompt, CoT) - log p(target SID | prompt) under SCORER."""
-    from curation.store import Store
-    from curation.usefulness import run_usefulness
+    from recot.curation.store import Store
+    from recot.curation.usefulness import run_usefulness
 
     with Store(store) as db:
         emit(run_usefulness(db, scorer, batch_size), as_json, "usefulness")
@@ -104,8 +104,8 @@ def usefulness(scorer: str, batch_size: int, store: Path, as_json: bool) -> None
 @json_option
 def report(examples: int, store: Path, as_json: bool) -> None:
     """The funnel: traces per task, checks and failures per rule and reason, with examples; what is kept."""
-    from curation.report import funnel
-    from curation.store import Store
+    from recot.curation.report import funnel
+    from recot.curation.store import Store
 
     with Store(store) as db:
         result = funnel(db, examples)
@@ -131,9 +131,9 @@ def report(examples: int, store: Path, as_json: bool) -> None:
 def export_cmd(name: str, out: Path, config: Path | None, dataset: Path | None, cot_ratio: float | None, overwrite: bool,
                store: Path, as_json: bool) -> None:
     """Export the kept traces as NAME: Hugging Face parquet datasets for TRL, verl and LlamaFactory, and a data card."""
-    from curation.export import ExportConfig, export
-    from curation.store import Store
-    from synth.config import load_config
+    from recot.curation.export import ExportConfig, export
+    from recot.curation.store import Store
+    from recot.synth.config import load_config
 
     settings = load_config(ExportConfig, config, {"name": name, "out": out, "dataset": dataset, "cot_ratio": cot_ratio,
                                                   "overwrite": overwrite or None})
@@ -167,9 +167,9 @@ def _review_options(command):
 @click.option("--reviews-per-record", type=int, help="Submitted responses each record needs.")
 def review_push(dataset: str, config: Path | None, store: Path, as_json: bool, **overrides) -> None:
     """Create or update DATASET in Argilla with the selected traces; unchanged records are not sent again."""
-    from curation.review import ReviewConfig, push
-    from curation.store import Store
-    from synth.config import load_config
+    from recot.curation.review import ReviewConfig, push
+    from recot.curation.store import Store
+    from recot.synth.config import load_config
 
     settings = load_config(ReviewConfig, config, {"dataset": dataset, **overrides})
     with Store(store) as db:
@@ -181,9 +181,9 @@ def review_push(dataset: str, config: Path | None, store: Path, as_json: bool, *
 @click.option("--policy", type=click.Choice(["majority", "any_reject"]), help="How responses become decisions.")
 def review_pull(dataset: str, config: Path | None, store: Path, as_json: bool, **overrides) -> None:
     """Read every response of DATASET into the store and recompute the review decisions export honours."""
-    from curation.review import ReviewConfig, pull
-    from curation.store import Store
-    from synth.config import load_config
+    from recot.curation.review import ReviewConfig, pull
+    from recot.curation.store import Store
+    from recot.synth.config import load_config
 
     settings = load_config(ReviewConfig, config, {"dataset": dataset, **overrides})
     with Store(store) as db:

@@ -22,7 +22,7 @@ import polars as pl
 import pyarrow as pa
 from pydantic import BaseModel, ConfigDict, Field
 
-from curation.store import Store
+from recot.curation.store import Store
 
 _MIX = np.uint64(0x9E3779B97F4A7C15)
 _EMPTY = np.iinfo(np.uint32).max

@@ -1,6 +1,6 @@
 """Export kept traces as Hugging Face datasets for TRL (and verl, LlamaFactory), with a data card.
 
-The student's prompts are built here, in SQL over the store (the teacher's prompts carry teacher
+The student's prompts come from :mod:`recot.synth.student` (the teacher's prompts carry teacher
 instructions and JSON demands the student must not learn). Every format is a folder of parquet
 splits, ``train`` and ``validation``, split by user so that no user is in both; R3 completions
 always end with the real next item's SID. Formats:
@@ -28,17 +28,17 @@ from typing import Literal
 import polars as pl
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from curation.report import KEPT_SQL, funnel
-from curation.store import Store
-from curation.trace_columns import trace_columns
-from synth.errors import DataError
-from synth.io import atomic_path
+from recot.curation.report import KEPT_SQL, funnel
+from recot.curation.store import Store
+from recot.curation.trace_columns import trace_columns
+from recot.synth.cot import think_block_sql
+from recot.synth.errors import DataError
+from recot.synth.io import atomic_path
+from recot.synth.splits import SplitSpec
+from recot.synth.student import ASK_DIRECT, ASK_INTERESTS, ASK_THINK, prompt_sql, sql_text
 
 Format = Literal["sft", "prompt_completion", "grpo", "verl", "sharegpt"]
 FORMATS: tuple[Format, ...] = ("sft", "prompt_completion", "grpo", "verl", "sharegpt")
-R3_THINK = "Think through the persona, the interests and the transition, then answer with the next item's semantic ID."
-R3_DIRECT = "Answer with the next item's semantic ID."
-HISTORY_HEAD = "A user's purchases, oldest first:"
 
 
 class ExportConfig(BaseModel):
@@ -70,19 +70,16 @@ class ExportConfig(BaseModel):
         if not isinstance(self.cot_ratio, dict):
             return str(int(self.cot_ratio * 1000))
         default = int(self.cot_ratio.get("*", 1.0) * 1000)
-        cases = " ".join(f"WHEN {_quote(name)} THEN {int(share * 1000)}" for name, share in self.cot_ratio.items() if name != "*")
+        cases = " ".join(f"WHEN {sql_text(name)} THEN {int(share * 1000)}" for name, share in self.cot_ratio.items() if name != "*")
         return f"CASE {domain} {cases} ELSE {default} END" if cases else str(default)
-
-
-def _quote(text: str) -> str:
-    return "'" + text.replace("'", "''") + "'"
 
 
 def _rows_sql(config: ExportConfig) -> str:
     """One row per kept trace, in trace id order: split, task, user prompt, assistant completion, the
     reward columns, ``leak`` (it would leak an evaluation target: the same user and target as a
     valid/test sample, or a target at or after the user's cut-off; needs the tables ``_leak_tables``
-    makes) and ``grpo_pick`` (the one R3 row per user and target the prompt-only set takes)."""
+    makes) and ``grpo_pick`` (the one R3 row per user and target the prompt-only set takes, whether or
+    not its SFT row keeps the CoT: the GRPO set does not depend on ``cot_ratio``)."""
     share = int(config.valid_share * 1000)
     judge = "NULL" if config.min_judge is None else config.min_judge
     delta = "NULL" if config.min_delta_ll is None else config.min_delta_ll
@@ -108,20 +105,19 @@ def _rows_sql(config: ExportConfig) -> str:
         FROM kept k LEFT JOIN trace_columns hs USING (trace_id) LEFT JOIN catalog tc ON tc.item_id = k.target
              LEFT JOIN catalog i1 ON i1.item_id = k.items[1] LEFT JOIN catalog i2 ON i2.item_id = k.items[2]
              LEFT JOIN catalog lc ON lc.item_id = k.history[-1]),
-    picks AS (SELECT min(trace_id) AS trace_id FROM base WHERE task LIKE 'r3_%' AND with_cot AND NOT leak
+    picks AS (SELECT min(trace_id) AS trace_id FROM base WHERE task LIKE 'r3_%' AND NOT leak
               GROUP BY split, user_id, target)
     SELECT trace_id, task, domain, split, user_id, target, target_sid, history, history_sids, with_cot, leak,
         p.trace_id IS NOT NULL AS grpo_pick,
         CASE task
             WHEN 'r0_caption' THEN 'What is the item ' || sid1 || '? Describe it.'
             WHEN 'r1_relation' THEN 'How does ' || sid2 || ' ' || title2 || ' relate to ' || sid1 || ' ' || title1 || '?'
-            WHEN 'r2_interests' THEN {_quote(HISTORY_HEAD)} || chr(10) || lines || chr(10)
-                 || 'Which 1 to 5 interests will this user pursue next? Cite the purchase numbers.'
-            ELSE {_quote(HISTORY_HEAD)} || chr(10) || lines || chr(10)
-                 || CASE WHEN with_cot THEN {_quote(R3_THINK)} ELSE {_quote(R3_DIRECT)} END
+            WHEN 'r2_interests' THEN {prompt_sql("lines", sql_text(ASK_INTERESTS))}
+            ELSE {prompt_sql("lines", f"CASE WHEN with_cot THEN {sql_text(ASK_THINK)} ELSE {sql_text(ASK_DIRECT)} END")}
         END AS prompt,
+        {prompt_sql("lines", sql_text(ASK_THINK))} AS grpo_prompt,
         CASE WHEN task LIKE 'r3_%' THEN
-                 CASE WHEN with_cot THEN split_part(text, '</think>', 1) || '</think>' || chr(10) || target_sid ELSE target_sid END
+                 CASE WHEN with_cot THEN {think_block_sql("text")} || chr(10) || target_sid ELSE target_sid END
              ELSE text END AS completion
     FROM base LEFT JOIN picks p USING (trace_id) ORDER BY trace_id"""
 
@@ -130,12 +126,13 @@ def _leak_tables(store: Store, config: ExportConfig) -> None:
     """Temp tables ``evaluation`` (user, target of every valid/test sample) and ``cutoffs`` for decontamination."""
     if config.dataset is None:
         return
-    from synth.job import choose_split
-    from synth.loaders import load_dataset
+    from recot.synth.loaders import load_dataset
 
-    split = choose_split(load_dataset(config.dataset), "auto", 10)
-    evaluation = split.samples.filter(pl.col("part") != "train").select("user_id", "target").collect().to_arrow()
-    cutoffs = split.cutoffs().collect().to_arrow()
+    dataset = load_dataset(config.dataset)
+    spec = store.split_spec() or SplitSpec.choose(dataset.boundaries, "auto", 10, dataset.name)
+    split = spec.build(dataset.sequences())
+    evaluation = split.samples.filter(pl.col("part") != "train").select("user_id", "target").collect().to_arrow()  # noqa: F841 - DuckDB reads it by name
+    cutoffs = split.cutoffs().collect().to_arrow()  # noqa: F841 - DuckDB reads it by name
     store.con.execute("CREATE OR REPLACE TEMP TABLE evaluation AS SELECT * FROM evaluation")
     store.con.execute("CREATE OR REPLACE TEMP TABLE cutoffs AS SELECT * FROM cutoffs")
 
@@ -145,7 +142,7 @@ _FORMAT_SQL: dict[str, str] = {
                      task, domain, with_cot, trace_id FROM export_rows WHERE split = ?""",
     "prompt_completion": """SELECT [{'role': 'user', 'content': prompt}] AS prompt, [{'role': 'assistant', 'content': completion}] AS completion,
                                    task, domain, with_cot, trace_id FROM export_rows WHERE split = ?""",
-    "grpo": """SELECT [{'role': 'user', 'content': prompt}] AS prompt, target_sid, target, history, history_sids, user_id, domain
+    "grpo": """SELECT [{'role': 'user', 'content': grpo_prompt}] AS prompt, target_sid, target, history, history_sids, user_id, domain
                FROM export_rows WHERE split = ? AND grpo_pick""",
     "verl": """SELECT 'recot/' || task AS data_source, [{'role': 'user', 'content': prompt}] AS prompt, 'recommendation' AS ability,
                       {'style': 'rule', 'ground_truth': coalesce(target_sid, completion)} AS reward_model,
@@ -189,6 +186,7 @@ def _card(store: Store, config: ExportConfig, counts: dict, dropped: int) -> dic
         SELECT DISTINCT template, template_hash, teacher, model FROM traces SEMI JOIN export_rows USING (trace_id)
         ORDER BY ALL""").fetchall()
     rules = store.con.execute("SELECT value FROM meta WHERE name = 'rules_config'").fetchall()
+    spec = store.split_spec()
     stages = funnel(store, examples=0)
     return {
         "name": config.name, "created_at": datetime.now(UTC).isoformat(timespec="seconds"),
@@ -200,7 +198,10 @@ def _card(store: Store, config: ExportConfig, counts: dict, dropped: int) -> dic
                WHERE task LIKE 'r3_%' AND split = 'train' GROUP BY ALL ORDER BY ALL""").fetchall()},
         "selection": {"min_judge": config.min_judge, "min_delta_ll": config.min_delta_ll, "top_k_per_user": config.top_k_per_user,
                       "kept_after_rules": stages["kept"]},
-        "decontamination": {"dataset": str(config.dataset) if config.dataset else None, "rows_dropped": dropped},
+        "decontamination": {"dataset": str(config.dataset) if config.dataset else None, "rows_dropped": dropped,
+                            "split": spec.model_dump() if spec else None,
+                            "split_source": "recorded at synthesis" if spec else
+                            "chosen by export (auto): the store records no split" if config.dataset else None},
         "funnel": stages,
         "rules_config": json.loads(rules[0][0]) if rules else None,
         "templates_and_teachers": [dict(zip(("template", "template_hash", "teacher", "model"), row)) for row in provenance],

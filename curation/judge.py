@@ -16,16 +16,16 @@ from pathlib import Path
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from curation.store import Store
-from synth.catalog import Catalog
-from synth.answering import AnswerStats, answer
-from synth.journal import Journal
-from synth.parse import Parsed, parse_response
-from synth.prompts import PromptLibrary
-from synth.requests import ItemView, build_request
-from synth.schemas import ECOMMERCE_PERSONAS, JudgeScore
-from synth.teachers import Sampling, Teacher, TeacherConfig, make_teacher
-from synth.teachers.base import Request, Response
+from recot.curation.store import Store
+from recot.synth.answering import AnswerStats, answer
+from recot.synth.catalog import Catalog
+from recot.synth.journal import Journal
+from recot.synth.parse import Parsed, parse_response
+from recot.synth.prompts import PromptLibrary
+from recot.synth.requests import ItemView, build_request
+from recot.synth.schemas import ECOMMERCE_PERSONAS, JudgeScore
+from recot.synth.teachers import Sampling, Teacher, TeacherConfig, make_teacher
+from recot.synth.teachers.base import Request, Response
 
 
 class JudgeConfig(BaseModel):

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from curation.store import Store
+from recot.curation.store import Store
 
 # kept: answered, no failed rule, not rejected in review; a reviewer's correction replaces the text
 KEPT_SQL = """SELECT t.* REPLACE (coalesce(d.corrected_text, t.text) AS text)

@@ -22,10 +22,11 @@ from typing import Any, Literal
 import polars as pl
 from pydantic import BaseModel, ConfigDict, Field
 
-from curation.argilla_api import Argilla, ReviewError
-from curation.report import KEPT_SQL
-from curation.store import Store
-from curation.trace_columns import trace_columns
+from recot.curation.argilla_api import Argilla, ReviewError
+from recot.curation.report import KEPT_SQL
+from recot.curation.store import Store
+from recot.curation.trace_columns import trace_columns
+from recot.synth.cot import THINK_CLOSE, THINK_OPEN
 
 MODULES = ("persona", "interests", "transition", "answer")
 GUIDELINES = """Each record is one chain of thought a teacher model wrote for a user's next purchase.
@@ -146,7 +147,7 @@ def push(store: Store, config: ReviewConfig, api: Argilla | None = None) -> dict
     for start in range(0, len(todo), config.batch_size):
         batch = todo[start:start + config.batch_size]
         api.call("PUT", f"/datasets/{dataset_id}/records/bulk", json={"items": [item for item, _ in batch]})
-        done = pl.DataFrame({"dataset": config.dataset, "trace_id": [item["external_id"] for item, _ in batch],
+        done = pl.DataFrame({"dataset": config.dataset,  # noqa: F841 - DuckDB reads it by name "trace_id": [item["external_id"] for item, _ in batch],
                              "content_hash": [h for _, h in batch]}).to_arrow()
         with store.transaction():  # recorded only once the server has accepted the batch
             store.con.execute("INSERT OR REPLACE INTO review_pushes SELECT dataset, trace_id, content_hash, now() FROM done")
@@ -169,7 +170,7 @@ def pull(store: Store, config: ReviewConfig, api: Argilla | None = None) -> dict
              "wrong_modules": _value(r.get("values"), "wrong_modules"), "correction": _value(r.get("values"), "correction"),
              "updated_at": r["updated_at"]}
             for record in api.records(found["id"]) for r in record.get("responses") or []]
-    frame = pl.DataFrame(rows, schema={"dataset": pl.Utf8, "trace_id": pl.Utf8, "reviewer": pl.Utf8, "status": pl.Utf8,
+    frame = pl.DataFrame(rows, schema={  # noqa: F841 - DuckDB reads it by name"dataset": pl.Utf8, "trace_id": pl.Utf8, "reviewer": pl.Utf8, "status": pl.Utf8,
                                        "quality": pl.Int64, "verdict": pl.Utf8, "wrong_modules": pl.List(pl.Utf8),
                                        "correction": pl.Utf8, "updated_at": pl.Utf8}).to_arrow()
     with store.transaction():
@@ -199,8 +200,9 @@ def _decide(store: Store, config: ReviewConfig) -> None:
                   GROUP BY trace_id)
         SELECT trace_id, {rule}, accepts, rejects, '{config.policy}',
                CASE WHEN correction IS NOT NULL THEN
-                   '<think>' || chr(10) || trim(regexp_replace(correction, '</?think>', '', 'g')) || chr(10) || '</think>'
-                   || chr(10) || coalesce(json_extract_string(output, '$.answer'), split_part(text, '</think>', 2)) END,
+                   '{THINK_OPEN}' || chr(10) || trim(replace(replace(correction, '{THINK_OPEN}', ''), '{THINK_CLOSE}', ''))
+                   || chr(10) || '{THINK_CLOSE}'
+                   || chr(10) || coalesce(json_extract_string(output, '$.answer'), split_part(text, '{THINK_CLOSE}', 2)) END,
                reviewer
         FROM (SELECT p.trace_id, t.output, t.text, coalesce(v.accepts, 0) AS accepts, coalesce(v.rejects, 0) AS rejects,
                      f.correction, f.reviewer

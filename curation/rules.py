@@ -18,11 +18,11 @@ from collections.abc import Callable
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from curation.store import Store
-from curation.trace_columns import WORD_RE, trace_columns
-from synth.schemas import ECOMMERCE_PERSONAS
+from recot.curation.store import Store
+from recot.curation.trace_columns import WORD_RE, trace_columns
+from recot.synth.cot import COT_PATTERN, reasoning_sql
+from recot.synth.schemas import ECOMMERCE_PERSONAS
 
-SID_RE = r"(?:<\|sid_begin\|>)?(?:<(?:s_)?[a-z]_\d+>)+(?:<\|sid_end\|>)?"
 R3 = ("r3_cot_blind", "r3_cot_hindsight")
 # Words that never make a title word distinctive: the CoT format's labels and common English
 # (the persona prototypes' words are added from the config).
@@ -101,18 +101,17 @@ def _in(tasks: tuple[str, ...]) -> str:
     return "(" + ", ".join(f"'{t}'" for t in tasks) + ")"
 
 
-def _schema_valid(_: RulesConfig) -> str:
+def _schema_valid(_: RulesConfig, sid_re: str) -> str:
     return "SELECT trace_id, status = 'ok', reason, detail FROM traces"
 
 
-def _cot_format(_: RulesConfig) -> str:
-    pattern = r"<think>\nPersona: [^\n]+\nInterests:\n(?:\d+\. [^\n]+\n)+Transition: [^\n]+\n</think>\n[^\n]+"
-    return f"""SELECT trace_id, regexp_full_match(text, '{pattern}') AS ok,
+def _cot_format(_: RulesConfig, sid_re: str) -> str:
+    return f"""SELECT trace_id, regexp_full_match(text, '{COT_PATTERN}') AS ok,
                       CASE WHEN NOT ok THEN 'cot_format' END, NULL
                FROM traces WHERE status = 'ok' AND task IN {_in(R3)}"""
 
 
-def _length(c: RulesConfig) -> str:
+def _length(c: RulesConfig, sid_re: str) -> str:
     return f"""SELECT trace_id, length(text) BETWEEN {c.length.min_chars} AND {c.length.max_chars},
                       CASE WHEN length(text) < {c.length.min_chars} THEN 'too_short'
                            WHEN length(text) > {c.length.max_chars} THEN 'too_long' END,
@@ -120,7 +119,7 @@ def _length(c: RulesConfig) -> str:
                FROM traces WHERE status = 'ok'"""
 
 
-def _language(c: RulesConfig) -> str:
+def _language(c: RulesConfig, sid_re: str) -> str:
     # ASCII text (as many bytes as characters) is all Latin when it has a letter: no regex rewrite needed
     share = ("CASE WHEN strlen(text) = length(text) THEN regexp_matches(text, '[A-Za-z]')::DOUBLE ELSE "
              "length(regexp_replace(text, '[^A-Za-z]', '', 'g')) / "
@@ -130,7 +129,7 @@ def _language(c: RulesConfig) -> str:
                FROM (SELECT trace_id, {share} AS share FROM traces WHERE status = 'ok')"""
 
 
-def _persona(c: RulesConfig) -> str:
+def _persona(c: RulesConfig, sid_re: str) -> str:
     listed = ", ".join("'" + p.replace("'", "''") + "'" for p in c.persona.personas)
     prototype = "json_extract_string(output, '$.persona.prototype')"
     return f"""SELECT trace_id, {prototype} IN ({listed}), CASE WHEN {prototype} NOT IN ({listed}) THEN 'persona_unknown' END,
@@ -138,7 +137,7 @@ def _persona(c: RulesConfig) -> str:
                FROM traces WHERE status = 'ok' AND task IN {_in(R3)}"""
 
 
-def _interests(_: RulesConfig) -> str:
+def _interests(_: RulesConfig, sid_re: str) -> str:
     return f"""
         WITH x AS (
             SELECT trace_id, json_array_length(output, '$.interests') AS n, len(history) AS h,
@@ -151,28 +150,28 @@ def _interests(_: RulesConfig) -> str:
         FROM x"""
 
 
-def _sid_validity(_: RulesConfig) -> str:
+def _sid_validity(_: RulesConfig, sid_re: str) -> str:
     return f"""
-        WITH m AS (SELECT trace_id, unnest(regexp_extract_all(text, '{SID_RE}')) AS sid FROM traces WHERE status = 'ok'),
+        WITH m AS (SELECT trace_id, unnest(regexp_extract_all(text, '{sid_re}')) AS sid FROM traces WHERE status = 'ok'),
         unknown AS (SELECT trace_id, string_agg(DISTINCT sid, ' ') AS sids FROM m ANTI JOIN catalog c ON m.sid = c.sid_text
                     GROUP BY trace_id),
         answers AS (SELECT trace_id, json_extract_string(output, '$.answer') AS answer FROM traces
                     WHERE status = 'ok' AND task IN {_in(R3)})
-        SELECT t.trace_id, u.sids IS NULL AND (a.answer IS NULL OR regexp_full_match(a.answer, '{SID_RE}')),
-               CASE WHEN a.answer IS NOT NULL AND NOT regexp_full_match(a.answer, '{SID_RE}') THEN 'answer_not_sid'
+        SELECT t.trace_id, u.sids IS NULL AND (a.answer IS NULL OR regexp_full_match(a.answer, '{sid_re}')),
+               CASE WHEN a.answer IS NOT NULL AND NOT regexp_full_match(a.answer, '{sid_re}') THEN 'answer_not_sid'
                     WHEN u.sids IS NOT NULL THEN 'unknown_sid' END,
                coalesce(u.sids, a.answer)
         FROM traces t LEFT JOIN unknown u USING (trace_id) LEFT JOIN answers a USING (trace_id) WHERE t.status = 'ok'"""
 
 
-def grounding_sql() -> str:
+def grounding_sql(sid_re: str) -> str:
     """Per R3 trace: ``ehr`` and ``cov_rate`` from the SIDs and ``#k`` citations in its <think> block
     (reads the ``trace_columns`` table)."""
     return f"""
         WITH r AS (SELECT t.trace_id, coalesce(len(t.history), 0) AS n, coalesce(h.history_sids, []) AS hist,
-                          split_part(split_part(t.text, '</think>', 1), '<think>', 2) AS think
+                          {reasoning_sql("t.text")} AS think
                    FROM traces t LEFT JOIN trace_columns h USING (trace_id) WHERE t.status = 'ok' AND t.task IN {_in(R3)}),
-        x AS (SELECT trace_id, n, hist, regexp_extract_all(think, '{SID_RE}') AS sids,
+        x AS (SELECT trace_id, n, hist, regexp_extract_all(think, '{sid_re}') AS sids,
                      list_transform(regexp_extract_all(think, '#(\\d+)', 1), lambda p: TRY_CAST(p AS INTEGER)) AS cited
               FROM r)
         SELECT trace_id, coalesce(len(list_filter(sids, lambda s: NOT list_contains(hist, s))) / nullif(len(sids), 0)::DOUBLE, 0.0) AS ehr,
@@ -181,7 +180,7 @@ def grounding_sql() -> str:
         FROM x"""
 
 
-def _grounding(c: RulesConfig) -> str:
+def _grounding(c: RulesConfig, sid_re: str) -> str:
     g = c.grounding
     return f"""SELECT trace_id, ehr <= {g.max_ehr} AND cov_rate >= {g.min_cov},
                       CASE WHEN ehr > {g.max_ehr} THEN 'hallucinated_items' WHEN cov_rate < {g.min_cov} THEN 'low_coverage' END,
@@ -189,7 +188,7 @@ def _grounding(c: RulesConfig) -> str:
                FROM grounding"""
 
 
-def _leakage(c: RulesConfig) -> str:
+def _leakage(c: RulesConfig, sid_re: str) -> str:
     k = c.leakage
     common = sorted({*COMMON_WORDS, *(w for p in c.persona.personas for w in re.findall(WORD_RE, p.lower()))})
     words = f"regexp_extract_all(lower(coalesce({{}}, '')), '{WORD_RE}')"
@@ -211,7 +210,7 @@ def _leakage(c: RulesConfig) -> str:
                  WHERE length(u.w) >= {k.min_token_chars} AND u.w NOT IN ({", ".join(f"'{w}'" for w in common)})
                    AND coalesce(df.share, 0) <= {k.max_token_df}),
         x AS (SELECT t.trace_id, t.target, c.sid_text AS target_sid, c.brand, c.has_brand, c.brand_text, c.ngrams,
-                     contains(split_part(split_part(t.text, '</think>', 1), '<think>', 2), c.sid_text) AS leak_sid,
+                     contains({reasoning_sql("t.text")}, c.sid_text) AS leak_sid,
                      coalesce(s.history_brands, []) AS history_brands, coalesce(s.history_titles, '') AS history_titles,
                      coalesce(s.think_words, '') AS think_words
               FROM traces t JOIN cat c ON c.item_id = t.target LEFT JOIN trace_columns s USING (trace_id)
@@ -233,7 +232,7 @@ def _leakage(c: RulesConfig) -> str:
         FROM y"""
 
 
-def _future(_: RulesConfig) -> str:
+def _future(_: RulesConfig, sid_re: str) -> str:
     latest = "list_max(history_ts)"
     bad = f"({latest} >= target_ts OR (part = 'train' AND cutoff_ts IS NOT NULL AND (target_ts >= cutoff_ts OR {latest} >= cutoff_ts)))"
     return f"""SELECT trace_id, NOT {bad}, CASE WHEN {bad} THEN 'future_event' END,
@@ -241,7 +240,7 @@ def _future(_: RulesConfig) -> str:
                FROM traces WHERE target_ts IS NOT NULL AND len(history) > 0"""
 
 
-def _blind_hit(c: RulesConfig) -> str:
+def _blind_hit(c: RulesConfig, sid_re: str) -> str:
     codes = "regexp_extract_all({}, '_(\\d+)>', 1)"
     k = c.blind_hit.prefix_levels
     return f"""
@@ -256,7 +255,7 @@ def _blind_hit(c: RulesConfig) -> str:
         FROM x"""
 
 
-RULES: dict[str, Callable[[RulesConfig], str]] = {
+RULES: dict[str, Callable[[RulesConfig, str], str]] = {
     "schema_valid": _schema_valid, "cot_format": _cot_format, "length": _length, "language": _language,
     "persona": _persona, "interests": _interests, "sid_validity": _sid_validity, "grounding": _grounding,
     "leakage": _leakage, "future": _future, "blind_hit": _blind_hit,
@@ -266,21 +265,22 @@ RULES: dict[str, Callable[[RulesConfig], str]] = {
 def run_rules(store: Store, config: RulesConfig = RulesConfig()) -> dict[str, int]:
     """Recompute every enabled rule's verdicts (and the grounding scores); returns failures per rule."""
     failed: dict[str, int] = {}
+    sid_re = store.sid_pattern()  # the catalog's own SID grammar, recorded when it was loaded
     with store.transaction():
         # built once: grounding reads the history's SIDs, leakage its titles, brands and the reasoning's words
         trace_columns(store, ("history_sids", "history_titles", "history_brands", "think_words"))
         # computed once: the grounding rule and the ehr / cov_rate scores both read it
-        store.con.execute(f"CREATE OR REPLACE TEMP TABLE grounding AS {grounding_sql()}")
+        store.con.execute(f"CREATE OR REPLACE TEMP TABLE grounding AS {grounding_sql(sid_re)}")
         for name, rule in RULES.items():
             store.con.execute("DELETE FROM verdicts WHERE rule = ?", [name])
             if not getattr(config, name).enabled:
                 continue
             store.con.execute(f"""INSERT INTO verdicts SELECT q.trace_id, '{name}', q.passed, q.reason, q.detail
-                                  FROM ({rule(config)}) AS q(trace_id, passed, reason, detail)""")
+                                  FROM ({rule(config, sid_re)}) AS q(trace_id, passed, reason, detail)""")
             failed[name] = store.scalar("SELECT count(*) FROM verdicts WHERE rule = ? AND NOT passed", [name])
         store.con.execute("INSERT OR REPLACE INTO meta VALUES ('rules_config', ?)", [config.model_dump_json()])
         store.con.execute("DELETE FROM scores WHERE name IN ('ehr', 'cov_rate')")
-        store.con.execute(f"""INSERT INTO scores
-            SELECT trace_id, 'ehr', ehr, '{{"rule": "grounding"}}' FROM grounding
-            UNION ALL SELECT trace_id, 'cov_rate', cov_rate, '{{"rule": "grounding"}}' FROM grounding""")
+        store.con.execute("""INSERT INTO scores
+            SELECT trace_id, 'ehr', ehr, '{"rule": "grounding"}' FROM grounding
+            UNION ALL SELECT trace_id, 'cov_rate', cov_rate, '{"rule": "grounding"}' FROM grounding""")
     return failed

@@ -10,6 +10,7 @@ store is skipped, so ingesting the same files twice changes nothing.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,9 +20,11 @@ import polars as pl
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from synth.catalog import Catalog
-from synth.errors import DataError
-from synth.journal import OUTPUT_SCHEMA
+from recot.synth.catalog import Catalog
+from recot.synth.errors import DataError
+from recot.synth.journal import OUTPUT_SCHEMA
+from recot.synth.sid import DEFAULT_DIALECT, SidDialect
+from recot.synth.splits import SPLIT_FILE, SplitSpec
 
 SCHEMA_VERSION = 3
 # Tables rewritten in bulk (verdicts, scores, dup_clusters) carry no key: an index costs 3.5 s per
@@ -129,18 +132,60 @@ class Store:
         """Replace ``domain``'s items in the catalog the rules check SIDs and titles against. A trace's
         domain is its target's (or first item's): the export mixes CoT per domain from it."""
         frame = catalog.items.select("item_id", "title", "brand").with_columns(sid_text=catalog.sid_text(), domain=pl.lit(domain))
-        arrow = frame.select("item_id", "sid_text", "title", "brand", "domain").to_arrow()
+        arrow = frame.select("item_id", "sid_text", "title", "brand", "domain").to_arrow()  # noqa: F841 - DuckDB reads it by name
+        grammar = {"prefix": catalog.dialect.prefix, "begin": catalog.dialect.begin, "end": catalog.dialect.end,
+                   "levels": catalog.levels}
+        recorded = self.meta("sid_dialect")
+        if recorded and json.loads(recorded) != grammar and self.scalar("SELECT count(*) FROM catalog WHERE domain <> ?", [domain]):
+            raise DataError(self.path, f"the catalog of domain {domain!r} writes SIDs as {grammar}, the store's other "
+                            f"domains as {json.loads(recorded)}", "convert the SIDs to one dialect first (recot sid convert)")
         with self.transaction():
+            self.set_meta("sid_dialect", json.dumps(grammar))
             self.con.execute("DELETE FROM catalog WHERE domain = ? OR domain IS NULL", [domain])
             self.con.execute("INSERT OR REPLACE INTO catalog SELECT * FROM arrow")
         return frame.height
 
+    def meta(self, name: str) -> str | None:
+        rows = self.con.execute("SELECT value FROM meta WHERE name = ?", [name]).fetchall()
+        return rows[0][0] if rows else None
+
+    def set_meta(self, name: str, value: str) -> None:
+        self.con.execute("INSERT OR REPLACE INTO meta VALUES (?, ?)", [name, value])
+
+    def sid_pattern(self) -> str:
+        """The regular expression of one SID in the dialect of the store's catalog (recorded when it was loaded),
+        with any number of levels: a SID of the wrong length is found, then fails the catalog lookup."""
+        recorded = self.meta("sid_dialect")
+        if not recorded:
+            return DEFAULT_DIALECT.pattern()
+        grammar = json.loads(recorded)
+        return SidDialect(grammar["prefix"], grammar["begin"], grammar["end"]).pattern()
+
+    def split_spec(self) -> SplitSpec | None:
+        """The split the store's traces were synthesised on (recorded at ingest), or None for traces
+        ingested without their ``split.json``."""
+        recorded = self.meta("split")
+        return SplitSpec.model_validate_json(recorded) if recorded else None
+
+    def _record_split(self, source: Path) -> None:
+        """Record the split written next to ``source``; traces of two different splits never share a store."""
+        found = source.parent / SPLIT_FILE
+        if not found.exists():
+            return
+        spec, recorded = SplitSpec.load(found), self.split_spec()
+        if recorded is not None and recorded != spec:
+            raise DataError(source, f"synthesised on split {spec.model_dump()}, but the store holds traces of split "
+                            f"{recorded.model_dump()}", "curate traces of different splits in separate stores")
+        self.set_meta("split", spec.model_dump_json())
+
     def ingest(self, source: Path) -> IngestReport:
-        """Add a synthesis output parquet; rows without provenance go to ``ingest_rejects``."""
+        """Add a synthesis output parquet; rows without provenance go to ``ingest_rejects``. The split it was
+        synthesised on (``split.json`` beside it) is recorded for export and evaluation."""
         _check_parquet(source)
         missing_provenance = " OR ".join(f'"{c}" IS NULL' for c in PROVENANCE)
         with self.transaction():
-            self.con.execute(f"""
+            self._record_split(source)
+            self.con.execute("""
                 CREATE OR REPLACE TEMP TABLE incoming AS
                 SELECT md5(request_hash || '|' || subject_id || '|' || sample) AS trace_id,
                        'row ' || (file_row_number + 1) AS location, *
@@ -167,7 +212,7 @@ class Store:
 
     def replace_scores(self, names: Sequence[str], rows: list[dict]) -> None:
         """Replace every score named in ``names`` by ``rows`` (trace_id, name, value, provenance), in one transaction."""
-        fresh = pa.Table.from_pylist(rows, schema=SCORE_SCHEMA)
+        fresh = pa.Table.from_pylist(rows, schema=SCORE_SCHEMA)  # noqa: F841 - DuckDB reads it by name
         with self.transaction():
             self.con.execute(f"DELETE FROM scores WHERE name IN ({', '.join('?' * len(names))})", list(names))
             self.con.execute("INSERT INTO scores SELECT * FROM fresh")

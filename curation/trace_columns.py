@@ -14,7 +14,9 @@ from collections.abc import Sequence
 
 import polars as pl
 
-from curation.store import Store
+from recot.curation.store import Store
+from recot.synth.cot import THINK_CLOSE, THINK_OPEN
+from recot.synth.student import history_line
 
 WORD_RE = r"[a-z0-9]+"
 NON_WORD_RE = r"[^a-z0-9]+"  # what separates WORD_RE's words
@@ -36,7 +38,6 @@ def trace_columns(store: Store, columns: Sequence[str] = COLUMNS, name: str = "t
     if unknown:
         raise ValueError(f"unknown trace columns {sorted(unknown)}; choose from {list(COLUMNS)}")
     catalog = pl.from_arrow(store.con.sql("SELECT item_id, sid_text, title, brand FROM catalog").to_arrow_table()).with_columns(
-        line=pl.col("sid_text").fill_null("?") + " " + pl.col("title").fill_null(""),
         words=" " + pl.col("title").fill_null("").str.to_lowercase().str.extract_all(WORD_RE).list.join(" ") + " ",
         brand=pl.col("brand").str.to_lowercase())
     text = ", text" if "think_words" in columns else ""
@@ -47,13 +48,13 @@ def trace_columns(store: Store, columns: Sequence[str] = COLUMNS, name: str = "t
         return pl.element().replace_strict(catalog["item_id"], catalog[column], default=default)
 
     history = pl.col("history")
-    think = pl.col("text").str.split_exact("</think>", 1).struct.field("field_0").str.split_exact("<think>", 1).struct.field("field_1")
+    think = pl.col("text").str.split_exact(THINK_CLOSE, 1).struct.field("field_0").str.split_exact(THINK_OPEN, 1).struct.field("field_1")
     built = {
         "history_sids": history.list.eval(through("sid_text")),
-        "lines": history.list.eval(pl.format("{}. {}", pl.int_range(1, pl.len() + 1), through("line", "? "))).list.join("\n"),
+        "lines": history.list.eval(history_line(pl.int_range(1, pl.len() + 1), through("sid_text"), through("title"))).list.join("\n"),
         "history_titles": history.list.eval(through("words")).list.drop_nulls().list.join("|"),
         "history_brands": history.list.eval(through("brand")).list.drop_nulls(),
         "think_words": " " + think.str.to_lowercase().str.replace_all(NON_WORD_RE, " ").fill_null("") + " ",
     }
-    rows = traces.select("trace_id", *(built[c].alias(c) for c in columns)).to_arrow()
+    rows = traces.select("trace_id", *(built[c].alias(c) for c in columns)).to_arrow()  # noqa: F841 - DuckDB reads it by name
     store.con.execute(f"CREATE OR REPLACE TEMP TABLE {name} AS SELECT * FROM rows")

@@ -1,8 +1,9 @@
 """Usefulness of a CoT under a scorer model: delta_ll = log p(target SID | prompt, CoT) - log p(target SID | prompt).
 
 A trace whose reasoning makes the real next item more likely to a (student-sized) scorer helps
-training; one that makes it less likely does not. The prompt is the student prompt of the export
-(history with SIDs and titles); the CoT is the trace's ``<think>`` block; only the target SID's
+training; one that makes it less likely does not. The prompts are the export's student prompts
+(:mod:`recot.synth.student`: asking for reasoning with the CoT, for the SID alone without); the CoT is
+the trace's think block; only the target SID's
 tokens are scored. Batched, padded forward passes with transformers; scores ``ll_cot``,
 ``ll_plain`` and ``delta_ll`` go to ``scores`` with the scorer's name as provenance.
 """
@@ -13,9 +14,10 @@ import json
 from collections.abc import Sequence
 from pathlib import Path
 
-from curation.export import HISTORY_HEAD, R3_DIRECT
-from curation.store import Store
-from curation.trace_columns import trace_columns
+from recot.curation.store import Store
+from recot.curation.trace_columns import trace_columns
+from recot.synth.cot import THINK_OPEN, think_block_sql
+from recot.synth.student import ASK_DIRECT, ASK_THINK, prompt_sql, sql_text
 
 
 def sid_logprobs(model, tokenizer, prefixes: Sequence[str], targets: Sequence[str], batch_size: int = 8,
@@ -48,16 +50,20 @@ def run_usefulness(store: Store, scorer: str | Path, batch_size: int = 8, max_le
         tokenizer.pad_token = tokenizer.eos_token
     model = AutoModelForCausalLM.from_pretrained(scorer).eval()
     trace_columns(store, ("lines",))
-    rows = store.con.execute("""
-        SELECT t.trace_id, split_part(t.text, '</think>', 1) || '</think>' || chr(10) AS think, c.sid_text, h.lines
+    rows = store.con.execute(f"""
+        SELECT t.trace_id, {think_block_sql("t.text")} || chr(10) AS think, c.sid_text,
+               {prompt_sql("h.lines", sql_text(ASK_THINK))} AS ask_think, {prompt_sql("h.lines", sql_text(ASK_DIRECT))} AS ask_direct
         FROM traces t JOIN catalog c ON c.item_id = t.target JOIN trace_columns h USING (trace_id)
-        WHERE t.status = 'ok' AND t.task LIKE 'r3_%' AND t.text LIKE '<think>%' ORDER BY t.trace_id""").fetchall()
-    prompts = [tokenizer.apply_chat_template(
-        [{"role": "user", "content": f"{HISTORY_HEAD}\n{lines}\n{R3_DIRECT}"}],
-        tokenize=False, add_generation_prompt=True) for _, _, _, lines in rows]
-    targets = [sid for _, _, sid, _ in rows]
-    with_cot = sid_logprobs(model, tokenizer, [p + think for p, (_, think, _, _) in zip(prompts, rows)], targets, batch_size, max_length)
-    plain = sid_logprobs(model, tokenizer, prompts, targets, batch_size, max_length)
+        WHERE t.status = 'ok' AND t.task LIKE 'r3_%' AND starts_with(t.text, '{THINK_OPEN}') ORDER BY t.trace_id""").fetchall()
+
+    def chat(prompt: str) -> str:
+        return tokenizer.apply_chat_template([{"role": "user", "content": prompt}], tokenize=False, add_generation_prompt=True)
+
+    targets = [sid for _, _, sid, _, _ in rows]
+    # as the export trains them: a CoT row asks for reasoning and gets it, a plain row asks for the SID alone
+    with_cot = sid_logprobs(model, tokenizer, [chat(think_ask) + think for _, think, _, think_ask, _ in rows], targets,
+                            batch_size, max_length)
+    plain = sid_logprobs(model, tokenizer, [chat(direct) for *_, direct in rows], targets, batch_size, max_length)
     provenance = json.dumps({"scorer": str(scorer)})
     scored = [{"trace_id": row[0], "name": name, "value": value, "provenance": provenance}
               for row, cot, base in zip(rows, with_cot, plain)

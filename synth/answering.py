@@ -18,9 +18,9 @@ from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
-from synth.journal import Journal, answer_row
-from synth.parse import Parsed
-from synth.teachers.base import Request, Response, Teacher
+from recot.synth.journal import Journal, answer_row
+from recot.synth.parse import Parsed
+from recot.synth.teachers.base import Request, Response, Teacher
 
 # Turns one response into its validation result and its training text (None when rejected).
 Parser = Callable[[Request, Response], tuple[Parsed, str | None]]

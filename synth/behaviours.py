@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import polars as pl
 
-from synth.errors import rejects_from
+from recot.synth.errors import rejects_from
 
 INTERACTION_SCHEMA: dict[str, pl.DataType] = {
     "user_id": pl.Utf8(),

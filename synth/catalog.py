@@ -8,8 +8,8 @@ from dataclasses import dataclass, field
 import numpy as np
 import polars as pl
 
-from synth.errors import rejects_from
-from synth.sid import DEFAULT_DIALECT, SidDialect, parse_sid_values
+from recot.synth.errors import rejects_from
+from recot.synth.sid import DEFAULT_DIALECT, SidDialect, parse_sid_values
 
 ITEM_SCHEMA: dict[str, pl.DataType] = {
     "item_id": pl.Utf8(),

@@ -1,79 +1,15 @@
-"""The ``recot`` command line: a thin layer over the Python API.
-
-The root group gathers subcommand groups from the ``recot.commands`` entry points, so each
-package (and any plugin) registers its own commands. Every reporting command takes ``--json``.
-"""
+"""``recot data``, ``recot sid`` and ``recot synth``: datasets, semantic IDs and synthesis jobs."""
 
 from __future__ import annotations
 
-import json
 import sys
-from importlib.metadata import entry_points
 from pathlib import Path
 
 import click
-import polars as pl
-from rich.console import Console
-from rich.table import Table
 
-from synth.errors import DataError
-from synth.sid import SidDialect, SidError
-from synth.teachers.openai_http import TeacherError
-
-console = Console(stderr=True)
-
-
-class RecotGroup(click.Group):
-    """Loads registered subcommands lazily and turns input errors into a clear message and exit code 2."""
-
-    def list_commands(self, ctx: click.Context) -> list[str]:
-        return sorted({ep.name for ep in entry_points(group="recot.commands")})
-
-    def get_command(self, ctx: click.Context, name: str) -> click.Command | None:
-        found = [ep for ep in entry_points(group="recot.commands") if ep.name == name]
-        return found[0].load() if found else None
-
-    def invoke(self, ctx: click.Context):
-        try:
-            return super().invoke(ctx)
-        except (DataError, SidError, TeacherError) as exc:
-            console.print(f"[bold red]error:[/] {exc}", markup=True, highlight=False)
-            sys.exit(2)
-
-
-@click.group(cls=RecotGroup)
-@click.version_option(package_name="recot")
-def main() -> None:
-    """recot: reasoning training data for generative recommenders."""
-
-
-def emit(payload: dict, as_json: bool, title: str) -> None:
-    """Print a report as JSON on stdout, or as a readable table on stderr."""
-    if as_json:
-        click.echo(json.dumps(payload, indent=2, default=str))
-        return
-    table = Table(title=title, show_header=False)
-    for key, value in payload.items():
-        table.add_row(key, json.dumps(value, default=str) if isinstance(value, (dict, list)) else str(value))
-    console.print(table)
-
-
-def save_rejects(rejects: pl.DataFrame, report: Path | None, default: Path) -> str | None:
-    """Write lenient-mode rejects so nothing is dropped unseen; returns where they went."""
-    if rejects.is_empty():
-        return None
-    from synth.sid_files import write_table
-
-    path = report or default
-    path.parent.mkdir(parents=True, exist_ok=True)
-    write_table(rejects, path)
-    console.print(f"[yellow]{rejects.height} rejected records written to {path}[/]")
-    return str(path)
-
-
-lenient_option = click.option("--lenient", is_flag=True, help="Skip bad records instead of failing; they go to --report.")
-report_option = click.option("--report", type=click.Path(path_type=Path), help="Where lenient mode writes rejected records (.csv/.parquet/.jsonl).")
-json_option = click.option("--json", "as_json", is_flag=True, help="Machine-readable output on stdout.")
+from recot.cli import console, emit, json_option, lenient_option, report_option, save_rejects
+from recot.synth.errors import DataError
+from recot.synth.sid import SidDialect
 
 
 @click.group()
@@ -88,8 +24,8 @@ def data() -> None:
 @json_option
 def data_inspect(path: Path, lenient: bool, report: Path | None, as_json: bool) -> None:
     """Items, users, sequence lengths, missing text and SID collisions of a dataset."""
-    from synth.loaders import load_dataset
-    from synth.summary import summarize
+    from recot.synth.loaders import load_dataset
+    from recot.synth.summary import summarize
 
     ds = load_dataset(path, lenient=lenient)
     payload = summarize(ds)
@@ -124,11 +60,11 @@ def sid_build(path: Path, out: Path, config: Path | None, levels: int | None, co
               embeddings: Path | None, model: str | None, fields: str, dialect_example: str | None,
               lenient: bool, report: Path | None, as_json: bool) -> None:
     """RQ-KMeans SIDs for a dataset's catalog, with a codebook and collision report."""
-    from synth.config import load_config
-    from synth.embeddings import embed_texts, load_embeddings
-    from synth.loaders import load_dataset
-    from synth.sid_builder import RQKMeansConfig, build_sids
-    from synth.sid_files import write_sid_build
+    from recot.synth.config import load_config
+    from recot.synth.embeddings import embed_texts, load_embeddings
+    from recot.synth.loaders import load_dataset
+    from recot.synth.sid_builder import RQKMeansConfig, build_sids
+    from recot.synth.sid_files import write_sid_build
 
     settings = load_config(RQKMeansConfig, config, dict(
         levels=levels, codebook_size=codebook_size, balanced=balanced, collisions=collisions,
@@ -166,7 +102,7 @@ def sid_build(path: Path, out: Path, config: Path | None, levels: int | None, co
 @json_option
 def sid_convert(source: Path, example: str, out: Path, column: str, lenient: bool, report: Path | None, as_json: bool) -> None:
     """Rewrite a SID file (MiniOneRec sids.json, parquet, csv, jsonl) in another dialect."""
-    from synth.sid_files import convert_sid_file
+    from recot.synth.sid_files import convert_sid_file
 
     count, rejects = convert_sid_file(source, out, SidDialect.detect(example), column, lenient)
     payload = {"out": str(out), "converted": count, "rejects": rejects.height,
@@ -190,8 +126,8 @@ def synth_run(config: Path, shard: str, out: Path | None, limit: int | None, no_
     """Run or resume the synthesis job in CONFIG (TOML/YAML); rows go to OUT/traces.parquet."""
     from dataclasses import asdict
 
-    from synth.job import load_synth_config, run_synth
-    from synth.requests import Shard
+    from recot.synth.job import load_synth_config, run_synth
+    from recot.synth.requests import Shard
 
     try:
         part = Shard.parse(shard)
@@ -207,6 +143,3 @@ def synth_run(config: Path, shard: str, out: Path | None, limit: int | None, no_
         console.print(f"[red]{sum(report.unanswered.values())} requests got no answer;[/] run the same command again to retry only those.")
         sys.exit(1)
 
-
-if __name__ == "__main__":
-    main()

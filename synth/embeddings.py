@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import polars as pl
 
-from synth.errors import DataError
+from recot.synth.errors import DataError
 
 
 def default_model_path() -> str:

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import polars as pl
 
-from synth.errors import DataError
+from recot.synth.errors import DataError
 
 TABLE_FORMATS = {".parquet": "parquet", ".csv": "csv", ".tsv": "csv", ".jsonl": "jsonl", ".ndjson": "jsonl"}
 

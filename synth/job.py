@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import fcntl
 import json
-import os
 import time
 from collections import Counter
 from collections.abc import Iterator
@@ -24,20 +23,20 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
-from synth.answering import AnswerStats, answer
-from synth.config import load_config
-from synth.errors import DataError
-from synth.io import atomic_path
-from synth.journal import Journal, read_plan, write_plan
-from synth.loaders import Dataset, load_dataset
-from synth.parse import Parsed, parse_response
-from synth.prompts import PromptLibrary
-from synth.requests import CUTOFF_REASONS, ItemView, Shard, iter_requests, plan_subjects
-from synth.schemas import ECOMMERCE_PERSONAS
-from synth.splits import Split, leave_last_out, temporal
-from synth.tasks import TASKS, Task, get_task
-from synth.teachers import Sampling, Teacher, TeacherConfig, make_teacher
-from synth.teachers.base import Request, Response
+from recot.synth.answering import AnswerStats, answer
+from recot.synth.config import load_config
+from recot.synth.errors import DataError
+from recot.synth.io import atomic_path
+from recot.synth.journal import Journal, read_plan, write_plan
+from recot.synth.loaders import Dataset, load_dataset
+from recot.synth.parse import Parsed, parse_response
+from recot.synth.prompts import PromptLibrary
+from recot.synth.requests import CUTOFF_REASONS, ItemView, Shard, iter_requests, plan_subjects
+from recot.synth.schemas import ECOMMERCE_PERSONAS
+from recot.synth.splits import Split, SplitSpec
+from recot.synth.tasks import TASKS, Task, get_task
+from recot.synth.teachers import Sampling, Teacher, TeacherConfig, make_teacher
+from recot.synth.teachers.base import Request, Response
 
 
 class SynthConfig(BaseModel):
@@ -68,13 +67,7 @@ class SynthConfig(BaseModel):
 
 
 def load_synth_config(path: Path | None, overrides: dict[str, Any] | None = None) -> SynthConfig:
-    config = load_config(SynthConfig, path, overrides)
-    if path is not None:
-        base = path.parent
-        rebased = {k: Path(os.path.normpath(base / v)) for k, v in (("dataset", config.dataset), ("out", config.out), ("templates", config.templates))
-                   if v is not None and not v.is_absolute() and (overrides or {}).get(k) is None}
-        config = config.model_copy(update=rebased)
-    return config
+    return load_config(SynthConfig, path, overrides)
 
 
 @dataclass
@@ -102,14 +95,7 @@ class JobReport:
 
 def choose_split(dataset: Dataset, kind: str, max_history: int) -> Split:
     """The split the config names; ``auto`` is temporal when the dataset has boundaries."""
-    seqs = dataset.sequences()
-    bounds = dataset.boundaries
-    if kind == "temporal" or (kind == "auto" and {"valid_start", "test_start"} <= bounds.keys()):
-        if not {"valid_start", "test_start"} <= bounds.keys():
-            raise DataError(dataset.name, "a temporal split needs valid_start and test_start",
-                            "set them in the dataset config, or use split = 'leave_last_out'")
-        return temporal(seqs, bounds["valid_start"], bounds["test_start"], max_history)
-    return leave_last_out(seqs, max_history)
+    return SplitSpec.choose(dataset.boundaries, kind, max_history, dataset.name).build(dataset.sequences())
 
 
 @contextmanager
@@ -141,7 +127,8 @@ class _Job:
         self.dataset = load_dataset(config.dataset)
         if self.dataset.catalog.levels is None:
             raise DataError(config.dataset, "the catalog has no semantic IDs", "build them first: recot sid build")
-        self.split = choose_split(self.dataset, config.split, config.max_history)
+        self.split_spec = SplitSpec.choose(self.dataset.boundaries, config.split, config.max_history, self.dataset.name)
+        self.split = self.split_spec.build(self.dataset.sequences())
         self.personas = tuple(config.personas)
         self.teacher = teacher or make_teacher(config.teacher, self.dataset.catalog, self.personas, self.split.part("train"))
         self.work = out / ".work"
@@ -198,6 +185,7 @@ class _Job:
                 answer(self.teacher, journal, self._requests(planned), self._parse, self.stats,
                        self.config.commit_rows, self.config.commit_s, show)
             self.report.rows = journal.export(read_plan(self.work / "plan.tsv"), self.out / "traces.parquet")
+            self.split_spec.save(self.out)
         finally:
             journal.close()
             self.teacher.close()

@@ -23,10 +23,10 @@ from typing import IO, Any
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from synth.errors import DataError
-from synth.io import atomic_path
-from synth.parse import Parsed
-from synth.teachers.base import Request, Response
+from recot.synth.errors import DataError
+from recot.synth.io import atomic_path
+from recot.synth.parse import Parsed
+from recot.synth.teachers.base import Request, Response
 
 SCHEMA_VERSION = 1
 COLUMNS = (

@@ -14,12 +14,12 @@ from typing import Literal
 import polars as pl
 from pydantic import BaseModel, ConfigDict
 
-from synth.behaviours import INTERACTION_SCHEMA, PERIOD_SPAN, interactions_from_windows, sequences
-from synth.catalog import ITEM_SCHEMA, Catalog, validate_items
-from synth.config import load_config
-from synth.errors import REJECT_SCHEMA, DataError, empty_rejects, rejects_from, settle
-from synth.io import read_json_object, row_location, scan_table
-from synth.sid import DEFAULT_DIALECT, SidDialect, parse_sid_values
+from recot.synth.behaviours import INTERACTION_SCHEMA, PERIOD_SPAN, interactions_from_windows, sequences
+from recot.synth.catalog import ITEM_SCHEMA, Catalog, validate_items
+from recot.synth.config import load_config
+from recot.synth.errors import REJECT_SCHEMA, DataError, empty_rejects, rejects_from, settle
+from recot.synth.io import read_json_object, row_location, scan_table
+from recot.synth.sid import DEFAULT_DIALECT, SidDialect, parse_sid_values
 
 ITEM_REQUIRED = ("item_id", "title")
 INTERACTION_REQUIRED = ("user_id", "item_id", "ts")

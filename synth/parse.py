@@ -12,7 +12,7 @@ from dataclasses import dataclass
 
 from pydantic import BaseModel, ValidationError
 
-from synth.teachers.base import Response
+from recot.synth.teachers.base import Response
 
 REASONS = {
     "empty": "the teacher returned no text",

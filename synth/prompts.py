@@ -25,7 +25,7 @@ import yaml
 from jinja2 import StrictUndefined, Template, TemplateError
 from jinja2.sandbox import SandboxedEnvironment
 
-from synth.errors import DataError
+from recot.synth.errors import DataError
 
 _HEADER = re.compile(r"\A\{#-?(.*?)-?#\}", re.DOTALL)
 _REQUIRED = ("task", "version", "schema")
@@ -71,7 +71,7 @@ class PromptLibrary:
     """Templates by task: the bundled ones, overridden by any in ``override_dir`` with the same task."""
 
     def __init__(self, override_dir: Path | None = None) -> None:
-        bundled = Path(str(files("prompts")))
+        bundled = Path(str(files("recot.prompts")))
         self.templates: dict[str, PromptTemplate] = {}
         for folder in [bundled, *([override_dir] if override_dir else [])]:
             for path in sorted(folder.glob("*.j2")):

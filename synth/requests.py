@@ -17,11 +17,11 @@ from typing import Any
 import polars as pl
 import pyarrow.parquet as pq
 
-from synth.catalog import Catalog
-from synth.prompts import PromptLibrary, RenderedPrompt
-from synth.splits import Split
-from synth.tasks import Task
-from synth.teachers.base import Request, Sampling, request_key
+from recot.synth.catalog import Catalog
+from recot.synth.prompts import PromptLibrary, RenderedPrompt
+from recot.synth.splits import Split
+from recot.synth.tasks import Task
+from recot.synth.teachers.base import Request, Sampling, request_key
 
 CUTOFF_REASONS = {
     "history_not_before_target": "a history event is at or after the sample's own target time",

@@ -18,6 +18,9 @@ import polars as pl
 LEVEL_LETTERS = "abcdefghijklmnopqrstuvwxyz"
 _TOKEN = re.compile(r"<([a-z0-9_]*?)([a-z])_(\d+)>")
 _WRAPPED = re.compile(r"^(<\|[^<>|]+\|>)?((?:<[a-z0-9_]+>)+)(<\|[^<>|]+\|>)?$")
+# One SID in any dialect (for text whose dialect is unknown, e.g. a model's completion); a dataset's own
+# grammar is SidDialect.pattern. Both are valid in Python's re and in DuckDB's RE2.
+ANY_SID_PATTERN = r"(?:<\|[^<>|]+\|>)?(?:<[a-z0-9_]*[a-z]_\d+>)+(?:<\|[^<>|]+\|>)?"
 SID_FORM = (
     "one token per level in order, e.g. <a_12><b_3><c_77> or <s_a_12><s_b_3><s_c_77>, "
     "optionally wrapped as <|sid_begin|>...<|sid_end|>"
@@ -47,6 +50,11 @@ class SidDialect:
     def token(self, level: int, code: int) -> str:
         return f"<{self.prefix}{LEVEL_LETTERS[level]}_{code}>"
 
+    def token_list(self, codes: Sequence[int]) -> list[str]:
+        """The SID as MiniOneRec's token list (``sids.json``), begin/end markers included when the dialect has them."""
+        body = [self.token(level, int(code)) for level, code in enumerate(codes)]
+        return [self.begin, *body, self.end] if self.begin and self.end else body
+
     def format(self, codes: Sequence[int]) -> str:
         body = "".join(self.token(level, int(code)) for level, code in enumerate(codes))
         return f"{self.begin}{body}{self.end}" if self.begin else body
@@ -57,6 +65,16 @@ class SidDialect:
         if dialect != self:
             raise SidError(f"SID {text!r} is in dialect {dialect} but {self} was expected")
         return codes
+
+    def pattern(self, levels: int | None = None) -> str:
+        """A regular expression matching one SID of this dialect (``levels`` codes, or any number), valid
+        in Python's ``re`` and in DuckDB's RE2: rules, grounding and evaluation find SIDs with it."""
+        prefix = re.escape(self.prefix)
+        if levels:
+            body = "".join(f"<{prefix}{LEVEL_LETTERS[level]}_\\d+>" for level in range(levels))
+        else:
+            body = f"(?:<{prefix}[a-z]_\\d+>)+"
+        return f"{re.escape(self.begin)}{body}{re.escape(self.end)}" if self.begin and self.end else body
 
     def tokens(self, codebook_sizes: Sequence[int]) -> list[str]:
         """Every token a model needs for SIDs of this shape, begin/end markers included."""

@@ -7,17 +7,17 @@ from pathlib import Path
 
 import polars as pl
 
-from synth.catalog import Catalog
-from synth.errors import DataError, rejects_from, settle
-from synth.io import atomic_path, read_json_object, row_location, scan_table
-from synth.sid import SidDialect, parse_sid_values
+from recot.synth.catalog import Catalog
+from recot.synth.errors import DataError, rejects_from, settle
+from recot.synth.io import atomic_path, read_json_object, row_location, scan_table
+from recot.synth.sid import SidDialect, parse_sid_values
 
 
 def write_sid_build(out_dir: Path, catalog: Catalog, report: dict) -> None:
     """``sids.parquet`` (item_id, sid, codes), ``sids.json`` (MiniOneRec layout) and ``report.json``, atomically."""
     frame = catalog.items.select("item_id", sid=catalog.sid_text(), codes="sid")
     tokens = {
-        item: [catalog.dialect.token(level, code) for level, code in enumerate(codes)]
+        item: catalog.dialect.token_list(codes)
         for item, codes in frame.select("item_id", "codes").iter_rows()
     }
     with atomic_path(out_dir) as tmp:
@@ -52,7 +52,7 @@ def convert_sid_file(source: Path, target: Path, to: SidDialect, column: str = "
     good = flagged.filter(pl.col("_detail").is_null())
     with atomic_path(target) as tmp:
         if source.suffix == ".json":
-            out = {key: [to.token(lvl, c) for lvl, c in enumerate(codes)] if is_list else to.format(codes)
+            out = {key: to.token_list(codes) if is_list else to.format(codes)
                    for key, is_list, codes in good.select("_key", "_is_list", "_codes").iter_rows()}
             tmp.write_text(json.dumps(out), encoding="utf-8")
         else:

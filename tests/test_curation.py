@@ -11,11 +11,11 @@ import duckdb
 import polars as pl
 import pytest
 
-from curation.report import funnel
-from curation.rules import WORD_RE, RulesConfig, run_rules
-from curation.store import Store
-from synth.errors import DataError
-from synth.job import SynthConfig, run_synth
+from recot.curation.report import funnel
+from recot.curation.rules import WORD_RE, RulesConfig, run_rules
+from recot.curation.store import Store
+from recot.synth.errors import DataError
+from recot.synth.job import SynthConfig, run_synth
 
 TASKS = ["r0_caption", "r1_relation", "r3_cot_blind", "r3_cot_hindsight"]
 
@@ -137,8 +137,9 @@ def test_blind_hits_exact_prefix_and_miss(store, traces, tmp_path, sample):
     rows = []
     for name, answer in (("exact", lambda s: s), ("prefix", lambda s: s.rsplit("<", 1)[0] + "<c_999>"), ("miss", lambda s: "<a_999><b_999><c_999>")):
         row = mutate(traces, tmp_path / f"{name}.parquet", "r3_cot_blind",
-                     lambda r: r | {"output": json.dumps(json.loads(r["output"]) | {"answer": answer(sid_of[r["target"]])}),
-                                    "subject_id": r["subject_id"] + name})
+                     lambda r, answer=answer, name=name: r | {
+                         "output": json.dumps(json.loads(r["output"]) | {"answer": answer(sid_of[r["target"]])}),
+                         "subject_id": r["subject_id"] + name})
         store.ingest(tmp_path / f"{name}.parquet")
         rows.append((name, row))
     run_rules(store)
@@ -211,8 +212,8 @@ def test_store_of_version_2_drops_its_bulk_table_keys_keeping_rows(tmp_path):
 
 
 def test_judge_scores_through_a_teacher_and_a_rerun_sends_nothing(store, traces, tmp_path, sample, instant_server):
-    from curation.judge import JudgeConfig, run_judge
-    from synth.teachers import TeacherConfig
+    from recot.curation.judge import JudgeConfig, run_judge
+    from recot.synth.teachers import TeacherConfig
 
     store.ingest(traces)
     first = run_judge(store, sample.catalog)
@@ -234,7 +235,7 @@ def test_delta_ll_under_a_tiny_scorer(store, traces, tiny_model):
     pytest.importorskip("transformers")
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from curation.usefulness import run_usefulness, sid_logprobs
+    from recot.curation.usefulness import run_usefulness, sid_logprobs
 
     store.ingest(traces)
     result = run_usefulness(store, tiny_model, batch_size=16)
@@ -258,7 +259,7 @@ def test_delta_ll_under_a_tiny_scorer(store, traces, tiny_model):
 
 
 def test_trace_columns_follow_the_catalog_in_history_order(store, traces, tmp_path, sample):
-    from curation.trace_columns import trace_columns
+    from recot.curation.trace_columns import trace_columns
 
     row = mutate(traces, tmp_path / "t.parquet", "r3_cot_hindsight",
                  lambda r: r | {"history": [*r["history"], "not-in-catalog"], "history_ts": [*r["history_ts"], r["history_ts"][-1]]})

@@ -11,10 +11,10 @@ import polars as pl
 import pytest
 from datasketch.lsh import _optimal_param
 
-from curation.dedup import DedupConfig, clusters, lsh_params, run_dedup, shingles, signatures
-from curation.rules import run_rules
-from curation.store import Store
-from synth.job import SynthConfig, run_synth
+from recot.curation.dedup import DedupConfig, clusters, lsh_params, run_dedup, shingles, signatures
+from recot.curation.rules import run_rules
+from recot.curation.store import Store
+from recot.synth.job import SynthConfig, run_synth
 
 
 @pytest.mark.parametrize("threshold", [0.5, 0.7, 0.8, 0.9])
@@ -90,6 +90,6 @@ def test_signatures_fill_empty_bins_from_the_next_filled_one_and_do_not_depend_o
     assert (whole == parts).all()
     one = shingles(pl.Series(["a b c"]))  # one n-gram fills one bin; every other bin copies it, shifted by distance
     sig = signatures(one, 16)[0].astype("int64")
-    filled = int((one.h[0] % 16))
+    filled = int(one.h[0] % 16)
     distance = (filled - np.arange(16)) % 16
     assert ((sig - sig[filled] - distance * 0x9E3779B9) % (1 << 32) == 0).all()

@@ -8,12 +8,12 @@ import json
 import polars as pl
 import pytest
 
-from curation.dedup import run_dedup
-from curation.export import ExportConfig, export
-from curation.rules import run_rules
-from curation.store import Store
-from synth.errors import DataError
-from synth.job import SynthConfig, run_synth
+from recot.curation.dedup import run_dedup
+from recot.curation.export import ExportConfig, export
+from recot.curation.rules import run_rules
+from recot.curation.store import Store
+from recot.synth.errors import DataError
+from recot.synth.job import SynthConfig, run_synth
 
 datasets = pytest.importorskip("datasets")
 
@@ -30,7 +30,8 @@ def exported(sample_path, sample, tmp_path_factory):
         run_dedup(store)
         config = ExportConfig(name="sample-cot", out=work / "export", cot_ratio=0.5, valid_share=0.2, dataset=sample_path)
         card = export(store, config)
-        kept = store.scalar("SELECT count(*) FROM traces t WHERE NOT EXISTS (SELECT 1 FROM verdicts v WHERE v.trace_id = t.trace_id AND NOT v.passed)")
+        kept = store.scalar("SELECT count(*) FROM traces t "
+                            "WHERE NOT EXISTS (SELECT 1 FROM verdicts v WHERE v.trace_id = t.trace_id AND NOT v.passed)")
         with pytest.raises(DataError, match="exists"):
             export(store, config)
     return work / "export", card, kept
@@ -93,7 +94,7 @@ def test_one_real_sft_step_from_the_export(exported, tiny_model, tmp_path):
 
 
 def test_selection_by_judge_threshold_and_top_k(sample_path, sample, tmp_path):
-    from curation.judge import run_judge
+    from recot.curation.judge import run_judge
 
     run_synth(SynthConfig(dataset=sample_path, out=tmp_path / "synth", tasks=["r3_cot_hindsight"], limit=150), progress=False)
     with Store(tmp_path / "c.duckdb") as store:
@@ -130,8 +131,8 @@ def test_cot_share_per_domain(sample_path, sample, tmp_path):
 
 def test_rows_that_would_leak_an_evaluation_target_are_dropped(exported, sample_path, sample, tmp_path):
     """Copies of training traces re-aimed at their user's validation or test target must not be exported."""
-    from synth.job import choose_split
-    from synth.loaders import load_dataset
+    from recot.synth.job import choose_split
+    from recot.synth.loaders import load_dataset
 
     split = choose_split(load_dataset(sample_path), "auto", 10)
     evaluation = split.samples.filter(pl.col("part") != "train").select("user_id", "target").collect()

@@ -11,13 +11,14 @@ import httpx
 import polars as pl
 import pytest
 
-from curation.argilla_api import Argilla, ReviewError
-from curation.export import ExportConfig, export
-from curation.judge import run_judge
-from curation.review import ReviewConfig, pull, push
-from curation.rules import run_rules
-from curation.store import Store
-from synth.job import SynthConfig, run_synth
+from recot.curation.argilla_api import Argilla, ReviewError
+from recot.curation.export import ExportConfig, export
+from recot.curation.judge import run_judge
+from recot.curation.review import ReviewConfig, pull, push
+from recot.curation.rules import run_rules
+from recot.curation.store import Store
+from recot.synth.job import SynthConfig, run_synth
+from recot.testing import RECOT
 
 KEY = "argilla.apikey"
 
@@ -110,7 +111,8 @@ def test_connection_errors_name_the_fix_and_never_the_key(argilla, store, tmp_pa
         other = api.call("POST", "/datasets", json={"name": name, "workspace_id": api.workspace_id("argilla")})
         api.call("POST", f"/datasets/{other['id']}/fields", json={"name": "text", "title": "text", "settings": {"type": "text"}})
         api.call("POST", f"/datasets/{other['id']}/questions",
-                 json={"name": "ok", "title": "ok", "settings": {"type": "label_selection", "options": [{"value": "y", "text": "y"}, {"value": "n", "text": "n"}]}})
+                 json={"name": "ok", "title": "ok",
+                       "settings": {"type": "label_selection", "options": [{"value": "y", "text": "y"}, {"value": "n", "text": "n"}]}})
         with pytest.raises(ReviewError, match="other settings"):
             push(store, ReviewConfig(dataset=name), api)
 
@@ -164,10 +166,9 @@ def test_server_going_away_mid_push_claims_only_what_landed(argilla, store):
 def test_review_commands(argilla, store, tmp_path):
     import json
     import subprocess
-    import sys
 
     store.close()
-    cli = [sys.executable, "-m", "synth.cli", "review"]
+    cli = [*RECOT, "review"]
     name = _name("cli")
     done = subprocess.run([*cli, "push", name, "--store", str(tmp_path / "c.duckdb"), "--reviews-per-record", "2", "--json"],
                           capture_output=True, text=True)

@@ -8,12 +8,12 @@ import json
 import polars as pl
 import pytest
 
-from synth.errors import DataError
-from synth.job import SynthConfig, run_synth
-from synth.requests import Shard, checked_samples
-from synth.splits import Split
-from synth.teachers import TeacherConfig
-from synth.teachers.openai_http import AdaptiveLimit, TeacherError
+from recot.synth.errors import DataError
+from recot.synth.job import SynthConfig, run_synth
+from recot.synth.requests import Shard, checked_samples
+from recot.synth.splits import Split
+from recot.synth.teachers import TeacherConfig
+from recot.synth.teachers.openai_http import AdaptiveLimit, TeacherError
 
 ALL_TASKS = ["r0_caption", "r1_relation", "r2_interests", "r3_cot_blind", "r3_cot_hindsight"]
 
@@ -154,7 +154,7 @@ def test_concurrency_halves_on_429_and_grows_back():
 
 
 def test_incomplete_teacher_config_is_named(sample_path, tmp_path):
-    from synth.job import load_synth_config
+    from recot.synth.job import load_synth_config
 
     config = tmp_path / "job.toml"
     config.write_text(f'dataset = "{sample_path}"\n[teacher]\nkind = "openai"\nmodel = "m"\n')

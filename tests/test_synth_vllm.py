@@ -10,16 +10,16 @@ import os
 import signal
 import sqlite3
 import subprocess
-import sys
 import threading
 import time
 
 import polars as pl
 import pytest
 
-from synth.job import SynthConfig, run_synth
-from synth.schemas import ItemRelation
-from synth.teachers import Sampling, TeacherConfig
+from recot.synth.job import SynthConfig, run_synth
+from recot.synth.schemas import ItemRelation
+from recot.synth.teachers import Sampling, TeacherConfig
+from recot.testing import RECOT
 
 pytest.importorskip("vllm")
 KNOWN_REASONS = {"truncated", "schema_invalid", "malformed_json", "empty"}
@@ -61,7 +61,7 @@ def test_in_process_engine_through_the_cli(sample_path, tiny_model, tmp_path):
     write_config(cfg, sample_path, tmp_path / "out", f'kind = "vllm"\nmodel = "{tiny_model}"\n'
                  'engine = { dtype = "float32", max_model_len = 1024, enforce_eager = true }',
                  ["r1_relation", "r3_cot_blind"], 6, "n = 2\nmax_tokens = 400\ntemperature = 1.0")
-    done = subprocess.run([sys.executable, "-m", "synth.cli", "synth", "run", str(cfg), "--json", "--no-progress"],
+    done = subprocess.run([*RECOT, "synth", "run", str(cfg), "--json", "--no-progress"],
                           capture_output=True, text=True, timeout=600, env={**os.environ, "VLLM_CPU_KVCACHE_SPACE": "1"})
     assert done.returncode == 0, done.stderr[-3000:]
     report = json.loads(done.stdout)
@@ -87,7 +87,7 @@ def test_sigkill_then_resume_loses_and_repeats_nothing(sample_path, tmp_path, vl
     cfg = tmp_path / "job.toml"
     write_config(cfg, sample_path, out, f'kind = "openai"\nmodel = "teacher"\nbase_urls = ["{vllm_server.url}"]\nconcurrency = 2',
                  ["r1_relation"], 120, "max_tokens = 48")
-    job = subprocess.Popen([sys.executable, "-m", "synth.cli", "synth", "run", str(cfg), "--no-progress"],
+    job = subprocess.Popen([*RECOT, "synth", "run", str(cfg), "--no-progress"],
                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
     deadline = time.monotonic() + 180
     while journal_rows(out) < 20 and time.monotonic() < deadline and job.poll() is None:

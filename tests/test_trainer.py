@@ -9,9 +9,10 @@ import polars as pl
 import pytest
 import torch
 
-from trainer.evaluate import most_popular, ranking_metrics, recommend
-from trainer.rewards import coverage_reward, diversity_reward, exact_hit, format_reward, prefix_match, rank_reward
-from trainer.trie import SidTrie
+from recot.testing import RECOT
+from recot.trainer.evaluate import most_popular, ranking_metrics, recommend
+from recot.trainer.rewards import coverage_reward, diversity_reward, exact_hit, format_reward, prefix_match, rank_reward
+from recot.trainer.trie import SidTrie
 
 datasets = pytest.importorskip("datasets")
 T = "<a_1><b_2><c_3>"
@@ -43,7 +44,7 @@ def sid_model(tiny_model, sample, tmp_path_factory):
     """The tiny model with the sample catalog's SID vocabulary added and initialised from titles."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from trainer.sid_vocab import add_sid_vocabulary
+    from recot.trainer.sid_vocab import add_sid_vocabulary
 
     tokenizer = AutoTokenizer.from_pretrained(tiny_model)
     model = AutoModelForCausalLM.from_pretrained(tiny_model)
@@ -72,8 +73,8 @@ def test_sid_tokens_start_from_their_items_titles(sid_model, sample):
 def test_trie_beam_search_returns_k_distinct_valid_sids(sid_model, sample):
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from synth.job import choose_split
-    from trainer.data import next_item_rows
+    from recot.synth.job import choose_split
+    from recot.trainer.data import next_item_rows
 
     path, _, _ = sid_model
     tokenizer, model = AutoTokenizer.from_pretrained(path), AutoModelForCausalLM.from_pretrained(path)
@@ -87,10 +88,10 @@ def test_trie_beam_search_returns_k_distinct_valid_sids(sid_model, sample):
 
 
 def test_export_and_trainer_build_the_same_prompt(sample_path, sample, tmp_path):
-    from curation.export import ExportConfig, export
-    from curation.store import Store
-    from synth.job import SynthConfig, choose_split, run_synth
-    from trainer.data import next_item_rows
+    from recot.curation.export import ExportConfig, export
+    from recot.curation.store import Store
+    from recot.synth.job import SynthConfig, choose_split, run_synth
+    from recot.trainer.data import next_item_rows
 
     run_synth(SynthConfig(dataset=sample_path, out=tmp_path / "s", tasks=["r3_cot_blind"], limit=40), progress=False)
     with Store(tmp_path / "c.duckdb") as store:
@@ -112,7 +113,7 @@ def _weights(model) -> torch.Tensor:
 def test_warmup_trains_only_the_sid_rows(sid_model):
     from transformers import AutoModelForCausalLM
 
-    from trainer.sid_vocab import freeze_for_warmup
+    from recot.trainer.sid_vocab import freeze_for_warmup
 
     path, new_ids, _ = sid_model
     model = AutoModelForCausalLM.from_pretrained(path)
@@ -126,9 +127,9 @@ def test_warmup_trains_only_the_sid_rows(sid_model):
 
 
 def test_sft_steps_with_embedding_warmup(sid_model, sample, sample_path, tmp_path):
-    from synth.job import choose_split
-    from trainer.data import next_item_rows
-    from trainer.sft import RecSFTConfig, train_sft
+    from recot.synth.job import choose_split
+    from recot.trainer.data import next_item_rows
+    from recot.trainer.sft import RecSFTConfig, train_sft
 
     path, _, _ = sid_model
     rows = next_item_rows(choose_split(sample, "auto", 10), sample.catalog, "train").head(16)
@@ -145,9 +146,9 @@ def test_sft_steps_with_embedding_warmup(sid_model, sample, sample_path, tmp_pat
 def test_grpo_steps_with_two_stage_constrained_rollouts(sid_model, sample, tmp_path):
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from synth.job import choose_split
-    from trainer.data import next_item_rows
-    from trainer.grpo import RecGRPOConfig, RecGRPOTrainer
+    from recot.synth.job import choose_split
+    from recot.trainer.data import next_item_rows
+    from recot.trainer.grpo import RecGRPOConfig, RecGRPOTrainer
 
     path, _, _ = sid_model
     tokenizer, model = AutoTokenizer.from_pretrained(path), AutoModelForCausalLM.from_pretrained(path)
@@ -173,10 +174,10 @@ def test_grpo_steps_with_two_stage_constrained_rollouts(sid_model, sample, tmp_p
 
 
 def test_rejection_sampling_keeps_only_hits_and_trains_on_them(sid_model, sample, tmp_path):
-    from synth.job import choose_split
-    from trainer.data import next_item_rows
-    from trainer.recipe import rejection_samples
-    from trainer.sft import RecSFTConfig, train_sft
+    from recot.synth.job import choose_split
+    from recot.trainer.data import next_item_rows
+    from recot.trainer.recipe import rejection_samples
+    from recot.trainer.sft import RecSFTConfig, train_sft
 
     path, _, _ = sid_model
     from transformers import AutoTokenizer
@@ -197,10 +198,10 @@ def test_rejection_sampling_keeps_only_hits_and_trains_on_them(sid_model, sample
 def test_recipe_experts_per_domain_then_distillation(sid_model, sample, sample_path, tmp_path):
     from transformers import AutoModelForCausalLM
 
-    from curation.export import ExportConfig, export
-    from curation.store import Store
-    from synth.job import SynthConfig, run_synth
-    from trainer.recipe import RecipeConfig, run_recipe
+    from recot.curation.export import ExportConfig, export
+    from recot.curation.store import Store
+    from recot.synth.job import SynthConfig, run_synth
+    from recot.trainer.recipe import RecipeConfig, run_recipe
 
     path, _, _ = sid_model
     run_synth(SynthConfig(dataset=sample_path, out=tmp_path / "s", tasks=["r3_cot_hindsight"], limit=30), progress=False)
@@ -227,11 +228,10 @@ def test_train_and_eval_commands(sid_model, sample, sample_path, tmp_path):
     """`recot train sft CONFIG` on an export, then `recot eval`: report.json with every metric and a plot."""
     import json
     import subprocess
-    import sys
 
-    from curation.export import ExportConfig, export
-    from curation.store import Store
-    from synth.job import SynthConfig, run_synth
+    from recot.curation.export import ExportConfig, export
+    from recot.curation.store import Store
+    from recot.synth.job import SynthConfig, run_synth
 
     path, _, _ = sid_model
     run_synth(SynthConfig(dataset=sample_path, out=tmp_path / "s", tasks=["r3_cot_hindsight"], limit=20), progress=False)
@@ -242,7 +242,7 @@ def test_train_and_eval_commands(sid_model, sample, sample_path, tmp_path):
     (tmp_path / "sft.toml").write_text(f"""model_path = "{path}"\ndataset_path = "{tmp_path / 'export'}"\n
 output_dir = "{tmp_path / 'model'}"\nmax_steps = 1\nper_device_train_batch_size = 2\nuse_cpu = true\nbf16 = false
 report_to = "none"\nsave_strategy = "no"\nmax_length = 384\n""")
-    cli = [sys.executable, "-m", "synth.cli"]
+    cli = RECOT
     done = subprocess.run([*cli, "train", "sft", str(tmp_path / "sft.toml"), "--json"], capture_output=True, text=True)
     assert done.returncode == 0, done.stderr[-2000:]
     done = subprocess.run([*cli, "eval", "--model", str(tmp_path / "model"), "--dataset", str(sample_path), "--limit", "4",
@@ -259,9 +259,9 @@ report_to = "none"\nsave_strategy = "no"\nmax_length = 384\n""")
 
 
 def test_sft_with_lora_keeps_the_sid_embeddings_trainable(sid_model, sample, tmp_path):
-    from synth.job import choose_split
-    from trainer.data import next_item_rows
-    from trainer.sft import RecSFTConfig, train_sft
+    from recot.synth.job import choose_split
+    from recot.trainer.data import next_item_rows
+    from recot.trainer.sft import RecSFTConfig, train_sft
 
     path, _, _ = sid_model
     rows = next_item_rows(choose_split(sample, "auto", 10), sample.catalog, "train").head(8)
@@ -276,9 +276,9 @@ def test_sft_with_lora_keeps_the_sid_embeddings_trainable(sid_model, sample, tmp
 def test_rollouts_without_reasoning_sample_the_answer_under_the_trie(sid_model, sample):
     from transformers import AutoModelForCausalLM, AutoTokenizer, GenerationConfig
 
-    from synth.job import choose_split
-    from trainer.data import next_item_rows
-    from trainer.rollout import two_stage
+    from recot.synth.job import choose_split
+    from recot.trainer.data import next_item_rows
+    from recot.trainer.rollout import two_stage
 
     path, _, _ = sid_model
     tokenizer, model = AutoTokenizer.from_pretrained(path), AutoModelForCausalLM.from_pretrained(path)

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import math
-import re
 from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -19,8 +18,9 @@ from typing import Literal
 import torch
 from pydantic import BaseModel, ConfigDict, Field
 
-from trainer.rewards import answer_sid
-from trainer.trie import SidTrie
+from recot.synth.cot import grounding
+from recot.trainer.rewards import answer_sid
+from recot.trainer.trie import SidTrie
 
 
 @dataclass(frozen=True)
@@ -79,6 +79,8 @@ class EvalConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
     model: Path
     dataset: Path
+    split: Path | None = Field(None, description="the split.json synthesis wrote (or its output folder): evaluate on the "
+                               "split the training data was made on; without it the dataset's default split (auto)")
     part: Literal["valid", "test"] = "test"
     k: int = Field(10, ge=1, description="beam width and the largest cut-off")
     limit: int | None = Field(None, ge=1, description="evaluate a seeded random sample of this many rows")
@@ -90,29 +92,20 @@ class EvalConfig(BaseModel):
     out: Path = Path("out/eval")
 
 
-def _grounding(reasoning: str, history_sids: Sequence[str]) -> tuple[float, float]:
-    """EHR and cov_rate of generated reasoning, as the curation rules define them."""
-    mentioned = re.findall(r"(?:<[a-z0-9_]*[a-z]_\d+>)+", reasoning)
-    cited = {int(k) for k in re.findall(r"#(\d+)", reasoning)}
-    history = [s for s in history_sids if s]
-    ehr = sum(s not in history for s in mentioned) / len(mentioned) if mentioned else 0.0
-    covered = {i + 1 for i, s in enumerate(history) if i + 1 in cited or s in mentioned}
-    return ehr, len(covered) / max(len(history), 1)
-
-
 def evaluate(config: EvalConfig) -> dict:
     """Direct and think-mode rankings of ``part`` against the most-popular baseline; writes report.json and report.png."""
     from transformers import AutoModelForCausalLM, AutoTokenizer, GenerationConfig
 
-    from curation.export import R3_DIRECT, R3_THINK
-    from synth.job import choose_split
-    from synth.loaders import load_dataset
-    from trainer.data import next_item_rows
-    from trainer.rollout import two_stage
+    from recot.synth.loaders import load_dataset
+    from recot.synth.splits import SplitSpec
+    from recot.trainer.data import next_item_rows
+    from recot.trainer.rollout import two_stage
 
     dataset = load_dataset(config.dataset)
-    split = choose_split(dataset, "auto", config.max_history)
-    rows = next_item_rows(split, dataset.catalog, config.part)
+    spec = SplitSpec.load(config.split) if config.split else SplitSpec.choose(dataset.boundaries, "auto", config.max_history, dataset.name)
+    split = spec.build(dataset.sequences())
+    rows = next_item_rows(split, dataset.catalog, config.part).with_columns(
+        think_prompt=next_item_rows(split, dataset.catalog, config.part, think=True)["prompt"])
     if config.limit and rows.height > config.limit:
         rows = rows.sample(config.limit, seed=0).sort("user_id")
     tokenizer, model = AutoTokenizer.from_pretrained(config.model), AutoModelForCausalLM.from_pretrained(config.model)
@@ -122,12 +115,13 @@ def evaluate(config: EvalConfig) -> dict:
     ks = sorted({1, 5, config.k} & set(range(1, config.k + 1)))
     direct = recommend(model, tokenizer, rows["prompt"].to_list(), trie, config.k, config.batch_size)
     train = next_item_rows(split, dataset.catalog, "train")
-    report = {"rows": len(targets), "part": config.part, "k": config.k,
+    report = {"rows": len(targets), "part": config.part, "k": config.k, "split": spec.model_dump(),
+              "split_source": str(config.split) if config.split else "chosen by eval (auto)",
               "direct": ranking_metrics(direct.ranked, targets, ks, valid) | {"completion_tokens": mean(direct.completion_tokens)},
               "most_popular": ranking_metrics(most_popular(train["target_sid"].to_list(), len(targets), config.k), targets, ks)}
     if config.think:
-        asks = [[{"role": "user", "content": p[0]["content"].replace(R3_DIRECT, R3_THINK)}] for p in rows["prompt"].to_list()]
-        prompts = [tokenizer.apply_chat_template(p, add_generation_prompt=True, tokenize=True, return_dict=False) for p in asks]
+        prompts = [tokenizer.apply_chat_template(p, add_generation_prompt=True, tokenize=True, return_dict=False)
+                   for p in rows["think_prompt"].to_list()]
         history = rows["history_sids"].to_list()
         ranked, lengths, ehr, cov, passed = [], [], [], [], []
         sampling = GenerationConfig(do_sample=True, temperature=1.0)
@@ -140,7 +134,7 @@ def evaluate(config: EvalConfig) -> dict:
                 index = start + row
                 ranked.append(list(dict.fromkeys(tokenizer.decode(b, skip_special_tokens=True) for b in beams)))
                 lengths.append(len(reasoning))
-                e, c = _grounding(tokenizer.decode(reasoning, skip_special_tokens=True), history[index])
+                e, c = grounding(tokenizer.decode(reasoning, skip_special_tokens=True), history[index])
                 ehr.append(e)
                 cov.append(c)
                 tops = sampled.beams[row * config.samples:(row + 1) * config.samples]

@@ -16,9 +16,10 @@ import torch
 from trl import GRPOConfig, GRPOTrainer
 from trl.models import unwrap_model_for_generation
 
-from trainer.rewards import answer_sid, exact_hit, format_reward, prefix_match, rank_reward
-from trainer.rollout import two_stage
-from trainer.trie import SidTrie
+from recot.trainer.rewards import REWARDS, answer_sid, exact_hit, format_reward, prefix_match, rank_reward
+from recot.trainer.rollout import two_stage
+from recot.trainer.sft import fit_to_machine
+from recot.trainer.trie import SidTrie
 
 
 @dataclass
@@ -29,6 +30,18 @@ class RecGRPOConfig(GRPOConfig):
     sid_epsilon_low: float = field(default=0.1, metadata={"help": "lower clip range of SID tokens"})
     sid_epsilon_high: float = field(default=0.1, metadata={"help": "upper clip range of SID tokens"})
     no_hit_weight: float = field(default=0.5, metadata={"help": "advantage scale of groups with no exact hit"})
+    model_path: str = field(default="", metadata={"help": "the policy to start from (an SFT checkpoint with the SID tokens)"})
+    dataset_path: str = field(default="", metadata={"help": "a recot export folder: its grpo format gives prompts and targets"})
+    sid_dataset: str = field(default="", metadata={"help": "the dataset whose catalog the trie is built from"})
+    rewards: list[str] | None = field(default=None, metadata={"help": "reward names from trainer.rewards.REWARDS (default: "
+                                                                     "exact_hit, prefix_match, rank, format)"})
+
+    def __post_init__(self) -> None:
+        fit_to_machine(self)
+        super().__post_init__()
+        unknown = sorted(set(self.rewards or ()) - set(REWARDS))
+        if unknown:
+            raise ValueError(f"unknown rewards {unknown}; choose from {sorted(REWARDS)}")
 
 
 DEFAULT_REWARDS = [exact_hit, prefix_match, rank_reward, format_reward]
@@ -77,3 +90,27 @@ class RecGRPOTrainer(GRPOTrainer):
             return super()._compute_loss(model, inputs)
         finally:
             self.epsilon_low, self.epsilon_high = low, high
+
+
+def train_grpo(config: RecGRPOConfig, train_dataset=None) -> RecGRPOTrainer:
+    """GRPO from ``model_path`` on the export's ``grpo`` rows (or ``train_dataset``); saves to ``output_dir``."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from recot.synth.loaders import load_dataset
+    from recot.trainer.data import load_export
+
+    missing = [name for name in ("model_path", "sid_dataset") if not getattr(config, name)]
+    if train_dataset is None and not config.dataset_path:
+        missing.append("dataset_path")
+    if missing:
+        raise ValueError(f"RecGRPOConfig needs {', '.join(missing)}: the policy, the dataset of the SIDs and the export")
+    tokenizer = AutoTokenizer.from_pretrained(config.model_path)
+    trie = SidTrie.from_sids(tokenizer, load_dataset(config.sid_dataset).catalog.sid_text().drop_nulls().to_list())
+    rewards = [REWARDS[name] for name in config.rewards] if config.rewards else None
+    trainer = RecGRPOTrainer(model=AutoModelForCausalLM.from_pretrained(config.model_path), args=config, trie=trie,
+                             processing_class=tokenizer, reward_funcs=rewards,
+                             train_dataset=train_dataset if train_dataset is not None else load_export(config.dataset_path, "grpo")["train"])
+    trainer.train()
+    trainer.save_model(config.output_dir)
+    tokenizer.save_pretrained(config.output_dir)
+    return trainer

@@ -11,13 +11,15 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from trainer.grpo import RecGRPOConfig, RecGRPOTrainer
-from trainer.rewards import REWARDS, exact_hit
-from trainer.rollout import two_stage
-from trainer.sft import RecSFTConfig, train_sft
-from trainer.trie import SidTrie
+from recot.synth.config import unknown_keys
+from recot.trainer.data import load_export
+from recot.trainer.grpo import RecGRPOConfig, RecGRPOTrainer
+from recot.trainer.rewards import REWARDS, exact_hit
+from recot.trainer.rollout import two_stage
+from recot.trainer.sft import RecSFTConfig, train_sft
+from recot.trainer.trie import SidTrie
 
 
 class RecipeConfig(BaseModel):
@@ -42,6 +44,17 @@ class RecipeConfig(BaseModel):
     grpo: dict[str, Any] = Field(default_factory=dict, description="RecGRPOConfig settings for the experts")
     sft: dict[str, Any] = Field(default_factory=dict, description="RecSFTConfig settings for the RFT stage")
     distill: dict[str, Any] = Field(default_factory=dict, description="DistillationConfig settings")
+
+    @model_validator(mode="after")
+    def _stage_settings(self) -> RecipeConfig:
+        """Check every stage's settings now, not after the experts have trained."""
+        from trl import DistillationConfig
+
+        for name, kind in (("grpo", RecGRPOConfig), ("sft", RecSFTConfig), ("distill", DistillationConfig)):
+            problem = unknown_keys(kind, getattr(self, name), f"{name}.")
+            if problem:
+                raise ValueError(f"{problem[0]}: {problem[1]}")
+        return self
 
 
 def _load(path: str):
@@ -85,9 +98,9 @@ def run_recipe(config: RecipeConfig) -> dict[str, Any]:
     import datasets
     from transformers import AutoTokenizer
 
-    from synth.loaders import load_dataset
+    from recot.synth.loaders import load_dataset
 
-    grpo_rows = datasets.load_dataset(str(config.export), name="grpo")["train"]
+    grpo_rows = load_export(config.export, "grpo")["train"]
     domains = config.domains or sorted({d for d in grpo_rows["domain"] if d})
     tokenizer = AutoTokenizer.from_pretrained(config.base_model)
     trie = SidTrie.from_sids(tokenizer, load_dataset(config.sids).catalog.sid_text().drop_nulls().to_list())

@@ -12,9 +12,12 @@ import math
 import re
 from collections.abc import Sequence
 
-_SID = re.compile(r"(?:<\|[^<>|]+\|>)?(?:<[a-z0-9_]*[a-z]_\d+>)+(?:<\|[^<>|]+\|>)?")
+from recot.synth.cot import THINK_CLOSE, THINK_OPEN
+from recot.synth.sid import ANY_SID_PATTERN
+
+_SID = re.compile(ANY_SID_PATTERN)  # completions of any dialect: the target SID says which one is right
 _CODE = re.compile(r"_(\d+)>")
-_FORMAT = re.compile(r"(?:<think>\n?.+?\n?</think>\s*)?(" + _SID.pattern + r")\s*", re.DOTALL)
+_FORMAT = re.compile(f"(?:{THINK_OPEN}\n?.+?\n?{THINK_CLOSE}\\s*)?({ANY_SID_PATTERN})\\s*", re.DOTALL)
 
 
 def completion_text(completion) -> str:
@@ -25,7 +28,7 @@ def completion_text(completion) -> str:
 def answer_sid(completion) -> str | None:
     """The SID a completion answers with: the first one after its think block."""
     text = completion_text(completion)
-    found = _SID.search(text.rsplit("</think>", 1)[-1])
+    found = _SID.search(text.rsplit(THINK_CLOSE, 1)[-1])
     return found.group(0) if found else None
 
 

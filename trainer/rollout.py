@@ -14,8 +14,8 @@ import torch
 from transformers import GenerationConfig
 from trl.trainer.utils import pad
 
-from trainer.sid_vocab import THINK_MARKERS
-from trainer.trie import SidTrie, TrieLogitsProcessor
+from recot.trainer.sid_vocab import THINK_MARKERS
+from recot.trainer.trie import SidTrie, TrieLogitsProcessor
 
 
 @dataclass(frozen=True)

@@ -22,7 +22,23 @@ class RecSFTConfig(SFTConfig):
     sid_dataset: str | None = field(default=None, metadata={"help": "dataset whose catalog SIDs are added to the vocabulary"})
     embedding_warmup_steps: int = field(default=0, metadata={"help": "steps training only the SID embeddings first (needs sid_dataset)"})
     lora_r: int = field(default=0, metadata={"help": "LoRA rank; 0 trains every weight"})
-    lora_alpha: int = 32
+    lora_alpha: int = field(default=32, metadata={"help": "LoRA scaling"})
+
+    def __post_init__(self) -> None:
+        fit_to_machine(self)
+        super().__post_init__()
+
+
+def fit_to_machine(config) -> None:
+    """Device settings the user left unset follow this machine: the CPU where there is no GPU, bf16 where
+    the GPU supports it (TRL would otherwise default to bf16 and fail on a CPU-only machine)."""
+    import torch
+
+    if not torch.cuda.is_available():
+        config.use_cpu = True
+        config.bf16 = bool(config.bf16)
+    elif config.bf16 is None:
+        config.bf16 = torch.cuda.is_bf16_supported() and not config.fp16
 
 
 def load_model(config: RecSFTConfig):
@@ -35,8 +51,8 @@ def load_model(config: RecSFTConfig):
     model = AutoModelForCausalLM.from_pretrained(config.model_path, dtype=dtype)
     if not config.sid_dataset:
         return model, tokenizer, []
-    from synth.loaders import load_dataset  # the data stack, only where a catalog is read
-    from trainer.sid_vocab import add_sid_vocabulary
+    from recot.synth.loaders import load_dataset  # the data stack, only where a catalog is read
+    from recot.trainer.sid_vocab import add_sid_vocabulary
 
     return model, tokenizer, add_sid_vocabulary(model, tokenizer, load_dataset(config.sid_dataset).catalog)
 
@@ -51,13 +67,12 @@ def _lora(config: RecSFTConfig):
 
 def train_sft(config: RecSFTConfig, train_dataset=None, eval_dataset=None, callbacks=None) -> SFTTrainer:
     """Run the (optional) embedding warm-up, then SFT; saves the model to ``output_dir``."""
-    import datasets
-
-    from trainer.sid_vocab import freeze_for_warmup
+    from recot.trainer.data import load_export
+    from recot.trainer.sid_vocab import freeze_for_warmup
 
     model, tokenizer, sid_ids = load_model(config)
     if train_dataset is None:
-        loaded = datasets.load_dataset(config.dataset_path, name=config.dataset_config)
+        loaded = load_export(config.dataset_path, config.dataset_config)
         train_dataset, eval_dataset = loaded["train"], loaded.get("validation")
     if config.embedding_warmup_steps and sid_ids:
         warm = replace(config, max_steps=config.embedding_warmup_steps, output_dir=str(Path(config.output_dir) / "warmup"),

@@ -15,10 +15,12 @@ from typing import TYPE_CHECKING
 
 import torch
 
-if TYPE_CHECKING:  # the trainer runs on GPU machines that need not have the data stack
-    from synth.catalog import Catalog
+from recot.synth.cot import THINK_CLOSE, THINK_OPEN
 
-THINK_MARKERS = ("<think>", "</think>")
+if TYPE_CHECKING:  # the trainer runs on GPU machines that need not have the data stack
+    from recot.synth.catalog import Catalog
+
+THINK_MARKERS = (THINK_OPEN, THINK_CLOSE)
 
 
 def sid_vocabulary(catalog: Catalog) -> list[str]:

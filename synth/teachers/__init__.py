@@ -7,8 +7,8 @@ from typing import Any, Literal
 import polars as pl
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from synth.catalog import Catalog
-from synth.teachers.base import Request, Response, Sampling, Teacher
+from recot.synth.catalog import Catalog
+from recot.synth.teachers.base import Request, Response, Sampling, Teacher
 
 __all__ = ["Request", "Response", "Sampling", "Teacher", "TeacherConfig", "make_teacher"]
 
@@ -45,14 +45,14 @@ class TeacherConfig(BaseModel):
 def make_teacher(config: TeacherConfig, catalog: Catalog, personas: tuple[str, ...], train_targets: pl.LazyFrame) -> Teacher:
     """Build the configured teacher; ``train_targets`` (training-part samples) feed the rules teacher's popularity."""
     if config.kind == "rules":
-        from synth.teachers.rules import RulesTeacher
+        from recot.synth.teachers.rules import RulesTeacher
 
         return RulesTeacher.from_targets(catalog, personas, train_targets)
     if config.kind == "vllm":
-        from synth.teachers.vllm_engine import VLLMTeacher
+        from recot.synth.teachers.vllm_engine import VLLMTeacher
 
         return VLLMTeacher(config.model, config.engine, config.batch_size)
-    from synth.teachers.openai_http import OpenAITeacher
+    from recot.synth.teachers.openai_http import OpenAITeacher
 
     return OpenAITeacher(config.model, config.base_urls, config.api_key_env, config.concurrency, config.timeout_s,
                          config.max_retries, config.backoff_s, config.backoff_cap_s, config.structured, config.transport)

@@ -21,7 +21,7 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
-from synth.teachers.base import Request, Response
+from recot.synth.teachers.base import Request, Response
 
 RETRYABLE_STATUS = {408, 409, 429}
 FATAL_STATUS = {401, 403, 404}

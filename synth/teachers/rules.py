@@ -22,8 +22,8 @@ from typing import Any
 
 import polars as pl
 
-from synth.catalog import Catalog
-from synth.teachers.base import Request, Response
+from recot.synth.catalog import Catalog
+from recot.synth.teachers.base import Request, Response
 
 STOPWORDS = frozenset(
     "and the for with from into inch inches pack pcs piece pieces set of to in on by x mm cm ft lb oz per "

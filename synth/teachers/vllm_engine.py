@@ -14,7 +14,7 @@ import time
 from collections.abc import Iterable, Iterator
 from typing import Any
 
-from synth.teachers.base import Request, Response
+from recot.synth.teachers.base import Request, Response
 
 
 class VLLMTeacher:

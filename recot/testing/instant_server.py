@@ -10,7 +10,7 @@ every way a real one does. The requested model name picks the behaviour:
     badrequest HTTP 400                                flaky      every 3rd request 429, every 5th 503, else ok
     denied     HTTP 401
 
-Usage: python scripts/instant_openai_server.py --port 8123
+Usage: python -m recot.testing.instant_server --port 8123
 """
 
 from __future__ import annotations

@@ -28,7 +28,8 @@ SPECIAL_TOKENS = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"]
 QWEN2_SPLIT = (
     r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+"
 )
-JSON_WORDS = '{"}:[],0123456789 true false null persona prototype evidence interests name transition recent follows reasoning answer caption attributes relation rationale score faithful reason'
+JSON_WORDS = ('{"}:[],0123456789 true false null persona prototype evidence interests name transition recent follows '
+              'reasoning answer caption attributes relation rationale score faithful reason')
 
 
 def build_tiny_model(

@@ -78,7 +78,6 @@ def vllm_server(model: str | Path, log: Path, port: int | None = None, name: str
 
 
 def instant_server(log: Path, port: int | None = None) -> LocalServer:
-    """The loopback server of ``scripts/instant_openai_server.py`` (answers at once; failure modes by model name)."""
+    """The loopback server of :mod:`recot.testing.instant_server` (answers at once; failure modes by model name)."""
     port = port or free_port()
-    script = Path(__file__).resolve().parent.parent / "scripts" / "instant_openai_server.py"
-    return LocalServer([sys.executable, str(script), "--port", str(port)], port, log)
+    return LocalServer([sys.executable, "-m", "recot.testing.instant_server", "--port", str(port)], port, log)

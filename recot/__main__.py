@@ -1,0 +1,5 @@
+"""``python -m recot`` is the ``recot`` command."""
+
+from recot.cli import main
+
+main()

@@ -1,0 +1,44 @@
+"""The student prompt: the one wording a trained recommender reads, used by every stage.
+
+Teacher prompts (``prompts/*.j2``) carry instructions and JSON demands a student must not learn.
+The student reads a numbered history (``k. SID title``, one line per item) and one question; R3
+rows ask for the reasoning first (:data:`ASK_THINK`) or for the SID alone (:data:`ASK_DIRECT`).
+Export and usefulness build it in SQL (:func:`prompt_sql`), the trainer's next-item rows and
+evaluation in polars (:func:`prompt_expr`, :func:`history_line`); both come from the same parts
+here, and a test holds them to the same text.
+"""
+
+from __future__ import annotations
+
+import polars as pl
+
+HISTORY_HEAD = "A user's purchases, oldest first:"
+ASK_THINK = "Think through the persona, the interests and the transition, then answer with the next item's semantic ID."
+ASK_DIRECT = "Answer with the next item's semantic ID."
+ASK_INTERESTS = "Which 1 to 5 interests will this user pursue next? Cite the purchase numbers."
+
+
+def sql_text(text: str) -> str:
+    """``text`` as a SQL string literal."""
+    return "'" + text.replace("'", "''") + "'"
+
+
+def one_line(text: pl.Expr) -> pl.Expr:
+    """Text for a one-line field (a title in a numbered history): runs of white space, newlines
+    included, become one space, so every history item stays on its own line."""
+    return text.fill_null("").str.replace_all(r"\s+", " ").str.strip_chars()
+
+
+def history_line(position: pl.Expr, sid: pl.Expr, title: pl.Expr) -> pl.Expr:
+    """One history line, ``k. SID title`` (``?`` for an item without a SID)."""
+    return pl.format("{}. {} {}", position, sid.fill_null("?"), one_line(title))
+
+
+def prompt_expr(lines: pl.Expr, ask: str) -> pl.Expr:
+    """The student prompt from a column of joined history lines."""
+    return pl.concat_str([pl.lit(HISTORY_HEAD + "\n"), lines.fill_null(""), pl.lit("\n" + ask)])
+
+
+def prompt_sql(lines: str, ask: str) -> str:
+    """The student prompt as a SQL expression over the SQL expression ``lines`` and ``ask`` (SQL too)."""
+    return f"{sql_text(HISTORY_HEAD)} || chr(10) || coalesce({lines}, '') || chr(10) || {ask}"
