@@ -68,20 +68,19 @@ def dedup(threshold: float | None, store: Path, as_json: bool) -> None:
 
 
 @curate.command("judge")
-@click.option("--dataset", type=click.Path(exists=True, path_type=Path), required=True, help="The traces' dataset (item titles for the prompt).")
 @click.option("--config", type=click.Path(exists=True, dir_okay=False, path_type=Path), help="Judge teacher and sampling (TOML/YAML).")
 @store_option
 @json_option
-def judge(dataset: Path, config: Path | None, store: Path, as_json: bool) -> None:
-    """Score R3 traces 1-5 with an LLM judge (the rules teacher without a config); cached, resumable."""
+def judge(config: Path | None, store: Path, as_json: bool) -> None:
+    """Score R3 traces 1-5 with an LLM judge (the rules teacher without a config); cached, resumable. Item titles
+    come from the store's catalog (loaded by `curate ingest --dataset`)."""
     from recot.curation.judge import JudgeConfig, run_judge
     from recot.curation.store import Store
     from recot.synth.config import load_config
-    from recot.synth.loaders import load_dataset
 
     settings = load_config(JudgeConfig, config)
     with Store(store) as db:
-        emit(run_judge(db, load_dataset(dataset).catalog, settings), as_json, "judge")
+        emit(run_judge(db, settings), as_json, "judge")
 
 
 @curate.command("usefulness")

@@ -18,7 +18,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from recot.curation.store import Store
 from recot.synth.answering import AnswerStats, answer
-from recot.synth.catalog import Catalog
+from recot.synth.errors import DataError
 from recot.synth.journal import Journal
 from recot.synth.parse import Parsed, parse_response
 from recot.synth.prompts import PromptLibrary
@@ -45,10 +45,15 @@ def _traces(store: Store, tasks: list[str]) -> Iterator[tuple[str, list[str], st
         yield from rows
 
 
-def run_judge(store: Store, catalog: Catalog, config: JudgeConfig = JudgeConfig(), teacher: Teacher | None = None) -> dict:
-    """Judge every answered trace of ``config.tasks``; returns counts (scored, sent, cached, rejected by reason)."""
+def run_judge(store: Store, config: JudgeConfig = JudgeConfig(), teacher: Teacher | None = None) -> dict:
+    """Judge every answered trace of ``config.tasks`` with the items the store holds; returns counts (scored,
+    sent, cached, rejected by reason)."""
     import polars as pl
 
+    catalog = store.catalog()
+    if not len(catalog):
+        raise DataError(store.path, "the store has no catalog: the judge would see no item titles",
+                        "ingest with --dataset (recot curate ingest TRACES --dataset DATASET)")
     teacher = teacher or make_teacher(config.teacher, catalog, ECOMMERCE_PERSONAS,
                                       pl.LazyFrame(schema={"target": pl.Utf8}))
     identity = (teacher.kind, teacher.model)

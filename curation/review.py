@@ -147,7 +147,8 @@ def push(store: Store, config: ReviewConfig, api: Argilla | None = None) -> dict
     for start in range(0, len(todo), config.batch_size):
         batch = todo[start:start + config.batch_size]
         api.call("PUT", f"/datasets/{dataset_id}/records/bulk", json={"items": [item for item, _ in batch]})
-        done = pl.DataFrame({"dataset": config.dataset,  # noqa: F841 - DuckDB reads it by name "trace_id": [item["external_id"] for item, _ in batch],
+        done = pl.DataFrame({"dataset": config.dataset,  # noqa: F841 - DuckDB reads it by name
+                             "trace_id": [item["external_id"] for item, _ in batch],
                              "content_hash": [h for _, h in batch]}).to_arrow()
         with store.transaction():  # recorded only once the server has accepted the batch
             store.con.execute("INSERT OR REPLACE INTO review_pushes SELECT dataset, trace_id, content_hash, now() FROM done")
@@ -170,7 +171,8 @@ def pull(store: Store, config: ReviewConfig, api: Argilla | None = None) -> dict
              "wrong_modules": _value(r.get("values"), "wrong_modules"), "correction": _value(r.get("values"), "correction"),
              "updated_at": r["updated_at"]}
             for record in api.records(found["id"]) for r in record.get("responses") or []]
-    frame = pl.DataFrame(rows, schema={  # noqa: F841 - DuckDB reads it by name"dataset": pl.Utf8, "trace_id": pl.Utf8, "reviewer": pl.Utf8, "status": pl.Utf8,
+    frame = pl.DataFrame(rows, schema={  # noqa: F841 - DuckDB reads it by name
+                                       "dataset": pl.Utf8, "trace_id": pl.Utf8, "reviewer": pl.Utf8, "status": pl.Utf8,
                                        "quality": pl.Int64, "verdict": pl.Utf8, "wrong_modules": pl.List(pl.Utf8),
                                        "correction": pl.Utf8, "updated_at": pl.Utf8}).to_arrow()
     with store.transaction():

@@ -20,10 +20,10 @@ import polars as pl
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from recot.synth.catalog import Catalog
+from recot.synth.catalog import ITEM_SCHEMA, Catalog
 from recot.synth.errors import DataError
 from recot.synth.journal import OUTPUT_SCHEMA
-from recot.synth.sid import DEFAULT_DIALECT, SidDialect
+from recot.synth.sid import DEFAULT_DIALECT, SidDialect, parse_sid_values
 from recot.synth.splits import SPLIT_FILE, SplitSpec
 
 SCHEMA_VERSION = 3
@@ -152,14 +152,27 @@ class Store:
     def set_meta(self, name: str, value: str) -> None:
         self.con.execute("INSERT OR REPLACE INTO meta VALUES (?, ?)", [name, value])
 
+    def sid_dialect(self) -> SidDialect:
+        """The dialect of the store's catalog, recorded when it was loaded."""
+        recorded = self.meta("sid_dialect")
+        if not recorded:
+            return DEFAULT_DIALECT
+        grammar = json.loads(recorded)
+        return SidDialect(grammar["prefix"], grammar["begin"], grammar["end"])
+
+    def catalog(self) -> Catalog:
+        """The catalog as loaded into the store (ids, titles, brands, SIDs in the recorded dialect): what
+        judging shows, so it never reloads the dataset for what the store holds."""
+        frame = pl.from_arrow(self.con.sql("SELECT item_id, title, brand, sid_text FROM catalog ORDER BY item_id").to_arrow_table())
+        codes = parse_sid_values(frame["sid_text"].to_list()).codes
+        items = frame.with_columns(sid=codes).with_columns(
+            pl.lit(None, dtype).alias(name) for name, dtype in ITEM_SCHEMA.items() if name not in frame.columns)
+        return Catalog(items.select(list(ITEM_SCHEMA)), self.sid_dialect())
+
     def sid_pattern(self) -> str:
         """The regular expression of one SID in the dialect of the store's catalog (recorded when it was loaded),
         with any number of levels: a SID of the wrong length is found, then fails the catalog lookup."""
-        recorded = self.meta("sid_dialect")
-        if not recorded:
-            return DEFAULT_DIALECT.pattern()
-        grammar = json.loads(recorded)
-        return SidDialect(grammar["prefix"], grammar["begin"], grammar["end"]).pattern()
+        return self.sid_dialect().pattern()
 
     def split_spec(self) -> SplitSpec | None:
         """The split the store's traces were synthesised on (recorded at ingest), or None for traces

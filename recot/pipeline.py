@@ -36,7 +36,7 @@ from recot.curation.export import ExportConfig
 from recot.curation.judge import JudgeConfig
 from recot.curation.review import ReviewConfig
 from recot.curation.rules import RulesConfig
-from recot.synth.config import load_config, unknown_keys
+from recot.synth.config import check_stage, load_config
 from recot.synth.errors import DataError
 from recot.synth.io import atomic_path
 from recot.synth.job import SynthConfig
@@ -115,9 +115,8 @@ class PipelineConfig(BaseModel):
             from recot.trainer.sft import RecSFTConfig
 
             for name, kind in (("sft", RecSFTConfig), ("grpo", RecGRPOConfig)):
-                problem = unknown_keys(kind, getattr(self, name) or {}, f"{name}.")
-                if problem:
-                    raise ValueError(f"{problem[0]}: {problem[1]}")
+                if getattr(self, name) is not None:
+                    check_stage(kind, getattr(self, name), name, output_dir=str(self.out / name))
         return self
 
 
@@ -270,7 +269,7 @@ class Pipeline:
         from recot.curation.store import Store
 
         with Store(self.store_path) as db:
-            return run_judge(db, self._catalog(), self.config.judge)
+            return run_judge(db, self.config.judge)
 
     def _run_dedup(self) -> dict[str, Any]:
         from recot.curation.dedup import run_dedup

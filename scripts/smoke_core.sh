@@ -33,7 +33,7 @@ grep -q "items" inspect.txt
 "$R" synth run synth.toml --no-progress --json > synth.json
 "$R" curate ingest synth/traces.parquet --dataset sample --store store.duckdb --json > /dev/null
 "$R" curate rules --store store.duckdb --json > /dev/null
-"$R" curate judge --dataset sample --store store.duckdb --json > /dev/null
+"$R" curate judge --store store.duckdb --json > /dev/null
 "$R" curate dedup --store store.duckdb --json > /dev/null
 "$R" curate report --store store.duckdb --json > report.json
 "$R" export smoke --out export --dataset sample --store store.duckdb --json > export.json

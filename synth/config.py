@@ -104,6 +104,18 @@ def unknown_keys(kind: type, data: dict[str, Any], prefix: str = "") -> tuple[st
     return None
 
 
+def check_stage(kind: type, data: dict[str, Any], name: str, **fixed: Any) -> None:
+    """Validate a nested stage table (keys and values) by building its config now, so a typo in a later stage
+    of a recipe or pipeline surfaces when the file loads, not hours into the run. Raises ValueError."""
+    problem = unknown_keys(kind, data, f"{name}.")
+    if problem:
+        raise ValueError(f"{problem[0]}: {problem[1]}")
+    try:
+        kind(**{**data, **fixed})
+    except (TypeError, ValueError) as exc:
+        raise ValueError(f"[{name}]: {exc}") from None
+
+
 def rebase_paths(kind: type, data: dict[str, Any], base: Path) -> dict[str, Any]:
     """``data`` with relative paths resolved from ``base`` (the config file's folder), sub-configs included."""
     fields = config_fields(kind)

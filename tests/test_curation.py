@@ -216,8 +216,8 @@ def test_judge_scores_through_a_teacher_and_a_rerun_sends_nothing(store, traces,
     from recot.synth.teachers import TeacherConfig
 
     store.ingest(traces)
-    first = run_judge(store, sample.catalog)
-    again = run_judge(store, sample.catalog)
+    first = run_judge(store)
+    again = run_judge(store)
     assert first["scored"] == 240 and first["sent"] + first["cached"] == 240
     assert again["sent"] == 0 and again["scored"] == 240
     low, high = store.con.execute("SELECT min(value), max(value) FROM scores WHERE name = 'judge'").fetchall()[0]
@@ -227,7 +227,7 @@ def test_judge_scores_through_a_teacher_and_a_rerun_sends_nothing(store, traces,
     # an endpoint whose answers are not judge JSON: every trace is counted as rejected, none scored
     http = JudgeConfig(teacher=TeacherConfig(kind="openai", model="garbage", base_urls=[instant_server.url]),
                        journal=tmp_path / "http.sqlite")
-    result = run_judge(store, sample.catalog, http)
+    result = run_judge(store, http)
     assert result["scored"] == 0 and result["rejected"] == {"malformed_json": 240}
 
 

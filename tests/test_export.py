@@ -100,7 +100,7 @@ def test_selection_by_judge_threshold_and_top_k(sample_path, sample, tmp_path):
     with Store(tmp_path / "c.duckdb") as store:
         store.load_catalog(sample.catalog)
         store.ingest(tmp_path / "synth" / "traces.parquet")
-        run_judge(store, sample.catalog)
+        run_judge(store)
         best = store.scalar("SELECT max(value) FROM scores WHERE name = 'judge'")
         strict = export(store, ExportConfig(name="strict", out=tmp_path / "strict", formats=["sft"], min_judge=best))
         top1 = export(store, ExportConfig(name="top1", out=tmp_path / "top1", formats=["grpo"], top_k_per_user=1))

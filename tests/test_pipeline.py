@@ -48,6 +48,9 @@ def test_a_typo_gets_the_closest_key(tmp_path, sample_path):
     recipe = _write(tmp_path / "recipe.yaml", "base_model: m\nexport: e\nsids: s\nout: o\ngrpo:\n  num_candidate: 4\n")
     with pytest.raises(DataError, match="grpo.num_candidate.*did you mean 'grpo.num_candidates'"):
         load_config(RecipeConfig, recipe)
+    recipe.write_text("base_model: m\nexport: e\nsids: s\nout: o\ngrpo:\n  per_device_train_batch_size: 3\n  num_generations: 2\n")
+    with pytest.raises(DataError, match=r"\[grpo\].*divisible by num_generations"):
+        load_config(RecipeConfig, recipe)  # a bad value too, before any expert trains
 
 
 def test_paths_are_relative_to_the_config_file(tmp_path, sample_path):

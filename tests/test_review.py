@@ -30,7 +30,7 @@ def store(sample_path, sample, tmp_path):
         db.load_catalog(sample.catalog)
         db.ingest(tmp_path / "s" / "traces.parquet")
         run_rules(db)
-        run_judge(db, sample.catalog)
+        run_judge(db)
         db.con.execute("DELETE FROM verdicts")  # review every trace, whatever the rules said
         yield db
 

@@ -13,12 +13,12 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from recot.synth.config import unknown_keys
+from recot.synth.config import check_stage
 from recot.trainer.data import load_export
 from recot.trainer.grpo import RecGRPOConfig, RecGRPOTrainer
 from recot.trainer.rewards import REWARDS, exact_hit
 from recot.trainer.rollout import two_stage
-from recot.trainer.sft import RecSFTConfig, train_sft
+from recot.trainer.sft import RecSFTConfig, machine_defaults, train_sft
 from recot.trainer.trie import SidTrie
 
 
@@ -51,9 +51,10 @@ class RecipeConfig(BaseModel):
         from trl import DistillationConfig
 
         for name, kind in (("grpo", RecGRPOConfig), ("sft", RecSFTConfig), ("distill", DistillationConfig)):
-            problem = unknown_keys(kind, getattr(self, name), f"{name}.")
-            if problem:
-                raise ValueError(f"{problem[0]}: {problem[1]}")
+            settings = getattr(self, name)
+            if name == "distill":  # TRL's own config: the machine's device defaults are added here, as at run time
+                settings = {**machine_defaults(), **settings}
+            check_stage(kind, settings, name, output_dir=str(self.out / name))
         return self
 
 
@@ -122,7 +123,7 @@ def run_recipe(config: RecipeConfig) -> dict[str, Any]:
 
         student, tokenizer = _load(config.base_model)
         for domain, rows in by_domain.items():
-            args = DistillationConfig(**{"report_to": "none", "save_strategy": "no", **config.distill,
+            args = DistillationConfig(**{"report_to": "none", "save_strategy": "no", **machine_defaults(), **config.distill,
                                          "output_dir": str(config.out / "distill" / domain)})
             teacher, _ = _load(str(experts[domain]))
             DistillationTrainer(model=student, teacher_model=teacher, args=args, train_dataset=rows.select_columns(["prompt"]),

@@ -29,16 +29,23 @@ class RecSFTConfig(SFTConfig):
         super().__post_init__()
 
 
-def fit_to_machine(config) -> None:
-    """Device settings the user left unset follow this machine: the CPU where there is no GPU, bf16 where
-    the GPU supports it (TRL would otherwise default to bf16 and fail on a CPU-only machine)."""
+def machine_defaults() -> dict:
+    """Device settings that fit this machine: the CPU where there is no GPU, bf16 where the GPU supports it
+    (TRL's configs default to bf16 and fail on a CPU-only machine)."""
     import torch
 
     if not torch.cuda.is_available():
+        return {"use_cpu": True, "bf16": False}
+    return {"bf16": torch.cuda.is_bf16_supported()}
+
+
+def fit_to_machine(config) -> None:
+    """Fill the device settings a TRL-style config left unset from :func:`machine_defaults`."""
+    defaults = machine_defaults()
+    if defaults.get("use_cpu"):
         config.use_cpu = True
-        config.bf16 = bool(config.bf16)
-    elif config.bf16 is None:
-        config.bf16 = torch.cuda.is_bf16_supported() and not config.fp16
+    if config.bf16 is None:
+        config.bf16 = defaults["bf16"] and not config.fp16
 
 
 def load_model(config: RecSFTConfig):
