@@ -45,20 +45,29 @@ class Argilla:
     def __exit__(self, *_) -> None:
         self.close()
 
-    def call(self, method: str, path: str, **kwargs) -> Any:
-        try:
-            response = self._http.request(method, path, **kwargs)
-        except httpx.TransportError as exc:
-            raise ReviewError(f"cannot reach Argilla at {self.url} ({type(exc).__name__})",
-                              f"start it (scripts/argilla.sh start) or set {URL_ENV} to your server") from None
-        if response.status_code == 401:
-            raise ReviewError(f"Argilla at {self.url} refused the API key", f"set {KEY_ENV} to a valid key of that server")
-        if response.status_code == 403:
-            raise ReviewError(f"the API key's user may not {method} {path}", "use the key of an owner or admin of the workspace")
-        if response.status_code >= 400:
-            raise ReviewError(f"Argilla answered {response.status_code} to {method} {path}: {response.text[:300]}",
-                              "check the server log; settings sent by recot are in curation/review.py")
-        return response.json() if response.content else None
+    def call(self, method: str, path: str, attempts: int = 3, **kwargs) -> Any:
+        """One REST call. Idempotent calls (GET, PUT, DELETE) are retried on a dropped connection or a reply that
+        is not JSON; a POST is not (it could create twice). What still fails is a ReviewError saying what to fix."""
+        tries = attempts if method in ("GET", "PUT", "DELETE") else 1
+        for attempt in range(1, tries + 1):
+            try:
+                response = self._http.request(method, path, **kwargs)
+            except httpx.TransportError as exc:
+                if attempt < tries:
+                    continue
+                raise ReviewError(f"cannot reach Argilla at {self.url} ({type(exc).__name__})",
+                                  f"start it (scripts/argilla.sh start) or set {URL_ENV} to your server") from None
+            _check_status(response, method, path, self.url)
+            if not response.content:
+                return None
+            try:
+                return response.json()
+            except ValueError:
+                if attempt < tries:
+                    continue
+                raise ReviewError(f"Argilla at {self.url} answered {method} {path} with a body that is not JSON "
+                                  f"({len(response.content)} bytes: {response.text[:80]!r})",
+                                  "check the server and anything between (a proxy that cuts replies); then run again") from None
 
     def me(self) -> dict:
         return self.call("GET", "/me")
@@ -84,3 +93,13 @@ class Argilla:
             if len(batch) < page:
                 return
             offset += page
+
+
+def _check_status(response: httpx.Response, method: str, path: str, url: str) -> None:
+    if response.status_code == 401:
+        raise ReviewError(f"Argilla at {url} refused the API key", f"set {KEY_ENV} to a valid key of that server")
+    if response.status_code == 403:
+        raise ReviewError(f"the API key's user may not {method} {path}", "use the key of an owner or admin of the workspace")
+    if response.status_code >= 400:
+        raise ReviewError(f"Argilla answered {response.status_code} to {method} {path}: {response.text[:300]}",
+                          "check the server log; settings sent by recot are in curation/review.py")

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import click
 
-from recot.cli import console, emit, json_option
+from recot.cli import console, emit, json_option, stdout
 
 store_option = click.option("--store", type=click.Path(dir_okay=False, path_type=Path), default=Path("out/curation.duckdb"),
                             show_default=True, help="The DuckDB curation store (created on first use).")
@@ -27,11 +27,14 @@ def curate() -> None:
 @json_option
 def ingest(traces: tuple[Path, ...], dataset: Path | None, domain: str | None, store: Path, as_json: bool) -> None:
     """Add traces.parquet files (glob them for shards); rows already in the store are skipped."""
-    from recot.curation.store import Store
+    from recot.curation.store import Store, check_traces_file
     from recot.synth.loaders import load_dataset
 
+    for path in traces:  # every input is checked before the store is touched: a failed command changes nothing
+        check_traces_file(path)
+    catalog = load_dataset(dataset).catalog if dataset else None
     with Store(store) as db:
-        payload = {"catalog_items": db.load_catalog(load_dataset(dataset).catalog, domain or dataset.name)} if dataset else {}
+        payload = {"catalog_items": db.load_catalog(catalog, domain or dataset.name)} if catalog else {}
         payload["files"] = [asdict(db.ingest(path)) for path in traces]
     emit(payload, as_json, f"ingest into {store}")
 
@@ -111,11 +114,11 @@ def report(examples: int, store: Path, as_json: bool) -> None:
     if as_json:
         click.echo(json.dumps(result, indent=2))
         return
-    console.print(f"[bold]{result['traces']}[/] traces {result['by_task']}; kept [bold]{result['kept']}[/] {result['kept_by_task']}")
+    stdout.print(f"[bold]{result['traces']}[/] traces {result['by_task']}; kept [bold]{result['kept']}[/] {result['kept_by_task']}")
     for rule, counts in result["rules"].items():
-        console.print(f"  {rule:<14} checked {counts['checked']:>8}  failed {counts['failed']:>8}")
+        stdout.print(f"  {rule:<14} checked {counts['checked']:>8}  failed {counts['failed']:>8}")
         for reason, entry in counts.get("reasons", {}).items():
-            console.print(f"      {reason:<22} {entry['count']:>8}  e.g. {entry['examples'][0]['detail']!s:.80}")
+            stdout.print(f"      {reason:<22} {entry['count']:>8}  e.g. {entry['examples'][0]['detail'] or entry['examples'][0]['text']!s:.80}")
 
 
 @click.command("export")

@@ -24,13 +24,13 @@ from recot.synth.parse import Parsed, parse_response
 from recot.synth.prompts import PromptLibrary
 from recot.synth.requests import ItemView, build_request
 from recot.synth.schemas import ECOMMERCE_PERSONAS, JudgeScore
-from recot.synth.teachers import Sampling, Teacher, TeacherConfig, make_teacher
+from recot.synth.teachers import RulesTeacherConfig, Sampling, Teacher, TeacherConfig, make_teacher
 from recot.synth.teachers.base import Request, Response
 
 
 class JudgeConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
-    teacher: TeacherConfig = TeacherConfig()
+    teacher: TeacherConfig = RulesTeacherConfig()
     sampling: Sampling = Sampling(temperature=0.0, max_tokens=256)
     tasks: list[str] = ["r3_cot_blind", "r3_cot_hindsight"]
     templates: Path | None = None
@@ -81,7 +81,7 @@ def run_judge(store: Store, config: JudgeConfig = JudgeConfig(), teacher: Teache
         journal.close()
         teacher.close()
     store.replace_scores(("judge", "judge_faithful"), scores)
-    return {"scored": len(scores) // 2, "sent": stats.sent, "cached": stats.cached,
+    return {"scored": len(scores) // 2, "sent": stats.sent, "cached": stats.cached, "shared": stats.shared,
             "unanswered": sum(stats.unanswered.values()), "rejected": dict(rejected)}
 
 

@@ -102,24 +102,36 @@ def _content_hash(item: dict) -> str:
     return hashlib.md5(json.dumps(body, sort_keys=True).encode()).hexdigest()
 
 
+def _finish_draft(api: Argilla, dataset_id: str) -> None:
+    """Add whichever fields, questions and metadata properties a draft dataset lacks, then publish it."""
+    base = f"/datasets/{dataset_id}"
+    have = {f["name"] for f in api.call("GET", f"{base}/fields")["items"]}
+    for name, title in FIELDS:
+        if name not in have:
+            api.call("POST", f"{base}/fields",
+                     json={"name": name, "title": title, "required": True, "settings": {"type": "text", "use_markdown": True}})
+    have = {q["name"] for q in api.call("GET", f"{base}/questions")["items"]}
+    for question in QUESTIONS:
+        if question["name"] not in have:
+            api.call("POST", f"{base}/questions", json=question)
+    have = {m["name"] for m in api.call("GET", f"/me{base}/metadata-properties")["items"]}
+    for name, kind in METADATA.items():
+        if name not in have:
+            api.call("POST", f"{base}/metadata-properties",
+                     json={"name": name, "title": name, "settings": {"type": kind}, "visible_for_annotators": True})
+    api.call("PUT", f"{base}/publish")
+
+
 def _ensure_dataset(api: Argilla, config: ReviewConfig) -> tuple[str, dict[str, str]]:
     """The dataset's id and its question ids; created and published on first push, checked afterwards."""
     workspace = api.workspace_id(config.workspace)
     found = api.find_dataset(config.dataset, workspace)
     if found is None:
-        dataset = api.call("POST", "/datasets", json={
+        found = api.call("POST", "/datasets", json={
             "name": config.dataset, "workspace_id": workspace, "guidelines": GUIDELINES, "allow_extra_metadata": False,
             "distribution": {"strategy": "overlap", "min_submitted": config.reviews_per_record}})
-        for name, title in FIELDS:
-            api.call("POST", f"/datasets/{dataset['id']}/fields",
-                     json={"name": name, "title": title, "required": True, "settings": {"type": "text", "use_markdown": True}})
-        for question in QUESTIONS:
-            api.call("POST", f"/datasets/{dataset['id']}/questions", json=question)
-        for name, kind in METADATA.items():
-            api.call("POST", f"/datasets/{dataset['id']}/metadata-properties",
-                     json={"name": name, "title": name, "settings": {"type": kind}, "visible_for_annotators": True})
-        api.call("PUT", f"/datasets/{dataset['id']}/publish")
-        found = dataset
+    if found.get("status") == "draft":  # new, or left half set up by a push that was cut off: finish it
+        _finish_draft(api, found["id"])
     fields = {(f["name"], f["settings"]["type"]) for f in api.call("GET", f"/datasets/{found['id']}/fields")["items"]}
     questions = api.call("GET", f"/datasets/{found['id']}/questions")["items"]
     want_fields = {(name, "text") for name, _ in FIELDS}
@@ -181,35 +193,38 @@ def pull(store: Store, config: ReviewConfig, api: Argilla | None = None) -> dict
                           "correction, updated_at::TIMESTAMP FROM frame")
         _decide(store, config)
     statuses = dict(store.con.execute("SELECT status, count(*) FROM reviews WHERE dataset = ? GROUP BY ALL", [config.dataset]).fetchall())
-    decisions = dict(store.con.execute("""SELECT decision, count(*) FROM review_decisions d JOIN review_pushes p USING (trace_id)
-                                          WHERE p.dataset = ? GROUP BY ALL""", [config.dataset]).fetchall())
+    decisions = dict(store.con.execute("SELECT decision, count(*) FROM review_decisions WHERE dataset = ? GROUP BY ALL",
+                                       [config.dataset]).fetchall())
     return {"responses": statuses, "decisions": decisions, "agreement": agreement(store, config.dataset)}
 
 
 def _decide(store: Store, config: ReviewConfig) -> None:
+    """This dataset's decisions, one per pushed trace; other review datasets' decisions are left alone (export
+    combines them, see :data:`recot.curation.report.REVIEWED_SQL`)."""
     rule = ("CASE WHEN accepts > rejects THEN 'accept' WHEN rejects > accepts THEN 'reject' ELSE 'pending' END"
             if config.policy == "majority" else
             "CASE WHEN rejects > 0 THEN 'reject' WHEN accepts > 0 THEN 'accept' ELSE 'pending' END")
-    store.con.execute("""DELETE FROM review_decisions WHERE trace_id IN (SELECT trace_id FROM review_pushes WHERE dataset = ?)""",
-                      [config.dataset])
+    store.con.execute("DELETE FROM review_decisions WHERE dataset = ?", [config.dataset])
     store.con.execute(f"""
-        INSERT INTO review_decisions
+        INSERT INTO review_decisions (dataset, trace_id, decision, accepts, rejects, policy, corrected_text, corrected_by,
+                                      corrected_at)
         WITH votes AS (SELECT trace_id, count(*) FILTER (WHERE verdict = 'accept') AS accepts,
                               count(*) FILTER (WHERE verdict = 'reject') AS rejects
                        FROM reviews WHERE dataset = ? AND status = 'submitted' GROUP BY trace_id),
-        fixes AS (SELECT trace_id, arg_max(correction, updated_at) AS correction, arg_max(reviewer, updated_at) AS reviewer
+        fixes AS (SELECT trace_id, arg_max(correction, updated_at) AS correction, arg_max(reviewer, updated_at) AS reviewer,
+                         max(updated_at) AS corrected_at
                   FROM reviews WHERE dataset = ? AND status = 'submitted' AND nullif(trim(correction), '') IS NOT NULL
                   GROUP BY trace_id)
-        SELECT trace_id, {rule}, accepts, rejects, '{config.policy}',
+        SELECT ?, trace_id, {rule}, accepts, rejects, '{config.policy}',
                CASE WHEN correction IS NOT NULL THEN
                    '{THINK_OPEN}' || chr(10) || trim(replace(replace(correction, '{THINK_OPEN}', ''), '{THINK_CLOSE}', ''))
                    || chr(10) || '{THINK_CLOSE}'
                    || chr(10) || coalesce(json_extract_string(output, '$.answer'), split_part(text, '{THINK_CLOSE}', 2)) END,
-               reviewer
+               reviewer, corrected_at
         FROM (SELECT p.trace_id, t.output, t.text, coalesce(v.accepts, 0) AS accepts, coalesce(v.rejects, 0) AS rejects,
-                     f.correction, f.reviewer
+                     f.correction, f.reviewer, f.corrected_at
               FROM review_pushes p JOIN traces t USING (trace_id) LEFT JOIN votes v USING (trace_id) LEFT JOIN fixes f USING (trace_id)
-              WHERE p.dataset = ?)""", [config.dataset, config.dataset, config.dataset])
+              WHERE p.dataset = ?)""", [config.dataset, config.dataset, config.dataset, config.dataset])
 
 
 def agreement(store: Store, dataset: str) -> dict[str, float | int | None]:

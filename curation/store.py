@@ -26,7 +26,7 @@ from recot.synth.journal import OUTPUT_SCHEMA
 from recot.synth.sid import DEFAULT_DIALECT, SidDialect, parse_sid_values
 from recot.synth.splits import SPLIT_FILE, SplitSpec
 
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 4
 # Tables rewritten in bulk (verdicts, scores, dup_clusters) carry no key: an index costs 3.5 s per
 # million inserted rows (x12 rules at 1M traces), and their writers delete before they insert.
 _UNKEYED = ("verdicts", "scores", "dup_clusters")
@@ -34,6 +34,16 @@ _UNKEYED = ("verdicts", "scores", "dup_clusters")
 MIGRATIONS = {
     1: "ALTER TABLE catalog ADD COLUMN domain VARCHAR",
     2: "; ".join(f"CREATE TABLE {t}_v3 AS SELECT * FROM {t}; DROP TABLE {t}; ALTER TABLE {t}_v3 RENAME TO {t}" for t in _UNKEYED),
+    # decisions per (review dataset, trace): a version-3 decision belonged to the one dataset its trace was pushed to
+    3: """CREATE TABLE review_decisions_v4 (
+              dataset VARCHAR, trace_id VARCHAR, decision VARCHAR, accepts INTEGER, rejects INTEGER, policy VARCHAR,
+              corrected_text VARCHAR, corrected_by VARCHAR, corrected_at TIMESTAMP, PRIMARY KEY (dataset, trace_id));
+          INSERT INTO review_decisions_v4
+              SELECT coalesce(p.dataset, '?'), d.trace_id, d.decision, d.accepts, d.rejects, d.policy, d.corrected_text,
+                     d.corrected_by, NULL
+              FROM review_decisions d LEFT JOIN (SELECT trace_id, min(dataset) AS dataset FROM review_pushes GROUP BY ALL) p
+                   USING (trace_id);
+          DROP TABLE review_decisions; ALTER TABLE review_decisions_v4 RENAME TO review_decisions""",
 }
 PROVENANCE = ("request_hash", "task", "status", "template", "template_hash", "teacher", "model", "params", "created_at")
 REQUIRED = (*PROVENANCE, "subject_id", "sample", "output", "text")
@@ -66,8 +76,8 @@ CREATE TABLE IF NOT EXISTS reviews (
     wrong_modules VARCHAR[], correction VARCHAR, updated_at TIMESTAMP
 );
 CREATE TABLE IF NOT EXISTS review_decisions (
-    trace_id VARCHAR PRIMARY KEY, decision VARCHAR, accepts INTEGER, rejects INTEGER, policy VARCHAR,
-    corrected_text VARCHAR, corrected_by VARCHAR
+    dataset VARCHAR, trace_id VARCHAR, decision VARCHAR, accepts INTEGER, rejects INTEGER, policy VARCHAR,
+    corrected_text VARCHAR, corrected_by VARCHAR, corrected_at TIMESTAMP, PRIMARY KEY (dataset, trace_id)
 );
 CREATE TABLE IF NOT EXISTS ingest_rejects (source VARCHAR, location VARCHAR, record VARCHAR, reason VARCHAR, detail VARCHAR);
 """
@@ -99,10 +109,12 @@ class Store:
             self.con.execute("INSERT INTO meta VALUES ('schema_version', ?)", [str(SCHEMA_VERSION)])
         elif found in MIGRATIONS or found == SCHEMA_VERSION:
             with self.transaction():
+                # IF NOT EXISTS: first adds any table the file lacks (in this version's shape), so a migration
+                # always finds the tables it rewrites
+                self.con.execute(TABLES)
                 for version in range(found, SCHEMA_VERSION):
                     self.con.execute(MIGRATIONS[version])
                 self.con.execute("UPDATE meta SET value = ? WHERE name = 'schema_version'", [str(SCHEMA_VERSION)])
-            self.con.execute(TABLES)  # IF NOT EXISTS: adds any table this version has that the file lacks
         else:
             raise DataError(self.path, f"store schema version {found}, this recot uses version {SCHEMA_VERSION}",
                             "curate into a new store (traces re-ingest from their parquet files), or use the recot that made it")
@@ -194,7 +206,7 @@ class Store:
     def ingest(self, source: Path) -> IngestReport:
         """Add a synthesis output parquet; rows without provenance go to ``ingest_rejects``. The split it was
         synthesised on (``split.json`` beside it) is recorded for export and evaluation."""
-        _check_parquet(source)
+        check_traces_file(source)
         missing_provenance = " OR ".join(f'"{c}" IS NULL' for c in PROVENANCE)
         with self.transaction():
             self._record_split(source)
@@ -244,7 +256,7 @@ class _Transaction:
         self.con.execute("ROLLBACK" if kind else "COMMIT")
 
 
-def _check_parquet(source: Path) -> None:
+def check_traces_file(source: Path) -> None:
     """A readable parquet file with the columns recot writes; the error names what is wrong and the fix."""
     if not source.exists():
         raise DataError(source, "no such file", "pass the traces.parquet a synthesis job wrote")

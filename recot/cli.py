@@ -118,7 +118,8 @@ def _short(value) -> str:
 
 CONFIGS = {
     "pipeline": "recot.pipeline:PipelineConfig", "synth": "recot.synth.job:SynthConfig",
-    "teacher": "recot.synth.teachers:TeacherConfig", "sampling": "recot.synth.teachers:Sampling",
+    "teacher.rules": "recot.synth.teachers:RulesTeacherConfig", "teacher.vllm": "recot.synth.teachers:VLLMTeacherConfig",
+    "teacher.openai": "recot.synth.teachers:OpenAITeacherConfig", "sampling": "recot.synth.teachers:Sampling",
     "rules": "recot.curation.rules:RulesConfig", "judge": "recot.curation.judge:JudgeConfig",
     "dedup": "recot.curation.dedup:DedupConfig", "review": "recot.curation.review:ReviewConfig",
     "export": "recot.curation.export:ExportConfig", "sft": "recot.trainer.sft:RecSFTConfig",

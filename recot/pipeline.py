@@ -242,9 +242,10 @@ class Pipeline:
 
         report = run_synth(self.config.synth, progress=self.progress)
         if not report.complete:
-            raise DataError(self.config.synth.out, f"{sum(report.unanswered.values())} requests got no answer",
-                            "run the pipeline again: synthesis resends only those")
-        return {k: v for k, v in asdict(report).items() if k in ("planned", "ok", "rejected", "unanswered", "cached", "sent", "rows")}
+            raise DataError(self.config.synth.out, f"{report.planned} planned, {report.ok} ok, {sum(report.rejected.values())} "
+                            f"rejected, {sum(report.unanswered.values())} unanswered",
+                            "run the pipeline again: synthesis resends only the unanswered requests")
+        return {k: v for k, v in asdict(report).items() if k in ("planned", "ok", "rejected", "unanswered", "cached", "shared", "sent", "rows")}
 
     def _catalog(self):
         from recot.synth.loaders import load_dataset

@@ -119,7 +119,8 @@ class Catalog:
 
 
 def validate_items(frame: pl.DataFrame, file: str, location: pl.Expr) -> tuple[pl.DataFrame, pl.DataFrame]:
-    """Split raw item rows into good rows and rejects (missing id, duplicate id, bad SID length).
+    """Split raw item rows into good rows and rejects (missing id, duplicate id, bad SID length); good rows
+    have their titles and brands on one line.
 
     ``frame`` has the catalog columns plus ``_row``; ``location`` renders ``_row`` for messages.
     """
@@ -144,5 +145,8 @@ def validate_items(frame: pl.DataFrame, file: str, location: pl.Expr) -> tuple[p
         "sid_level_mismatch": f"the SID has a different number of levels than most items ({expected})",
     }
     rejects = rejects_from(bad.with_columns(_record=pl.col("item_id")), file, details)
-    good = checked.filter(pl.col("_reason").is_null()).select(list(ITEM_SCHEMA))
+    # titles and brands are one-line fields (numbered histories, the CoT, review fields): runs of white space,
+    # newlines included, become one space here, once, for every stage
+    good = checked.filter(pl.col("_reason").is_null()).select(list(ITEM_SCHEMA)).with_columns(
+        pl.col(*TEXT_FIELDS).str.replace_all(r"\s+", " ").str.strip_chars())
     return good, rejects

@@ -121,8 +121,11 @@ def synth_group() -> None:
 @click.option("--out", type=click.Path(path_type=Path), help="Output directory (overrides the config).")
 @click.option("--limit", type=int, help="Subjects per task (overrides the config).")
 @click.option("--no-progress", is_flag=True, help="No progress bar.")
+@click.option("--lenient", is_flag=True, default=None,
+              help="Skip bad dataset records instead of failing; they go to OUT/dataset-rejects.csv with their reasons.")
 @json_option
-def synth_run(config: Path, shard: str, out: Path | None, limit: int | None, no_progress: bool, as_json: bool) -> None:
+def synth_run(config: Path, shard: str, out: Path | None, limit: int | None, no_progress: bool, lenient: bool | None,
+              as_json: bool) -> None:
     """Run or resume the synthesis job in CONFIG (TOML/YAML); rows go to OUT/traces.parquet."""
     from dataclasses import asdict
 
@@ -133,13 +136,20 @@ def synth_run(config: Path, shard: str, out: Path | None, limit: int | None, no_
         part = Shard.parse(shard)
     except ValueError as exc:
         raise click.BadParameter(str(exc), param_hint="--shard") from None
-    settings = load_synth_config(config, {"out": out, "limit": limit})
+    settings = load_synth_config(config, {"out": out, "limit": limit, "lenient": lenient})
     if settings.teacher.kind == "rules":
         console.print("[yellow]teacher: rules, the deterministic non-LLM baseline.[/] For an LLM set \\[teacher] "
                       "kind = \"vllm\" with model = \"PATH\", or kind = \"openai\" with base_urls and model.")
     report = run_synth(settings, part, progress=not no_progress)
     emit(asdict(report), as_json, "synthesis")
-    if not report.complete:
+    if report.dataset_rejects:
+        console.print(f"[yellow]{sum(report.dataset_rejects.values())} bad dataset records skipped; written with their "
+                      f"reasons to {Path(report.out) / 'dataset-rejects.csv'}[/]")
+    if not report.balanced:
+        console.print(f"[red]counts do not add up:[/] planned {report.planned}, ok {report.ok}, rejected "
+                      f"{sum(report.rejected.values())}, unanswered {sum(report.unanswered.values())}; this is a recot bug, please report it")
+        sys.exit(1)
+    if report.unanswered:
         console.print(f"[red]{sum(report.unanswered.values())} requests got no answer;[/] run the same command again to retry only those.")
         sys.exit(1)
 

@@ -88,6 +88,10 @@ def check_keys(kind: type, data: dict[str, Any], where: str | Path, prefix: str 
     if problem:
         raise DataError(where, *problem)
     for key, value in data.items():
+        kinds = _kinds(fields[key])
+        if kinds and isinstance(value, dict) and value.get("kind") not in kinds:
+            raise DataError(where, f"setting '{prefix}{key}.kind' is {value.get('kind')!r}",
+                            f"set {prefix}{key}.kind to one of {', '.join(map(repr, kinds))}")
         sub = _sub_config(fields[key], value)
         if sub is not None:
             check_keys(sub, value, where, f"{prefix}{key}.")
@@ -152,6 +156,14 @@ def _members(annotation: Any) -> tuple[Any, ...]:
     return (annotation,)
 
 
+def _kinds(annotation: Any) -> list[str]:
+    """The ``kind`` values of a union of configs told apart by kind (empty for any other annotation)."""
+    members = [m for m in _members(annotation) if isinstance(m, type) and issubclass(m, BaseModel) and "kind" in m.model_fields]
+    if len(members) < 2:
+        return []
+    return [kind for m in members for kind in typing.get_args(m.model_fields["kind"].annotation)]
+
+
 def _is_path(annotation: Any) -> bool:
     members = _members(annotation)
     return any(m is Path or (typing.get_origin(m) is list and typing.get_args(m) == (Path,)) for m in members)
@@ -165,7 +177,6 @@ def _sub_config(annotation: Any, value: Any) -> type | None:
     candidates = [m for m in _members(annotation)
                   if isinstance(m, type) and (dataclasses.is_dataclass(m) or issubclass(m, BaseModel))]
     if len(candidates) > 1:
-        kinds = [m for m in candidates if issubclass(m, BaseModel) and "kind" in m.model_fields
-                 and value.get("kind", m.model_fields["kind"].default) in typing.get_args(m.model_fields["kind"].annotation)]
-        candidates = kinds
+        candidates = [m for m in candidates if issubclass(m, BaseModel) and "kind" in m.model_fields
+                      and value.get("kind") in typing.get_args(m.model_fields["kind"].annotation)]
     return candidates[0] if len(candidates) == 1 else None

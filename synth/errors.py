@@ -48,20 +48,24 @@ def rejects_from(bad: pl.DataFrame, file: str, details: dict[str, str]) -> pl.Da
     )
 
 
-def settle(rejects: pl.DataFrame, lenient: bool, fix: str) -> pl.DataFrame:
-    """Raise on the first rejects unless lenient; return them otherwise.
+def settle(rejects: pl.DataFrame, lenient: bool, fix: str, examples: int = 3) -> pl.DataFrame:
+    """Raise on the rejects unless lenient; return them otherwise.
 
-    The error shows up to three examples and the total, so a user fixing a file sees the
-    pattern rather than one row at a time.
+    The error names every kind of problem found (its file, its count and up to ``examples`` rows each),
+    so a user fixing a file sees all of them in one pass rather than one kind per run.
     """
     if lenient or rejects.is_empty():
         return rejects
-    first = rejects.row(0, named=True)
-    examples = rejects.head(3).iter_rows(named=True)
-    lines = [f"{r['location']} (record {r['record']!r}): {r['detail']}" for r in examples]
-    more = f" ({rejects.height} bad records in all)" if rejects.height > 1 else ""
+    kinds = rejects.group_by("reason", "file", maintain_order=True).agg(pl.len().alias("n"), pl.all().head(examples))
+    blocks = []
+    for kind in kinds.iter_rows(named=True):
+        lines = [f"{loc} (record {rec!r}): {detail}" for loc, rec, detail in zip(kind["location"], kind["record"], kind["detail"])]
+        where = "" if kind["file"] == rejects["file"][0] else f" in {kind['file']}"
+        count = f" ({kind['n']} bad records in all)" if kind["n"] > 1 else ""
+        blocks.append(f"{kind['reason']}{where}{count}:\n    " + "\n    ".join(lines))
+    total = f"\n  {rejects.height} bad records of {len(blocks)} kinds in all" if len(blocks) > 1 else ""
     raise DataError(
-        first["file"],
-        f"{first['reason']}{more}:\n    " + "\n    ".join(lines),
+        rejects["file"][0],
+        "\n  ".join(blocks) + total,
         f"{fix}; or pass --lenient (lenient=True) to skip such records and get a report of them",
     )

@@ -7,6 +7,7 @@ import json
 import os
 import shutil
 import tempfile
+from collections import Counter
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -104,11 +105,19 @@ def atomic_path(target: Path) -> Iterator[Path]:
         shutil.rmtree(tmp.parent, ignore_errors=True)
 
 
-def read_json_object(path: Path) -> dict:
-    """A non-empty JSON object from a UTF-8 file; errors name the line."""
+def read_json_object(path: Path) -> tuple[dict, list[str]]:
+    """A non-empty JSON object from a UTF-8 file, and the keys its top level repeats (JSON parsers keep the
+    last value silently; recot reports them). Errors name the line."""
     require_nonempty(path)
+    repeated: list[list[str]] = []
+
+    def pairs(items: list[tuple[str, object]]) -> dict:
+        counts = Counter(key for key, _ in items)
+        repeated.append([key for key, count in counts.items() if count > 1])
+        return dict(items)
+
     try:
-        data = json.loads(path.read_bytes().decode("utf-8"))
+        data = json.loads(path.read_bytes().decode("utf-8"), object_pairs_hook=pairs)
     except UnicodeDecodeError as exc:
         raise DataError(path, "text is not valid UTF-8", "re-encode the file as UTF-8",
                         location=f"byte {exc.start}") from None
@@ -116,4 +125,4 @@ def read_json_object(path: Path) -> dict:
         raise DataError(path, f"invalid JSON: {exc.msg}", "fix the JSON syntax", location=f"line {exc.lineno}") from None
     if not isinstance(data, dict) or not data:
         raise DataError(path, "expected a non-empty JSON object keyed by item id", "write {\"<item id>\": {...}, ...}")
-    return data
+    return data, repeated[-1]  # the outermost object is the last one the parser closes

@@ -35,7 +35,7 @@ from recot.synth.requests import CUTOFF_REASONS, ItemView, Shard, iter_requests,
 from recot.synth.schemas import ECOMMERCE_PERSONAS
 from recot.synth.splits import Split, SplitSpec
 from recot.synth.tasks import TASKS, Task, get_task
-from recot.synth.teachers import Sampling, Teacher, TeacherConfig, make_teacher
+from recot.synth.teachers import RulesTeacherConfig, Sampling, Teacher, TeacherConfig, make_teacher
 from recot.synth.teachers.base import Request, Response
 
 
@@ -52,8 +52,9 @@ class SynthConfig(BaseModel):
     limit: int | None = Field(None, ge=1, description="subjects per task (before n samples and sharding)")
     personas: list[str] = list(ECOMMERCE_PERSONAS)
     templates: Path | None = None
-    teacher: TeacherConfig = TeacherConfig()
+    teacher: TeacherConfig = RulesTeacherConfig()
     sampling: Sampling = Sampling()
+    lenient: bool = Field(False, description="skip bad dataset records instead of failing; they go to OUT/dataset-rejects.csv")
     commit_rows: int = Field(256, ge=1)
     commit_s: float = Field(2.0, gt=0)
 
@@ -77,11 +78,13 @@ class JobReport:
     model: str
     planned: int = 0
     cached: int = 0
+    shared: int = 0
     sent: int = 0
     ok: int = 0
     rejected: dict[str, int] = field(default_factory=dict)
     unanswered: dict[str, int] = field(default_factory=dict)
     refused_samples: dict[str, int] = field(default_factory=dict)
+    dataset_rejects: dict[str, int] = field(default_factory=dict)  # lenient mode: bad dataset records skipped, by reason
     prompt_tokens: int = 0
     completion_tokens: int = 0
     retries: int = 0
@@ -89,8 +92,14 @@ class JobReport:
     rows: int = 0
 
     @property
+    def balanced(self) -> bool:
+        """planned = ok + rejected + unanswered: every planned request is accounted for."""
+        return self.planned == self.ok + sum(self.rejected.values()) + sum(self.unanswered.values())
+
+    @property
     def complete(self) -> bool:
-        return not self.unanswered
+        """Every planned request has an answer in the output (ok or rejected with its reason)."""
+        return self.balanced and not self.unanswered
 
 
 def choose_split(dataset: Dataset, kind: str, max_history: int) -> Split:
@@ -112,8 +121,9 @@ def _exclusive(out: Path) -> Iterator[None]:
 def run_synth(config: SynthConfig, shard: Shard = Shard(), progress: bool = True, teacher: Teacher | None = None) -> JobReport:
     """Run (or resume) the job; returns what happened. Rows land in ``<out>/traces.parquet``."""
     out = config.out if shard.count == 1 else config.out / f"shard-{shard.index}-of-{shard.count}"
+    job = _Job(config, shard, out, teacher)  # reads and checks the dataset first: bad input leaves no output folder
     with _exclusive(out):
-        return _Job(config, shard, out, teacher).run(progress)
+        return job.run(progress)
 
 
 class _Job:
@@ -124,7 +134,7 @@ class _Job:
             if task.needs_target and config.part != "train":
                 raise DataError(task.name, f"this task shows the target, and part = {config.part!r} would put evaluation "
                                 "targets into training material", "use part = 'train', or r3_cot_blind for evaluation CoT")
-        self.dataset = load_dataset(config.dataset)
+        self.dataset = load_dataset(config.dataset, lenient=config.lenient)
         if self.dataset.catalog.levels is None:
             raise DataError(config.dataset, "the catalog has no semantic IDs", "build them first: recot sid build")
         self.split_spec = SplitSpec.choose(self.dataset.boundaries, config.split, config.max_history, self.dataset.name)
@@ -180,23 +190,32 @@ class _Job:
                 job = bar.add_task(f"{self.teacher.kind}:{self.teacher.model}", total=self.report.planned, status="")
 
                 def show() -> None:
-                    bar.update(job, completed=self.stats.cached + self.stats.sent, status=self._status(started))
+                    bar.update(job, completed=self.stats.seen, status=self._status(started))
 
                 answer(self.teacher, journal, self._requests(planned), self._parse, self.stats,
                        self.config.commit_rows, self.config.commit_s, show)
             self.report.rows = journal.export(read_plan(self.work / "plan.tsv"), self.out / "traces.parquet")
             self.split_spec.save(self.out)
+            self._save_dataset_rejects()
         finally:
             journal.close()
             self.teacher.close()
         stats = self.stats
-        self.report.cached, self.report.sent, self.report.ok = stats.cached, stats.sent, stats.ok
+        self.report.cached, self.report.shared, self.report.sent, self.report.ok = stats.cached, stats.shared, stats.sent, stats.ok
         self.report.rejected, self.report.unanswered = dict(stats.rejected), dict(stats.unanswered)
         self.report.prompt_tokens, self.report.completion_tokens = stats.prompt_tokens, stats.completion_tokens
         self.report.retries = getattr(self.teacher, "retries", 0)
         self.report.seconds = round(time.perf_counter() - started, 2)
         (self.out / "summary.json").write_text(json.dumps(asdict(self.report), indent=2) + "\n")
         return self.report
+
+    def _save_dataset_rejects(self) -> None:
+        """Lenient mode skips bad dataset records: they are written with their reasons, never lost."""
+        rejects = self.dataset.rejects
+        self.report.dataset_rejects = dict(Counter(rejects["reason"].to_list()))
+        if not rejects.is_empty():
+            with atomic_path(self.out / "dataset-rejects.csv") as tmp:
+                rejects.write_csv(tmp)
 
     def _status(self, started: float) -> str:
         elapsed = max(time.perf_counter() - started, 1e-9)

@@ -90,9 +90,9 @@ class Journal:
         return sqlite3.connect(self.path, timeout=60, check_same_thread=False)
 
     @staticmethod
-    def answered(reader: sqlite3.Connection, keys: Sequence[str]) -> set[str]:
-        """Which of ``keys`` already have an answer."""
-        return set(_select(reader, keys, ("key",)))
+    def answered(reader: sqlite3.Connection, keys: Sequence[str]) -> dict[str, tuple[str, str | None, str]]:
+        """``(status, reason, created_at)`` of each of ``keys`` that already has an answer."""
+        return _select(reader, keys, ("status", "reason", "created_at"))
 
     def rows(self, keys: Sequence[str], columns: Sequence[str]) -> dict[str, tuple]:
         """``columns`` of the answers to ``keys``, by key (keys without an answer are absent)."""
@@ -138,6 +138,11 @@ def _output_row(row: tuple) -> dict[str, Any]:
     return record
 
 
+def now() -> str:
+    """Answer time, to the microsecond: a job tells its own answers from an earlier run's by it."""
+    return datetime.now(UTC).isoformat(timespec="microseconds")
+
+
 def answer_row(request: Request, response: Response, parsed: Parsed, text: str | None, teacher: tuple[str, str]) -> dict[str, Any]:
     """The journal row of one answer: the validated output (or why not) with its full provenance."""
     return {
@@ -151,7 +156,7 @@ def answer_row(request: Request, response: Response, parsed: Parsed, text: str |
         "teacher": teacher[0], "model": teacher[1],
         "params": json.dumps({"temperature": request.temperature, "top_p": request.top_p,
                               "max_tokens": request.max_tokens, "seed": request.seed}),
-        "created_at": datetime.now(UTC).isoformat(timespec="seconds"),
+        "created_at": now(),
     }
 
 

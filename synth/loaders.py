@@ -190,7 +190,7 @@ def load_minionerec(root: Path, lenient: bool = False) -> Dataset:
     for split, period in MINIONEREC_SPLITS.items():
         path = root / f"{split}.csv"
         if path.exists():
-            frame, bad = _minionerec_windows(path, period, catalog, lenient)
+            frame, bad = _minionerec_windows(path, period, catalog, set(rejects["record"].to_list()), lenient)
             windows.append(frame)
             window_rejects.append(bad)
     if not windows:
@@ -215,10 +215,16 @@ def _description_text(raw: object) -> str | None:
 
 
 def _minionerec_catalog(items_path: Path, sids_path: Path, lenient: bool) -> tuple[Catalog, pl.DataFrame]:
-    items, sids = read_json_object(items_path), read_json_object(sids_path)
+    (items, items_repeated), (sids, sids_repeated) = read_json_object(items_path), read_json_object(sids_path)
     parsed = parse_sid_values([sids.get(item_id) for item_id in items])
-    rows, problems = [], []
+    problems = [(path, key, "duplicate_id", f"the key {key!r} appears more than once in {path.name}; "
+                 "which value holds is ambiguous") for path, keys in ((items_path, items_repeated), (sids_path, sids_repeated))
+                for key in keys]
+    ambiguous = set(items_repeated) | set(sids_repeated)
+    rows = []
     for (item_id, rec), codes, error in zip(items.items(), parsed.codes, parsed.errors):
+        if item_id in ambiguous:
+            continue
         if not isinstance(rec, dict):
             problems.append((items_path, item_id, "bad_record", "the item is not a JSON object"))
             continue
@@ -247,10 +253,12 @@ def _minionerec_catalog(items_path: Path, sids_path: Path, lenient: bool) -> tup
     return Catalog(good, parsed.dialect), rejects
 
 
-def _minionerec_windows(path: Path, period: int, catalog: Catalog, lenient: bool) -> tuple[pl.DataFrame, pl.DataFrame]:
+def _minionerec_windows(path: Path, period: int, catalog: Catalog, dropped: set[str],
+                        lenient: bool) -> tuple[pl.DataFrame, pl.DataFrame]:
+    """One period's windows; ``dropped``: item ids rejected from the catalog (lenient mode), named as such."""
     source = TableSource(path=path)
     need = {"user_id": pl.Utf8(), "history_item_id": pl.Utf8(), "item_id": pl.Utf8(), "item_sid": pl.Utf8()}
-    raw = _mapped(scan_table(path, lenient), source, need, ("user_id", "history_item_id", "item_id")).collect()
+    raw = _mapped(scan_table(path, lenient), source, need, ("user_id", "history_item_id", "item_id", "item_sid")).collect()
     known = catalog.items["item_id"].implode()
     sid_of = catalog.items.select("item_id", _cat_sid=catalog.sid_text())
     checked = (
@@ -278,8 +286,16 @@ def _minionerec_windows(path: Path, period: int, catalog: Catalog, lenient: bool
         "unknown_item": "the row names an item id that items.json lacks",
         "sid_mismatch": "item_sid differs from the item's SID in sids.json",
     }
-    bad = checked.filter(pl.col("_reason").is_not_null()).with_columns(
-        _record=pl.format("user {} item {}", "user_id", "item_id"))
+    # an unknown item is named: the target and every history id the catalog lacks, or rejected itself
+    ids = pl.concat_list(pl.col("history"), pl.concat_list("item_id"))
+    missing = ids.list.eval(pl.element().filter(~pl.element().is_in(known))).list.unique(maintain_order=True)
+    rejected = pl.lit(sorted(dropped), dtype=pl.List(pl.Utf8))
+    bad = checked.filter(pl.col("_reason").is_not_null()).with_columns(_missing=missing).with_columns(
+        _record=pl.format("user {} item {}", "user_id", "item_id"),
+        _detail=pl.when(pl.col("_reason") != "unknown_item").then(None)
+        .when(pl.col("_missing").list.set_difference(rejected).list.len() == 0)
+        .then(pl.format("item id(s) {} were rejected from the catalog (see their own rejects)", pl.col("_missing").list.join(", ")))
+        .otherwise(pl.format("items.json lacks item id(s) {}", pl.col("_missing").list.set_difference(rejected).list.join(", "))))
     rejects = settle(rejects_from(bad, str(path), details), lenient, "fix or remove the listed rows")
     good = checked.filter(pl.col("_reason").is_null()).select(
         "user_id", "history", "item_id", period=pl.lit(period), _order="_row", _loc="_loc")

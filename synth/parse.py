@@ -21,6 +21,8 @@ REASONS = {
     "malformed_json": "the text is not one JSON object",
     "schema_invalid": "the JSON does not match the task's output schema",
     "request_error": "the endpoint rejected the request itself (a 4xx other than 429)",
+    "bad_reply": "every reply was unusable (HTTP 200 with a truncated, non-JSON or choice-less body), retries included",
+    "prompt_too_long": "the prompt does not fit the engine's context (max_model_len); shorten max_history or raise it",
 }
 
 
@@ -39,7 +41,7 @@ def _reject(reason: str, detail: str | None = None) -> Parsed:
 def parse_response(response: Response, schema: type[BaseModel]) -> Parsed:
     """Validate ``response`` against ``schema``; the result is ok or names why not."""
     if response.error:
-        return _reject("request_error", response.error)
+        return _reject(response.reason, response.error)
     if response.refusal or response.finish_reason == "content_filter":
         return _reject("refused", response.refusal or "finish_reason content_filter")
     text = (response.text or "").strip()

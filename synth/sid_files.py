@@ -35,7 +35,9 @@ def convert_sid_file(source: Path, target: Path, to: SidDialect, column: str = "
     too: a conversion that silently kept it would hide a hole in the file.
     """
     if source.suffix == ".json":
-        mapping = read_json_object(source)
+        mapping, repeated = read_json_object(source)
+        if repeated:
+            raise DataError(source, f"keys appear more than once: {repeated[:5]}", "keep one SID per item id")
         frame = pl.DataFrame({"_key": list(mapping), "_is_list": [isinstance(v, list) for v in mapping.values()],
                               "_row": range(len(mapping))})
         values, location, record = list(mapping.values()), pl.format("record '{}'", "_key"), pl.col("_key")

@@ -23,15 +23,9 @@ def sql_text(text: str) -> str:
     return "'" + text.replace("'", "''") + "'"
 
 
-def one_line(text: pl.Expr) -> pl.Expr:
-    """Text for a one-line field (a title in a numbered history): runs of white space, newlines
-    included, become one space, so every history item stays on its own line."""
-    return text.fill_null("").str.replace_all(r"\s+", " ").str.strip_chars()
-
-
 def history_line(position: pl.Expr, sid: pl.Expr, title: pl.Expr) -> pl.Expr:
-    """One history line, ``k. SID title`` (``?`` for an item without a SID)."""
-    return pl.format("{}. {} {}", position, sid.fill_null("?"), one_line(title))
+    """One history line, ``k. SID title`` (``?`` for an item without a SID; titles are one line from the catalog)."""
+    return pl.format("{}. {} {}", position, sid.fill_null("?"), title.fill_null(""))
 
 
 def prompt_expr(lines: pl.Expr, ask: str) -> pl.Expr:

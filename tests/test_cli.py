@@ -86,3 +86,42 @@ def test_convert_names_bad_sids_and_lenient_keeps_the_good_rows(tmp_path):
     assert pl.read_csv(tmp_path / "o.csv", infer_schema=False).rows() == [("1", "<s_a_1><s_b_2>")]
     bad = pl.read_csv(tmp_path / "bad.csv", infer_schema=False)
     assert bad["location"].to_list() == ["line 3", "line 4"] and "empty" in bad["detail"][1]
+
+
+def test_a_failed_command_changes_nothing(sample_path, tmp_path):
+    """A half-written traces file leaves no store behind; a synthesis job on a missing dataset no output folder."""
+    good = tmp_path / "s"
+    job = tmp_path / "job.toml"
+    job.write_text(f'dataset = "{sample_path}"\nout = "{good}"\ntasks = ["r1_relation"]\nlimit = 5\n')
+    assert recot("synth", "run", str(job), "--no-progress").returncode == 0
+    cut = tmp_path / "cut.parquet"
+    cut.write_bytes((good / "traces.parquet").read_bytes()[:-200])
+    done = recot("curate", "ingest", str(cut), "--dataset", str(sample_path), "--store", str(tmp_path / "new.duckdb"))
+    assert done.returncode == 2 and "cut.parquet" in done.stderr and not (tmp_path / "new.duckdb").exists()
+    job.write_text(f'dataset = "{tmp_path / "nope"}"\nout = "{tmp_path / "never"}"\n')
+    done = recot("synth", "run", str(job), "--no-progress")
+    assert done.returncode == 2 and "nope" in done.stderr and not (tmp_path / "never").exists()
+
+
+def test_tables_go_to_stdout_and_diagnostics_to_stderr(sample_path, tmp_path):
+    done = recot("data", "inspect", str(sample_path))
+    assert done.returncode == 0 and "items" in done.stdout and "1296" in done.stdout
+
+
+def test_synth_run_lenient_skips_bad_records_and_keeps_them(sample_path, tmp_path):
+    import shutil
+
+    data = tmp_path / "ds"
+    shutil.copytree(sample_path, data)
+    frame = pl.read_csv(data / "valid.csv")
+    frame.with_columns(pl.when(pl.int_range(pl.len()) == 0).then(pl.lit("999999")).otherwise(pl.col("item_id").cast(pl.Utf8))
+                       .alias("item_id")).write_csv(data / "valid.csv")
+    job = tmp_path / "job.toml"
+    job.write_text(f'dataset = "{data}"\nout = "{tmp_path / "out"}"\ntasks = ["r1_relation"]\nlimit = 5\n')
+    strict = recot("synth", "run", str(job), "--no-progress")
+    assert strict.returncode == 2 and "--lenient" in strict.stderr and "999999" in strict.stderr
+    lenient = recot("synth", "run", str(job), "--no-progress", "--lenient", "--json")
+    assert lenient.returncode == 0, lenient.stderr
+    assert json.loads(lenient.stdout)["dataset_rejects"] == {"unknown_item": 1}
+    rejects = pl.read_csv(tmp_path / "out" / "dataset-rejects.csv")
+    assert rejects["reason"].to_list() == ["unknown_item"] and "999999" in rejects["detail"][0]

@@ -13,7 +13,7 @@ import pytest
 
 from recot.curation.report import funnel
 from recot.curation.rules import WORD_RE, RulesConfig, run_rules
-from recot.curation.store import Store
+from recot.curation.store import SCHEMA_VERSION, Store
 from recot.synth.errors import DataError
 from recot.synth.job import SynthConfig, run_synth
 
@@ -192,7 +192,7 @@ def test_store_of_version_1_is_migrated_keeping_its_rows(tmp_path, sample):
         con.execute("ALTER TABLE catalog DROP COLUMN domain")
         con.execute("UPDATE meta SET value = '1' WHERE name = 'schema_version'")
     with Store(path) as store:
-        assert store.scalar("SELECT value FROM meta WHERE name = 'schema_version'") == "3"
+        assert store.scalar("SELECT value FROM meta WHERE name = 'schema_version'") == str(SCHEMA_VERSION)
         assert store.scalar("SELECT count(*) FROM catalog WHERE domain IS NULL") == sample.catalog.items.height
 
 
@@ -206,26 +206,40 @@ def test_store_of_version_2_drops_its_bulk_table_keys_keeping_rows(tmp_path):
         con.execute("INSERT INTO verdicts VALUES ('t1', 'length', true, NULL, '30 characters')")
         con.execute("UPDATE meta SET value = '2' WHERE name = 'schema_version'")
     with Store(path) as store:
-        assert store.scalar("SELECT value FROM meta WHERE name = 'schema_version'") == "3"
+        assert store.scalar("SELECT value FROM meta WHERE name = 'schema_version'") == str(SCHEMA_VERSION)
         assert store.con.execute("SELECT * FROM verdicts").fetchall() == [("t1", "length", True, None, "30 characters")]
         assert store.scalar("SELECT count(*) FROM duckdb_constraints() WHERE table_name IN ('verdicts', 'scores', 'dup_clusters')") == 0
 
 
+def test_store_of_version_3_keeps_review_decisions_under_their_dataset(tmp_path):
+    path = tmp_path / "v3.duckdb"
+    Store(path).close()
+    with duckdb.connect(str(path)) as con:  # version 3 keyed review decisions by trace alone
+        con.execute("DROP TABLE review_decisions")
+        con.execute("CREATE TABLE review_decisions (trace_id VARCHAR PRIMARY KEY, decision VARCHAR, accepts INTEGER, "
+                    "rejects INTEGER, policy VARCHAR, corrected_text VARCHAR, corrected_by VARCHAR)")
+        con.execute("INSERT INTO review_decisions VALUES ('t1', 'reject', 0, 2, 'majority', NULL, NULL)")
+        con.execute("INSERT INTO review_pushes VALUES ('first', 't1', 'h', now())")
+        con.execute("UPDATE meta SET value = '3' WHERE name = 'schema_version'")
+    with Store(path) as store:
+        assert store.con.execute("SELECT dataset, trace_id, decision FROM review_decisions").fetchall() == [("first", "t1", "reject")]
+
+
 def test_judge_scores_through_a_teacher_and_a_rerun_sends_nothing(store, traces, tmp_path, sample, instant_server):
     from recot.curation.judge import JudgeConfig, run_judge
-    from recot.synth.teachers import TeacherConfig
+    from recot.synth.teachers import OpenAITeacherConfig
 
     store.ingest(traces)
     first = run_judge(store)
     again = run_judge(store)
-    assert first["scored"] == 240 and first["sent"] + first["cached"] == 240
+    assert first["scored"] == 240 and first["sent"] + first["shared"] == 240 and first["cached"] == 0
     assert again["sent"] == 0 and again["scored"] == 240
     low, high = store.con.execute("SELECT min(value), max(value) FROM scores WHERE name = 'judge'").fetchall()[0]
     assert 1 <= low <= high <= 5
     provenance = json.loads(store.scalar("SELECT provenance FROM scores WHERE name = 'judge' LIMIT 1"))
     assert provenance["teacher"] == "rules" and len(provenance["request_hash"]) == 64
     # an endpoint whose answers are not judge JSON: every trace is counted as rejected, none scored
-    http = JudgeConfig(teacher=TeacherConfig(kind="openai", model="garbage", base_urls=[instant_server.url]),
+    http = JudgeConfig(teacher=OpenAITeacherConfig(model="garbage", base_urls=[instant_server.url]),
                        journal=tmp_path / "http.sqlite")
     result = run_judge(store, http)
     assert result["scored"] == 0 and result["rejected"] == {"malformed_json": 240}

@@ -144,8 +144,9 @@ def test_interactions_bad_rows(tmp_path):
     catalog, _ = load_items(TableSource(path=tmp_path / "items.csv"))
     (tmp_path / "events.csv").write_text("user_id,item_id,ts\nu1,a,10\nu1,zzz,11\nu2,b,not-a-time\nu2,a,12\n")
     source = TableSource(path=tmp_path / "events.csv")
-    with pytest.raises(DataError, match=r"events.csv: unknown_item \(2 bad records in all\)[\s\S]*line 3"):
-        scan_interactions(source, catalog.items["item_id"])
+    with pytest.raises(DataError, match=r"events.csv: unknown_item:\n.*line 3[\s\S]*bad_timestamp:\n.*line 4[\s\S]*"
+                                        r"2 bad records of 2 kinds"):
+        scan_interactions(source, catalog.items["item_id"])  # every kind of problem, in one error
     good, rejects = scan_interactions(source, catalog.items["item_id"], lenient=True)
     assert good.collect().height == 2
     assert sorted(rejects["reason"].to_list()) == ["bad_timestamp", "unknown_item"]
@@ -155,3 +156,66 @@ def test_duplicate_item_ids(tmp_path):
     (tmp_path / "items.csv").write_text("item_id,title\n1,a\n2,b\n1,c\n")
     with pytest.raises(DataError, match=r"duplicate_item_id[\s\S]*line 2[\s\S]*line 4"):
         load_items(TableSource(path=tmp_path / "items.csv"))
+
+
+def test_windows_without_item_sid_name_the_missing_column(sample_path, tmp_path):
+    root = tmp_path / "ds"
+    shutil.copytree(sample_path, root)
+    for name in ("valid.csv", "test.csv"):
+        pl.read_csv(root / name).drop("item_sid").write_csv(root / name)
+    for lenient in (False, True):
+        with pytest.raises(DataError, match="missing column 'item_sid'"):
+            load_dataset(root, lenient=lenient)
+
+
+def test_a_title_with_a_newline_stays_one_line_everywhere(sample_path, tmp_path):
+    """Titles feed one-line fields (numbered histories, the CoT): the catalog keeps them on one line."""
+    root = tmp_path / "ds"
+    shutil.copytree(sample_path, root)
+    items = json.loads((root / "items.json").read_text())
+    first = next(iter(items))
+    items[first]["title"] = "Drill\nbits  set\r\n(10)"
+    (root / "items.json").write_text(json.dumps(items))
+    catalog = load_dataset(root).catalog
+    assert catalog.items.filter(pl.col("item_id") == first)["title"][0] == "Drill bits set (10)"
+
+
+def test_an_unknown_history_item_is_named_not_the_target(sample_path, tmp_path):
+    root = _copy_sample(sample_path, tmp_path)
+    frame = pl.read_csv(root / "valid.csv")
+    history = frame["history_item_id"][0]
+    frame = frame.with_columns(pl.when(pl.int_range(pl.len()) == 0).then(pl.lit(history.replace("[", "[424242, ", 1)))
+                               .otherwise(pl.col("history_item_id")).alias("history_item_id"))
+    frame.write_csv(root / "valid.csv")
+    with pytest.raises(DataError, match="lacks item id\\(s\\) 424242"):
+        load_dataset(root)
+
+
+def test_a_repeated_key_in_items_or_sids_json_is_a_duplicate_id(sample_path, tmp_path):
+    root = _copy_sample(sample_path, tmp_path)
+    text = (root / "sids.json").read_text()
+    first = next(iter(json.loads(text)))
+    (root / "sids.json").write_text(text.rstrip().rstrip("}") + f', "{first}": ["<a_1>", "<b_1>", "<c_1>"]}}')
+    with pytest.raises(DataError, match="duplicate_id") as err:
+        load_dataset(root)
+    assert "sids.json" in str(err.value)
+    ds = load_dataset(root, lenient=True)
+    rejected = ds.rejects.filter(pl.col("reason") == "duplicate_id")
+    assert rejected["record"].to_list() == [first] and rejected["file"].str.ends_with("sids.json").all()
+    assert first not in ds.catalog.items["item_id"].to_list()  # ambiguous: neither value is trusted
+
+
+def test_strict_mode_names_every_kind_of_problem_at_once(sample_path, tmp_path):
+    root = _copy_sample(sample_path, tmp_path)
+    items = json.loads((root / "items.json").read_text())
+    first, second = list(items)[:2]
+    items[first] = "not an object"
+    (root / "items.json").write_text(json.dumps(items))
+    sids = json.loads((root / "sids.json").read_text())
+    sids[second] = ["<a_1>", "<b_1>"]  # a SID with too few levels
+    sids["999999"] = ["<a_1>", "<b_1>", "<c_1>"]  # an item items.json lacks
+    (root / "sids.json").write_text(json.dumps(sids))
+    with pytest.raises(DataError) as err:
+        load_dataset(root)
+    message = str(err.value)
+    assert "bad_record" in message and "unknown_item" in message and "sid_level_mismatch" in message

@@ -36,6 +36,15 @@ def test_a_typo_gets_the_closest_key(tmp_path, sample_path):
     bad = _write(tmp_path / "job.toml", f'dataset = "{sample_path}"\n[sampling]\ntempature = 0.5\n')
     with pytest.raises(DataError, match=r"sampling\.tempature.*\n.*did you mean 'sampling\.temperature'"):
         load_config(SynthConfig, bad)
+    teacher = _write(tmp_path / "t.toml", f'dataset = "{sample_path}"\n[teacher]\nkind = "openai"\nmodel = "m"\nbase_url = ["u"]\n')
+    with pytest.raises(DataError, match="did you mean 'teacher.base_urls'"):
+        load_config(SynthConfig, teacher)  # the teacher's fields are its kind's own
+    teacher.write_text(f'dataset = "{sample_path}"\n[teacher]\nkind = "rules"\nengine = {{}}\n')
+    with pytest.raises(DataError, match="unknown setting 'teacher.engine' in RulesTeacherConfig"):
+        load_config(SynthConfig, teacher)
+    teacher.write_text(f'dataset = "{sample_path}"\n[teacher]\nmodel = "m"\n')
+    with pytest.raises(DataError, match="teacher.kind to one of 'rules', 'vllm', 'openai'"):
+        load_config(SynthConfig, teacher)
     bad = _write(tmp_path / "top.toml", f'datset = "{sample_path}"\n')
     with pytest.raises(DataError, match="did you mean 'dataset'"):
         load_config(SynthConfig, bad)
@@ -245,3 +254,15 @@ def test_every_example_config_loads(tmp_path):
     assert Path(sft.model_path) == examples.parent / "out" / "demo" / "base-model"
     recipe = load_config(RecipeConfig, examples / "recipe.toml")
     assert Path(recipe.base_model) == examples.parent / "out" / "demo" / "sft"
+
+
+def test_recot_config_lists_every_config():
+    from click.testing import CliRunner
+
+    from recot.cli import CONFIGS, config_cmd
+
+    for name in CONFIGS:
+        done = CliRunner().invoke(config_cmd, [name, "--json"])
+        assert done.exit_code == 0, (name, done.output)
+        keys = {row["key"] for row in json.loads(done.output)}
+        assert keys and ("kind" in keys if name.startswith("teacher.") else True), name

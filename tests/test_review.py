@@ -95,6 +95,39 @@ def test_push_review_pull_decide_and_export(argilla, store, tmp_path):
     assert store.scalar("SELECT corrected_by FROM review_decisions WHERE trace_id = ?", [names[0]]).startswith("rev-")
 
 
+def test_two_review_datasets_keep_their_own_decisions(argilla, store, tmp_path):
+    """Pulling a second dataset over the same traces must not erase the first's decisions: a reject in any
+    dataset holds, the latest accepted correction wins, and a split vote keeps the original reasoning."""
+    first, second = ReviewConfig(dataset=_name("one")), ReviewConfig(dataset=_name("two"), reviews_per_record=2)
+    fix_one = "Persona: from the first review\nInterests:\n1. tape (from #1)\nTransition: #1 -> interest 1. tape"
+    fix_two = "Persona: from the second review\nInterests:\n1. tape (from #1)\nTransition: #1 -> interest 1. tape"
+    with Argilla() as api:
+        workspace = api.workspace_id("argilla")
+        push(store, first, api)
+        push(store, second, api)
+        alice, bob = _reviewer(api, workspace), _reviewer(api, workspace)
+        one = {r["external_id"]: r["id"] for r in api.records(api.find_dataset(first.dataset, workspace)["id"])}
+        two = {r["external_id"]: r["id"] for r in api.records(api.find_dataset(second.dataset, workspace)["id"])}
+        a, b, c = sorted(one)[:3]
+        _answer(alice, one[a], "submitted", quality=1, verdict="reject")
+        _answer(alice, one[b], "submitted", quality=4, verdict="accept", correction=fix_one)
+        _answer(alice, two[a], "submitted", quality=5, verdict="accept")
+        _answer(alice, two[b], "submitted", quality=5, verdict="accept", correction=fix_two)  # later: it wins
+        _answer(alice, two[c], "submitted", quality=4, verdict="accept", correction=fix_one)  # a split vote: pending
+        _answer(bob, two[c], "submitted", quality=2, verdict="reject")
+        pull(store, first, api)
+        pull(store, second, api)
+    kept = dict(store.con.execute("SELECT dataset, count(*) FROM review_decisions GROUP BY ALL").fetchall())
+    assert kept == {first.dataset: 12, second.dataset: 12}  # the second pull left the first's decisions alone
+    original = dict(store.con.execute("SELECT trace_id, text FROM traces").fetchall())
+    export(store, ExportConfig(name="both", out=tmp_path / "export", formats=["sft"], valid_share=0.0))
+    sft = pl.read_parquet(tmp_path / "export" / "sft" / "train.parquet")
+    text = {row["trace_id"]: row["messages"][1]["content"] for row in sft.iter_rows(named=True)}
+    assert a not in text  # rejected in the first dataset, accepted in the second: the reject holds
+    assert "from the second review" in text[b]
+    assert text[c].split("</think>")[0] == original[c].split("</think>")[0]  # pending: the original reasoning
+
+
 def test_connection_errors_name_the_fix_and_never_the_key(argilla, store, tmp_path):
     with pytest.raises(ReviewError) as wrong:
         push(store, ReviewConfig(dataset=_name("k")), Argilla(api_key="not-the-key-123"))
@@ -118,10 +151,11 @@ def test_connection_errors_name_the_fix_and_never_the_key(argilla, store, tmp_pa
 
 
 class _Vanishing(http.server.ThreadingHTTPServer):
-    """A forwarding proxy in front of the real server that disappears after ``allow`` bulk pushes."""
+    """A forwarding proxy in front of the real server that disappears after ``allow`` bulk pushes, and cuts the
+    body of its first ``cut`` GET replies in half."""
 
-    def __init__(self, target: str, allow: int) -> None:
-        self.target, self.allow = target, allow
+    def __init__(self, target: str, allow: int, cut: int = 0) -> None:
+        self.target, self.allow, self.cut = target, allow, cut
         super().__init__(("127.0.0.1", 0), _Forward)
 
 
@@ -137,11 +171,15 @@ class _Forward(http.server.BaseHTTPRequestHandler):
         body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
         reply = httpx.request(self.command, server.target + self.path, content=body,
                               headers={k: v for k, v in self.headers.items() if k.lower() not in ("host", "content-length")})
+        content = reply.content
+        if self.command == "GET" and server.cut > 0:
+            server.cut -= 1
+            content = content[: len(content) // 2]
         self.send_response(reply.status_code)
         self.send_header("Content-Type", reply.headers.get("content-type", "application/json"))
-        self.send_header("Content-Length", str(len(reply.content)))
+        self.send_header("Content-Length", str(len(content)))
         self.end_headers()
-        self.wfile.write(reply.content)
+        self.wfile.write(content)
 
     do_GET = do_POST = do_PUT = _forward
 
@@ -161,6 +199,29 @@ def test_server_going_away_mid_push_claims_only_what_landed(argilla, store):
         assert push(store, config, api) == {"selected": 12, "sent": 8, "unchanged": 4}
         dataset = api.find_dataset(config.dataset, api.workspace_id("argilla"))["id"]
         assert len(list(api.records(dataset))) == 12
+
+
+def test_a_cut_reply_is_retried_and_one_that_stays_cut_is_a_review_error(argilla):
+    proxy = _Vanishing(argilla, allow=0, cut=1)
+    threading.Thread(target=proxy.serve_forever, daemon=True).start()
+    api = Argilla(url=f"http://127.0.0.1:{proxy.server_address[1]}", timeout=10)
+    assert api.me()["username"]  # the first reply was cut: retried
+    proxy.cut = 10
+    with pytest.raises(ReviewError, match="not JSON"):
+        api.me()
+    proxy.shutdown()
+    proxy.server_close()
+
+
+def test_a_push_cut_off_while_creating_the_dataset_is_finished_by_the_next(argilla, store):
+    config = ReviewConfig(dataset=_name("cut"))
+    with Argilla() as api:  # what an interrupted first push leaves: a draft dataset with one field
+        workspace = api.workspace_id("argilla")
+        draft = api.call("POST", "/datasets", json={"name": config.dataset, "workspace_id": workspace})
+        api.call("POST", f"/datasets/{draft['id']}/fields",
+                 json={"name": "history", "title": "History", "required": True, "settings": {"type": "text"}})
+        assert push(store, config, api) == {"selected": 12, "sent": 12, "unchanged": 0}
+        assert api.find_dataset(config.dataset, workspace)["status"] == "ready"
 
 
 def test_review_commands(argilla, store, tmp_path):

@@ -12,7 +12,7 @@ from recot.synth.errors import DataError
 from recot.synth.job import SynthConfig, run_synth
 from recot.synth.requests import Shard, checked_samples
 from recot.synth.splits import Split
-from recot.synth.teachers import TeacherConfig
+from recot.synth.teachers import OpenAITeacherConfig
 from recot.synth.teachers.openai_http import AdaptiveLimit, TeacherError
 
 ALL_TASKS = ["r0_caption", "r1_relation", "r2_interests", "r3_cot_blind", "r3_cot_hindsight"]
@@ -32,6 +32,8 @@ def rules_run(sample_path, tmp_path_factory):
 def test_rules_teacher_writes_valid_grounded_traces(rules_run, sample):
     report, rows, _ = rules_run
     assert report.complete and report.rejected == {} and report.rows == rows.height == report.planned
+    # a first run: nothing comes from a cache; repeated prompts (a history two users share) are answered once
+    assert report.cached == 0 and report.shared > 0 and report.sent + report.shared == report.planned
     assert set(rows["task"]) == set(ALL_TASKS) and (rows["status"] == "ok").all()
     sid_of = dict(zip(sample.catalog.items["item_id"], sample.catalog.sid_text()))
     hindsight = rows.filter(pl.col("task") == "r3_cot_hindsight")
@@ -55,7 +57,8 @@ def test_rules_teacher_writes_valid_grounded_traces(rules_run, sample):
 def test_rerun_sends_nothing_and_writes_the_same_rows(rules_run, sample_path):
     report, rows, out = rules_run
     again = run_synth(config(sample_path, out, tasks=ALL_TASKS), progress=False)
-    assert again.sent == 0 and again.cached == report.planned
+    assert again.sent == 0 and again.cached + again.shared == report.planned
+    assert again.balanced and again.ok == report.ok  # the rerun's summary covers the whole output
     assert pl.read_parquet(out / "traces.parquet").drop("created_at").equals(rows.drop("created_at"))
 
 
@@ -100,7 +103,7 @@ def test_hindsight_on_evaluation_part_is_refused(sample_path, tmp_path):
 
 def http_config(sample_path, out, url, model, **teacher):
     return config(sample_path, out, tasks=["r1_relation"], limit=30,
-                  teacher=TeacherConfig(kind="openai", model=model, base_urls=[url], backoff_s=0.01, **teacher))
+                  teacher=OpenAITeacherConfig(model=model, base_urls=[url], backoff_s=0.01, **teacher))
 
 
 @pytest.mark.parametrize(("model", "reason"), [
@@ -114,6 +117,37 @@ def test_every_bad_answer_over_http_is_a_rejected_row(sample_path, tmp_path, ins
     assert (rows["status"] == "rejected").all() and (rows["reason"] == reason).all()
 
 
+def _received(server) -> dict[str, int]:
+    import httpx
+
+    return httpx.get(server.url.removesuffix("/v1") + "/stats").json()
+
+
+@pytest.mark.parametrize("model", ["cutbody", "textplain", "html", "nochoices"])
+def test_unusable_200_replies_are_retried_then_rejected_with_their_reason(sample_path, tmp_path, instant_server, model,
+                                                                        caplog):
+    before = _received(instant_server).get(model, 0)
+    report = run_synth(http_config(sample_path, tmp_path, instant_server.url, model, max_retries=2), progress=False)
+    rows = pl.read_parquet(tmp_path / "traces.parquet")
+    assert report.balanced and report.rejected == {"bad_reply": 30} and not report.unanswered
+    assert (rows["reason"] == "bad_reply").all() and rows["detail"].str.contains("no usable reply after 3 attempts").all()
+    assert _received(instant_server)[model] - before == 90  # each request tried 1 + max_retries times
+    assert "never retrieved" not in caplog.text
+
+
+def test_a_reply_that_is_sometimes_cut_is_retried_until_answered(sample_path, tmp_path, instant_server):
+    report = run_synth(http_config(sample_path, tmp_path, instant_server.url, "shaky", concurrency=4), progress=False)
+    assert report.complete and report.ok == 30 and report.retries > 0
+
+
+@pytest.mark.parametrize(("model", "match"), [("denied", "API key was refused"), ("missing", "not served there")])
+def test_a_refused_key_or_unknown_model_stops_at_once(sample_path, tmp_path, instant_server, model, match):
+    before = _received(instant_server).get(model, 0)
+    with pytest.raises(TeacherError, match=match):
+        run_synth(http_config(sample_path, tmp_path, instant_server.url, model, concurrency=4), progress=False)
+    assert _received(instant_server)[model] - before <= 4  # what was in flight; nothing sent after the first answer
+
+
 def test_429_and_5xx_are_retried_until_answered(sample_path, tmp_path, instant_server):
     report = run_synth(http_config(sample_path, tmp_path, instant_server.url, "flaky", concurrency=8), progress=False)
     assert report.complete and report.ok == 30
@@ -124,8 +158,8 @@ def test_unreachable_servers_leave_requests_for_the_rerun(sample_path, tmp_path,
     report = run_synth(http_config(sample_path, tmp_path, dead, "ok", max_retries=1), progress=False)
     assert sum(report.unanswered.values()) == 30 and report.rows == 0
     # a second URL that works: the rerun answers everything, spread over the healthy one
-    again = run_synth(http_config(sample_path, tmp_path, dead, "ok").model_copy(update={"teacher": TeacherConfig(
-        kind="openai", model="ok", base_urls=[dead, instant_server.url], backoff_s=0.01)}), progress=False)
+    again = run_synth(http_config(sample_path, tmp_path, dead, "ok").model_copy(update={"teacher": OpenAITeacherConfig(
+        model="ok", base_urls=[dead, instant_server.url], backoff_s=0.01)}), progress=False)
     assert again.complete and again.ok == 30 and again.rows == 30
 
 
@@ -158,8 +192,8 @@ def test_incomplete_teacher_config_is_named(sample_path, tmp_path):
 
     config = tmp_path / "job.toml"
     config.write_text(f'dataset = "{sample_path}"\n[teacher]\nkind = "openai"\nmodel = "m"\n')
-    with pytest.raises(DataError, match="(?s)job.toml.*teacher.*needs base_urls"):
+    with pytest.raises(DataError, match="(?s)job.toml.*teacher.*base_urls.*required"):
         load_synth_config(config)
     config.write_text(f'dataset = "{sample_path}"\n[teacher]\nkind = "vllm"\n')
-    with pytest.raises(DataError, match="(?s)job.toml.*needs model"):
+    with pytest.raises(DataError, match="(?s)job.toml.*teacher.*model.*required"):
         load_synth_config(config)

@@ -18,7 +18,7 @@ import pytest
 
 from recot.synth.job import SynthConfig, run_synth
 from recot.synth.schemas import ItemRelation
-from recot.synth.teachers import Sampling, TeacherConfig
+from recot.synth.teachers import OpenAITeacherConfig, Sampling
 from recot.testing import RECOT
 
 pytest.importorskip("vllm")
@@ -74,7 +74,7 @@ def test_in_process_engine_through_the_cli(sample_path, tiny_model, tmp_path):
 @pytest.mark.parametrize("structured", ["response_format", "extra_body"])
 def test_server_with_structured_outputs(sample_path, tmp_path, vllm_server, structured):
     cfg = SynthConfig(dataset=sample_path, out=tmp_path, tasks=["r1_relation"], limit=12,
-                      teacher=TeacherConfig(kind="openai", model="teacher", base_urls=[vllm_server.url], structured=structured),
+                      teacher=OpenAITeacherConfig(model="teacher", base_urls=[vllm_server.url], structured=structured),
                       sampling=Sampling(max_tokens=400, temperature=1.0))
     report = run_synth(cfg, progress=False)
     rows = pl.read_parquet(tmp_path / "traces.parquet")
@@ -97,7 +97,7 @@ def test_sigkill_then_resume_loses_and_repeats_nothing(sample_path, tmp_path, vl
     before = journal_rows(out)
     assert 20 <= before < 120, "the job should be killed midway"
     report = run_synth(SynthConfig(dataset=sample_path, out=out, tasks=["r1_relation"], limit=120,
-                                   teacher=TeacherConfig(kind="openai", model="teacher", base_urls=[vllm_server.url]),
+                                   teacher=OpenAITeacherConfig(model="teacher", base_urls=[vllm_server.url]),
                                    sampling=Sampling(max_tokens=48)), progress=False)
     rows = pl.read_parquet(out / "traces.parquet")
     assert report.complete and rows.height == 120 and rows["request_hash"].n_unique() == 120
@@ -106,7 +106,7 @@ def test_sigkill_then_resume_loses_and_repeats_nothing(sample_path, tmp_path, vl
 
 def test_server_restarted_mid_job(sample_path, tmp_path, vllm_server):
     cfg = SynthConfig(dataset=sample_path, out=tmp_path, tasks=["r1_relation"], limit=300, commit_rows=4,
-                      teacher=TeacherConfig(kind="openai", model="teacher", base_urls=[vllm_server.url], concurrency=2,
+                      teacher=OpenAITeacherConfig(model="teacher", base_urls=[vllm_server.url], concurrency=2,
                                             max_retries=30, backoff_cap_s=4),
                       sampling=Sampling(max_tokens=48))
     result = {}
@@ -120,3 +120,48 @@ def test_server_restarted_mid_job(sample_path, tmp_path, vllm_server):
     job.join(timeout=300)
     report = result["report"]
     assert report.complete and report.rows == 300 and report.retries > 0
+
+
+def test_a_prompt_longer_than_the_context_is_rejected_and_the_rest_answered(tiny_model):
+    """The in-process engine with max_model_len = 256: one long history must not abort the batch."""
+    from recot.synth.parse import parse_response
+    from recot.synth.schemas import ItemRelation
+    from recot.synth.teachers.base import Request
+    from recot.synth.teachers.vllm_engine import VLLMTeacher
+
+    schema = ItemRelation.model_json_schema()
+
+    def request(key: str, text: str) -> Request:
+        return Request(key, "r1_relation", [{"role": "user", "content": text}], schema, 0, 0, 1.0, 1.0, 32)
+
+    teacher = VLLMTeacher(str(tiny_model), {"dtype": "float32", "max_model_len": 256, "enforce_eager": True})
+    try:
+        short, long = request("short", "How do drill bits relate to a drill?"), request("long", "drill bits " * 400)
+        answers = {r.key: r for r in teacher.generate([short, long, request("short2", "And screws to a driver?")])}
+    finally:
+        teacher.close()
+    assert set(answers) == {"short", "long", "short2"}
+    rejected = parse_response(answers["long"], ItemRelation)
+    assert rejected.reason == "prompt_too_long" and "max_model_len is 256" in rejected.detail
+    assert answers["short"].completion_tokens > 0 and answers["short2"].completion_tokens > 0
+
+
+def test_faults_between_the_client_and_a_real_vllm_server_lose_nothing(sample_path, tmp_path, vllm_server):
+    """429, 503, dropped connections, cut bodies, text bodies and empty choices in front of the real server: every
+    planned request ends answered, counted once; the rerun sends nothing and writes the same rows."""
+    from recot.testing.fault_proxy import DEFAULT_SCHEDULE, FaultProxy
+
+    with FaultProxy(vllm_server.url) as proxy:
+        cfg = SynthConfig(dataset=sample_path, out=tmp_path, tasks=["r1_relation"], limit=40,
+                          teacher=OpenAITeacherConfig(model="teacher", base_urls=[proxy.url], concurrency=4,
+                                                backoff_s=0.01, max_retries=10),
+                          sampling=Sampling(max_tokens=64, temperature=1.0))
+        report = run_synth(cfg, progress=False)
+        rows = pl.read_parquet(tmp_path / "traces.parquet")
+        assert report.balanced and report.complete and report.retries > 0, report
+        assert set(proxy.received) == set(DEFAULT_SCHEDULE)  # every kind of fault was met
+        assert rows.height == report.planned == 40 and rows.select("subject_id", "sample").is_unique().all()
+        forwarded = proxy.forwarded
+        again = run_synth(cfg, progress=False)
+        assert again.sent == 0 and proxy.forwarded == forwarded and again.balanced and again.ok == report.ok
+        assert pl.read_parquet(tmp_path / "traces.parquet").equals(rows)

@@ -8,7 +8,12 @@ every way a real one does. The requested model name picks the behaviour:
     truncate   finish_reason "length"                  filter     finish_reason "content_filter"
     empty      empty content                           garbage    content that is not JSON
     badrequest HTTP 400                                flaky      every 3rd request 429, every 5th 503, else ok
-    denied     HTTP 401
+    denied     HTTP 401                                missing    HTTP 404 (an unknown model)
+    cutbody    HTTP 200, a JSON body cut in half       textplain  HTTP 200, a text/plain body
+    html       HTTP 200, an HTML page labelled JSON    nochoices  HTTP 200, a completion with no choices
+    shaky      every 2nd reply is a cut body (retried), else ok
+
+``GET /stats`` returns how many chat requests each model name received.
 
 Usage: python -m recot.testing.instant_server --port 8123
 """
@@ -18,11 +23,13 @@ from __future__ import annotations
 import argparse
 import itertools
 import json
+from collections import Counter
 
 from aiohttp import web
 
 ANSWER = json.dumps({"relation": "complement", "rationale": "a drill needs bits"})
 _counter = itertools.count(1)
+_received: Counter = Counter()
 
 
 def _completion(model: str, content: str | None, finish: str = "stop", refusal: str | None = None) -> dict:
@@ -38,6 +45,18 @@ async def chat(request: web.Request) -> web.Response:
     body = await request.json()
     model = body.get("model", "ok")
     n = next(_counter)
+    _received[model] += 1
+    if model == "cutbody" or (model == "shaky" and _received[model] % 2 == 0):
+        text = json.dumps(_completion(model, ANSWER))
+        return web.Response(text=text[: len(text) // 2], content_type="application/json")
+    if model == "textplain":
+        return web.Response(text="upstream says hello", content_type="text/plain")
+    if model == "html":
+        return web.Response(text="<html><body>502 Bad Gateway</body></html>", content_type="application/json")
+    if model == "nochoices":
+        return web.json_response({**_completion(model, ANSWER), "choices": []})
+    if model == "missing":
+        return web.json_response({"error": {"message": f"The model `{model}` does not exist."}}, status=404)
     if model == "badrequest":
         return web.json_response({"error": {"message": "bad request", "type": "invalid_request_error"}}, status=400)
     if model == "denied":
@@ -56,6 +75,10 @@ async def chat(request: web.Request) -> web.Response:
     return web.json_response(replies.get(model) or _completion(model, ANSWER))
 
 
+async def stats(_: web.Request) -> web.Response:
+    return web.json_response(dict(_received))
+
+
 async def models(_: web.Request) -> web.Response:
     return web.json_response({"object": "list", "data": [{"id": "ok", "object": "model"}]})
 
@@ -64,6 +87,7 @@ def app() -> web.Application:
     application = web.Application()
     application.router.add_post("/v1/chat/completions", chat)
     application.router.add_get("/v1/models", models)
+    application.router.add_get("/stats", stats)
     return application
 
 

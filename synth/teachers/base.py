@@ -50,7 +50,9 @@ class Response:
     """A teacher's answer to one request.
 
     ``error`` says why there is no answer: ``retryable`` ones (the endpoint stayed unreachable) are
-    not recorded, so a rerun asks again; the others (the endpoint rejected the request) are.
+    not recorded, so a rerun asks again; the others are recorded as rejected rows with ``reason``
+    (``request_error``: the endpoint refused the request; ``bad_reply``: its replies were no chat
+    completion; ``prompt_too_long``: the prompt does not fit the engine's context).
     """
 
     key: str
@@ -62,6 +64,7 @@ class Response:
     latency_s: float = 0.0
     error: str | None = None
     retryable: bool = False
+    reason: str = "request_error"
 
 
 class Teacher(Protocol):

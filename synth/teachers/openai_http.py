@@ -3,8 +3,12 @@
 Layers, each small: endpoints (one ``AsyncOpenAI`` client per base URL on the aiohttp transport,
 load spread to the least busy healthy one) -> an adaptive concurrency limit (halved on 429, grown
 back by one per window of successes) -> retries with exponential backoff and full jitter on 429,
-408/409, 5xx, timeouts and connection errors. A wrong key or an unknown model stops the job at
-once (every request would fail the same way); any other 4xx becomes a rejected row.
+408/409, 5xx, timeouts, connection errors and unusable HTTP 200 replies (a truncated or non-JSON
+body, no choices). A wrong key or an unknown model stops the job at once: what is in flight is
+cancelled and nothing more is sent (every request would fail the same way). Any other 4xx, and a
+reply that stayed unusable after the retries, becomes a rejected row with its reason; a request
+whose endpoint stayed unreachable is unanswered (not recorded, so a rerun asks again). No task
+ends unobserved: each one's outcome reaches the consuming loop.
 
 The event loop runs in a helper thread so the runner stays a plain loop over responses.
 """
@@ -25,6 +29,7 @@ from recot.synth.teachers.base import Request, Response
 
 RETRYABLE_STATUS = {408, 409, 429}
 FATAL_STATUS = {401, 403, 404}
+DOWN_S = 1.0  # the least time an endpoint that failed to connect is left out when another is healthy
 _DONE = object()
 
 
@@ -120,17 +125,31 @@ class OpenAITeacher:
         endpoints = self._clients()
         limit = AdaptiveLimit(self.concurrency)
         pending: set[asyncio.Task] = set()
+        failures: list[BaseException] = []
         self.retries = 0
+
+        def settle(task: asyncio.Task) -> None:
+            """Observe every task's outcome: the first failure stops the job (nothing more is sent)."""
+            pending.discard(task)
+            if not task.cancelled() and task.exception() is not None:
+                failures.append(task.exception())
+                self._stop.set()
+
         try:
             for request in requests:
+                await limit.acquire()
                 if self._stop.is_set():
                     break
-                await limit.acquire()
                 task = asyncio.create_task(self._answer(request, endpoints, limit, out))
                 pending.add(task)
-                task.add_done_callback(pending.discard)
-            if pending:
-                await asyncio.gather(*pending)
+                task.add_done_callback(settle)
+            while pending and not failures:
+                await asyncio.wait(set(pending), return_when=asyncio.FIRST_EXCEPTION)
+            if failures:  # cancel what is in flight: every request would fail the same way
+                for task in pending:
+                    task.cancel()
+                await asyncio.gather(*pending, return_exceptions=True)
+                out.put(failures[0])
         except BaseException as exc:  # noqa: BLE001 - handed to the consuming thread, which re-raises it
             for task in pending:
                 task.cancel()
@@ -156,7 +175,7 @@ class OpenAITeacher:
     async def _answer(self, request: Request, endpoints: list[_Endpoint], limit: AdaptiveLimit, out: queue.Queue) -> None:
         import openai
 
-        throttled = False
+        throttled, bad_reply = False, None
         try:
             for attempt in range(self.max_retries + 1):
                 endpoint = self._pick(endpoints)
@@ -167,8 +186,10 @@ class OpenAITeacher:
                         model=self.model, messages=request.messages, temperature=request.temperature,
                         top_p=request.top_p, max_tokens=request.max_tokens, seed=request.seed,
                         **self._structured(request))
+                    response = _response(request.key, reply, time.perf_counter() - started)
                 except openai.APIStatusError as exc:
                     if exc.status_code in FATAL_STATUS:
+                        self._stop.set()  # before this task ends: no new request may start in between
                         raise TeacherError(_fatal_message(exc.status_code, endpoint.url, self.model, self.api_key_env)) from None
                     if exc.status_code not in RETRYABLE_STATUS and exc.status_code < 500:
                         out.put(Response(request.key, error=f"HTTP {exc.status_code}: {_short(exc)}"))
@@ -176,18 +197,24 @@ class OpenAITeacher:
                     throttled = throttled or exc.status_code == 429
                     failure = f"HTTP {exc.status_code}"
                 except (openai.APIConnectionError, openai.APITimeoutError) as exc:
-                    endpoint.down_until = time.monotonic() + self._delay(attempt)
-                    failure = type(exc).__name__
+                    # out of the rotation for a while: an endpoint that refuses at once would otherwise look least busy
+                    endpoint.down_until = time.monotonic() + max(DOWN_S, self._delay(attempt))
+                    failure, bad_reply = type(exc).__name__, None
+                except Exception as exc:  # noqa: BLE001 - an HTTP 200 whose body is no chat completion
+                    failure = bad_reply = f"{type(exc).__name__}: {_short(exc)}"
                 else:
-                    out.put(_response(request.key, reply, time.perf_counter() - started))
+                    out.put(response)
                     return
                 finally:
                     endpoint.in_flight -= 1
                 if attempt < self.max_retries:
                     self.retries += 1
                     await asyncio.sleep(self._delay(attempt))
-            out.put(Response(request.key, error=f"no answer after {self.max_retries + 1} attempts ({failure})",
-                             retryable=True))
+            attempts = f"after {self.max_retries + 1} attempts"
+            if bad_reply:  # the endpoint answers, but never usably: a rejected row, not a retry for ever
+                out.put(Response(request.key, error=f"no usable reply {attempts} (last: {bad_reply})", reason="bad_reply"))
+            else:
+                out.put(Response(request.key, error=f"no answer {attempts} ({failure})", retryable=True))
         finally:
             await limit.release(throttled)
 
@@ -197,6 +224,9 @@ class OpenAITeacher:
 
 
 def _response(key: str, reply: Any, latency: float) -> Response:
+    """A Response from a parsed chat completion; raises when the reply is not one (a text body, no choices)."""
+    if not getattr(reply, "choices", None):
+        raise ValueError(f"the reply has no choices: {_short(reply)}")
     choice = reply.choices[0]
     usage = reply.usage
     return Response(key, choice.message.content, choice.finish_reason, getattr(choice.message, "refusal", None),

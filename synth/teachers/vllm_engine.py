@@ -57,14 +57,31 @@ class VLLMTeacher:
             structured_outputs=StructuredOutputsParams(json=request.schema, disable_any_whitespace=self.compact_json),
         )
 
+    def prompt_lengths(self, batch: list[Request]) -> list[int]:
+        """Prompt tokens of each request under the engine's own tokenizer and chat template."""
+        tokenizer = self.llm.get_tokenizer()
+        return [len(tokenizer.apply_chat_template(r.messages, tokenize=True, add_generation_prompt=True, return_dict=False))
+                for r in batch]
+
     def generate(self, requests: Iterable[Request]) -> Iterator[Response]:
+        """Answers in request order. A prompt that leaves no room in the engine's context (``max_model_len``)
+        is not sent: it becomes a ``prompt_too_long`` rejection, so one long history cannot abort the job."""
         stream = iter(requests)
+        context = self.llm.llm_engine.model_config.max_model_len
         while batch := list(itertools.islice(stream, self.batch_size)):
+            lengths = self.prompt_lengths(batch)
+            fits = [r for r, n in zip(batch, lengths) if n < context]
             started = time.perf_counter()
-            outputs = self.llm.chat([r.messages for r in batch], [self.sampling_params(r) for r in batch],
-                                    use_tqdm=False)
-            latency = (time.perf_counter() - started) / len(batch)
-            for request, output in zip(batch, outputs, strict=True):
+            outputs = self.llm.chat([r.messages for r in fits], [self.sampling_params(r) for r in fits],
+                                    use_tqdm=False) if fits else []
+            latency = (time.perf_counter() - started) / max(len(fits), 1)
+            answers = dict(zip((r.key for r in fits), outputs, strict=True))
+            for request, length in zip(batch, lengths, strict=True):
+                if request.key not in answers:
+                    yield Response(request.key, prompt_tokens=length, reason="prompt_too_long",
+                                   error=f"{length} prompt tokens; the engine's max_model_len is {context}")
+                    continue
+                output = answers[request.key]
                 choice = output.outputs[0]
                 yield Response(request.key, choice.text, choice.finish_reason, None,
                                len(output.prompt_token_ids or ()), len(choice.token_ids), latency)
