@@ -32,8 +32,9 @@ def main(epochs: float = 2.0, test_rows: int = 1000, grpo_steps: int = 30, retra
     from recot.synth.job import choose_split
     from recot.synth.loaders import load_dataset
     from recot.testing.tiny_model import build_tiny_model
+    from recot.trainer.baselines import most_popular
     from recot.trainer.data import next_item_rows
-    from recot.trainer.evaluate import most_popular, ranking_metrics, recommend
+    from recot.trainer.evaluate import ranking_metrics, recommend
     from recot.trainer.sft import RecSFTConfig, train_sft
     from recot.trainer.sid_vocab import sid_vocabulary
     from recot.trainer.trie import SidTrie

@@ -27,7 +27,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
@@ -43,6 +43,7 @@ from recot.synth.job import SynthConfig
 from recot.synth.prompts import PromptLibrary
 
 STATE_FILE = "pipeline-state.json"
+METHODS = ("direct", "think", "most_popular", "transition", "sasrec")  # what evaluation scores, in report order
 # files at least this large are fingerprinted by size and modification time, not content (model weights)
 CONTENT_HASH_LIMIT = 64 * 2**20
 
@@ -56,19 +57,6 @@ class TinyModelConfig(BaseModel):
     hidden_size: int = Field(128, description="head dimension is hidden_size / 2 (vLLM's CPU attention needs 32, 64 or 128)")
     layers: int = Field(2, ge=1)
     seed: int = 0
-
-
-class EvalStage(BaseModel):
-    """EvalConfig settings a pipeline does not fill in itself (model, dataset, split and out come from it)."""
-
-    model_config = ConfigDict(extra="forbid")
-    part: Literal["valid", "test"] = "test"
-    k: int = Field(10, ge=1)
-    limit: int | None = Field(None, ge=1, description="evaluate a seeded random sample of this many rows")
-    think: bool = True
-    samples: int = Field(4, ge=1)
-    max_reasoning_tokens: int = 128
-    batch_size: int = 16
 
 
 class PipelineConfig(BaseModel):
@@ -88,7 +76,8 @@ class PipelineConfig(BaseModel):
     tiny_model: TinyModelConfig | None = Field(None, description="[tiny_model]: build a small random base model")
     sft: dict[str, Any] | None = Field(None, description="[sft]: RecSFTConfig settings (model, data and output paths are the pipeline's)")
     grpo: dict[str, Any] | None = Field(None, description="[grpo]: RecGRPOConfig settings, from the SFT checkpoint")
-    eval: EvalStage | None = Field(None, description="[eval]: evaluation of the last trained model on the synthesis split")
+    eval: dict[str, Any] | None = Field(None, description="[eval]: EvalConfig settings (model, dataset, split and out are the "
+                                        "pipeline's): the last trained model and the baselines on the synthesis split")
 
     @model_validator(mode="before")
     @classmethod
@@ -117,7 +106,16 @@ class PipelineConfig(BaseModel):
             for name, kind in (("sft", RecSFTConfig), ("grpo", RecGRPOConfig)):
                 if getattr(self, name) is not None:
                     check_stage(kind, getattr(self, name), name, output_dir=str(self.out / name))
+        if self.eval is not None:
+            from recot.trainer.evaluate import EvalConfig
+
+            check_stage(EvalConfig, self.eval, "eval", **self._eval_fixed("sft"))
         return self
+
+    def _eval_fixed(self, trained: str) -> dict[str, Any]:
+        """What the pipeline decides for evaluation: the model it trained, the dataset, the synthesis split."""
+        return {"model": self.out / trained, "dataset": self.dataset, "split": self.synth.out, "out": self.out / "eval",
+                "max_history": self.synth.max_history}
 
 
 def load_pipeline(path: Path, overrides: dict[str, Any] | None = None) -> PipelineConfig:
@@ -231,7 +229,7 @@ class Pipeline:
             stages.append(Stage("grpo", self._run_grpo, c.grpo, [self._model_dir("grpo")], [c.dataset], ["sft", "export"]))
             trained = "grpo"
         if c.eval is not None:
-            stages.append(Stage("eval", lambda: self._run_eval(trained), {"eval": _dump(c.eval), "model": trained},
+            stages.append(Stage("eval", lambda: self._run_eval(trained), {"eval": c.eval, "model": trained},
                                 [self.out / "eval" / "report.json"], [c.dataset], [trained, "synth"]))
         return stages
 
@@ -338,13 +336,11 @@ class Pipeline:
     def _run_eval(self, trained: str) -> dict[str, Any]:
         from recot.trainer.evaluate import EvalConfig, evaluate
 
-        config = EvalConfig(**_dump(self.config.eval), model=self._model_dir(trained), dataset=self.config.dataset,
-                            split=self.config.synth.out, out=self.out / "eval", max_history=self.config.synth.max_history)
+        config = EvalConfig(**{**self.config.eval, **self.config._eval_fixed(trained)})
         report = evaluate(config)
-        k = config.k
-        return {"rows": report["rows"], **{f"{name}.recall@{k}": report[name][f"recall@{k}"]
-                                           for name in ("direct", "think", "most_popular") if name in report},
-                **{f"{name}.ndcg@{k}": report[name][f"ndcg@{k}"] for name in ("direct", "think", "most_popular") if name in report}}
+        k, methods = config.k, [name for name in METHODS if name in report]
+        return {"rows": report["rows"], **{f"{name}.recall@{k}": report[name][f"recall@{k}"] for name in methods},
+                **{f"{name}.ndcg@{k}": report[name][f"ndcg@{k}"] for name in methods}}
 
     def run(self, progress: bool = True, log: Callable[[str], None] = print) -> list[StageResult]:
         """Run the stages in order, skipping those whose fingerprint is unchanged; returns what each did."""

@@ -10,7 +10,8 @@ import pytest
 import torch
 
 from recot.testing import RECOT
-from recot.trainer.evaluate import most_popular, ranking_metrics, recommend
+from recot.trainer.baselines import most_popular
+from recot.trainer.evaluate import ranking_metrics, recommend
 from recot.trainer.rewards import coverage_reward, diversity_reward, exact_hit, format_reward, prefix_match, rank_reward
 from recot.trainer.trie import SidTrie
 
@@ -252,6 +253,9 @@ report_to = "none"\nsave_strategy = "no"\nmax_length = 384\n""")
     report = json.loads((tmp_path / "eval" / "report.json").read_text())
     assert report["rows"] == 4 and report["direct"]["sid_validity"] == 1.0 and report["think"]["sid_validity"] == 1.0
     assert {"recall@3", "ndcg@3", "pass@4", "cot_tokens", "ehr", "cov_rate"} <= set(report["think"])
+    for method in ("direct", "think", "most_popular", "transition", "sasrec"):  # the same 4 rows for every method
+        low, high = report[method]["ci95"]["recall@3"]
+        assert 0 <= low <= report[method]["recall@3"] <= high <= 1, method
     assert (tmp_path / "eval" / "report.png").stat().st_size > 1000
     bad = tmp_path / "bad.toml"
     bad.write_text('learning_rat = 0.1\noutput_dir = "x"\n')
@@ -295,3 +299,46 @@ def test_rollouts_without_reasoning_sample_the_answer_under_the_trie(sid_model, 
     assert len({tuple(r) for r in decode(greedy.beams)}) == 1  # beam search alone: every rollout alike
     firsts = {row[0] for row in decode(drawn.beams)}
     assert len(firsts) > 1 and firsts <= valid and all(len(row) == 3 and len(set(row)) == 3 for row in decode(drawn.beams))
+
+
+def _patterned(count: int, seed: int = 0) -> tuple[list[list[str]], list[str]]:
+    """Sequences over 40 items that walk by a step of 1 or 3: the next item depends on the last two."""
+    import random
+
+    rng = random.Random(seed)
+    histories, targets = [], []
+    for _ in range(count):
+        start, step, length = rng.randrange(40), rng.choice([1, 3]), rng.randint(2, 8)
+        walk = [f"i{(start + j * step) % 40}" for j in range(length + 1)]
+        histories.append(walk[:-1])
+        targets.append(walk[-1])
+    return histories, targets
+
+
+def test_sasrec_and_transition_learn_a_pattern_they_can_see():
+    """Transition sees only the last item, so it can tell the two walks apart only by chance; SASRec sees the
+    sequence and learns both."""
+    from recot.trainer.baselines import SASRecConfig, SASRecRecommender, Transition, ranks_of
+
+    histories, targets = _patterned(2500)
+    test_h, test_t = _patterned(400, seed=1)
+    transition = ranks_of(Transition(histories, targets).rank(test_h, 10), test_t)
+    sasrec = SASRecRecommender(histories, targets, 8, SASRecConfig(epochs=12))
+    learnt = ranks_of(sasrec.rank(test_h, 10), test_t)
+    assert ((transition >= 0) & (transition < 10)).mean() > 0.95  # both next items are among the last one's followers
+    assert 0.3 < (transition == 0).mean() < 0.7
+    assert (learnt == 0).mean() > 0.85 and sasrec.losses[-1] < sasrec.losses[0] / 3
+
+
+def test_bootstrap_intervals_hold_the_mean_and_narrow_with_rows():
+    import numpy as np
+
+    from recot.trainer.baselines import bootstrap_intervals
+
+    rng = np.random.default_rng(0)
+    few, many = rng.integers(-1, 10, 200), rng.integers(-1, 10, 20000)
+    small, large = bootstrap_intervals(few, [5], 500), bootstrap_intervals(many, [5], 500)
+    hit = ((few >= 0) & (few < 5)).mean()
+    assert small["recall@5"][0] < hit < small["recall@5"][1]
+    assert large["recall@5"][1] - large["recall@5"][0] < (small["recall@5"][1] - small["recall@5"][0]) / 5
+    assert bootstrap_intervals(few, [5], 500) == small  # seeded

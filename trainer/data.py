@@ -18,7 +18,8 @@ from recot.synth.student import ASK_DIRECT, ASK_THINK, history_line, prompt_expr
 
 def next_item_rows(split: Split, catalog: Catalog, part: str, think: bool = False) -> pl.DataFrame:
     """One row per sample of ``part``: ``prompt`` (conversational), ``completion`` (the target SID),
-    ``target_sid``, ``history_sids``, ``user_id``. Samples whose target has no SID are left out."""
+    ``target_sid``, ``history_sids``, ``user_id``, ``target`` and ``history`` (item ids). Samples whose
+    target has no SID are left out."""
     sids = catalog.items.select("item_id", "title", sid=catalog.sid_text())
     samples = split.part(part).collect().with_row_index("row")
     history = (samples.select("row", "history").explode("history").with_columns(pos=pl.int_range(1, pl.len() + 1).over("row"))
@@ -34,7 +35,7 @@ def next_item_rows(split: Split, catalog: Catalog, part: str, think: bool = Fals
     return rows.select(
         prompt=pl.concat_list(pl.struct(role=pl.lit("user"), content=text)),
         completion=pl.concat_list(pl.struct(role=pl.lit("assistant"), content=pl.col("target_sid"))),
-        target_sid="target_sid", history_sids="history_sids", user_id="user_id", target="target")
+        target_sid="target_sid", history_sids="history_sids", user_id="user_id", target="target", history="history")
 
 
 def load_export(path: str | Path, name: str):

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import math
-from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,6 +18,7 @@ import torch
 from pydantic import BaseModel, ConfigDict, Field
 
 from recot.synth.cot import grounding
+from recot.trainer.baselines import SASRecConfig, SASRecRecommender, Transition, bootstrap_intervals, most_popular, ranks_of
 from recot.trainer.rewards import answer_sid
 from recot.trainer.trie import SidTrie
 
@@ -69,12 +69,6 @@ def ranking_metrics(ranked: Sequence[Sequence[str]], targets: Sequence[str], ks:
     return out
 
 
-def most_popular(train_targets: Sequence[str], n: int, k: int = 10) -> list[list[str]]:
-    """The baseline: the ``k`` most frequent training targets, for every one of ``n`` rows."""
-    top = [sid for sid, _ in Counter(train_targets).most_common(k)]
-    return [top] * n
-
-
 class EvalConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
     model: Path
@@ -90,16 +84,21 @@ class EvalConfig(BaseModel):
     max_history: int = 10
     batch_size: int = 16
     out: Path = Path("out/eval")
+    baselines: list[Literal["most_popular", "transition", "sasrec"]] = Field(
+        ["most_popular", "transition", "sasrec"], description="sequential baselines scored on the same rows, "
+        "learnt from the split's training samples")
+    sasrec: SASRecConfig = Field(SASRecConfig(), description="SASRec's size and training")
+    bootstrap: int = Field(1000, ge=0, description="resamples for the 95% intervals of every metric (0: none)")
 
 
 def evaluate(config: EvalConfig) -> dict:
-    """Direct and think-mode rankings of ``part`` against the most-popular baseline; writes report.json and report.png."""
-    from transformers import AutoModelForCausalLM, AutoTokenizer, GenerationConfig
+    """The model's direct and think-mode rankings and the sequential baselines on the same rows of ``part``, each
+    with Recall/NDCG@K and bootstrap 95% intervals; writes report.json and report.png."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
 
     from recot.synth.loaders import load_dataset
     from recot.synth.splits import SplitSpec
     from recot.trainer.data import next_item_rows
-    from recot.trainer.rollout import two_stage
 
     dataset = load_dataset(config.dataset)
     spec = SplitSpec.load(config.split) if config.split else SplitSpec.choose(dataset.boundaries, "auto", config.max_history, dataset.name)
@@ -114,37 +113,70 @@ def evaluate(config: EvalConfig) -> dict:
     targets = rows["target_sid"].to_list()
     ks = sorted({1, 5, config.k} & set(range(1, config.k + 1)))
     direct = recommend(model, tokenizer, rows["prompt"].to_list(), trie, config.k, config.batch_size)
-    train = next_item_rows(split, dataset.catalog, "train")
     report = {"rows": len(targets), "part": config.part, "k": config.k, "split": spec.model_dump(),
               "split_source": str(config.split) if config.split else "chosen by eval (auto)",
-              "direct": ranking_metrics(direct.ranked, targets, ks, valid) | {"completion_tokens": mean(direct.completion_tokens)},
-              "most_popular": ranking_metrics(most_popular(train["target_sid"].to_list(), len(targets), config.k), targets, ks)}
+              "direct": _scored(direct.ranked, targets, ks, config, valid) | {"completion_tokens": mean(direct.completion_tokens)}}
     if config.think:
-        prompts = [tokenizer.apply_chat_template(p, add_generation_prompt=True, tokenize=True, return_dict=False)
-                   for p in rows["think_prompt"].to_list()]
-        history = rows["history_sids"].to_list()
-        ranked, lengths, ehr, cov, passed = [], [], [], [], []
-        sampling = GenerationConfig(do_sample=True, temperature=1.0)
-        for start in range(0, len(prompts), config.batch_size):
-            batch = [list(p) for p in prompts[start:start + config.batch_size]]
-            greedy = two_stage(model, tokenizer, batch, trie, config.k, True, config.max_reasoning_tokens)
-            sampled = two_stage(model, tokenizer, [p for p in batch for _ in range(config.samples)], trie, 1, True,
-                                config.max_reasoning_tokens, sampling)
-            for row, (reasoning, beams) in enumerate(zip(greedy.reasoning, greedy.beams)):
-                index = start + row
-                ranked.append(list(dict.fromkeys(tokenizer.decode(b, skip_special_tokens=True) for b in beams)))
-                lengths.append(len(reasoning))
-                e, c = grounding(tokenizer.decode(reasoning, skip_special_tokens=True), history[index])
-                ehr.append(e)
-                cov.append(c)
-                tops = sampled.beams[row * config.samples:(row + 1) * config.samples]
-                passed.append(any(tokenizer.decode(t[0], skip_special_tokens=True) == targets[index] for t in tops))
-        report["think"] = ranking_metrics(ranked, targets, ks, valid) | {
-            "cot_tokens": mean(lengths), f"pass@{config.samples}": mean(passed), "ehr": mean(ehr), "cov_rate": mean(cov)}
+        report["think"] = _think(model, tokenizer, rows, trie, targets, ks, valid, config)
+    train = next_item_rows(split, dataset.catalog, "train")
+    sid_of = dict(zip(dataset.catalog.items["item_id"].to_list(), dataset.catalog.sid_text().to_list()))
+    for name, ranked_items in _baselines(train, rows, config, spec.max_history).items():
+        report[name] = _scored([[sid_of[i] for i in r if sid_of.get(i)] for r in ranked_items], targets, ks, config)
     config.out.mkdir(parents=True, exist_ok=True)
     (config.out / "report.json").write_text(json.dumps(report, indent=1) + "\n")
     _plot(report, ks, config.out / "report.png")
     return report
+
+
+def _scored(ranked: Sequence[Sequence[str]], targets: Sequence[str], ks: Sequence[int], config: EvalConfig,
+            valid: set[str] | None = None) -> dict:
+    """Metrics of one method, with the bootstrap 95% interval of each ranking metric under ``ci95``."""
+    return ranking_metrics(ranked, targets, ks, valid) | {
+        "ci95": bootstrap_intervals(ranks_of(ranked, targets), ks, config.bootstrap)}
+
+
+def _baselines(train, rows, config: EvalConfig, max_len: int) -> dict[str, list[list[str]]]:
+    """Each configured baseline's ranked item ids for ``rows``, learnt from the training samples ``train``."""
+    histories, targets = train["history"].to_list(), train["target"].to_list()
+    asked = rows["history"].to_list()
+    out = {}
+    if "most_popular" in config.baselines:
+        out["most_popular"] = most_popular(targets, len(asked), config.k)
+    if "transition" in config.baselines:
+        out["transition"] = Transition(histories, targets).rank(asked, config.k)
+    if "sasrec" in config.baselines:
+        out["sasrec"] = SASRecRecommender(histories, targets, max_len, config.sasrec).rank(asked, config.k)
+    return out
+
+
+def _think(model, tokenizer, rows, trie: SidTrie, targets: Sequence[str], ks: Sequence[int], valid: set[str],
+           config: EvalConfig) -> dict:
+    """Greedy reasoning then the constrained beam, Pass@samples over sampled reasoning, CoT cost and grounding."""
+    from transformers import GenerationConfig
+
+    from recot.trainer.rollout import two_stage
+
+    prompts = [tokenizer.apply_chat_template(p, add_generation_prompt=True, tokenize=True, return_dict=False)
+               for p in rows["think_prompt"].to_list()]
+    history = rows["history_sids"].to_list()
+    ranked, lengths, ehr, cov, passed = [], [], [], [], []
+    sampling = GenerationConfig(do_sample=True, temperature=1.0)
+    for start in range(0, len(prompts), config.batch_size):
+        batch = [list(p) for p in prompts[start:start + config.batch_size]]
+        greedy = two_stage(model, tokenizer, batch, trie, config.k, True, config.max_reasoning_tokens)
+        sampled = two_stage(model, tokenizer, [p for p in batch for _ in range(config.samples)], trie, 1, True,
+                            config.max_reasoning_tokens, sampling)
+        for row, (reasoning, beams) in enumerate(zip(greedy.reasoning, greedy.beams)):
+            index = start + row
+            ranked.append(list(dict.fromkeys(tokenizer.decode(b, skip_special_tokens=True) for b in beams)))
+            lengths.append(len(reasoning))
+            e, c = grounding(tokenizer.decode(reasoning, skip_special_tokens=True), history[index])
+            ehr.append(e)
+            cov.append(c)
+            tops = sampled.beams[row * config.samples:(row + 1) * config.samples]
+            passed.append(any(tokenizer.decode(t[0], skip_special_tokens=True) == targets[index] for t in tops))
+    return _scored(ranked, targets, ks, config, valid) | {
+        "cot_tokens": mean(lengths), f"pass@{config.samples}": mean(passed), "ehr": mean(ehr), "cov_rate": mean(cov)}
 
 
 def mean(values: Sequence[float]) -> float:
@@ -158,7 +190,7 @@ def _plot(report: dict, ks: Sequence[int], path: Path) -> None:
     import matplotlib.pyplot as plt
 
     figure, axes = plt.subplots(1, 2, figsize=(9, 3.5))
-    for name in ("direct", "think", "most_popular"):
+    for name in ("direct", "think", "most_popular", "transition", "sasrec"):
         if name in report:
             for axis, metric in zip(axes, ("recall", "ndcg")):
                 axis.plot(ks, [report[name][f"{metric}@{k}"] for k in ks], marker="o", label=name)
