@@ -90,10 +90,10 @@ def _word_hashes(texts: pl.Series) -> tuple[np.ndarray, np.ndarray]:
 class DedupConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
     threshold: float = Field(0.8, gt=0, lt=1, description="estimated Jaccard of word n-grams at which two traces are duplicates")
-    num_perm: int = Field(128, ge=16, le=4096)
-    ngram: int = Field(3, ge=1)
+    num_perm: int = Field(128, ge=16, le=4096, description="MinHash signature length")
+    ngram: int = Field(3, ge=1, description="word n-grams compared")
     margin: float = Field(0.1, ge=0, lt=1, description="LSH bands for threshold - margin: recall up, exact Jaccard keeps precision")
-    seed: int = 0
+    seed: int = Field(0, description="seed of the hash functions")
 
 
 @cache

@@ -43,9 +43,9 @@ FORMATS: tuple[Format, ...] = ("sft", "prompt_completion", "grpo", "verl", "shar
 
 class ExportConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
-    name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
-    out: Path
-    formats: list[Format] = list(FORMATS)
+    name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$", description="the dataset's name (its card is data_cards/NAME.md)")
+    out: Path = Field(description="the export folder, written atomically")
+    formats: list[Format] = Field(list(FORMATS), description="sft, prompt_completion, grpo, verl, sharegpt")
     cot_ratio: float | dict[str, float] = Field(1.0, description="share of R3 SFT rows that keep their CoT: one share, "
                                                  "or one per domain with '*' for the others")
     valid_share: float = Field(0.05, ge=0, lt=1, description="share of users held out as the validation split")
@@ -53,9 +53,9 @@ class ExportConfig(BaseModel):
     min_judge: float | None = Field(None, description="R3 rows need a judge score at least this high")
     min_delta_ll: float | None = Field(None, description="R3 rows need a delta_ll at least this high")
     top_k_per_user: int | None = Field(None, ge=1, description="keep each user's best k rows per task (judge, then delta_ll)")
-    license: str = "other"
-    source: str = "see the input dataset's card"
-    overwrite: bool = False
+    license: str = Field("other", description="the license in the dataset card")
+    source: str = Field("see the input dataset's card", description="where the data came from, for the card")
+    overwrite: bool = Field(False, description="replace an existing, non-empty export folder")
 
     @field_validator("cot_ratio")
     @classmethod

@@ -30,10 +30,10 @@ from recot.synth.teachers.base import Request, Response
 
 class JudgeConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
-    teacher: TeacherConfig = RulesTeacherConfig()
-    sampling: Sampling = Sampling(temperature=0.0, max_tokens=256)
-    tasks: list[str] = ["r3_cot_blind", "r3_cot_hindsight"]
-    templates: Path | None = None
+    teacher: TeacherConfig = Field(RulesTeacherConfig(), description="[teacher]: who judges, told apart by kind")
+    sampling: Sampling = Field(Sampling(temperature=0.0, max_tokens=256), description="[sampling] of the judge")
+    tasks: list[str] = Field(["r3_cot_blind", "r3_cot_hindsight"], description="the tasks whose answered traces are judged")
+    templates: Path | None = Field(None, description="a folder whose judge.j2 replaces the bundled one")
     journal: Path | None = Field(None, description="default: next to the store, <store>.judge.sqlite")
 
 

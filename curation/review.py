@@ -54,12 +54,13 @@ METADATA = {"task": "terms", "domain": "terms", "persona": "terms", "judge": "fl
 class ReviewConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
     dataset: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$", description="the Argilla dataset name")
-    workspace: str = "argilla"
+    workspace: str = Field("argilla", description="the Argilla workspace")
     url: str | None = Field(None, description="default: $RECOT_ARGILLA_URL, then http://127.0.0.1:6900")
     where: str = Field("task LIKE 'r3_%'", description="SQL filter over the kept traces (columns of traces)")
     reviews_per_record: int = Field(1, ge=1, description="submitted responses a record needs (task distribution)")
     batch_size: int = Field(500, ge=1, le=500, description="records per bulk request (Argilla's limit is 500)")
-    policy: Literal["majority", "any_reject"] = "majority"
+    policy: Literal["majority", "any_reject"] = Field(
+        "majority", description="majority: more accepts than rejects; any_reject: one reject rejects")
 
 
 def _settings_sql(config: ReviewConfig) -> str:

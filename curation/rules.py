@@ -51,30 +51,30 @@ REASONS = {
 
 class Switch(BaseModel):
     model_config = ConfigDict(extra="forbid")
-    enabled: bool = True
+    enabled: bool = Field(True, description="false: the rule writes no verdicts")
 
 
 class LengthRule(Switch):
-    min_chars: int = Field(20, ge=0)
-    max_chars: int = Field(6000, ge=1)
+    min_chars: int = Field(20, ge=0, description="shorter answered texts fail (too_short)")
+    max_chars: int = Field(6000, ge=1, description="longer answered texts fail (too_long)")
 
 
 class LanguageRule(Switch):
-    min_latin_share: float = Field(0.8, ge=0, le=1)
+    min_latin_share: float = Field(0.8, ge=0, le=1, description="least share of Latin letters among all letters")
 
 
 class PersonaRule(Switch):
-    personas: list[str] = list(ECOMMERCE_PERSONAS)
+    personas: list[str] = Field(list(ECOMMERCE_PERSONAS), description="the domain's persona list an R3 persona must be in")
 
 
 class GroundingRule(Switch):
-    max_ehr: float = Field(0.5, ge=0, le=1)
-    min_cov: float = Field(0.1, ge=0, le=1)
+    max_ehr: float = Field(0.5, ge=0, le=1, description="most share of SIDs in the reasoning that are not in the history")
+    min_cov: float = Field(0.1, ge=0, le=1, description="least share of history items the reasoning cites or names")
 
 
 class LeakageRule(Switch):
-    ngram: int = Field(3, ge=2)
-    min_token_chars: int = Field(4, ge=1)
+    ngram: int = Field(3, ge=2, description="target-title word n-grams (absent from the history) that count as a leak")
+    min_token_chars: int = Field(4, ge=1, description="shortest title word that can be a distinctive-token leak")
     max_token_df: float = Field(0.01, gt=0, le=1, description="a title word is distinctive when at most this share of catalog titles has it")
 
 
@@ -84,17 +84,17 @@ class BlindHitRule(Switch):
 
 class RulesConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
-    schema_valid: Switch = Switch()
-    cot_format: Switch = Switch()
-    length: LengthRule = LengthRule()
-    language: LanguageRule = LanguageRule()
-    persona: PersonaRule = PersonaRule()
-    interests: Switch = Switch()
-    sid_validity: Switch = Switch()
-    grounding: GroundingRule = GroundingRule()
-    leakage: LeakageRule = LeakageRule()
-    future: Switch = Switch()
-    blind_hit: BlindHitRule = BlindHitRule()
+    schema_valid: Switch = Field(Switch(), description="the synthesis verdict (truncated, schema_invalid, refused, ...)")
+    cot_format: Switch = Field(Switch(), description="R3 text follows the fixed think layout")
+    length: LengthRule = Field(LengthRule(), description="answered text length")
+    language: LanguageRule = Field(LanguageRule(), description="share of Latin letters")
+    persona: PersonaRule = Field(PersonaRule(), description="R3 persona is one of the domain's prototypes")
+    interests: Switch = Field(Switch(), description="1-5 interests citing history numbers that exist")
+    sid_validity: Switch = Field(Switch(), description="every SID in the text exists; the R3 answer is a SID")
+    grounding: GroundingRule = Field(GroundingRule(), description="EHR and cov_rate of the reasoning")
+    leakage: LeakageRule = Field(LeakageRule(), description="hindsight reasoning names the target (SID, title n-gram, brand, rare word)")
+    future: Switch = Field(Switch(), description="no event at or after the cut-off or the target")
+    blind_hit: BlindHitRule = Field(BlindHitRule(), description="a blind answer hits (or nearly hits) the next item")
 
 
 def _in(tasks: tuple[str, ...]) -> str:

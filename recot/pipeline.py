@@ -11,7 +11,7 @@ checkpoints, the split), so no stage re-derives an earlier decision. Stages, in 
 
 A stage without its table is left out (``synth``, ``curate`` and ``export`` always run). Each stage's
 fingerprint hashes its settings, the content of the files it reads from outside (dataset, templates, base
-model) and the fingerprints of the stages it reads from; ``OUT/pipeline-state.json`` keeps the fingerprint of
+model), the fingerprints of the stages it reads from and recot's version; ``OUT/pipeline-state.json`` keeps the fingerprint of
 every stage that finished. A stage whose fingerprint is unchanged (and whose outputs exist) is skipped, so a
 second run does no work, and a changed template, catalog or threshold reruns that stage and those after it.
 ``review`` always runs: its input is people, whom no fingerprint sees (push and pull are idempotent).
@@ -31,6 +31,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from recot import __version__
 from recot.curation.dedup import DedupConfig
 from recot.curation.export import ExportConfig
 from recot.curation.judge import JudgeConfig
@@ -162,7 +163,7 @@ def fingerprint_path(path: Path) -> str:
 
 
 def _fingerprint(stage: Stage, upstream: dict[str, str]) -> str:
-    payload = {"settings": stage.settings, "inputs": {str(p): fingerprint_path(p) for p in stage.inputs},
+    payload = {"recot": __version__, "settings": stage.settings, "inputs": {str(p): fingerprint_path(p) for p in stage.inputs},
                "after": {name: upstream.get(name) for name in stage.after}}
     return hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()
 

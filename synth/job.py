@@ -43,20 +43,21 @@ class SynthConfig(BaseModel):
     """One synthesis job. Relative paths in a config file are relative to that file."""
 
     model_config = ConfigDict(extra="forbid")
-    dataset: Path
-    out: Path = Path("out/synth")
-    tasks: list[str] = ["r3_cot_hindsight"]
-    part: Literal["train", "valid", "test"] = "train"
-    split: Literal["auto", "temporal", "leave_last_out"] = "auto"
-    max_history: int = Field(10, ge=1)
+    dataset: Path = Field(description="a MiniOneRec folder or a dataset config (TOML/YAML)")
+    out: Path = Field(Path("out/synth"), description="the job's folder: journal, traces.parquet, split.json, summary")
+    tasks: list[str] = Field(["r3_cot_hindsight"], description="r0_caption, r1_relation, r2_interests, r3_cot_blind, r3_cot_hindsight")
+    part: Literal["train", "valid", "test"] = Field("train", description="the split part whose samples are subjects")
+    split: Literal["auto", "temporal", "leave_last_out"] = Field(
+        "auto", description="how samples are split; auto: temporal when the dataset has boundaries (written to split.json)")
+    max_history: int = Field(10, ge=1, description="history items a sample shows (the most recent ones)")
     limit: int | None = Field(None, ge=1, description="subjects per task (before n samples and sharding)")
-    personas: list[str] = list(ECOMMERCE_PERSONAS)
-    templates: Path | None = None
-    teacher: TeacherConfig = RulesTeacherConfig()
-    sampling: Sampling = Sampling()
+    personas: list[str] = Field(list(ECOMMERCE_PERSONAS), description="the persona prototypes R3 traces choose from")
+    templates: Path | None = Field(None, description="a folder of templates overriding the bundled ones of the same task")
+    teacher: TeacherConfig = Field(RulesTeacherConfig(), description="[teacher]: who answers, told apart by kind")
+    sampling: Sampling = Field(Sampling(), description="[sampling]: as vLLM's SamplingParams")
     lenient: bool = Field(False, description="skip bad dataset records instead of failing; they go to OUT/dataset-rejects.csv")
-    commit_rows: int = Field(256, ge=1)
-    commit_s: float = Field(2.0, gt=0)
+    commit_rows: int = Field(256, ge=1, description="answers per journal transaction (at most this many are redone after a kill)")
+    commit_s: float = Field(2.0, gt=0, description="seconds between journal commits at the latest")
 
     @field_validator("tasks")
     @classmethod

@@ -266,3 +266,29 @@ def test_recot_config_lists_every_config():
         assert done.exit_code == 0, (name, done.output)
         keys = {row["key"] for row in json.loads(done.output)}
         assert keys and ("kind" in keys if name.startswith("teacher.") else True), name
+
+
+def test_every_setting_of_recots_own_configs_says_what_it_does():
+    """`recot config NAME` shows a description for every key of recot's configs (TRL's keep TRL's help)."""
+    from importlib import import_module
+
+    from pydantic import BaseModel
+
+    from recot.cli import CONFIGS
+
+    undocumented, seen = [], set()
+
+    def walk(kind: type[BaseModel]) -> None:
+        seen.add(kind)
+        for name, info in kind.model_fields.items():
+            if not info.description:
+                undocumented.append(f"{kind.__name__}.{name}")
+            if isinstance(info.annotation, type) and issubclass(info.annotation, BaseModel) and info.annotation not in seen:
+                walk(info.annotation)
+
+    for path in CONFIGS.values():
+        module, _, name = path.partition(":")
+        kind = getattr(import_module(module), name)
+        if isinstance(kind, type) and issubclass(kind, BaseModel) and kind not in seen:
+            walk(kind)
+    assert not undocumented, undocumented

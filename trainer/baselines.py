@@ -47,14 +47,14 @@ class SASRecConfig(BaseModel):
     """SASRec's size and training; the defaults fit a CPU and a catalog of a few thousand items."""
 
     model_config = ConfigDict(extra="forbid")
-    hidden_size: int = Field(64, ge=8)
-    layers: int = Field(2, ge=1)
-    heads: int = Field(1, ge=1)
-    dropout: float = Field(0.2, ge=0, lt=1)
-    epochs: int = Field(30, ge=1)
-    batch_size: int = Field(128, ge=1)
-    learning_rate: float = Field(1e-3, gt=0)
-    seed: int = 0
+    hidden_size: int = Field(64, ge=8, description="embedding and block width")
+    layers: int = Field(2, ge=1, description="self-attention blocks")
+    heads: int = Field(1, ge=1, description="attention heads (hidden_size must divide by it)")
+    dropout: float = Field(0.2, ge=0, lt=1, description="dropout on embeddings and blocks")
+    epochs: int = Field(30, ge=1, description="passes over the training samples")
+    batch_size: int = Field(128, ge=1, description="samples per step")
+    learning_rate: float = Field(1e-3, gt=0, description="Adam's learning rate")
+    seed: int = Field(0, description="seed of initialisation and sample order")
 
 
 class SASRec(torch.nn.Module):

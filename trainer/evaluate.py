@@ -71,19 +71,19 @@ def ranking_metrics(ranked: Sequence[Sequence[str]], targets: Sequence[str], ks:
 
 class EvalConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
-    model: Path
-    dataset: Path
+    model: Path = Field(description="the trained model folder (with the SID tokens)")
+    dataset: Path = Field(description="the dataset the model was trained on")
     split: Path | None = Field(None, description="the split.json synthesis wrote (or its output folder): evaluate on the "
                                "split the training data was made on; without it the dataset's default split (auto)")
-    part: Literal["valid", "test"] = "test"
+    part: Literal["valid", "test"] = Field("test", description="the split part evaluated")
     k: int = Field(10, ge=1, description="beam width and the largest cut-off")
     limit: int | None = Field(None, ge=1, description="evaluate a seeded random sample of this many rows")
     think: bool = Field(True, description="also evaluate with reasoning (greedy <think>, then the constrained beam)")
     samples: int = Field(4, ge=1, description="sampled reasoning rollouts per row for Pass@samples")
-    max_reasoning_tokens: int = 128
-    max_history: int = 10
-    batch_size: int = 16
-    out: Path = Path("out/eval")
+    max_reasoning_tokens: int = Field(128, ge=1, description="reasoning budget of think mode")
+    max_history: int = Field(10, ge=1, description="history length when no split file is given")
+    batch_size: int = Field(16, ge=1, description="prompts per generate call")
+    out: Path = Field(Path("out/eval"), description="report.json and report.png go here")
     baselines: list[Literal["most_popular", "transition", "sasrec"]] = Field(
         ["most_popular", "transition", "sasrec"], description="sequential baselines scored on the same rows, "
         "learnt from the split's training samples")

@@ -36,9 +36,9 @@ class RecipeConfig(BaseModel):
     base_model: str = Field(description="the SFT checkpoint every expert starts from")
     export: Path = Field(description="a recot export folder: its grpo config gives prompts, targets and domains")
     sids: Path = Field(description="the dataset whose catalog the trie is built from")
-    out: Path
+    out: Path = Field(description="experts go to OUT/experts/DOMAIN, the unified model to OUT/unified")
     domains: list[str] | None = Field(None, description="domains to specialise on (default: all in the export)")
-    unify: Literal["rft", "distill"] = "rft"
+    unify: Literal["rft", "distill"] = Field("rft", description="rft: SFT on the experts' hits; distill: on-policy distillation")
     rft_samples: int = Field(4, ge=1, description="rollouts per prompt sampled from each expert")
     rewards: list[str] = Field(["exact_hit", "prefix_match", "rank", "format"], description="reward functions (trainer.rewards.REWARDS)")
     grpo: dict[str, Any] = Field(default_factory=dict, description="RecGRPOConfig settings for the experts")

