@@ -7,7 +7,8 @@ the bundled sample's next-item rows. The plain loop takes its batches from the r
 padding, truncation, labels and order are identical and only the training loop differs: forward, loss, backward,
 AdamW step, nothing else. Both are timed from step 5 to the last step (start-up excluded). Tokens are the batches'
 attention-mask tokens, the same for both. Prints tokens/s of each and the overhead ratio plain/recot (1.0: none;
-goal at most 1.3). Sides run interleaved, ``--repeat`` times each, best kept.
+goal at most 1.3). Sides run interleaved, ``--repeat`` times each, best kept. ``SFT_EXTRA`` (JSON) adds
+RecSFTConfig keys to the recot side, e.g. ``SFT_EXTRA='{"gradient_checkpointing": false}'``.
 """
 
 from __future__ import annotations
@@ -54,7 +55,7 @@ def config(work: Path, steps: int, batch: int):
 
     return RecSFTConfig(model_path=str(work / "base"), output_dir=str(work / "out"), max_steps=steps,
                         per_device_train_batch_size=batch, learning_rate=1e-3, logging_steps=1, save_strategy="no",
-                        report_to="none", max_length=512, disable_tqdm=True, seed=0)
+                        report_to="none", max_length=512, disable_tqdm=True, seed=0, **json.loads(os.environ.get("SFT_EXTRA", "{}")))
 
 
 def run_recot(work: Path, data, steps: int, batch: int) -> float:
