@@ -54,7 +54,7 @@ def config(work: Path, steps: int, batch: int):
     from recot.trainer.sft import RecSFTConfig
 
     return RecSFTConfig(model_path=str(work / "base"), output_dir=str(work / "out"), max_steps=steps,
-                        per_device_train_batch_size=batch, learning_rate=1e-3, logging_steps=1, save_strategy="no",
+                        per_device_train_batch_size=batch, learning_rate=1e-3, logging_steps=10, save_strategy="no",
                         report_to="none", max_length=512, disable_tqdm=True, seed=0, **json.loads(os.environ.get("SFT_EXTRA", "{}")))
 
 

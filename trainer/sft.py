@@ -23,10 +23,49 @@ class RecSFTConfig(SFTConfig):
     embedding_warmup_steps: int = field(default=0, metadata={"help": "steps training only the SID embeddings first (needs sid_dataset)"})
     lora_r: int = field(default=0, metadata={"help": "LoRA rank; 0 trains every weight"})
     lora_alpha: int = field(default=32, metadata={"help": "LoRA scaling"})
+    gradient_checkpointing: bool | None = field(default=None, metadata={
+        "help": "recompute activations in the backward pass (less memory, more time); None: on a GPU (TRL's default), "
+                "off on a CPU, where memory is not what limits a small model"})
+    fused_lm_head: bool | None = field(default=None, metadata={
+        "help": "TRL's tiled fused LM head for the loss; None: only where its Triton kernel runs (CUDA). On a CPU its "
+                "torch fallback takes about half of a step (bench/bench_sft_overhead.py)"})
 
     def __post_init__(self) -> None:
         fit_to_machine(self)
         super().__post_init__()
+
+
+class RecSFTTrainer(SFTTrainer):
+    """TRL's SFTTrainer whose loss, where the fused LM head would fall back to a per-tile torch loop (no Triton),
+    is the model's plain cross-entropy over the completion labels, with the same normalisation and metrics."""
+
+    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        fused = self.args.fused_lm_head
+        if fused is None:
+            import torch
+
+            fused = torch.cuda.is_available()
+        if fused or "labels" not in inputs or "attention_mask" not in inputs:
+            return super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
+        import torch
+
+        mode = "train" if model.training else "eval"
+        outputs = model(**{k: v for k, v in inputs.items() if k != "labels"}, use_cache=False)
+        labels = inputs["labels"][:, 1:]
+        valid = labels != -100
+        logprobs = torch.log_softmax(outputs.logits[:, :-1].float(), dim=-1)
+        picked = logprobs.gather(-1, labels.clamp(min=0).unsqueeze(-1)).squeeze(-1) * valid
+        count = valid.sum() if num_items_in_batch is None else num_items_in_batch
+        loss = -picked.sum() / torch.as_tensor(count).clamp(min=1)
+        with torch.no_grad():  # the metrics TRL logs: entropy and top-1 accuracy on the trained tokens, tokens seen
+            shown = max(int(valid.sum()), 1)
+            entropy = -(logprobs.exp() * logprobs).sum(-1)
+            self._metrics[mode]["entropy"].append(float((entropy * valid).sum()) / shown)
+            self._metrics[mode]["mean_token_accuracy"].append(float(((logprobs.argmax(-1) == labels) & valid).sum()) / shown)
+            if mode == "train":
+                self._total_train_tokens += int(inputs["attention_mask"].sum())
+            self._metrics[mode]["num_tokens"] = [self._total_train_tokens]
+        return (loss, outputs) if return_outputs else loss
 
 
 def machine_defaults() -> dict:
@@ -46,6 +85,8 @@ def fit_to_machine(config) -> None:
         config.use_cpu = True
     if config.bf16 is None:
         config.bf16 = defaults["bf16"] and not config.fp16
+    if getattr(config, "gradient_checkpointing", False) is None:
+        config.gradient_checkpointing = not defaults.get("use_cpu", False)
 
 
 def load_model(config: RecSFTConfig):
@@ -72,7 +113,7 @@ def _lora(config: RecSFTConfig):
                       modules_to_save=["embed_tokens", "lm_head"], ensure_weight_tying=True)
 
 
-def train_sft(config: RecSFTConfig, train_dataset=None, eval_dataset=None, callbacks=None) -> SFTTrainer:
+def train_sft(config: RecSFTConfig, train_dataset=None, eval_dataset=None, callbacks=None) -> RecSFTTrainer:
     """Run the (optional) embedding warm-up, then SFT; saves the model to ``output_dir``."""
     from recot.trainer.data import load_export
     from recot.trainer.sid_vocab import freeze_for_warmup
@@ -85,10 +126,10 @@ def train_sft(config: RecSFTConfig, train_dataset=None, eval_dataset=None, callb
         warm = replace(config, max_steps=config.embedding_warmup_steps, output_dir=str(Path(config.output_dir) / "warmup"),
                        save_strategy="no", eval_strategy="no")
         freeze_for_warmup(model, sid_ids)
-        SFTTrainer(model=model, args=warm, train_dataset=train_dataset, processing_class=tokenizer).train()
+        RecSFTTrainer(model=model, args=warm, train_dataset=train_dataset, processing_class=tokenizer).train()
         for parameter in model.parameters():
             parameter.requires_grad_(True)
-    trainer = SFTTrainer(model=model, args=config, train_dataset=train_dataset, eval_dataset=eval_dataset,
+    trainer = RecSFTTrainer(model=model, args=config, train_dataset=train_dataset, eval_dataset=eval_dataset,
                          processing_class=tokenizer, peft_config=_lora(config) if config.lora_r else None, callbacks=callbacks)
     trainer.train(resume_from_checkpoint=config.resume_from_checkpoint)
     trainer.save_model(config.output_dir)
