@@ -5,6 +5,8 @@
 - :func:`recot.testing.servers.vllm_server`: a real vLLM OpenAI-compatible server on loopback;
 - :func:`recot.testing.servers.instant_server`: a loopback OpenAI-compatible server that answers at
   once, with failure modes chosen by model name (:mod:`recot.testing.instant_server`);
+- :class:`recot.testing.fault_proxy.FaultProxy`: a loopback proxy that injects 429, 503, dropped
+  connections, cut bodies, text bodies and empty choices in front of a real server;
 - :data:`RECOT`: the installed ``recot`` command, for driving the CLI as a user does.
 """
 
