@@ -7,15 +7,11 @@ from typing import Any
 from recot.curation.store import Store
 
 # One row per reviewed trace, combining every review dataset's decision on it: a reject in any dataset holds;
-# otherwise the latest submitted correction among the datasets that accepted the trace replaces its text
-# (a pending trace, a split vote, keeps its original reasoning), with who corrected it and in which dataset.
+# otherwise the latest submitted correction among the datasets that accepted the trace replaces its text (a
+# pending trace, a split vote, keeps its original reasoning). Who corrected it, and where, stay in review_decisions.
 REVIEWED_SQL = """SELECT trace_id, bool_or(decision = 'reject') AS rejected,
                          arg_max(corrected_text, corrected_at) FILTER (WHERE decision = 'accept' AND corrected_text IS NOT NULL)
-                             AS corrected_text,
-                         arg_max(corrected_by, corrected_at) FILTER (WHERE decision = 'accept' AND corrected_text IS NOT NULL)
-                             AS corrected_by,
-                         arg_max(dataset, corrected_at) FILTER (WHERE decision = 'accept' AND corrected_text IS NOT NULL)
-                             AS corrected_in
+                             AS corrected_text
                   FROM review_decisions GROUP BY trace_id"""
 # kept: answered, no failed rule, not rejected in any review; an accepted correction replaces the text
 KEPT_SQL = f"""SELECT t.* REPLACE (coalesce(d.corrected_text, t.text) AS text)

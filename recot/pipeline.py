@@ -256,7 +256,6 @@ class Pipeline:
         from recot.curation.rules import run_rules
         from recot.curation.store import Store
 
-        self.store_path.parent.mkdir(parents=True, exist_ok=True)
         with atomic_path(self.store_path) as tmp:
             with Store(tmp) as db:
                 db.load_catalog(self._catalog(), self.config.domain or self.config.dataset.name)
@@ -287,13 +286,11 @@ class Pipeline:
 
     def _run_export(self) -> dict[str, Any]:
         from recot.curation.export import export
-        from recot.curation.report import funnel
         from recot.curation.store import Store
 
         with Store(self.store_path) as db:
             card = export(db, self.config.export)
-            kept = funnel(db, examples=0)["kept"]
-        return {"kept": kept, "rows": {name: sum(parts.values()) for name, parts in card["formats"].items()},
+        return {"kept": card["funnel"]["kept"], "rows": {name: sum(parts.values()) for name, parts in card["formats"].items()},
                 "decontaminated": card["decontamination"]["rows_dropped"]}
 
     def _run_tiny_model(self) -> dict[str, Any]:

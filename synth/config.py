@@ -50,12 +50,11 @@ def read_config_file(path: Path) -> dict[str, Any]:
     return data
 
 
-def load_config(kind: type[C], path: Path | None = None, overrides: dict[str, Any] | None = None,
-                data: dict[str, Any] | None = None) -> C:
-    """A ``kind`` (pydantic model or dataclass) from the file at ``path`` (or its already-read ``data``),
-    with non-None ``overrides`` on top. Errors name the file, the setting and the fix."""
+def load_config(kind: type[C], path: Path | None = None, overrides: dict[str, Any] | None = None) -> C:
+    """A ``kind`` (pydantic model or dataclass) from the file at ``path`` (optional), with non-None
+    ``overrides`` on top. Errors name the file, the setting and the fix."""
     where = path or "command-line options"
-    data = dict(read_config_file(path) if data is None and path else data or {})
+    data = read_config_file(path) if path else {}
     if path is not None:
         data = rebase_paths(kind, data, path.parent)
     data.update({k: v for k, v in (overrides or {}).items() if v is not None})

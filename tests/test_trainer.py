@@ -318,7 +318,8 @@ def _patterned(count: int, seed: int = 0) -> tuple[list[list[str]], list[str]]:
 def test_sasrec_and_transition_learn_a_pattern_they_can_see():
     """Transition sees only the last item, so it can tell the two walks apart only by chance; SASRec sees the
     sequence and learns both."""
-    from recot.trainer.baselines import SASRecConfig, SASRecRecommender, Transition, ranks_of
+    from recot.trainer.baselines import SASRecConfig, SASRecRecommender, Transition
+    from recot.trainer.evaluate import ranks_of
 
     histories, targets = _patterned(2500)
     test_h, test_t = _patterned(400, seed=1)
@@ -333,7 +334,7 @@ def test_sasrec_and_transition_learn_a_pattern_they_can_see():
 def test_bootstrap_intervals_hold_the_mean_and_narrow_with_rows():
     import numpy as np
 
-    from recot.trainer.baselines import bootstrap_intervals
+    from recot.trainer.evaluate import bootstrap_intervals
 
     rng = np.random.default_rng(0)
     few, many = rng.integers(-1, 10, 200), rng.integers(-1, 10, 20000)

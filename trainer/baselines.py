@@ -1,4 +1,4 @@
-"""Sequential baselines scored on exactly the rows a model is evaluated on, and bootstrap intervals.
+"""Sequential baselines scored on exactly the rows a model is evaluated on.
 
 Each baseline learns from the split's training samples only (history item ids -> target item id) and ranks
 item ids for an evaluation row's history; evaluation maps items to SIDs and scores every method with the same
@@ -14,7 +14,6 @@ import math
 from collections import Counter, defaultdict
 from collections.abc import Sequence
 
-import numpy as np
 import torch
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -134,27 +133,3 @@ class SASRecRecommender:
             top = scores.topk(min(k, len(self.vocabulary)), dim=1).indices.tolist()
             ranked += [[self.vocabulary[i - 1] for i in row] for row in top]
         return ranked
-
-
-def ranks_of(ranked: Sequence[Sequence[str]], targets: Sequence[str]) -> np.ndarray:
-    """0-based rank of each target in its ranking (-1 when absent)."""
-    return np.array([next((i for i, x in enumerate(r) if x == t), -1) for r, t in zip(ranked, targets)], dtype=np.int64)
-
-
-def bootstrap_intervals(ranks: np.ndarray, ks: Sequence[int], resamples: int = 1000, seed: int = 0) -> dict[str, list[float]]:
-    """95% percentile intervals of Recall@K and NDCG@K over rows resampled with replacement."""
-    if not len(ranks) or not resamples:
-        return {}
-    rng = np.random.default_rng(seed)
-    per_row = {}
-    for k in ks:
-        hit = (ranks >= 0) & (ranks < k)
-        per_row[f"recall@{k}"] = hit.astype(np.float64)
-        per_row[f"ndcg@{k}"] = np.where(hit, 1 / np.log2(np.maximum(ranks, 0) + 2), 0.0)
-    means: dict[str, list[np.ndarray]] = {name: [] for name in per_row}
-    for start in range(0, resamples, 100):  # chunks keep memory at 100 x rows
-        picks = rng.integers(0, len(ranks), size=(min(100, resamples - start), len(ranks)))
-        for name, values in per_row.items():
-            means[name].append(values[picks].mean(axis=1))
-    return {name: [float(np.percentile(np.concatenate(m), 2.5)), float(np.percentile(np.concatenate(m), 97.5))]
-            for name, m in means.items()}

@@ -8,17 +8,17 @@ can be compared); the most-popular baseline ranks the training targets by freque
 from __future__ import annotations
 
 import json
-import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
+import numpy as np
 import torch
 from pydantic import BaseModel, ConfigDict, Field
 
 from recot.synth.cot import grounding
-from recot.trainer.baselines import SASRecConfig, SASRecRecommender, Transition, bootstrap_intervals, most_popular, ranks_of
+from recot.trainer.baselines import SASRecConfig, SASRecRecommender, Transition, most_popular
 from recot.trainer.rewards import answer_sid
 from recot.trainer.trie import SidTrie
 
@@ -54,19 +54,45 @@ def recommend(model, tokenizer, prompts: Sequence[list[dict]], trie: SidTrie | N
     return Ranking(ranked, cost)
 
 
+def ranks_of(ranked: Sequence[Sequence[str]], targets: Sequence[str]) -> np.ndarray:
+    """0-based rank of each target in its ranking (-1 when absent)."""
+    return np.array([next((i for i, x in enumerate(r) if x == t), -1) for r, t in zip(ranked, targets)], dtype=np.int64)
+
+
+def per_row_metrics(ranks: np.ndarray, ks: Sequence[int]) -> dict[str, np.ndarray]:
+    """Recall@K and NDCG@K of each row (one relevant item): the means are the metrics, resampled for intervals."""
+    out = {}
+    for k in ks:
+        hit = (ranks >= 0) & (ranks < k)
+        out[f"recall@{k}"] = hit.astype(np.float64)
+        out[f"ndcg@{k}"] = np.where(hit, 1 / np.log2(np.maximum(ranks, 0) + 2), 0.0)
+    return out
+
+
 def ranking_metrics(ranked: Sequence[Sequence[str]], targets: Sequence[str], ks: Sequence[int] = (1, 5, 10),
                     valid: set[str] | None = None) -> dict[str, float]:
     """Recall@K, NDCG@K (one relevant item) and, with ``valid``, the share of returned SIDs that exist."""
-    n = max(len(targets), 1)
-    ranks = [next((i for i, sid in enumerate(r) if sid == t), None) for r, t in zip(ranked, targets)]
-    out = {}
-    for k in ks:
-        out[f"recall@{k}"] = sum(r is not None and r < k for r in ranks) / n
-        out[f"ndcg@{k}"] = sum(1 / math.log2(r + 2) for r in ranks if r is not None and r < k) / n
+    out = {name: float(values.mean()) if len(values) else 0.0
+           for name, values in per_row_metrics(ranks_of(ranked, targets), ks).items()}
     if valid is not None:
         returned = [sid for r in ranked for sid in r]
         out["sid_validity"] = sum(sid in valid for sid in returned) / max(len(returned), 1)
     return out
+
+
+def bootstrap_intervals(ranks: np.ndarray, ks: Sequence[int], resamples: int = 1000, seed: int = 0) -> dict[str, list[float]]:
+    """95% percentile intervals of Recall@K and NDCG@K over rows resampled with replacement."""
+    if not len(ranks) or not resamples:
+        return {}
+    rng = np.random.default_rng(seed)
+    per_row = per_row_metrics(ranks, ks)
+    means: dict[str, list[np.ndarray]] = {name: [] for name in per_row}
+    for start in range(0, resamples, 100):  # chunks keep memory at 100 x rows
+        picks = rng.integers(0, len(ranks), size=(min(100, resamples - start), len(ranks)))
+        for name, values in per_row.items():
+            means[name].append(values[picks].mean(axis=1))
+    return {name: [float(np.percentile(np.concatenate(m), 2.5)), float(np.percentile(np.concatenate(m), 97.5))]
+            for name, m in means.items()}
 
 
 class EvalConfig(BaseModel):

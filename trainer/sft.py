@@ -11,6 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
+import torch
 from trl import SFTConfig, SFTTrainer
 
 
@@ -40,15 +41,8 @@ class RecSFTTrainer(SFTTrainer):
     is the model's plain cross-entropy over the completion labels, with the same normalisation and metrics."""
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
-        fused = self.args.fused_lm_head
-        if fused is None:
-            import torch
-
-            fused = torch.cuda.is_available()
-        if fused or "labels" not in inputs or "attention_mask" not in inputs:
+        if self.args.fused_lm_head or "labels" not in inputs or "attention_mask" not in inputs:
             return super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
-        import torch
-
         mode = "train" if model.training else "eval"
         outputs = model(**{k: v for k, v in inputs.items() if k != "labels"}, use_cache=False)
         labels = inputs["labels"][:, 1:]
@@ -71,8 +65,6 @@ class RecSFTTrainer(SFTTrainer):
 def machine_defaults() -> dict:
     """Device settings that fit this machine: the CPU where there is no GPU, bf16 where the GPU supports it
     (TRL's configs default to bf16 and fail on a CPU-only machine)."""
-    import torch
-
     if not torch.cuda.is_available():
         return {"use_cpu": True, "bf16": False}
     return {"bf16": torch.cuda.is_bf16_supported()}
@@ -87,11 +79,12 @@ def fit_to_machine(config) -> None:
         config.bf16 = defaults["bf16"] and not config.fp16
     if getattr(config, "gradient_checkpointing", False) is None:
         config.gradient_checkpointing = not defaults.get("use_cpu", False)
+    if getattr(config, "fused_lm_head", False) is None:
+        config.fused_lm_head = torch.cuda.is_available()
 
 
 def load_model(config: RecSFTConfig):
     """Model and tokenizer, with the SID vocabulary added when ``sid_dataset`` is set; returns its token ids too."""
-    import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     tokenizer = AutoTokenizer.from_pretrained(config.model_path)
