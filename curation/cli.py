@@ -119,6 +119,9 @@ def report(examples: int, store: Path, as_json: bool) -> None:
         stdout.print(f"  {rule:<14} checked {counts['checked']:>8}  failed {counts['failed']:>8}")
         for reason, entry in counts.get("reasons", {}).items():
             stdout.print(f"      {reason:<22} {entry['count']:>8}  e.g. {entry['examples'][0]['detail'] or entry['examples'][0]['text']!s:.80}")
+    if slate := result["slate_accuracy"]:
+        stdout.print(f"slate picks: {slate['hits']} of {slate['answered']} hit ({slate['accuracy']:.1%}); "
+                     f"chance {slate['chance']:.1%}, most popular candidate {slate['most_popular']:.1%}")
 
 
 @click.command("export")

@@ -35,7 +35,7 @@ from recot.synth.cot import think_block_sql
 from recot.synth.errors import DataError
 from recot.synth.io import atomic_path
 from recot.synth.splits import SplitSpec
-from recot.synth.student import ASK_DIRECT, ASK_INTERESTS, ASK_THINK, prompt_sql, sql_text
+from recot.synth.student import ASK_DIRECT, ASK_INTERESTS, ASK_PICK_DIRECT, ASK_PICK_THINK, ASK_THINK, prompt_sql, sql_text, with_slate_sql
 
 Format = Literal["sft", "prompt_completion", "grpo", "verl", "sharegpt"]
 FORMATS: tuple[Format, ...] = ("sft", "prompt_completion", "grpo", "verl", "sharegpt")
@@ -50,6 +50,8 @@ class ExportConfig(BaseModel):
                                                  "or one per domain with '*' for the others")
     valid_share: float = Field(0.05, ge=0, lt=1, description="share of users held out as the validation split")
     dataset: Path | None = Field(None, description="the dataset the traces came from: enables decontamination")
+    slate_prompt: bool = Field(False, description="slate traces' student prompt lists their candidates (a ranking task); "
+                               "false: next-item generation with the CoT, like the other R3 rows")
     min_judge: float | None = Field(None, description="R3 rows need a judge score at least this high")
     min_delta_ll: float | None = Field(None, description="R3 rows need a delta_ll at least this high")
     top_k_per_user: int | None = Field(None, ge=1, description="keep each user's best k rows per task (judge, then delta_ll)")
@@ -84,6 +86,8 @@ def _rows_sql(config: ExportConfig) -> str:
     judge = "NULL" if config.min_judge is None else config.min_judge
     delta = "NULL" if config.min_delta_ll is None else config.min_delta_ll
     top_k = "NULL" if config.top_k_per_user is None else config.top_k_per_user
+    ask = (f"CASE WHEN ranks_slate AND with_cot THEN {sql_text(ASK_PICK_THINK)} WHEN ranks_slate THEN {sql_text(ASK_PICK_DIRECT)} "
+           f"WHEN with_cot THEN {sql_text(ASK_THINK)} ELSE {sql_text(ASK_DIRECT)} END")
     leak = "FALSE" if config.dataset is None else """k.target IS NOT NULL AND (
         EXISTS (SELECT 1 FROM evaluation v WHERE v.user_id = k.user_id AND v.target = k.target)
         OR EXISTS (SELECT 1 FROM cutoffs c WHERE c.user_id = k.user_id AND c.cutoff_ts IS NOT NULL AND k.part = 'train'
@@ -96,13 +100,21 @@ def _rows_sql(config: ExportConfig) -> str:
              WHERE p.task NOT LIKE 'r3_%' OR (({judge} IS NULL OR sc.judge >= {judge}) AND ({delta} IS NULL OR sc.delta_ll >= {delta}))
              QUALIFY {top_k} IS NULL OR p.user_id IS NULL OR row_number() OVER (
                  PARTITION BY p.task, p.user_id ORDER BY sc.judge DESC NULLS LAST, sc.delta_ll DESC NULLS LAST, p.trace_id) <= {top_k}),
+    slates AS (SELECT trace_id, string_agg('- ' || coalesce(c.sid_text, '?') || ' ' || coalesce(c.title, ''), chr(10) ORDER BY pos)
+                         AS slate_lines
+               FROM (SELECT trace_id, unnest(items) AS item_id, generate_subscripts(items, 1) AS pos FROM kept
+                     WHERE {config.slate_prompt} AND task = 'r3_cot_slate') LEFT JOIN catalog c USING (item_id)
+               GROUP BY trace_id),
     base AS (
-        SELECT k.trace_id, k.task, k.user_id, k.subject_id, k.target, k.text, k.history, hs.lines, hs.history_sids,
+        SELECT k.trace_id, k.task, k.user_id, k.subject_id, k.target, k.text, k.history, hs.history_sids,
+               CASE WHEN sl.slate_lines IS NULL THEN hs.lines ELSE {with_slate_sql("hs.lines", "sl.slate_lines")} END AS lines,
+               sl.slate_lines IS NOT NULL AS ranks_slate,
                tc.sid_text AS target_sid, coalesce(tc.domain, i1.domain, lc.domain) AS domain,
                CASE WHEN md5_number(coalesce(k.user_id, k.subject_id)) % 1000 < {share} THEN 'validation' ELSE 'train' END AS split,
                md5_number(k.trace_id) % 1000 < {config.ratio_sql("coalesce(tc.domain, i1.domain, lc.domain)")} AS with_cot,
                i1.sid_text AS sid1, i1.title AS title1, i2.sid_text AS sid2, i2.title AS title2, {leak} AS leak
-        FROM kept k LEFT JOIN trace_columns hs USING (trace_id) LEFT JOIN catalog tc ON tc.item_id = k.target
+        FROM kept k LEFT JOIN trace_columns hs USING (trace_id) LEFT JOIN slates sl USING (trace_id)
+             LEFT JOIN catalog tc ON tc.item_id = k.target
              LEFT JOIN catalog i1 ON i1.item_id = k.items[1] LEFT JOIN catalog i2 ON i2.item_id = k.items[2]
              LEFT JOIN catalog lc ON lc.item_id = k.history[-1]),
     picks AS (SELECT min(trace_id) AS trace_id FROM base WHERE task LIKE 'r3_%' AND NOT leak
@@ -113,9 +125,9 @@ def _rows_sql(config: ExportConfig) -> str:
             WHEN 'r0_caption' THEN 'What is the item ' || sid1 || '? Describe it.'
             WHEN 'r1_relation' THEN 'How does ' || sid2 || ' ' || title2 || ' relate to ' || sid1 || ' ' || title1 || '?'
             WHEN 'r2_interests' THEN {prompt_sql("lines", sql_text(ASK_INTERESTS))}
-            ELSE {prompt_sql("lines", f"CASE WHEN with_cot THEN {sql_text(ASK_THINK)} ELSE {sql_text(ASK_DIRECT)} END")}
+            ELSE {prompt_sql("lines", ask)}
         END AS prompt,
-        {prompt_sql("lines", sql_text(ASK_THINK))} AS grpo_prompt,
+        {prompt_sql("lines", f"CASE WHEN ranks_slate THEN {sql_text(ASK_PICK_THINK)} ELSE {sql_text(ASK_THINK)} END")} AS grpo_prompt,
         CASE WHEN task LIKE 'r3_%' THEN
                  CASE WHEN with_cot THEN {think_block_sql("text")} || chr(10) || target_sid ELSE target_sid END
              ELSE text END AS completion

@@ -32,7 +32,7 @@ class JudgeConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
     teacher: TeacherConfig = Field(RulesTeacherConfig(), description="[teacher]: who judges, told apart by kind")
     sampling: Sampling = Field(Sampling(temperature=0.0, max_tokens=256), description="[sampling] of the judge")
-    tasks: list[str] = Field(["r3_cot_blind", "r3_cot_hindsight"], description="the tasks whose answered traces are judged")
+    tasks: list[str] = Field(["r3_cot_blind", "r3_cot_slate", "r3_cot_hindsight"], description="the tasks whose answered traces are judged")
     templates: Path | None = Field(None, description="a folder whose judge.j2 replaces the bundled one")
     journal: Path | None = Field(None, description="default: next to the store, <store>.judge.sqlite")
 

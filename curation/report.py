@@ -37,5 +37,20 @@ def funnel(store: Store, examples: int = 2) -> dict[str, Any]:
         entry = rules[rule].setdefault("reasons", {}).setdefault(reason, {"count": n, "examples": []})
         entry["examples"].append({"trace_id": trace_id, "task": task, "detail": detail, "text": text})
     return {"traces": sum(tasks.values()), "by_task": tasks, "rules": rules,
-            "kept": sum(kept.values()), "kept_by_task": kept,
+            "kept": sum(kept.values()), "kept_by_task": kept, "slate_accuracy": slate_accuracy(store),
             "ingest_rejects": store.scalar("SELECT count(*) FROM ingest_rejects")}
+
+
+def slate_accuracy(store: Store) -> dict[str, float | int]:
+    """How often the teacher's slate pick (or top k) holds the real next item, against chance (k / N) and
+    against picking the most popular candidates (``popular_rank <= k``), over the slate answers the
+    ``blind_hit`` rule checked. Empty when there are none."""
+    answered, hits, chance, popular = store.con.execute("""
+        SELECT count(*), count(*) FILTER (WHERE v.passed),
+               avg((1 + json_array_length(coalesce(json_extract(t.output, '$.alternatives'), '[]'))) / len(t.items)),
+               avg((t.popular_rank <= 1 + json_array_length(coalesce(json_extract(t.output, '$.alternatives'), '[]')))::INT)
+        FROM verdicts v JOIN traces t USING (trace_id) WHERE v.rule = 'blind_hit' AND t.task = 'r3_cot_slate'""").fetchone()
+    if not answered:
+        return {}
+    return {"answered": answered, "hits": hits, "accuracy": round(hits / answered, 4),
+            "chance": round(chance, 4), "most_popular": round(popular, 4) if popular is not None else None}

@@ -23,7 +23,7 @@ from recot.curation.trace_columns import WORD_RE, trace_columns
 from recot.synth.cot import COT_PATTERN, reasoning_sql
 from recot.synth.schemas import ECOMMERCE_PERSONAS
 
-R3 = ("r3_cot_blind", "r3_cot_hindsight")
+R3 = ("r3_cot_blind", "r3_cot_slate", "r3_cot_hindsight")
 # Words that never make a title word distinctive: the CoT format's labels and common English
 # (the persona prototypes' words are added from the config).
 COMMON_WORDS = tuple(
@@ -46,6 +46,7 @@ REASONS = {
     "leak_token": "hindsight reasoning uses a distinctive word of the target's title",
     "future_event": "an event at or after the cut-off (or the target) is in the sample",
     "miss": "blind prediction neither matches nor shares the SID prefix of the real next item",
+    "slate_miss": "the real next item is not the slate pick (nor among the ranked top k)",
 }
 
 
@@ -94,7 +95,8 @@ class RulesConfig(BaseModel):
     grounding: GroundingRule = Field(GroundingRule(), description="EHR and cov_rate of the reasoning")
     leakage: LeakageRule = Field(LeakageRule(), description="hindsight reasoning names the target (SID, title n-gram, brand, rare word)")
     future: Switch = Field(Switch(), description="no event at or after the cut-off or the target")
-    blind_hit: BlindHitRule = Field(BlindHitRule(), description="a blind answer hits (or nearly hits) the next item")
+    blind_hit: BlindHitRule = Field(BlindHitRule(), description="a blind answer hits (or nearly hits) the next item; "
+                                    "a slate answer picks it (or ranks it in its top k)")
 
 
 def _in(tasks: tuple[str, ...]) -> str:
@@ -241,18 +243,30 @@ def _future(_: RulesConfig, sid_re: str) -> str:
 
 
 def _blind_hit(c: RulesConfig, sid_re: str) -> str:
+    """Open answers hit exactly or by a shared SID prefix; slate answers only exactly (the slate holds the item)."""
     codes = "regexp_extract_all({}, '_(\\d+)>', 1)"
     k = c.blind_hit.prefix_levels
     return f"""
         WITH x AS (SELECT t.trace_id, {codes.format("json_extract_string(t.output, '$.answer')")} AS got,
                           {codes.format('c.sid_text')} AS want, json_extract_string(t.output, '$.answer') AS answer, c.sid_text
                    FROM traces t JOIN catalog c ON c.item_id = t.target
-                   WHERE t.status = 'ok' AND t.task = 'r3_cot_blind')
+                   WHERE t.status = 'ok' AND t.task = 'r3_cot_blind'),
+        s AS (SELECT t.trace_id, c.sid_text,
+                     list_position(list_prepend(json_extract_string(t.output, '$.answer'),
+                                                coalesce(json_extract_string(t.output, '$.alternatives[*]'), [])), c.sid_text) AS rank,
+                     1 + json_array_length(coalesce(json_extract(t.output, '$.alternatives'), '[]')) AS k
+              FROM traces t JOIN catalog c ON c.item_id = t.target
+              WHERE t.status = 'ok' AND t.task = 'r3_cot_slate')
         SELECT trace_id, got = want OR ({k} > 0 AND got[1:{k}] = want[1:{k}]),
                CASE WHEN NOT (got = want OR ({k} > 0 AND got[1:{k}] = want[1:{k}])) THEN 'miss' END,
                CASE WHEN got = want THEN 'exact' WHEN {k} > 0 AND got[1:{k}] = want[1:{k}] THEN 'prefix' ELSE 'miss' END
                    || ': answer ' || coalesce(answer, '?') || ', next item ' || sid_text
-        FROM x"""
+        FROM x
+        UNION ALL
+        SELECT trace_id, rank IS NOT NULL, CASE WHEN rank IS NULL THEN 'slate_miss' END,
+               CASE WHEN rank IS NULL THEN 'not in the top ' || k::VARCHAR ELSE 'rank ' || rank::VARCHAR || ' of the top ' || k::VARCHAR END
+                   || ', next item ' || sid_text
+        FROM s"""
 
 
 RULES: dict[str, Callable[[RulesConfig, str], str]] = {

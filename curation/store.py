@@ -26,7 +26,7 @@ from recot.synth.journal import OUTPUT_SCHEMA
 from recot.synth.sid import DEFAULT_DIALECT, SidDialect, parse_sid_values
 from recot.synth.splits import SPLIT_FILE, SplitSpec
 
-SCHEMA_VERSION = 4
+SCHEMA_VERSION = 5
 # Tables rewritten in bulk (verdicts, scores, dup_clusters) carry no key: an index costs 3.5 s per
 # million inserted rows (x12 rules at 1M traces), and their writers delete before they insert.
 _UNKEYED = ("verdicts", "scores", "dup_clusters")
@@ -44,6 +44,7 @@ MIGRATIONS = {
               FROM review_decisions d LEFT JOIN (SELECT trace_id, min(dataset) AS dataset FROM review_pushes GROUP BY ALL) p
                    USING (trace_id);
           DROP TABLE review_decisions; ALTER TABLE review_decisions_v4 RENAME TO review_decisions""",
+    4: "ALTER TABLE traces ADD COLUMN IF NOT EXISTS popular_rank INTEGER",  # slate tasks' most-popular baseline
 }
 PROVENANCE = ("request_hash", "task", "status", "template", "template_hash", "teacher", "model", "params", "created_at")
 REQUIRED = (*PROVENANCE, "subject_id", "sample", "output", "text")
@@ -223,9 +224,11 @@ class Store:
                 FROM incoming WHERE {missing_provenance}""", [str(source)])
             rejected = self.scalar(f"SELECT count(*) FROM incoming WHERE {missing_provenance}")
             columns = ", ".join(f'"{c}"' for c in _TRACE_COLUMNS)
+            present = set(pq.read_schema(source).names)  # files of an older recot lack the newer optional columns
+            values = ", ".join(f'i."{c}"' if c in present else "NULL" for c in _TRACE_COLUMNS)
             new = self.con.execute(f"""
                 INSERT INTO traces (trace_id, source, {columns})
-                SELECT i.trace_id, ?, {', '.join(f'i."{c}"' for c in _TRACE_COLUMNS)}
+                SELECT i.trace_id, ?, {values}
                 FROM incoming i ANTI JOIN traces t ON i.trace_id = t.trace_id
                 WHERE NOT ({missing_provenance})
                 QUALIFY row_number() OVER (PARTITION BY i.trace_id) = 1""", [str(source)]).fetchall()[0][0]

@@ -29,10 +29,11 @@ from recot.synth.errors import DataError
 from recot.synth.io import atomic_path
 from recot.synth.journal import Journal, read_plan, write_plan
 from recot.synth.loaders import Dataset, load_dataset
-from recot.synth.parse import Parsed, parse_response
+from recot.synth.parse import Parsed, off_slate, parse_response
 from recot.synth.prompts import PromptLibrary
 from recot.synth.requests import CUTOFF_REASONS, ItemView, Shard, iter_requests, plan_subjects
 from recot.synth.schemas import ECOMMERCE_PERSONAS
+from recot.synth.slates import SlateConfig, SlateSampler
 from recot.synth.splits import Split, SplitSpec
 from recot.synth.tasks import TASKS, Task, get_task
 from recot.synth.teachers import RulesTeacherConfig, Sampling, Teacher, TeacherConfig, make_teacher
@@ -45,7 +46,8 @@ class SynthConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
     dataset: Path = Field(description="a MiniOneRec folder or a dataset config (TOML/YAML)")
     out: Path = Field(Path("out/synth"), description="the job's folder: journal, traces.parquet, split.json, summary")
-    tasks: list[str] = Field(["r3_cot_hindsight"], description="r0_caption, r1_relation, r2_interests, r3_cot_blind, r3_cot_hindsight")
+    tasks: list[str] = Field(["r3_cot_hindsight"],
+                             description="r0_caption, r1_relation, r2_interests, r3_cot_blind, r3_cot_slate, r3_cot_hindsight")
     part: Literal["train", "valid", "test"] = Field("train", description="the split part whose samples are subjects")
     split: Literal["auto", "temporal", "leave_last_out"] = Field(
         "auto", description="how samples are split; auto: temporal when the dataset has boundaries (written to split.json)")
@@ -55,6 +57,7 @@ class SynthConfig(BaseModel):
     templates: Path | None = Field(None, description="a folder of templates overriding the bundled ones of the same task")
     teacher: TeacherConfig = Field(RulesTeacherConfig(), description="[teacher]: who answers, told apart by kind")
     sampling: Sampling = Field(Sampling(), description="[sampling]: as vLLM's SamplingParams")
+    slate: SlateConfig = Field(SlateConfig(), description="[slate]: candidate slates of r3_cot_slate (size, top_k, samplers)")
     lenient: bool = Field(False, description="skip bad dataset records instead of failing; they go to OUT/dataset-rejects.csv")
     commit_rows: int = Field(256, ge=1, description="answers per journal transaction (at most this many are redone after a kill)")
     commit_s: float = Field(2.0, gt=0, description="seconds between journal commits at the latest")
@@ -146,6 +149,7 @@ class _Job:
         self.report = JobReport(str(out), self.teacher.kind, self.teacher.model)
         self.stats = AnswerStats()
         self.task_of = {task.name: task for task in self.tasks}
+        self.items = ItemView(self.dataset.catalog)
 
     def _plan(self) -> list[tuple[Task, Path]]:
         """Write each task's subjects to parquet and the refused samples next to the output."""
@@ -168,17 +172,21 @@ class _Job:
     def _requests(self, planned: list[tuple[Task, Path]]) -> Iterator[Request]:
         """Every request of the job in plan order; each goes to the plan file, which the export joins to the answers."""
         library = PromptLibrary(self.config.templates)
-        items = ItemView(self.dataset.catalog)
         identity = (self.teacher.kind, self.teacher.model)
+        slates = (SlateSampler(self.config.slate, self.dataset.catalog, self.split.part("train"), self.work)
+                  if any(task.slate for task, _ in planned) else None)
         with (self.work / "plan.tsv").open("w", encoding="utf-8") as plan:
             for task, path in planned:
-                for request in iter_requests(task, path, library, items, self.personas, identity, self.config.sampling, self.shard):
+                for request in iter_requests(task, path, library, self.items, self.personas, identity, self.config.sampling,
+                                             self.shard, slates):
                     write_plan(plan, request.key, request.subject)
                     yield request
 
     def _parse(self, request: Request, response: Response) -> tuple[Parsed, str | None]:
         task = self.task_of[request.task]
         parsed = parse_response(response, task.schema(self.personas))
+        if task.slate and parsed.output:
+            parsed = off_slate(parsed, [self.items[i]["sid"] for i in request.subject["items"]], self.config.slate.top_k)
         return parsed, task.text(parsed.output) if parsed.output else None
 
     def run(self, progress: bool) -> JobReport:

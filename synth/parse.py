@@ -22,6 +22,7 @@ REASONS = {
     "schema_invalid": "the JSON does not match the task's output schema",
     "request_error": "the endpoint rejected the request itself (a 4xx other than 429)",
     "bad_reply": "every reply was unusable (HTTP 200 with a truncated, non-JSON or choice-less body), retries included",
+    "off_slate": "a slate answer names a SID that is not a candidate, repeats one, or ranks the wrong number of them",
     "prompt_too_long": "the prompt does not fit the engine's context (max_model_len); shorten max_history or raise it",
 }
 
@@ -63,3 +64,16 @@ def parse_response(response: Response, schema: type[BaseModel]) -> Parsed:
         first = exc.errors()[0]
         where = ".".join(str(p) for p in first["loc"]) or "(root)"
         return _reject("schema_invalid", f"{where}: {first['msg']} ({exc.error_count()} errors)")
+
+
+def off_slate(parsed: Parsed, slate_sids: list[str], top_k: int) -> Parsed:
+    """``parsed`` (a valid slate trace) or its rejection when the picks are not ``top_k`` distinct candidates.
+
+    Structured outputs already confine the picks; this holds for teachers that decode freely too."""
+    picks = [parsed.output.answer, *parsed.output.alternatives]
+    off = [sid for sid in picks if sid not in slate_sids]
+    if off:
+        return _reject("off_slate", f"{off[0]} is not a candidate")
+    if len(set(picks)) != len(picks) or len(picks) != top_k:
+        return _reject("off_slate", f"{len(picks)} picks ({len(set(picks))} distinct) where {top_k} were asked")
+    return parsed

@@ -19,6 +19,8 @@ import pyarrow.parquet as pq
 
 from recot.synth.catalog import Catalog
 from recot.synth.prompts import PromptLibrary, RenderedPrompt
+from recot.synth.schemas import constrain_to_slate
+from recot.synth.slates import SlateSampler
 from recot.synth.splits import Split
 from recot.synth.tasks import Task
 from recot.synth.teachers.base import Request, Sampling, request_key
@@ -98,18 +100,29 @@ class ItemView:
 
 
 def iter_requests(task: Task, subjects: Path, library: PromptLibrary, items: ItemView, personas: tuple[str, ...],
-                  teacher: tuple[str, str], sampling: Sampling, shard: Shard = Shard(),
+                  teacher: tuple[str, str], sampling: Sampling, shard: Shard = Shard(), slates: SlateSampler | None = None,
                   batch_rows: int = 1024) -> Iterator[Request]:
-    """Render every subject in ``subjects`` (parquet) owned by ``shard`` into ``sampling.n`` requests."""
+    """Render every subject in ``subjects`` (parquet) owned by ``shard`` into ``sampling.n`` requests.
+
+    A slate task's samples each get their slate from ``slates``; its request schema then names only
+    that slate's SIDs."""
+    if task.slate and slates is None:
+        raise ValueError(f"task {task.name} needs a slate sampler")
     schema = task.schema(personas).model_json_schema()
     for batch in pq.ParquetFile(subjects).iter_batches(batch_size=batch_rows):
         for row in batch.to_pylist():
             if not shard.owns(row["subject_id"]):
                 continue
             variables, subject = _variables(task, row, items, personas)
+            asked = schema
+            if task.slate:
+                slate = slates.draw(row["subject_id"], row["history"], row["target"])
+                subject |= {"items": slate.items, "popular_rank": slate.popular_rank, "top_k": slates.config.top_k}
+                variables |= {"slate": [items[i] for i in slate.items], "top_k": slates.config.top_k}
+                asked = constrain_to_slate(schema, [v["sid"] for v in variables["slate"]], slates.config.top_k)
             prompt = library.render(task.name, **variables)
             for sample in range(sampling.n):
-                yield build_request(prompt, schema, teacher, sampling, sample, subject)
+                yield build_request(prompt, asked, teacher, sampling, sample, subject)
 
 
 def build_request(prompt: RenderedPrompt, schema: dict[str, Any], teacher: tuple[str, str], sampling: Sampling,

@@ -91,3 +91,30 @@ def cot_trace_model(personas: tuple[str, ...] = ECOMMERCE_PERSONAS) -> type[Base
         transition=(Transition, ...),
         answer=(str, Field(min_length=1, description="the predicted next item's SID")),
     )
+
+
+@lru_cache(maxsize=32)
+def slate_trace_model(personas: tuple[str, ...] = ECOMMERCE_PERSONAS) -> type[BaseModel]:
+    """R3 over a candidate slate: the CoT trace, its ``answer`` the picked candidate's SID, and for a ranked
+    top-k the next ``alternatives`` in order. Each request's JSON schema narrows both to its slate
+    (:func:`constrain_to_slate`); the job checks the same after parsing, whatever the teacher's decoding."""
+    return create_model(
+        "SlateTrace", __base__=cot_trace_model(personas),
+        alternatives=(list[str], Field(default_factory=list, max_length=99, description="the next candidates' SIDs, best first")),
+    )
+
+
+def constrain_to_slate(schema: dict, sids: list[str], top_k: int) -> dict:
+    """``schema`` (a :func:`slate_trace_model` JSON schema) with the answer, and ``top_k - 1`` distinct
+    alternatives, restricted to the slate's SIDs: structured outputs can then only name a candidate."""
+    properties = dict(schema["properties"])
+    properties["answer"] = {**properties["answer"], "enum": list(dict.fromkeys(sids))}
+    required = [name for name in schema.get("required", []) if name != "alternatives"]
+    if top_k > 1:
+        properties["alternatives"] = {"type": "array", "items": {"type": "string", "enum": list(dict.fromkeys(sids))},
+                                      "minItems": top_k - 1, "maxItems": top_k - 1,
+                                      "description": f"the next {top_k - 1} candidates' SIDs, best first, none repeated"}
+        required.append("alternatives")
+    else:
+        properties.pop("alternatives", None)
+    return {**schema, "properties": properties, "required": required}

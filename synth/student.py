@@ -3,6 +3,8 @@
 Teacher prompts (``prompts/*.j2``) carry instructions and JSON demands a student must not learn.
 The student reads a numbered history (``k. SID title``, one line per item) and one question; R3
 rows ask for the reasoning first (:data:`ASK_THINK`) or for the SID alone (:data:`ASK_DIRECT`).
+Slate rows exported as a ranking task add the candidates (:data:`SLATE_HEAD`, ``- SID title`` lines)
+and ask for one of them (:data:`ASK_PICK_THINK`, :data:`ASK_PICK_DIRECT`).
 Export and usefulness build it in SQL (:func:`prompt_sql`), the trainer's next-item rows and
 evaluation in polars (:func:`prompt_expr`, :func:`history_line`); both come from the same parts
 here, and a test holds them to the same text.
@@ -15,6 +17,10 @@ import polars as pl
 HISTORY_HEAD = "A user's purchases, oldest first:"
 ASK_THINK = "Think through the persona, the interests and the transition, then answer with the next item's semantic ID."
 ASK_DIRECT = "Answer with the next item's semantic ID."
+SLATE_HEAD = "Candidates for the next purchase:"
+ASK_PICK_THINK = ("Think through the persona, the interests and the transition, then answer with the semantic ID of the "
+                  "candidate the user buys next.")
+ASK_PICK_DIRECT = "Answer with the semantic ID of the candidate the user buys next."
 ASK_INTERESTS = "Which 1 to 5 interests will this user pursue next? Cite the purchase numbers."
 
 
@@ -36,3 +42,8 @@ def prompt_expr(lines: pl.Expr, ask: str) -> pl.Expr:
 def prompt_sql(lines: str, ask: str) -> str:
     """The student prompt as a SQL expression over the SQL expression ``lines`` and ``ask`` (SQL too)."""
     return f"{sql_text(HISTORY_HEAD)} || chr(10) || coalesce({lines}, '') || chr(10) || {ask}"
+
+
+def with_slate_sql(lines: str, slate_lines: str) -> str:
+    """SQL: history lines followed by the candidate block (``slate_lines``: ``- SID title`` lines, SQL too)."""
+    return f"{lines} || chr(10) || {sql_text(SLATE_HEAD)} || chr(10) || {slate_lines}"

@@ -14,7 +14,7 @@ from typing import Literal
 from pydantic import BaseModel
 
 from recot.synth.cot import render_cot
-from recot.synth.schemas import InterestExpansion, ItemCaption, ItemRelation, cot_trace_model
+from recot.synth.schemas import InterestExpansion, ItemCaption, ItemRelation, cot_trace_model, slate_trace_model
 
 Source = Literal["items", "pairs", "samples"]
 
@@ -41,6 +41,7 @@ class Task:
     schema: Callable[[tuple[str, ...]], type[BaseModel]]  # output model for a persona list
     text: Callable[[BaseModel], str]  # training text of a validated output
     needs_target: bool = False  # the prompt shows a target (hindsight, co-purchase pairs): training part only
+    slate: bool = False  # samples come with a candidate slate (synth.slates) and the answer must be one of them
 
 
 TASKS: dict[str, Task] = {
@@ -49,6 +50,7 @@ TASKS: dict[str, Task] = {
         Task("r1_relation", "pairs", lambda _: ItemRelation, _relation_text, needs_target=True),
         Task("r2_interests", "samples", lambda _: InterestExpansion, _interests_text),
         Task("r3_cot_blind", "samples", cot_trace_model, render_cot),
+        Task("r3_cot_slate", "samples", slate_trace_model, render_cot, slate=True),
         Task("r3_cot_hindsight", "samples", cot_trace_model, render_cot, needs_target=True),
     )
 }

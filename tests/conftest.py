@@ -56,7 +56,7 @@ def vllm_server(tiny_model, tmp_path_factory):
     pytest.importorskip("vllm")
     from recot.testing.servers import vllm_server as make
 
-    server = make(tiny_model, tmp_path_factory.mktemp("logs") / "vllm.log").start()
+    server = make(tiny_model, tmp_path_factory.mktemp("logs") / "vllm.log", max_model_len=2048).start()
     yield server
     server.stop()
 

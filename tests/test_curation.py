@@ -9,6 +9,7 @@ from collections import Counter
 
 import duckdb
 import polars as pl
+import pyarrow.parquet as pq
 import pytest
 
 from recot.curation.report import funnel
@@ -291,3 +292,17 @@ def test_trace_columns_follow_the_catalog_in_history_order(store, traces, tmp_pa
     think = row["text"].split("</think>")[0].split("<think>")[1]
     assert got[3].split() == re.findall(WORD_RE, think.lower()) and got[3][0] == got[3][-1] == " "
     assert " " + " ".join(got[3].split()[:3]) + " " in got[3]  # words single-spaced, so n-grams match as strings
+
+
+def test_store_of_version_4_gains_the_slate_column_and_takes_older_trace_files(tmp_path, traces):
+    path = tmp_path / "v4.duckdb"
+    Store(path).close()
+    with duckdb.connect(str(path)) as con:  # version 4 had no popular_rank
+        con.execute("ALTER TABLE traces DROP COLUMN popular_rank")
+        con.execute("UPDATE meta SET value = '4' WHERE name = 'schema_version'")
+    older = tmp_path / "older" / "traces.parquet"  # a file written before slates, without the column
+    older.parent.mkdir()
+    pq.write_table(pq.read_table(traces).drop(["popular_rank"]), older)
+    with Store(path) as store:
+        assert store.ingest(older).new == pq.read_metadata(traces).num_rows
+        assert store.scalar("SELECT count(*) FROM traces WHERE popular_rank IS NOT NULL") == 0

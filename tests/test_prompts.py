@@ -12,7 +12,7 @@ from recot.synth.errors import DataError
 from recot.synth.prompts import PromptLibrary
 from recot.synth.schemas import ECOMMERCE_PERSONAS, InterestExpansion, cot_trace_model
 
-TASKS = {"r0_caption", "r1_relation", "r2_interests", "r3_cot_blind", "r3_cot_hindsight", "judge"}
+TASKS = {"r0_caption", "r1_relation", "r2_interests", "r3_cot_blind", "r3_cot_slate", "r3_cot_hindsight", "judge"}
 
 
 def _items(sample, n: int) -> list[dict]:
@@ -29,6 +29,7 @@ def test_every_task_has_a_versioned_template_with_a_known_schema(sample):
         "r1_relation": {"first": history[0], "second": history[1]},
         "r2_interests": {"history": history},
         "r3_cot_blind": {"history": history, "personas": ECOMMERCE_PERSONAS},
+        "r3_cot_slate": {"history": history, "personas": ECOMMERCE_PERSONAS, "slate": history[::-1], "top_k": 2},
         "r3_cot_hindsight": {"history": history[:3], "target": history[3], "personas": ECOMMERCE_PERSONAS},
         "judge": {"history": history, "trace": "<think>...</think>"},
     }

@@ -165,3 +165,21 @@ def test_faults_between_the_client_and_a_real_vllm_server_lose_nothing(sample_pa
         again = run_synth(cfg, progress=False)
         assert again.sent == 0 and proxy.forwarded == forwarded and again.balanced and again.ok == report.ok
         assert pl.read_parquet(tmp_path / "traces.parquet").equals(rows)
+
+
+def test_slate_answers_are_confined_to_the_slate_by_structured_outputs(sample_path, sample, tmp_path, vllm_server):
+    from recot.synth.slates import SlateConfig
+
+    cfg = SynthConfig(dataset=sample_path, out=tmp_path, tasks=["r3_cot_slate"], limit=16, max_history=2,
+                      personas=["student"], slate=SlateConfig(size=4, samplers={"popularity": 1, "prefix": 1}),
+                      teacher=OpenAITeacherConfig(model="teacher", base_urls=[vllm_server.url], structured="extra_body"),
+                      sampling=Sampling(max_tokens=1300, temperature=1.0))
+    report = run_synth(cfg, progress=False)
+    rows = pl.read_parquet(tmp_path / "traces.parquet")
+    assert report.complete and rows.height == 16 and set(rows["reason"].drop_nulls()) <= KNOWN_REASONS
+    sid_of = dict(zip(sample.catalog.items["item_id"], sample.catalog.sid_text()))
+    answered = rows.filter(pl.col("status") == "ok")
+    print(f"slate answers under structured outputs: {answered.height} of {rows.height} complete")
+    assert answered.height > 0, "a random model should complete some short slate traces within max_tokens"
+    for row in answered.iter_rows(named=True):
+        assert json.loads(row["output"])["answer"] in {sid_of[i] for i in row["items"]}

@@ -10,11 +10,14 @@ the target where the prompt shows it), so it obeys the same cut-off as an LLM te
 - Transition: the latest item, and the interest its group forms.
 - Answer: the target's SID when the prompt shows it; otherwise the most popular training item
   of the followed group that the user has not bought.
+- Slate answer: the candidates ranked by the leading SID codes they share with the history (each
+  item half the weight of the next), plus log title words shared with it, plus log popularity.
 """
 
 from __future__ import annotations
 
 import json
+import math
 import re
 from collections import Counter
 from collections.abc import Iterable, Iterator
@@ -58,6 +61,7 @@ class RulesTeacher:
             sid_text=catalog.sid_text())
         self.items = {row["item_id"]: row for row in frame.iter_rows(named=True)}
         self.personas = personas
+        self.popularity = popularity
         ranked = sorted(popularity.items(), key=lambda kv: (-kv[1], kv[0]))
         self.ranked: dict[int | None, list[str]] = {}
         for item_id, _ in ranked:
@@ -137,6 +141,21 @@ class RulesTeacher:
     def _r3_cot_blind(self, subject: dict[str, Any]) -> dict[str, Any]:
         return self._trace(subject, None)
 
+    def _r3_cot_slate(self, subject: dict[str, Any]) -> dict[str, Any]:
+        history = subject["history"]
+        words = Counter(w for i in history for w in keywords(self.items[i]["title"]))
+
+        def score(candidate: str) -> float:
+            sid = self.items[candidate]["sid"] or []
+            shared = sum(0.5 ** (len(history) - pos) * _common_prefix(sid, self.items[h]["sid"] or [])
+                         for pos, h in enumerate(history, start=1))
+            overlap = sum(words[w] for w in set(keywords(self.items[candidate]["title"])))
+            return shared + math.log1p(overlap) + math.log1p(self.popularity.get(candidate, 0))
+
+        ranked = sorted(subject["items"], key=score, reverse=True)[: subject["top_k"]]
+        trace = self._trace(subject, ranked[0])
+        return trace | {"alternatives": [self.items[i]["sid_text"] for i in ranked[1:]]}
+
     def _r3_cot_hindsight(self, subject: dict[str, Any]) -> dict[str, Any]:
         return self._trace(subject, subject["target"])
 
@@ -177,11 +196,7 @@ class RulesTeacher:
     def _r1_relation(self, subject: dict[str, Any]) -> dict[str, Any]:
         first, second = (self.items[i] for i in subject["items"])
         leaf = [(x["categories"] or [None])[-1] for x in (first, second)]
-        shared = 0
-        for a, b in zip(first["sid"] or [], second["sid"] or []):
-            if a != b:
-                break
-            shared += 1
+        shared = _common_prefix(first["sid"] or [], second["sid"] or [])
         words = [self._name([i]) for i in subject["items"]]
         if shared >= 2 or (leaf[0] and leaf[0] == leaf[1]):
             relation, why = "substitute", f"both are {leaf[0] or words[0]} items in the same fine SID cluster"
@@ -190,3 +205,13 @@ class RulesTeacher:
         else:
             relation, why = "complement", f"bought one after the other from different clusters: {words[0]}, then {words[1]}"
         return {"relation": relation, "rationale": why[:400]}
+
+
+def _common_prefix(a: list[int], b: list[int]) -> int:
+    """Leading SID codes two items share."""
+    shared = 0
+    for x, y in zip(a, b):
+        if x != y:
+            break
+        shared += 1
+    return shared

@@ -1,0 +1,144 @@
+"""Blind R3 over candidate slates: the samplers on a hand-made catalog whose answers are known, the job
+with the rules teacher on the sample (slates, schemas, picks), the curation funnel's accuracy against
+chance and most-popular, and the slate student prompt in the export."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import polars as pl
+import pytest
+from pydantic import ValidationError
+
+from recot.curation.export import ExportConfig, export
+from recot.curation.report import funnel
+from recot.curation.rules import run_rules
+from recot.curation.store import Store
+from recot.synth.catalog import ITEM_SCHEMA, Catalog
+from recot.synth.job import SynthConfig, run_synth
+from recot.synth.parse import Parsed, off_slate
+from recot.synth.schemas import constrain_to_slate, slate_trace_model
+from recot.synth.slates import SlateConfig, SlateSampler
+from recot.synth.student import ASK_PICK_THINK, SLATE_HEAD
+
+
+def hand_catalog(n: int = 40) -> Catalog:
+    """Items i0..i{n-1}; item i has SID [i // 10, i % 10]: four clusters of ten."""
+    frame = pl.DataFrame({"item_id": [f"i{k}" for k in range(n)], "title": [f"thing {k}" for k in range(n)],
+                          "sid": [[k // 10, k % 10] for k in range(n)]})
+    return Catalog(frame.with_columns(pl.lit(None, dtype).alias(c) for c, dtype in ITEM_SCHEMA.items() if c not in frame.columns)
+                   .select(list(ITEM_SCHEMA)).cast(ITEM_SCHEMA))
+
+
+def train(rows: list[tuple[list[str], str]]) -> pl.LazyFrame:
+    return pl.LazyFrame({"history": [h for h, _ in rows], "target": [t for _, t in rows]})
+
+
+def test_quotas_share_the_negatives_by_weight():
+    assert SlateConfig(size=20).quotas() == [("popularity", 7), ("prefix", 6), ("cooccurrence", 6)]
+    assert sum(n for _, n in SlateConfig(size=7, samplers={"prefix": 2, "uniform": 1}).quotas()) == 6
+    with pytest.raises(ValidationError, match="top_k"):
+        SlateConfig(size=5, top_k=5)
+    with pytest.raises(ValidationError, match="positive weight"):
+        SlateConfig(samplers={"prefix": 0})
+
+
+def test_a_slate_holds_the_target_once_never_the_history_and_is_reproducible():
+    sampler = SlateSampler(SlateConfig(size=10, samplers={"popularity": 1, "prefix": 1, "uniform": 1}), hand_catalog(),
+                           train([(["i1"], "i2"), (["i2"], "i3")] * 5))
+    slate = sampler.draw("u1@5", ["i0", "i1", "i2"], "i15")
+    assert len(slate.items) == len(set(slate.items)) == 10
+    assert slate.items.count("i15") == 1 and not {"i0", "i1", "i2"} & set(slate.items)
+    assert sampler.draw("u1@5", ["i0", "i1", "i2"], "i15") == slate
+    orders = {tuple(sampler.draw(f"u{k}@5", ["i0"], "i15").items) for k in range(20)}
+    assert len(orders) > 15  # each sample its own draw, the target at different places
+    assert len({s.index("i15") for s in orders}) > 5
+
+
+def test_hard_samplers_draw_what_they_promise():
+    catalog = hand_catalog()
+    prefix = SlateSampler(SlateConfig(size=6, samplers={"prefix": 1}), catalog, train([]))
+    assert all(i[1:].zfill(2)[0] == "2" for i in prefix.draw("s", ["i0"], "i25").items)  # all from cluster 2 (i20..i29)
+    # i5 was followed by i31 and i32 in training; i33 only after the cut-off, so it never counts
+    seen = train([(["i5"], "i31"), (["i5"], "i31"), (["i7", "i5"], "i32")])
+    co = SlateSampler(SlateConfig(size=3, samplers={"cooccurrence": 1}), catalog, seen)
+    assert set(co.draw("s", ["i5"], "i10").items) == {"i10", "i31", "i32"}
+    # embeddings that cluster across the SID clusters: item i lies near the nine items j with j % 4 == i % 4
+    vectors = np.eye(4, dtype=np.float32)[np.arange(40) % 4] + np.random.default_rng(0).normal(0, 0.01, (40, 4)).astype(np.float32)
+    near = SlateSampler(SlateConfig(size=3, samplers={"embedding": 1}, embeddings=_save(vectors)), catalog, train([]))
+    assert {int(i[1:]) % 4 for i in near.draw("s", ["i0"], "i27").items} == {3}
+
+
+def _save(vectors: np.ndarray):
+    import tempfile
+    from pathlib import Path
+
+    path = Path(tempfile.mkdtemp()) / "emb.npy"
+    np.save(path, vectors)
+    return path
+
+
+def test_popular_rank_counts_training_popularity_only():
+    catalog = hand_catalog()
+    sampler = SlateSampler(SlateConfig(size=4, samplers={"uniform": 1}), catalog,
+                           train([(["i0"], "i9")] * 5 + [(["i0"], "i8")] * 3))
+    slate = sampler.draw("s", ["i0"], "i8")
+    expected = 1 + sum(1 for i in slate.items if i == "i9")
+    assert slate.popular_rank == expected
+
+
+def test_schema_names_only_the_slate_and_the_parse_holds_to_it():
+    schema = constrain_to_slate(slate_trace_model().model_json_schema(), ["<a_1>", "<a_2>", "<a_3>"], top_k=2)
+    assert schema["properties"]["answer"]["enum"] == ["<a_1>", "<a_2>", "<a_3>"]
+    assert schema["properties"]["alternatives"]["minItems"] == 1 and "alternatives" in schema["required"]
+    assert "alternatives" not in constrain_to_slate(slate_trace_model().model_json_schema(), ["<a_1>"], top_k=1)["properties"]
+    trace = {"persona": {"prototype": "student", "evidence": "e"}, "interests": [{"name": "n", "evidence": [1]}],
+             "transition": {"recent": "r", "follows": 1, "reasoning": "x"}, "answer": "<a_1>", "alternatives": ["<a_9>"]}
+    ok = Parsed("ok", None, None, slate_trace_model().model_validate(trace))
+    assert off_slate(ok, ["<a_1>", "<a_2>"], 2).reason == "off_slate"
+    assert off_slate(ok, ["<a_1>", "<a_9>"], 3).reason == "off_slate"  # two picks where three were asked
+    assert off_slate(ok, ["<a_1>", "<a_9>"], 2) is ok
+
+
+@pytest.fixture(scope="module")
+def slate_run(sample_path, tmp_path_factory):
+    out = tmp_path_factory.mktemp("slates")
+    config = SynthConfig(dataset=sample_path, out=out, tasks=["r3_cot_slate"], limit=300,
+                         slate=SlateConfig(size=12, top_k=2, samplers={"popularity": 1, "prefix": 1, "cooccurrence": 1}))
+    return run_synth(config, progress=False), out
+
+
+def test_job_shows_each_sample_its_slate_and_the_rules_teacher_picks_from_it(slate_run, sample):
+    report, out = slate_run
+    rows = pl.read_parquet(out / "traces.parquet")
+    sid_of = dict(zip(sample.catalog.items["item_id"], sample.catalog.sid_text()))
+    assert report.complete and report.ok == rows.height == 300 and (rows["status"] == "ok").all()
+    for row in rows.iter_rows(named=True):
+        assert len(row["items"]) == 12 and row["target"] in row["items"]
+        prompt = json.loads(row["messages"])[-1]["content"]
+        assert all(sid_of[i] in prompt for i in row["items"])
+        picks = [json.loads(row["output"])["answer"], *json.loads(row["output"])["alternatives"]]
+        assert len(set(picks)) == 2 and set(picks) <= {sid_of[i] for i in row["items"]}
+        assert 1 <= row["popular_rank"] <= 12
+
+
+def test_funnel_reports_slate_accuracy_against_chance_and_most_popular(slate_run, sample, tmp_path):
+    _, out = slate_run
+    with Store(tmp_path / "c.duckdb") as store:
+        store.load_catalog(sample.catalog)
+        store.ingest(out / "traces.parquet")
+        failed = run_rules(store)
+        accuracy = funnel(store)["slate_accuracy"]
+        rows = store.con.execute("SELECT target, output, popular_rank FROM traces").fetchall()
+        export(store, ExportConfig(name="slates", out=tmp_path / "export", slate_prompt=True, formats=["sft"]))
+    sid_of = dict(zip(sample.catalog.items["item_id"], sample.catalog.sid_text()))
+    hits = sum(sid_of[t] in [json.loads(o)["answer"], *json.loads(o)["alternatives"]] for t, o, _ in rows)
+    assert accuracy["answered"] == 300 and accuracy["hits"] == hits == 300 - failed["blind_hit"]
+    assert accuracy["chance"] == pytest.approx(2 / 12, abs=1e-4)
+    assert accuracy["most_popular"] == pytest.approx(sum(r <= 2 for _, _, r in rows) / 300, abs=1e-4)
+    assert accuracy["accuracy"] > 1.5 * accuracy["chance"]  # the rules teacher's heuristics beat guessing
+    sft = pl.read_parquet(tmp_path / "export" / "sft" / "train.parquet")
+    prompt, completion = sft["messages"][0][0]["content"], sft["messages"][0][1]["content"]
+    assert SLATE_HEAD in prompt and prompt.endswith(ASK_PICK_THINK) and prompt.count("\n- ") == 12
+    assert completion.startswith("<think>")
