@@ -110,13 +110,13 @@ def iter_requests(task: Task, subjects: Path, library: PromptLibrary, items: Ite
         raise ValueError(f"task {task.name} needs a slate sampler")
     schema = task.schema(personas).model_json_schema()
     for batch in pq.ParquetFile(subjects).iter_batches(batch_size=batch_rows):
-        for row in batch.to_pylist():
-            if not shard.owns(row["subject_id"]):
-                continue
+        rows = [row for row in batch.to_pylist() if shard.owns(row["subject_id"])]
+        drawn = (slates.draw_batch([r["subject_id"] for r in rows], [r["history"] for r in rows], [r["target"] for r in rows])
+                 if task.slate and rows else [None] * len(rows))
+        for row, slate in zip(rows, drawn):
             variables, subject = _variables(task, row, items, personas)
             asked = schema
-            if task.slate:
-                slate = slates.draw(row["subject_id"], row["history"], row["target"])
+            if slate is not None:
                 subject |= {"items": slate.items, "popular_rank": slate.popular_rank, "top_k": slates.config.top_k}
                 variables |= {"slate": [items[i] for i in slate.items], "top_k": slates.config.top_k}
                 asked = constrain_to_slate(schema, [v["sid"] for v in variables["slate"]], slates.config.top_k)

@@ -32,7 +32,8 @@ def hand_catalog(n: int = 40) -> Catalog:
 
 
 def train(rows: list[tuple[list[str], str]]) -> pl.LazyFrame:
-    return pl.LazyFrame({"history": [h for h, _ in rows], "target": [t for _, t in rows]})
+    return pl.LazyFrame({"history": [h for h, _ in rows], "target": [t for _, t in rows]},
+                        schema={"history": pl.List(pl.Utf8), "target": pl.Utf8})
 
 
 def test_quotas_share_the_negatives_by_weight():
