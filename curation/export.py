@@ -31,6 +31,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 from recot.curation.report import KEPT_SQL, funnel
 from recot.curation.store import Store
 from recot.curation.trace_columns import trace_columns
+from recot.synth.cost import Price
 from recot.synth.cot import think_block_sql
 from recot.synth.errors import DataError
 from recot.synth.io import atomic_path
@@ -58,6 +59,7 @@ class ExportConfig(BaseModel):
     license: str = Field("other", description="the license in the dataset card")
     source: str = Field("see the input dataset's card", description="where the data came from, for the card")
     overwrite: bool = Field(False, description="replace an existing, non-empty export folder")
+    price: Price | None = Field(None, description="the teacher's price per million tokens: the card gives what the store's traces cost")
 
     @field_validator("cot_ratio")
     @classmethod
@@ -200,6 +202,11 @@ def _card(store: Store, config: ExportConfig, counts: dict, dropped: int) -> dic
     rules = store.con.execute("SELECT value FROM meta WHERE name = 'rules_config'").fetchall()
     spec = store.split_spec()
     stages = funnel(store, examples=0)
+    # every trace the teacher wrote, kept or not: what the data cost
+    tokens = [dict(zip(("task", "teacher", "model", "traces", "prompt_tokens", "completion_tokens"), row)) for row in store.con.execute(
+        """SELECT task, teacher, model, count(*), sum(prompt_tokens)::BIGINT, sum(completion_tokens)::BIGINT FROM traces
+           GROUP BY ALL ORDER BY ALL""").fetchall()]
+    spent = [sum(t[k] or 0 for t in tokens) for k in ("prompt_tokens", "completion_tokens")]
     return {
         "name": config.name, "created_at": datetime.now(UTC).isoformat(timespec="seconds"),
         "license": config.license, "source": config.source, "formats": counts,
@@ -217,6 +224,8 @@ def _card(store: Store, config: ExportConfig, counts: dict, dropped: int) -> dic
         "funnel": stages,
         "rules_config": json.loads(rules[0][0]) if rules else None,
         "templates_and_teachers": [dict(zip(("template", "template_hash", "teacher", "model"), row)) for row in provenance],
+        "teacher_tokens": tokens,
+        "teacher_cost": {"live": config.price.cost(*spent), "batch": config.price.cost(*spent, batch=True)} if config.price else None,
     }
 
 
@@ -230,6 +239,9 @@ def _card_markdown(card: dict, config: ExportConfig) -> str:
     rows = "\n".join(f"| {name} | {parts['train']} | {parts['validation']} |" for name, parts in card["formats"].items())
     teachers = "\n".join(f"- {t['template']} ({t['template_hash']}) by {t['teacher']}:{t['model']}" for t in card["templates_and_teachers"])
     rules = "\n".join(f"| {rule} | {c['checked']} | {c['failed']} |" for rule, c in card["funnel"]["rules"].items())
+    tokens = "\n".join(f"| {t['task']} | {t['teacher']}:{t['model']} | {t['traces']} | {t['prompt_tokens']} | {t['completion_tokens']} |"
+                       for t in card["teacher_tokens"])
+    cost = f"Cost at the configured price: {card['teacher_cost']['live']} (batch: {card['teacher_cost']['batch']}).\n" if card["teacher_cost"] else ""
     return f"""---
 license: {card['license']}
 task_categories:
@@ -270,4 +282,11 @@ Rule settings: `{json.dumps(card['rules_config'])}`
 ## Templates and teachers
 
 {teachers}
-"""
+
+Teacher tokens of every trace in the store (kept or not), per task and teacher:
+
+| task | teacher | traces | prompt tokens | completion tokens |
+|---|---|---|---|---|
+{tokens}
+
+{cost}"""

@@ -123,24 +123,24 @@ def synth_group() -> None:
 @click.option("--no-progress", is_flag=True, help="No progress bar.")
 @click.option("--lenient", is_flag=True, default=None,
               help="Skip bad dataset records instead of failing; they go to OUT/dataset-rejects.csv with their reasons.")
+@click.option("--dry-run", is_flag=True, help="Plan only: requests, prompt tokens and cost, nothing sent.")
 @json_option
 def synth_run(config: Path, shard: str, out: Path | None, limit: int | None, no_progress: bool, lenient: bool | None,
-              as_json: bool) -> None:
+              dry_run: bool, as_json: bool) -> None:
     """Run or resume the synthesis job in CONFIG (TOML/YAML); rows go to OUT/traces.parquet."""
     from dataclasses import asdict
 
-    from recot.synth.job import load_synth_config, run_synth
-    from recot.synth.requests import Shard
+    from recot.synth import job
 
-    try:
-        part = Shard.parse(shard)
-    except ValueError as exc:
-        raise click.BadParameter(str(exc), param_hint="--shard") from None
-    settings = load_synth_config(config, {"out": out, "limit": limit, "lenient": lenient})
+    part = _shard(shard)
+    settings = job.load_synth_config(config, {"out": out, "limit": limit, "lenient": lenient})
+    if dry_run:
+        emit(job.dry_run(settings, part), as_json, "dry run: nothing sent")
+        return
     if settings.teacher.kind == "rules":
         console.print("[yellow]teacher: rules, the deterministic non-LLM baseline.[/] For an LLM set \\[teacher] "
                       "kind = \"vllm\" with model = \"PATH\", or kind = \"openai\" with base_urls and model.")
-    report = run_synth(settings, part, progress=not no_progress)
+    report = job.run_synth(settings, part, progress=not no_progress)
     emit(asdict(report), as_json, "synthesis")
     if report.dataset_rejects:
         console.print(f"[yellow]{sum(report.dataset_rejects.values())} bad dataset records skipped; written with their "
@@ -153,3 +153,59 @@ def synth_run(config: Path, shard: str, out: Path | None, limit: int | None, no_
         console.print(f"[red]{sum(report.unanswered.values())} requests got no answer;[/] run the same command again to retry only those.")
         sys.exit(1)
 
+
+
+def _shard(text: str):
+    from recot.synth.requests import Shard
+
+    try:
+        return Shard.parse(text)
+    except ValueError as exc:
+        raise click.BadParameter(str(exc), param_hint="--shard") from None
+
+
+@synth_group.command("batch-write")
+@click.argument("config", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.option("--shard", default="0/1", show_default=True, help="Write shard I of N.")
+@click.option("--max-requests", type=int, default=50_000, show_default=True, help="Requests per file at most (the provider's limit).")
+@click.option("--max-bytes", type=int, default=200 * 1024 * 1024, show_default=True, help="Bytes per file at most.")
+@json_option
+def synth_batch_write(config: Path, shard: str, max_requests: int, max_bytes: int, as_json: bool) -> None:
+    """Write the job's unanswered requests as OpenAI Batch API JSONL (OUT/batch/requests-NNNNN.jsonl).
+
+    Submit the files to OpenAI's Batch API, or run them with vLLM
+    (python -m vllm.entrypoints.openai.run_batch -i FILE -o OUTPUT --model ...), then import the
+    outputs with `recot synth batch-read`."""
+    from dataclasses import asdict
+
+    from recot.synth.job import load_synth_config, write_batch
+
+    report, files = write_batch(load_synth_config(config), _shard(shard), max_requests, max_bytes)
+    emit(asdict(report) | {"files": [str(f) for f in files]}, as_json, "batch files")
+    if not report.balanced:
+        console.print("[red]counts do not add up;[/] this is a recot bug, please report it")
+        sys.exit(1)
+
+
+@synth_group.command("batch-read")
+@click.argument("config", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.argument("files", nargs=-1, required=True, type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.option("--shard", default="0/1", show_default=True, help="The shard the files were written for.")
+@json_option
+def synth_batch_read(config: Path, files: tuple[Path, ...], shard: str, as_json: bool) -> None:
+    """Import batch output and error FILES into the job, validated like live answers, and export
+    OUT/traces.parquet. Importing a file twice changes nothing."""
+    from dataclasses import asdict
+
+    from recot.synth.job import load_synth_config, read_batch
+
+    report, unknown = read_batch(load_synth_config(config), list(files), _shard(shard))
+    emit(asdict(report) | {"unknown_ids": len(unknown)}, as_json, "batch import")
+    if unknown:
+        console.print(f"[red]{len(unknown)} ids in the files are no request of this job[/] (e.g. {unknown[0]}); they were "
+                      "not imported: check that the files belong to this job and config")
+    if not report.balanced or unknown:
+        sys.exit(1)
+    if report.unanswered:
+        console.print(f"[yellow]{sum(report.unanswered.values())} requests are still unanswered;[/] write them again with "
+                      "`recot synth batch-write`, or run the job live.")

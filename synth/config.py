@@ -29,7 +29,7 @@ from recot.synth.errors import DataError
 
 C = TypeVar("C")
 # str fields that name a model: a hub id stays as given, a folder next to the config file is rebased
-MODEL_KEYS = frozenset({"model", "model_path", "base_model", "scorer"})
+MODEL_KEYS = frozenset({"model", "model_path", "base_model", "scorer", "tokenizer"})
 # str fields of the TRL-style dataclass configs that are paths
 DATACLASS_PATH_KEYS = frozenset({"dataset_path", "sid_dataset", "output_dir", "logging_dir"})
 

@@ -9,7 +9,9 @@ Run it again and it sends only what is missing; kill it and the rerun loses and 
 from __future__ import annotations
 
 import fcntl
+import itertools
 import json
+import sqlite3
 import time
 from collections import Counter
 from collections.abc import Iterator
@@ -25,6 +27,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 
 from recot.synth.answering import AnswerStats, answer
 from recot.synth.config import load_config
+from recot.synth.cost import Price, token_counter, tokens_by_task
 from recot.synth.errors import DataError
 from recot.synth.io import atomic_path
 from recot.synth.journal import Journal, read_plan, write_plan
@@ -36,8 +39,9 @@ from recot.synth.schemas import ECOMMERCE_PERSONAS
 from recot.synth.slates import SlateConfig, SlateSampler
 from recot.synth.splits import Split, SplitSpec
 from recot.synth.tasks import TASKS, Task, get_task
-from recot.synth.teachers import RulesTeacherConfig, Sampling, Teacher, TeacherConfig, make_teacher
+from recot.synth.teachers import OpenAITeacherConfig, RulesTeacherConfig, Sampling, Teacher, TeacherConfig, make_teacher
 from recot.synth.teachers.base import Request, Response
+from recot.synth.teachers.batch_files import OPENAI_MAX_BYTES, OPENAI_MAX_REQUESTS, BatchReader, BatchWriter
 
 
 class SynthConfig(BaseModel):
@@ -58,6 +62,7 @@ class SynthConfig(BaseModel):
     teacher: TeacherConfig = Field(RulesTeacherConfig(), description="[teacher]: who answers, told apart by kind")
     sampling: Sampling = Field(Sampling(), description="[sampling]: as vLLM's SamplingParams")
     slate: SlateConfig = Field(SlateConfig(), description="[slate]: candidate slates of r3_cot_slate (size, top_k, samplers)")
+    price: Price | None = Field(None, description="[price]: the teacher's price per million tokens, for the cost in the summary and dry run")
     lenient: bool = Field(False, description="skip bad dataset records instead of failing; they go to OUT/dataset-rejects.csv")
     commit_rows: int = Field(256, ge=1, description="answers per journal transaction (at most this many are redone after a kill)")
     commit_s: float = Field(2.0, gt=0, description="seconds between journal commits at the latest")
@@ -94,6 +99,8 @@ class JobReport:
     retries: int = 0
     seconds: float = 0.0
     rows: int = 0
+    tokens: list[dict] = field(default_factory=list)  # rows, prompt and completion tokens per task and teacher in the output
+    cost: dict[str, float] | None = None  # of the output's tokens at [price]: live and batch
 
     @property
     def balanced(self) -> bool:
@@ -111,6 +118,43 @@ def choose_split(dataset: Dataset, kind: str, max_history: int) -> Split:
     return SplitSpec.choose(dataset.boundaries, kind, max_history, dataset.name).build(dataset.sequences())
 
 
+def dry_run(config: SynthConfig, shard: Shard = Shard()) -> dict[str, Any]:
+    """Plan the job and say what it would send, without sending: requests per task (and how many the
+    journal already answers), prompt tokens, completion tokens at most and as expected, and the cost
+    at ``config.price``. It writes only the plan (``OUT/.work/``, ``OUT/refused.parquet``)."""
+    return _Job(config, shard, job_dir(config, shard), None).dry_run()
+
+
+def _batch_teacher(config: SynthConfig) -> OpenAITeacherConfig:
+    if config.teacher.kind != "openai":
+        raise DataError("[teacher]", f"batch files are for an OpenAI-compatible teacher, this job's is {config.teacher.kind!r}",
+                        'set kind = "openai" and model = the name the batch endpoint serves (base_urls may be any URL)')
+    return config.teacher
+
+
+def write_batch(config: SynthConfig, shard: Shard = Shard(), max_requests: int = OPENAI_MAX_REQUESTS,
+                max_bytes: int = OPENAI_MAX_BYTES, progress: bool = False) -> tuple[JobReport, list[Path]]:
+    """Write the job's unanswered requests to ``OUT/batch/requests-NNNNN.jsonl`` (OpenAI Batch API input) and
+    export what is already answered. In the report they count as unanswered, ``written to a batch file``."""
+    teacher = _batch_teacher(config)
+    writer = BatchWriter(teacher.model, teacher.structured, job_dir(config, shard) / "batch", max_requests, max_bytes)
+    return run_synth(config, shard, progress, writer), writer.files
+
+
+def read_batch(config: SynthConfig, files: list[Path], shard: Shard = Shard(), progress: bool = False) -> tuple[JobReport, list[str]]:
+    """Import batch output (and error) files into the job's journal, then export as a run does. Returns the
+    report and the ids in the files that are no request of this job (refused: nothing of theirs is kept)."""
+    for path in files:
+        if not path.is_file():
+            raise DataError(path, "no such batch output file", "pass the files the batch provider returned")
+    reader = BatchReader(_batch_teacher(config).model, files)
+    report = run_synth(config, shard, progress, reader)
+    unknown = set(reader.index)
+    for key, _ in read_plan(job_dir(config, shard) / ".work" / "plan.tsv"):
+        unknown.discard(key)
+    return report, sorted(unknown)
+
+
 @contextmanager
 def _exclusive(out: Path) -> Iterator[None]:
     out.mkdir(parents=True, exist_ok=True)
@@ -122,9 +166,14 @@ def _exclusive(out: Path) -> Iterator[None]:
         yield
 
 
+def job_dir(config: SynthConfig, shard: Shard = Shard()) -> Path:
+    """Where a job (or one shard of it) keeps its journal, plan and output."""
+    return config.out if shard.count == 1 else config.out / f"shard-{shard.index}-of-{shard.count}"
+
+
 def run_synth(config: SynthConfig, shard: Shard = Shard(), progress: bool = True, teacher: Teacher | None = None) -> JobReport:
     """Run (or resume) the job; returns what happened. Rows land in ``<out>/traces.parquet``."""
-    out = config.out if shard.count == 1 else config.out / f"shard-{shard.index}-of-{shard.count}"
+    out = job_dir(config, shard)
     job = _Job(config, shard, out, teacher)  # reads and checks the dataset first: bad input leaves no output folder
     with _exclusive(out):
         return job.run(progress)
@@ -173,8 +222,7 @@ class _Job:
         """Every request of the job in plan order; each goes to the plan file, which the export joins to the answers."""
         library = PromptLibrary(self.config.templates)
         identity = (self.teacher.kind, self.teacher.model)
-        slates = (SlateSampler(self.config.slate, self.dataset.catalog, self.split.part("train"), self.work)
-                  if any(task.slate for task, _ in planned) else None)
+        slates = self._slates(planned)
         with (self.work / "plan.tsv").open("w", encoding="utf-8") as plan:
             for task, path in planned:
                 for request in iter_requests(task, path, library, self.items, self.personas, identity, self.config.sampling,
@@ -215,8 +263,58 @@ class _Job:
         self.report.prompt_tokens, self.report.completion_tokens = stats.prompt_tokens, stats.completion_tokens
         self.report.retries = getattr(self.teacher, "retries", 0)
         self.report.seconds = round(time.perf_counter() - started, 2)
+        self.report.tokens = tokens_by_task(self.out / "traces.parquet")
+        if self.config.price:
+            used = [sum(t[k] for t in self.report.tokens) for k in ("prompt_tokens", "completion_tokens")]
+            self.report.cost = {"live": self.config.price.cost(*used), "batch": self.config.price.cost(*used, batch=True)}
         (self.out / "summary.json").write_text(json.dumps(asdict(self.report), indent=2) + "\n")
         return self.report
+
+    def dry_run(self) -> dict[str, Any]:
+        self.work.mkdir(parents=True, exist_ok=True)
+        planned = self._plan()
+        counted_with, count = token_counter(self._tokenizer())
+        journal = self.out / "journal.sqlite"
+        reader = sqlite3.connect(f"file:{journal}?mode=ro", uri=True) if journal.exists() else None
+        mean_answer = dict(reader.execute("SELECT task, avg(completion_tokens) FROM answers GROUP BY task").fetchall()) if reader else {}
+        seen: set[str] = set()
+        tasks: dict[str, Counter] = {}
+        library, identity = PromptLibrary(self.config.templates), (self.teacher.kind, self.teacher.model)
+        slates = self._slates(planned)
+        for task, path in planned:
+            totals = tasks.setdefault(task.name, Counter())
+            stream = iter_requests(task, path, library, self.items, self.personas, identity, self.config.sampling, self.shard, slates)
+            while chunk := list(itertools.islice(stream, 512)):
+                answered = Journal.answered(reader, [r.key for r in chunk]) if reader else {}
+                fresh = [r for r in chunk if r.key not in answered and r.key not in seen]
+                seen.update(r.key for r in fresh)
+                totals.update(requests=len(chunk), cached=len(chunk) - len(fresh), to_send=len(fresh),
+                              prompt_tokens=sum(count([r.messages for r in fresh])))
+            totals["completion_tokens_max"] = totals["to_send"] * self.config.sampling.max_tokens
+            if task.name in mean_answer:
+                totals["completion_tokens_expected"] = round(totals["to_send"] * mean_answer[task.name])
+        if reader:
+            reader.close()
+        plan: dict[str, Any] = {"out": str(self.out), "teacher": self.teacher.kind, "model": self.teacher.model,
+                                "tokens_counted_with": counted_with, "by_task": {k: dict(v) for k, v in tasks.items()}}
+        for key in ("requests", "cached", "to_send", "prompt_tokens", "completion_tokens_max"):
+            plan[key] = sum(v[key] for v in tasks.values())
+        if self.config.price:
+            price, prompt = self.config.price, plan["prompt_tokens"]
+            plan["cost_at_most"] = {"live": price.cost(prompt, plan["completion_tokens_max"]),
+                                    "batch": price.cost(prompt, plan["completion_tokens_max"], batch=True)}
+        return plan
+
+    def _tokenizer(self) -> str | None:
+        """The teacher's tokenizer when it is a local folder: the in-process model, or an HTTP teacher's ``tokenizer``."""
+        teacher = self.config.teacher
+        found = teacher.model if teacher.kind == "vllm" else getattr(teacher, "tokenizer", None)
+        return found if found and Path(found).is_dir() else None
+
+    def _slates(self, planned: list[tuple[Task, Path]]) -> SlateSampler | None:
+        if not any(task.slate for task, _ in planned):
+            return None
+        return SlateSampler(self.config.slate, self.dataset.catalog, self.split.part("train"), self.work)
 
     def _save_dataset_rejects(self) -> None:
         """Lenient mode skips bad dataset records: they are written with their reasons, never lost."""

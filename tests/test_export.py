@@ -45,6 +45,9 @@ def test_every_format_loads_with_datasets(exported):
         assert loaded["train"].num_rows == card["formats"][name]["train"] > 0
     sft = datasets.load_dataset(str(out), name="sft")["train"]
     assert sum(card["formats"]["sft"].values()) == kept - card["decontamination"]["rows_dropped"]
+    assert sum(t["traces"] for t in card["teacher_tokens"]) == card["funnel"]["traces"]
+    assert {t["teacher"] for t in card["teacher_tokens"]} == {"rules"} and card["teacher_cost"] is None
+    assert "| r3_cot_hindsight | rules:rules-v1 |" in (out / "README.md").read_text()
     roles = {tuple(m["role"] for m in row["messages"]) for row in sft}
     assert roles == {("user", "assistant")}
     grpo = datasets.load_dataset(str(out), name="grpo")["train"][0]

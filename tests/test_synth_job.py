@@ -197,3 +197,25 @@ def test_incomplete_teacher_config_is_named(sample_path, tmp_path):
     config.write_text(f'dataset = "{sample_path}"\n[teacher]\nkind = "vllm"\n')
     with pytest.raises(DataError, match="(?s)job.toml.*teacher.*model.*required"):
         load_synth_config(config)
+
+
+def test_dry_run_sends_nothing_and_counts_what_a_run_would_send(sample_path, tmp_path, instant_server):
+    from recot.synth.cost import Price
+    from recot.synth.job import dry_run
+
+    price = Price(input_per_million=2.0, output_per_million=8.0)
+    cfg = http_config(sample_path, tmp_path, instant_server.url, "ok").model_copy(update={"price": price})
+    before = _received(instant_server).get("ok", 0)
+    plan = dry_run(cfg)
+    assert _received(instant_server).get("ok", 0) == before and not (tmp_path / "journal.sqlite").exists()
+    assert plan["requests"] == plan["to_send"] == 30 and plan["cached"] == 0 and plan["prompt_tokens"] > 30 * 20
+    assert plan["tokens_counted_with"].startswith("estimate") and plan["completion_tokens_max"] == 30 * 768
+    assert plan["cost_at_most"]["live"] == pytest.approx((plan["prompt_tokens"] * 2 + 30 * 768 * 8) / 1e6, abs=1e-6)
+    assert plan["cost_at_most"]["batch"] == pytest.approx(plan["cost_at_most"]["live"] / 2, abs=1e-6)
+    report = run_synth(cfg.model_copy(update={"limit": 15}), progress=False)
+    [tokens] = report.tokens
+    assert tokens["task"] == "r1_relation" and tokens["rows"] == 15 and tokens["prompt_tokens"] == report.prompt_tokens > 0
+    assert report.cost["live"] == price.cost(report.prompt_tokens, report.completion_tokens)
+    again = dry_run(cfg)  # half answered: the rest is expected at the answers' mean length
+    assert again["cached"] == 15 and again["to_send"] == 15
+    assert again["by_task"]["r1_relation"]["completion_tokens_expected"] == round(15 * report.completion_tokens / 15) > 0

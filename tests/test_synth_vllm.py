@@ -183,3 +183,15 @@ def test_slate_answers_are_confined_to_the_slate_by_structured_outputs(sample_pa
     assert answered.height > 0, "a random model should complete some short slate traces within max_tokens"
     for row in answered.iter_rows(named=True):
         assert json.loads(row["output"])["answer"] in {sid_of[i] for i in row["items"]}
+
+
+def test_dry_run_counts_prompt_tokens_as_the_server_does(sample_path, tiny_model, tmp_path, vllm_server):
+    from recot.synth.job import dry_run
+
+    cfg = SynthConfig(dataset=sample_path, out=tmp_path, tasks=["r1_relation", "r3_cot_blind"], limit=5,
+                      teacher=OpenAITeacherConfig(model="teacher", base_urls=[vllm_server.url], tokenizer=str(tiny_model)),
+                      sampling=Sampling(max_tokens=16, temperature=1.0))
+    plan = dry_run(cfg)
+    report = run_synth(cfg, progress=False)
+    assert plan["tokens_counted_with"] == f"tokenizer {tiny_model}" and plan["to_send"] == report.sent == 10
+    assert plan["prompt_tokens"] == report.prompt_tokens  # the teacher's own tokenizer and chat template

@@ -48,6 +48,7 @@ class OpenAITeacherConfig(BaseModel):
     structured: Literal["response_format", "extra_body", "none"] = Field(
         "response_format", description="how the JSON schema is sent: OpenAI json_schema, vLLM structured_outputs, or not")
     transport: Literal["aiohttp", "httpx"] = Field("aiohttp", description="the HTTP client under the openai SDK (aiohttp is faster)")
+    tokenizer: str | None = Field(None, description="a local folder with the served model's tokenizer: dry runs count prompt tokens with it")
 
 
 # Told apart by ``kind``, so each backend's config holds only its own fields.

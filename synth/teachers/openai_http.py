@@ -164,14 +164,6 @@ class OpenAITeacher:
         healthy = [e for e in endpoints if e.down_until <= now] or [min(endpoints, key=lambda e: e.down_until)]
         return min(healthy, key=lambda e: e.in_flight)
 
-    def _structured(self, request: Request) -> dict[str, Any]:
-        if self.structured == "response_format":
-            return {"response_format": {"type": "json_schema", "json_schema": {
-                "name": request.task, "schema": request.schema, "strict": True}}}
-        if self.structured == "extra_body":
-            return {"extra_body": {"structured_outputs": {"json": request.schema}}}
-        return {}
-
     async def _answer(self, request: Request, endpoints: list[_Endpoint], limit: AdaptiveLimit, out: queue.Queue) -> None:
         import openai
 
@@ -182,10 +174,7 @@ class OpenAITeacher:
                 endpoint.in_flight += 1
                 started = time.perf_counter()
                 try:
-                    reply = await endpoint.client.chat.completions.create(
-                        model=self.model, messages=request.messages, temperature=request.temperature,
-                        top_p=request.top_p, max_tokens=request.max_tokens, seed=request.seed,
-                        **self._structured(request))
+                    reply = await endpoint.client.chat.completions.create(**chat_kwargs(self.model, request, self.structured))
                     response = _response(request.key, reply, time.perf_counter() - started)
                 except openai.APIStatusError as exc:
                     if exc.status_code in FATAL_STATUS:
@@ -221,6 +210,18 @@ class OpenAITeacher:
     def _delay(self, attempt: int) -> float:
         """Full jitter: uniform in [0, min(cap, base * 2^attempt)]."""
         return random.uniform(0, min(self.backoff_cap_s, self.backoff_s * 2 ** attempt))
+
+
+def chat_kwargs(model: str, request: Request, structured: str) -> dict[str, Any]:
+    """The chat completion call for ``request``, as keyword arguments of ``chat.completions.create``: the live
+    client sends exactly this, and a batch file's body is the same (``extra_body`` merged into it)."""
+    call: dict[str, Any] = {"model": model, "messages": request.messages, "temperature": request.temperature,
+                            "top_p": request.top_p, "max_tokens": request.max_tokens, "seed": request.seed}
+    if structured == "response_format":
+        call["response_format"] = {"type": "json_schema", "json_schema": {"name": request.task, "schema": request.schema, "strict": True}}
+    elif structured == "extra_body":
+        call["extra_body"] = {"structured_outputs": {"json": request.schema}}
+    return call
 
 
 def _response(key: str, reply: Any, latency: float) -> Response:
