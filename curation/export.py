@@ -29,6 +29,7 @@ import polars as pl
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from recot.curation.report import KEPT_SQL, funnel
+from recot.curation.rules import COT
 from recot.curation.store import Store
 from recot.curation.trace_columns import trace_columns
 from recot.synth.cost import Price
@@ -36,7 +37,7 @@ from recot.synth.cot import think_block_sql
 from recot.synth.errors import DataError
 from recot.synth.io import atomic_path
 from recot.synth.splits import SplitSpec
-from recot.synth.student import ASK_DIRECT, ASK_INTERESTS, ASK_PICK_DIRECT, ASK_PICK_THINK, ASK_THINK, prompt_sql, sql_text, with_slate_sql
+from recot.synth.student import ASK_DIRECT, ASK_PICK_DIRECT, ASK_PICK_THINK, ASK_THINK, prompt_sql, sql_text, student_sql, with_slate_sql
 
 Format = Literal["sft", "prompt_completion", "grpo", "verl", "sharegpt"]
 FORMATS: tuple[Format, ...] = ("sft", "prompt_completion", "grpo", "verl", "sharegpt")
@@ -78,16 +79,18 @@ class ExportConfig(BaseModel):
         return f"CASE {domain} {cases} ELSE {default} END" if cases else str(default)
 
 
-def _rows_sql(config: ExportConfig) -> str:
+def _rows_sql(config: ExportConfig, students: dict[str, str]) -> str:
     """One row per kept trace, in trace id order: split, task, user prompt, assistant completion, the
     reward columns, ``leak`` (it would leak an evaluation target: the same user and target as a
     valid/test sample, or a target at or after the user's cut-off; needs the tables ``_leak_tables``
     makes) and ``grpo_pick`` (the one R3 row per user and target the prompt-only set takes, whether or
-    not its SFT row keeps the CoT: the GRPO set does not depend on ``cot_ratio``)."""
+    not its SFT row keeps the CoT: the GRPO set does not depend on ``cot_ratio``). CoT tasks get the student
+    prompt of next-item generation; every other task its declared student prompt (``students``, by task)."""
     share = int(config.valid_share * 1000)
     judge = "NULL" if config.min_judge is None else config.min_judge
     delta = "NULL" if config.min_delta_ll is None else config.min_delta_ll
     top_k = "NULL" if config.top_k_per_user is None else config.top_k_per_user
+    declared = " ".join(f"WHEN task = {sql_text(task)} THEN {student_sql(student)}" for task, student in sorted(students.items()))
     ask = (f"CASE WHEN ranks_slate AND with_cot THEN {sql_text(ASK_PICK_THINK)} WHEN ranks_slate THEN {sql_text(ASK_PICK_DIRECT)} "
            f"WHEN with_cot THEN {sql_text(ASK_THINK)} ELSE {sql_text(ASK_DIRECT)} END")
     leak = "FALSE" if config.dataset is None else """k.target IS NOT NULL AND (
@@ -99,16 +102,16 @@ def _rows_sql(config: ExportConfig) -> str:
     sc AS (SELECT trace_id, max(value) FILTER (WHERE name = 'judge') AS judge,
                   max(value) FILTER (WHERE name = 'delta_ll') AS delta_ll FROM scores GROUP BY trace_id),
     kept AS (SELECT p.* FROM passed p LEFT JOIN sc USING (trace_id)
-             WHERE p.task NOT LIKE 'r3_%' OR (({judge} IS NULL OR sc.judge >= {judge}) AND ({delta} IS NULL OR sc.delta_ll >= {delta}))
+             WHERE p.task NOT IN {COT} OR (({judge} IS NULL OR sc.judge >= {judge}) AND ({delta} IS NULL OR sc.delta_ll >= {delta}))
              QUALIFY {top_k} IS NULL OR p.user_id IS NULL OR row_number() OVER (
                  PARTITION BY p.task, p.user_id ORDER BY sc.judge DESC NULLS LAST, sc.delta_ll DESC NULLS LAST, p.trace_id) <= {top_k}),
     slates AS (SELECT trace_id, string_agg('- ' || coalesce(c.sid_text, '?') || ' ' || coalesce(c.title, ''), chr(10) ORDER BY pos)
                          AS slate_lines
                FROM (SELECT trace_id, unnest(items) AS item_id, generate_subscripts(items, 1) AS pos FROM kept
-                     WHERE {config.slate_prompt} AND task = 'r3_cot_slate') LEFT JOIN catalog c USING (item_id)
+                     WHERE {config.slate_prompt} AND task IN (SELECT task FROM tasks WHERE slate)) LEFT JOIN catalog c USING (item_id)
                GROUP BY trace_id),
     base AS (
-        SELECT k.trace_id, k.task, k.user_id, k.subject_id, k.target, k.text, k.history, hs.history_sids,
+        SELECT k.trace_id, k.task, k.task IN {COT} AS cot, k.user_id, k.subject_id, k.target, k.text, k.history, hs.history_sids,
                CASE WHEN sl.slate_lines IS NULL THEN hs.lines ELSE {with_slate_sql("hs.lines", "sl.slate_lines")} END AS lines,
                sl.slate_lines IS NOT NULL AS ranks_slate,
                tc.sid_text AS target_sid, coalesce(tc.domain, i1.domain, lc.domain) AS domain,
@@ -119,18 +122,13 @@ def _rows_sql(config: ExportConfig) -> str:
              LEFT JOIN catalog tc ON tc.item_id = k.target
              LEFT JOIN catalog i1 ON i1.item_id = k.items[1] LEFT JOIN catalog i2 ON i2.item_id = k.items[2]
              LEFT JOIN catalog lc ON lc.item_id = k.history[-1]),
-    picks AS (SELECT min(trace_id) AS trace_id FROM base WHERE task LIKE 'r3_%' AND NOT leak
+    picks AS (SELECT min(trace_id) AS trace_id FROM base WHERE cot AND NOT leak
               GROUP BY split, user_id, target)
-    SELECT trace_id, task, domain, split, user_id, target, target_sid, history, history_sids, with_cot, leak,
+    SELECT trace_id, task, cot, domain, split, user_id, target, target_sid, history, history_sids, with_cot, leak,
         p.trace_id IS NOT NULL AS grpo_pick,
-        CASE task
-            WHEN 'r0_caption' THEN 'What is the item ' || sid1 || '? Describe it.'
-            WHEN 'r1_relation' THEN 'How does ' || sid2 || ' ' || title2 || ' relate to ' || sid1 || ' ' || title1 || '?'
-            WHEN 'r2_interests' THEN {prompt_sql("lines", sql_text(ASK_INTERESTS))}
-            ELSE {prompt_sql("lines", ask)}
-        END AS prompt,
+        CASE WHEN cot THEN {prompt_sql("lines", ask)} {declared} END AS prompt,
         {prompt_sql("lines", f"CASE WHEN ranks_slate THEN {sql_text(ASK_PICK_THINK)} ELSE {sql_text(ASK_THINK)} END")} AS grpo_prompt,
-        CASE WHEN task LIKE 'r3_%' THEN
+        CASE WHEN cot THEN
                  CASE WHEN with_cot THEN {think_block_sql("text")} || chr(10) || target_sid ELSE target_sid END
              ELSE text END AS completion
     FROM base LEFT JOIN picks p USING (trace_id) ORDER BY trace_id"""
@@ -173,7 +171,8 @@ def export(store: Store, config: ExportConfig) -> dict:
         raise DataError(config.out, "the export target exists and is not empty", "choose another out, or set overwrite")
     trace_columns(store, ("history_sids", "lines"))
     _leak_tables(store, config)
-    store.con.execute(f"CREATE OR REPLACE TEMP TABLE export_rows AS {_rows_sql(config)}")
+    students = dict(store.con.execute("SELECT task, student FROM tasks WHERE NOT cot").fetchall())
+    store.con.execute(f"CREATE OR REPLACE TEMP TABLE export_rows AS {_rows_sql(config, students)}")
     dropped = store.scalar("DELETE FROM export_rows WHERE leak")
     counts: dict[str, dict[str, int]] = {}
     with atomic_path(config.out) as tmp:
@@ -214,7 +213,7 @@ def _card(store: Store, config: ExportConfig, counts: dict, dropped: int) -> dic
         "cot_ratio": config.cot_ratio, "valid_share": config.valid_share,
         "r3_with_cot_by_domain": {domain: {"rows": rows, "with_cot": cot} for domain, rows, cot in store.con.execute(
             """SELECT coalesce(domain, '?'), count(*), count(*) FILTER (WHERE with_cot) FROM export_rows
-               WHERE task LIKE 'r3_%' AND split = 'train' GROUP BY ALL ORDER BY ALL""").fetchall()},
+               WHERE cot AND split = 'train' GROUP BY ALL ORDER BY ALL""").fetchall()},
         "selection": {"min_judge": config.min_judge, "min_delta_ll": config.min_delta_ll, "top_k_per_user": config.top_k_per_user,
                       "kept_after_rules": stages["kept"]},
         "decontamination": {"dataset": str(config.dataset) if config.dataset else None, "rows_dropped": dropped,

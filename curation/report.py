@@ -49,7 +49,7 @@ def slate_accuracy(store: Store) -> dict[str, float | int]:
         SELECT count(*), count(*) FILTER (WHERE v.passed),
                avg((1 + json_array_length(coalesce(json_extract(t.output, '$.alternatives'), '[]'))) / len(t.items)),
                avg((t.popular_rank <= 1 + json_array_length(coalesce(json_extract(t.output, '$.alternatives'), '[]')))::INT)
-        FROM verdicts v JOIN traces t USING (trace_id) WHERE v.rule = 'blind_hit' AND t.task = 'r3_cot_slate'""").fetchone()
+        FROM verdicts v JOIN traces t USING (trace_id) WHERE v.rule = 'blind_hit' AND t.task IN (SELECT task FROM tasks WHERE slate)""").fetchone()
     if not answered:
         return {}
     return {"answered": answered, "hits": hits, "accuracy": round(hits / answered, 4),

@@ -56,7 +56,7 @@ class ReviewConfig(BaseModel):
     dataset: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$", description="the Argilla dataset name")
     workspace: str = Field("argilla", description="the Argilla workspace")
     url: str | None = Field(None, description="default: $RECOT_ARGILLA_URL, then http://127.0.0.1:6900")
-    where: str = Field("task LIKE 'r3_%'", description="SQL filter over the kept traces (columns of traces)")
+    where: str = Field("task IN (SELECT task FROM tasks WHERE cot)", description="SQL filter over the kept traces (columns of traces)")
     reviews_per_record: int = Field(1, ge=1, description="submitted responses a record needs (task distribution)")
     batch_size: int = Field(500, ge=1, le=500, description="records per bulk request (Argilla's limit is 500)")
     policy: Literal["majority", "any_reject"] = Field(

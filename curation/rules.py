@@ -23,7 +23,12 @@ from recot.curation.trace_columns import WORD_RE, trace_columns
 from recot.synth.cot import COT_PATTERN, reasoning_sql
 from recot.synth.schemas import ECOMMERCE_PERSONAS
 
-R3 = ("r3_cot_blind", "r3_cot_slate", "r3_cot_hindsight")
+# Which traces a rule reads follows from their task's declaration (the store's ``tasks`` table)
+COT = "(SELECT task FROM tasks WHERE cot)"
+WITH_INTERESTS = "(SELECT task FROM tasks WHERE interests)"
+HINDSIGHT = "(SELECT task FROM tasks WHERE cot AND shows_target)"
+BLIND = "(SELECT task FROM tasks WHERE cot AND NOT shows_target AND NOT slate)"
+SLATE = "(SELECT task FROM tasks WHERE cot AND slate)"
 # Words that never make a title word distinctive: the CoT format's labels and common English
 # (the persona prototypes' words are added from the config).
 COMMON_WORDS = tuple(
@@ -99,10 +104,6 @@ class RulesConfig(BaseModel):
                                     "a slate answer picks it (or ranks it in its top k)")
 
 
-def _in(tasks: tuple[str, ...]) -> str:
-    return "(" + ", ".join(f"'{t}'" for t in tasks) + ")"
-
-
 def _schema_valid(_: RulesConfig, sid_re: str) -> str:
     return "SELECT trace_id, status = 'ok', reason, detail FROM traces"
 
@@ -110,7 +111,7 @@ def _schema_valid(_: RulesConfig, sid_re: str) -> str:
 def _cot_format(_: RulesConfig, sid_re: str) -> str:
     return f"""SELECT trace_id, regexp_full_match(text, '{COT_PATTERN}') AS ok,
                       CASE WHEN NOT ok THEN 'cot_format' END, NULL
-               FROM traces WHERE status = 'ok' AND task IN {_in(R3)}"""
+               FROM traces WHERE status = 'ok' AND task IN {COT}"""
 
 
 def _length(c: RulesConfig, sid_re: str) -> str:
@@ -136,7 +137,7 @@ def _persona(c: RulesConfig, sid_re: str) -> str:
     prototype = "json_extract_string(output, '$.persona.prototype')"
     return f"""SELECT trace_id, {prototype} IN ({listed}), CASE WHEN {prototype} NOT IN ({listed}) THEN 'persona_unknown' END,
                       {prototype}
-               FROM traces WHERE status = 'ok' AND task IN {_in(R3)}"""
+               FROM traces WHERE status = 'ok' AND task IN {COT}"""
 
 
 def _interests(_: RulesConfig, sid_re: str) -> str:
@@ -144,7 +145,7 @@ def _interests(_: RulesConfig, sid_re: str) -> str:
         WITH x AS (
             SELECT trace_id, json_array_length(output, '$.interests') AS n, len(history) AS h,
                    flatten(json_extract(output, '$.interests[*].evidence')::INTEGER[][]) AS cited
-            FROM traces WHERE status = 'ok' AND task IN {_in(('r2_interests', *R3))})
+            FROM traces WHERE status = 'ok' AND task IN {WITH_INTERESTS})
         SELECT trace_id, n BETWEEN 1 AND 5 AND list_bool_and(list_transform(cited, lambda e: e BETWEEN 1 AND h)),
                CASE WHEN n NOT BETWEEN 1 AND 5 THEN 'interest_count'
                     WHEN NOT list_bool_and(list_transform(cited, lambda e: e BETWEEN 1 AND h)) THEN 'evidence_out_of_range' END,
@@ -158,7 +159,7 @@ def _sid_validity(_: RulesConfig, sid_re: str) -> str:
         unknown AS (SELECT trace_id, string_agg(DISTINCT sid, ' ') AS sids FROM m ANTI JOIN catalog c ON m.sid = c.sid_text
                     GROUP BY trace_id),
         answers AS (SELECT trace_id, json_extract_string(output, '$.answer') AS answer FROM traces
-                    WHERE status = 'ok' AND task IN {_in(R3)})
+                    WHERE status = 'ok' AND task IN {COT})
         SELECT t.trace_id, u.sids IS NULL AND (a.answer IS NULL OR regexp_full_match(a.answer, '{sid_re}')),
                CASE WHEN a.answer IS NOT NULL AND NOT regexp_full_match(a.answer, '{sid_re}') THEN 'answer_not_sid'
                     WHEN u.sids IS NOT NULL THEN 'unknown_sid' END,
@@ -172,7 +173,7 @@ def grounding_sql(sid_re: str) -> str:
     return f"""
         WITH r AS (SELECT t.trace_id, coalesce(len(t.history), 0) AS n, coalesce(h.history_sids, []) AS hist,
                           {reasoning_sql("t.text")} AS think
-                   FROM traces t LEFT JOIN trace_columns h USING (trace_id) WHERE t.status = 'ok' AND t.task IN {_in(R3)}),
+                   FROM traces t LEFT JOIN trace_columns h USING (trace_id) WHERE t.status = 'ok' AND t.task IN {COT}),
         x AS (SELECT trace_id, n, hist, regexp_extract_all(think, '{sid_re}') AS sids,
                      list_transform(regexp_extract_all(think, '#(\\d+)', 1), lambda p: TRY_CAST(p AS INTEGER)) AS cited
               FROM r)
@@ -216,7 +217,7 @@ def _leakage(c: RulesConfig, sid_re: str) -> str:
                      coalesce(s.history_brands, []) AS history_brands, coalesce(s.history_titles, '') AS history_titles,
                      coalesce(s.think_words, '') AS think_words
               FROM traces t JOIN cat c ON c.item_id = t.target LEFT JOIN trace_columns s USING (trace_id)
-              WHERE t.status = 'ok' AND t.task = 'r3_cot_hindsight'),
+              WHERE t.status = 'ok' AND t.task IN {HINDSIGHT}),
         distinctive AS (SELECT x.trace_id, string_agg(r.w, ', ' ORDER BY r.w) AS words
                         FROM x JOIN rare r ON r.item_id = x.target
                         WHERE contains(x.think_words, r.padded) AND NOT contains(x.history_titles, r.padded)
@@ -250,13 +251,13 @@ def _blind_hit(c: RulesConfig, sid_re: str) -> str:
         WITH x AS (SELECT t.trace_id, {codes.format("json_extract_string(t.output, '$.answer')")} AS got,
                           {codes.format('c.sid_text')} AS want, json_extract_string(t.output, '$.answer') AS answer, c.sid_text
                    FROM traces t JOIN catalog c ON c.item_id = t.target
-                   WHERE t.status = 'ok' AND t.task = 'r3_cot_blind'),
+                   WHERE t.status = 'ok' AND t.task IN {BLIND}),
         s AS (SELECT t.trace_id, c.sid_text,
                      list_position(list_prepend(json_extract_string(t.output, '$.answer'),
                                                 coalesce(json_extract_string(t.output, '$.alternatives[*]'), [])), c.sid_text) AS rank,
                      1 + json_array_length(coalesce(json_extract(t.output, '$.alternatives'), '[]')) AS k
               FROM traces t JOIN catalog c ON c.item_id = t.target
-              WHERE t.status = 'ok' AND t.task = 'r3_cot_slate')
+              WHERE t.status = 'ok' AND t.task IN {SLATE})
         SELECT trace_id, got = want OR ({k} > 0 AND got[1:{k}] = want[1:{k}]),
                CASE WHEN NOT (got = want OR ({k} > 0 AND got[1:{k}] = want[1:{k}])) THEN 'miss' END,
                CASE WHEN got = want THEN 'exact' WHEN {k} > 0 AND got[1:{k}] = want[1:{k}] THEN 'prefix' ELSE 'miss' END

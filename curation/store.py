@@ -25,6 +25,7 @@ from recot.synth.errors import DataError
 from recot.synth.journal import OUTPUT_SCHEMA
 from recot.synth.sid import DEFAULT_DIALECT, SidDialect, parse_sid_values
 from recot.synth.splits import SPLIT_FILE, SplitSpec
+from recot.synth.tasks import TASKS, TASKS_FILE, builtin_declarations
 
 SCHEMA_VERSION = 5
 # Tables rewritten in bulk (verdicts, scores, dup_clusters) carry no key: an index costs 3.5 s per
@@ -81,7 +82,11 @@ CREATE TABLE IF NOT EXISTS review_decisions (
     corrected_text VARCHAR, corrected_by VARCHAR, corrected_at TIMESTAMP, PRIMARY KEY (dataset, trace_id)
 );
 CREATE TABLE IF NOT EXISTS ingest_rejects (source VARCHAR, location VARCHAR, record VARCHAR, reason VARCHAR, detail VARCHAR);
+CREATE TABLE IF NOT EXISTS tasks (task VARCHAR PRIMARY KEY, source VARCHAR, cot BOOLEAN, shows_target BOOLEAN, slate BOOLEAN,
+    interests BOOLEAN, student VARCHAR);
 """
+# What rules and export ask of a task's declaration (recot.synth.tasks.Task.declaration)
+TASK_COLUMNS = ("task", "source", "cot", "shows_target", "slate", "interests", "student")
 
 
 @dataclass(frozen=True)
@@ -119,6 +124,7 @@ class Store:
         else:
             raise DataError(self.path, f"store schema version {found}, this recot uses version {SCHEMA_VERSION}",
                             "curate into a new store (traces re-ingest from their parquet files), or use the recot that made it")
+        self._declare(builtin_declarations(), replace=True)  # the bundled tasks as this recot declares them
 
     def _version(self) -> int | None:
         has_meta = self.con.execute(
@@ -204,6 +210,30 @@ class Store:
                             f"{recorded.model_dump()}", "curate traces of different splits in separate stores")
         self.set_meta("split", spec.model_dump_json())
 
+    def _declare(self, declarations: list[dict], replace: bool = False, source: Path | None = None) -> None:
+        """Record task declarations; a user task declared differently before is refused (its traces would be
+        curated by two sets of rules)."""
+        for d in declarations:
+            row = tuple(d[c] for c in TASK_COLUMNS)
+            known = self.con.execute("SELECT * FROM tasks WHERE task = ?", [d["task"]]).fetchone()
+            if known and known != row and not replace:
+                if d["task"] in TASKS:
+                    continue  # a bundled task as an older recot declared it: this recot's declaration holds
+                raise DataError(source or d["task"], f"task {d['task']} is declared {dict(zip(TASK_COLUMNS, row))}, but the store "
+                                f"holds it as {dict(zip(TASK_COLUMNS, known))}", "give the changed task a new name")
+            self.con.execute(f"INSERT OR REPLACE INTO tasks VALUES ({', '.join('?' * len(TASK_COLUMNS))})", row)
+
+    def _record_tasks(self, source: Path) -> None:
+        """Record the declarations written next to ``source`` (recot.synth.tasks.save_declarations)."""
+        found = source.parent / TASKS_FILE
+        if found.exists():
+            self._declare(json.loads(found.read_text()), source=found)
+        undeclared = self.con.execute(
+            "SELECT DISTINCT task FROM read_parquet(?) WHERE task NOT IN (SELECT task FROM tasks)", [str(source)]).fetchall()
+        if undeclared:
+            raise DataError(source, f"tasks {[t for (t,) in undeclared]} are not declared: without {TASKS_FILE} beside the file the "
+                            "store cannot tell which rules apply", f"keep the {TASKS_FILE} that `recot synth run` wrote next to it")
+
     def ingest(self, source: Path) -> IngestReport:
         """Add a synthesis output parquet; rows without provenance go to ``ingest_rejects``. The split it was
         synthesised on (``split.json`` beside it) is recorded for export and evaluation."""
@@ -211,6 +241,7 @@ class Store:
         missing_provenance = " OR ".join(f'"{c}" IS NULL' for c in PROVENANCE)
         with self.transaction():
             self._record_split(source)
+            self._record_tasks(source)
             self.con.execute("""
                 CREATE OR REPLACE TEMP TABLE incoming AS
                 SELECT md5(request_hash || '|' || subject_id || '|' || sample) AS trace_id,

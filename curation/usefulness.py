@@ -14,6 +14,7 @@ import json
 from collections.abc import Sequence
 from pathlib import Path
 
+from recot.curation.rules import COT
 from recot.curation.store import Store
 from recot.curation.trace_columns import trace_columns
 from recot.synth.cot import THINK_OPEN, think_block_sql
@@ -54,7 +55,7 @@ def run_usefulness(store: Store, scorer: str | Path, batch_size: int = 8, max_le
         SELECT t.trace_id, {think_block_sql("t.text")} || chr(10) AS think, c.sid_text,
                {prompt_sql("h.lines", sql_text(ASK_THINK))} AS ask_think, {prompt_sql("h.lines", sql_text(ASK_DIRECT))} AS ask_direct
         FROM traces t JOIN catalog c ON c.item_id = t.target JOIN trace_columns h USING (trace_id)
-        WHERE t.status = 'ok' AND t.task LIKE 'r3_%' AND starts_with(t.text, '{THINK_OPEN}') ORDER BY t.trace_id""").fetchall()
+        WHERE t.status = 'ok' AND t.task IN {COT} AND starts_with(t.text, '{THINK_OPEN}') ORDER BY t.trace_id""").fetchall()
 
     def chat(prompt: str) -> str:
         return tokenizer.apply_chat_template([{"role": "user", "content": prompt}], tokenize=False, add_generation_prompt=True)

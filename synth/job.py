@@ -38,7 +38,7 @@ from recot.synth.requests import CUTOFF_REASONS, ItemView, Shard, iter_requests,
 from recot.synth.schemas import ECOMMERCE_PERSONAS
 from recot.synth.slates import SlateConfig, SlateSampler
 from recot.synth.splits import Split, SplitSpec
-from recot.synth.tasks import TASKS, Task, get_task
+from recot.synth.tasks import TASKS, Task, get_task, save_declarations
 from recot.synth.teachers import OpenAITeacherConfig, RulesTeacherConfig, Sampling, Teacher, TeacherConfig, make_teacher
 from recot.synth.teachers.base import Request, Response
 from recot.synth.teachers.batch_files import OPENAI_MAX_BYTES, OPENAI_MAX_REQUESTS, BatchReader, BatchWriter
@@ -51,7 +51,8 @@ class SynthConfig(BaseModel):
     dataset: Path = Field(description="a MiniOneRec folder or a dataset config (TOML/YAML)")
     out: Path = Field(Path("out/synth"), description="the job's folder: journal, traces.parquet, split.json, summary")
     tasks: list[str] = Field(["r3_cot_hindsight"],
-                             description="r0_caption, r1_relation, r2_interests, r3_cot_blind, r3_cot_slate, r3_cot_hindsight")
+                             description="r0_caption, r1_relation, r2_interests, r3_cot_blind, r3_cot_slate, r3_cot_hindsight, "
+                                   "or yours: module:attribute or a recot.tasks entry point")
     part: Literal["train", "valid", "test"] = Field("train", description="the split part whose samples are subjects")
     split: Literal["auto", "temporal", "leave_last_out"] = Field(
         "auto", description="how samples are split; auto: temporal when the dataset has boundaries (written to split.json)")
@@ -70,9 +71,13 @@ class SynthConfig(BaseModel):
     @field_validator("tasks")
     @classmethod
     def _known(cls, tasks: list[str]) -> list[str]:
-        unknown = [t for t in tasks if t not in TASKS]
-        if unknown or not tasks:
-            raise ValueError(f"unknown or no tasks {unknown}; choose from {sorted(TASKS)}")
+        if not tasks:
+            raise ValueError(f"no tasks; choose from {sorted(TASKS)} or name yours as module:attribute")
+        for name in tasks:
+            try:
+                get_task(name)
+            except DataError as exc:
+                raise ValueError(str(exc)) from None
         return tasks
 
 
@@ -220,7 +225,7 @@ class _Job:
 
     def _requests(self, planned: list[tuple[Task, Path]]) -> Iterator[Request]:
         """Every request of the job in plan order; each goes to the plan file, which the export joins to the answers."""
-        library = PromptLibrary(self.config.templates)
+        library = self._library()
         identity = (self.teacher.kind, self.teacher.model)
         slates = self._slates(planned)
         with (self.work / "plan.tsv").open("w", encoding="utf-8") as plan:
@@ -253,6 +258,7 @@ class _Job:
                        self.config.commit_rows, self.config.commit_s, show)
             self.report.rows = journal.export(read_plan(self.work / "plan.tsv"), self.out / "traces.parquet")
             self.split_spec.save(self.out)
+            save_declarations(self.tasks, self.personas, self.out)
             self._save_dataset_rejects()
         finally:
             journal.close()
@@ -279,7 +285,7 @@ class _Job:
         mean_answer = dict(reader.execute("SELECT task, avg(completion_tokens) FROM answers GROUP BY task").fetchall()) if reader else {}
         seen: set[str] = set()
         tasks: dict[str, Counter] = {}
-        library, identity = PromptLibrary(self.config.templates), (self.teacher.kind, self.teacher.model)
+        library, identity = self._library(), (self.teacher.kind, self.teacher.model)
         slates = self._slates(planned)
         for task, path in planned:
             totals = tasks.setdefault(task.name, Counter())
@@ -304,6 +310,15 @@ class _Job:
             plan["cost_at_most"] = {"live": price.cost(prompt, plan["completion_tokens_max"]),
                                     "batch": price.cost(prompt, plan["completion_tokens_max"], batch=True)}
         return plan
+
+    def _library(self) -> PromptLibrary:
+        """The bundled templates, the config's folder over them, and the templates user tasks bring."""
+        library = PromptLibrary(self.config.templates, [t.template for t in self.tasks if t.template])
+        for task in self.tasks:
+            if task.name not in library.templates:
+                raise DataError(task.name, "no template names this task", "give the Task a template file whose header says "
+                                f"task: {task.name}, or put one in the config's templates folder")
+        return library
 
     def _tokenizer(self) -> str | None:
         """The teacher's tokenizer when it is a local folder: the in-process model, or an HTTP teacher's ``tokenizer``."""

@@ -79,15 +79,18 @@ def _parse(path: Path) -> PromptTemplate:
 
 
 class PromptLibrary:
-    """Templates by task: the bundled ones, overridden by any in ``override_dir`` with the same task."""
+    """Templates by task: the bundled ones, overridden by any in ``override_dir`` with the same task, then
+    ``extra`` files (the templates of user-declared tasks)."""
 
-    def __init__(self, override_dir: Path | None = None) -> None:
+    def __init__(self, override_dir: Path | None = None, extra: list[Path] | None = None) -> None:
         bundled = Path(str(files("recot.prompts")))
         self.templates: dict[str, PromptTemplate] = {}
-        for folder in [bundled, *([override_dir] if override_dir else [])]:
-            for path in sorted(folder.glob("*.j2")):
-                template = _parse(path)
-                self.templates[template.task] = template
+        paths = [p for folder in [bundled, *([override_dir] if override_dir else [])] for p in sorted(folder.glob("*.j2"))]
+        for path in [*paths, *(extra or [])]:
+            if not path.is_file():
+                raise DataError(path, "no such template file", "point the task's template at its .j2 file")
+            template = _parse(path)
+            self.templates[template.task] = template
         env = _Environment(undefined=StrictUndefined, autoescape=False)
         # Compiled once here: a synthesis job renders each template millions of times.
         self._compiled: dict[str, Template] = {}

@@ -12,6 +12,8 @@ here, and a test holds them to the same text.
 
 from __future__ import annotations
 
+import re
+
 import polars as pl
 
 HISTORY_HEAD = "A user's purchases, oldest first:"
@@ -47,3 +49,17 @@ def prompt_sql(lines: str, ask: str) -> str:
 def with_slate_sql(lines: str, slate_lines: str) -> str:
     """SQL: history lines followed by the candidate block (``slate_lines``: ``- SID title`` lines, SQL too)."""
     return f"{lines} || chr(10) || {sql_text(SLATE_HEAD)} || chr(10) || {slate_lines}"
+
+
+# The fields a declared task's student prompt may use (synth.tasks.Task.student), as SQL over export's rows.
+STUDENT_FIELDS = {
+    "history": f"{sql_text(HISTORY_HEAD)} || chr(10) || coalesce(lines, '')",
+    "sid1": "coalesce(sid1, '?')", "title1": "coalesce(title1, '')",
+    "sid2": "coalesce(sid2, '?')", "title2": "coalesce(title2, '')",
+}
+
+
+def student_sql(template: str) -> str:
+    """SQL for a declared student prompt: its text with each ``{field}`` replaced by :data:`STUDENT_FIELDS`."""
+    parts = re.split(r"\{(\w+)\}", template)
+    return " || ".join(STUDENT_FIELDS[p] if i % 2 else sql_text(p) for i, p in enumerate(parts) if p or i % 2)

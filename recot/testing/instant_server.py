@@ -12,6 +12,7 @@ every way a real one does. The requested model name picks the behaviour:
     cutbody    HTTP 200, a JSON body cut in half       textplain  HTTP 200, a text/plain body
     html       HTTP 200, an HTML page labelled JSON    nochoices  HTTP 200, a completion with no choices
     shaky      every 2nd reply is a cut body (retried), else ok
+    cot        a schema-valid R3 trace citing purchase #1 that answers the prompt's last SID
 
 ``GET /stats`` returns how many chat requests each model name received.
 
@@ -23,11 +24,21 @@ from __future__ import annotations
 import argparse
 import itertools
 import json
+import re
 from collections import Counter
 
 from aiohttp import web
 
 ANSWER = json.dumps({"relation": "complement", "rationale": "a drill needs bits"})
+SID = re.compile(r"(?:<[a-z_]+\d*_\d+>)+")
+
+
+def _trace(prompt: str) -> str:
+    sids = SID.findall(prompt)
+    return json.dumps({"persona": {"prototype": "student", "evidence": "bought #1"},
+                       "interests": [{"name": "more of the same", "evidence": [1]}],
+                       "transition": {"recent": "#1", "follows": 1, "reasoning": "the latest purchase sets the interest"},
+                       "answer": sids[-1] if sids else "?"})
 _counter = itertools.count(1)
 _received: Counter = Counter()
 
@@ -72,6 +83,8 @@ async def chat(request: web.Request) -> web.Response:
         "empty": _completion(model, ""),
         "garbage": _completion(model, "Sure! Here is the relation: complement."),
     }
+    if model == "cot":
+        return web.json_response(_completion(model, _trace(body["messages"][-1]["content"])))
     return web.json_response(replies.get(model) or _completion(model, ANSWER))
 
 
