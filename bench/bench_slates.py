@@ -29,7 +29,7 @@ from pathlib import Path
 from recot.synth.loaders import load_dataset
 from recot.synth.prompts import PromptLibrary
 from recot.synth.requests import ItemView, iter_requests, plan_subjects
-from recot.synth.schemas import ECOMMERCE_PERSONAS
+from recot.synth.profiles import PROFILES, ProfileBook
 from recot.synth.slates import SlateConfig, SlateSampler
 from recot.synth.splits import SplitSpec
 from recot.synth.tasks import get_task
@@ -46,7 +46,7 @@ slates = None
 if task.slate:
     config = SlateConfig(size=20, samplers={"popularity": 1, "prefix": 1, "cooccurrence": 1, "embedding": 1}, embeddings=embeddings)
     slates = SlateSampler(config, dataset.catalog, split.part("train"))
-requests = sum(1 for _ in iter_requests(task, path, PromptLibrary(), ItemView(dataset.catalog), ECOMMERCE_PERSONAS,
+requests = sum(1 for _ in iter_requests(task, path, PromptLibrary(), ItemView(dataset.catalog), ProfileBook(PROFILES['ecommerce']),
                                          ("rules", "rules-v1"), Sampling(), slates=slates))
 seconds = time.perf_counter() - start
 peak = next(int(l.split()[1]) for l in open("/proc/self/status") if l.startswith("VmHWM"))

@@ -21,7 +21,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from recot.curation.store import Store
 from recot.curation.trace_columns import WORD_RE, trace_columns
 from recot.synth.cot import COT_PATTERN, reasoning_sql
-from recot.synth.schemas import ECOMMERCE_PERSONAS
+from recot.synth.profiles import all_personas
 
 # Which traces a rule reads follows from their task's declaration (the store's ``tasks`` table)
 COT = "(SELECT task FROM tasks WHERE cot)"
@@ -70,7 +70,8 @@ class LanguageRule(Switch):
 
 
 class PersonaRule(Switch):
-    personas: list[str] = Field(list(ECOMMERCE_PERSONAS), description="the domain's persona list an R3 persona must be in")
+    personas: list[str] = Field(all_personas(), description="the personas an R3 persona must be one of (default: every bundled "
+                                "profile's; synthesis already held each trace to its own domain's list)")
 
 
 class GroundingRule(Switch):

@@ -33,9 +33,9 @@ from recot.synth.io import atomic_path
 from recot.synth.journal import Journal, read_plan, write_plan
 from recot.synth.loaders import Dataset, load_dataset
 from recot.synth.parse import Parsed, off_slate, parse_response
+from recot.synth.profiles import DomainProfile, ProfileBook, get_profile
 from recot.synth.prompts import PromptLibrary
 from recot.synth.requests import CUTOFF_REASONS, ItemView, Shard, iter_requests, plan_subjects
-from recot.synth.schemas import ECOMMERCE_PERSONAS
 from recot.synth.slates import SlateConfig, SlateSampler
 from recot.synth.splits import Split, SplitSpec
 from recot.synth.tasks import TASKS, Task, get_task, save_declarations
@@ -58,7 +58,11 @@ class SynthConfig(BaseModel):
         "auto", description="how samples are split; auto: temporal when the dataset has boundaries (written to split.json)")
     max_history: int = Field(10, ge=1, description="history items a sample shows (the most recent ones)")
     limit: int | None = Field(None, ge=1, description="subjects per task (before n samples and sharding)")
-    personas: list[str] = Field(list(ECOMMERCE_PERSONAS), description="the persona prototypes R3 traces choose from")
+    profile: str | DomainProfile = Field("ecommerce", description="the domain profile prompts read (wording, personas): "
+                                         "ecommerce, short_video, live_streaming, ads, or a [profile] table")
+    domain_profiles: dict[str, str | DomainProfile] = Field(
+        {}, description="a profile per value of the dataset's domain column (a value named like a bundled profile uses it)")
+    personas: list[str] | None = Field(None, description="persona prototypes replacing the main profile's")
     templates: Path | None = Field(None, description="a folder of templates overriding the bundled ones of the same task")
     teacher: TeacherConfig = Field(RulesTeacherConfig(), description="[teacher]: who answers, told apart by kind")
     sampling: Sampling = Field(Sampling(), description="[sampling]: as vLLM's SamplingParams")
@@ -67,6 +71,16 @@ class SynthConfig(BaseModel):
     lenient: bool = Field(False, description="skip bad dataset records instead of failing; they go to OUT/dataset-rejects.csv")
     commit_rows: int = Field(256, ge=1, description="answers per journal transaction (at most this many are redone after a kill)")
     commit_s: float = Field(2.0, gt=0, description="seconds between journal commits at the latest")
+
+    @field_validator("profile")
+    @classmethod
+    def _profile(cls, value: str | DomainProfile) -> DomainProfile:
+        return get_profile(value)
+
+    @field_validator("domain_profiles")
+    @classmethod
+    def _domain_profiles(cls, value: dict[str, str | DomainProfile]) -> dict[str, DomainProfile]:
+        return {domain: get_profile(p) for domain, p in value.items()}
 
     @field_validator("tasks")
     @classmethod
@@ -128,6 +142,16 @@ def dry_run(config: SynthConfig, shard: Shard = Shard()) -> dict[str, Any]:
     journal already answers), prompt tokens, completion tokens at most and as expected, and the cost
     at ``config.price``. It writes only the plan (``OUT/.work/``, ``OUT/refused.parquet``)."""
     return _Job(config, shard, job_dir(config, shard), None).dry_run()
+
+
+def _profiles(config: SynthConfig, dataset: Dataset) -> ProfileBook:
+    """The job's profiles; items take their domain from the domain their events carry most often."""
+    default, by_domain = get_profile(config.profile), {d: get_profile(p) for d, p in config.domain_profiles.items()}
+    if config.personas:
+        default = default.model_copy(update={"personas": tuple(config.personas)})
+    domains = (dataset.interactions.filter(pl.col("domain").is_not_null()).group_by("item_id")
+               .agg(pl.col("domain").mode().sort().first()).collect())
+    return ProfileBook(default, by_domain, dict(zip(domains["item_id"].to_list(), domains["domain"].to_list())))
 
 
 def _batch_teacher(config: SynthConfig) -> OpenAITeacherConfig:
@@ -197,7 +221,8 @@ class _Job:
             raise DataError(config.dataset, "the catalog has no semantic IDs", "build them first: recot sid build")
         self.split_spec = SplitSpec.choose(self.dataset.boundaries, config.split, config.max_history, self.dataset.name)
         self.split = self.split_spec.build(self.dataset.sequences())
-        self.personas = tuple(config.personas)
+        self.profiles = _profiles(config, self.dataset)
+        self.personas = self.profiles.default.personas
         self.teacher = teacher or make_teacher(config.teacher, self.dataset.catalog, self.personas, self.split.part("train"))
         self.work = out / ".work"
         self.report = JobReport(str(out), self.teacher.kind, self.teacher.model)
@@ -230,14 +255,14 @@ class _Job:
         slates = self._slates(planned)
         with (self.work / "plan.tsv").open("w", encoding="utf-8") as plan:
             for task, path in planned:
-                for request in iter_requests(task, path, library, self.items, self.personas, identity, self.config.sampling,
+                for request in iter_requests(task, path, library, self.items, self.profiles, identity, self.config.sampling,
                                              self.shard, slates):
                     write_plan(plan, request.key, request.subject)
                     yield request
 
     def _parse(self, request: Request, response: Response) -> tuple[Parsed, str | None]:
         task = self.task_of[request.task]
-        parsed = parse_response(response, task.schema(self.personas))
+        parsed = parse_response(response, task.schema(self.profiles.by_name[request.subject["profile"]].personas))
         if task.slate and parsed.output:
             parsed = off_slate(parsed, [self.items[i]["sid"] for i in request.subject["items"]], self.config.slate.top_k)
         return parsed, task.text(parsed.output) if parsed.output else None
@@ -289,7 +314,7 @@ class _Job:
         slates = self._slates(planned)
         for task, path in planned:
             totals = tasks.setdefault(task.name, Counter())
-            stream = iter_requests(task, path, library, self.items, self.personas, identity, self.config.sampling, self.shard, slates)
+            stream = iter_requests(task, path, library, self.items, self.profiles, identity, self.config.sampling, self.shard, slates)
             while chunk := list(itertools.islice(stream, 512)):
                 answered = Journal.answered(reader, [r.key for r in chunk]) if reader else {}
                 fresh = [r for r in chunk if r.key not in answered and r.key not in seen]

@@ -106,7 +106,10 @@ class PromptLibrary:
         return self.templates[task]
 
     def render(self, task: str, **variables: Any) -> RenderedPrompt:
-        """System and user messages of ``task`` for these variables."""
+        """System and user messages of ``task`` for these variables (``profile``: the e-commerce one unless given)."""
+        from recot.synth.profiles import PROFILES
+
+        variables.setdefault("profile", PROFILES["ecommerce"].model_dump())
         template, compiled = self[task], self._compiled[task]
         try:
             context = compiled.new_context(variables)

@@ -18,6 +18,7 @@ import polars as pl
 import pyarrow.parquet as pq
 
 from recot.synth.catalog import Catalog
+from recot.synth.profiles import DomainProfile, ProfileBook
 from recot.synth.prompts import PromptLibrary, RenderedPrompt
 from recot.synth.schemas import constrain_to_slate
 from recot.synth.slates import SlateSampler
@@ -99,27 +100,31 @@ class ItemView:
         return self._items[item_id]
 
 
-def iter_requests(task: Task, subjects: Path, library: PromptLibrary, items: ItemView, personas: tuple[str, ...],
+def iter_requests(task: Task, subjects: Path, library: PromptLibrary, items: ItemView, profiles: ProfileBook,
                   teacher: tuple[str, str], sampling: Sampling, shard: Shard = Shard(), slates: SlateSampler | None = None,
                   batch_rows: int = 1024) -> Iterator[Request]:
     """Render every subject in ``subjects`` (parquet) owned by ``shard`` into ``sampling.n`` requests.
 
+    Each subject's prompt reads its domain's profile (wording, personas; the subject records its name).
     A slate task's samples each get their slate from ``slates``; its request schema then names only
     that slate's SIDs."""
     if task.slate and slates is None:
         raise ValueError(f"task {task.name} needs a slate sampler")
-    schema = task.schema(personas).model_json_schema()
+    schemas: dict[str, dict[str, Any]] = {}
     for batch in pq.ParquetFile(subjects).iter_batches(batch_size=batch_rows):
         rows = [row for row in batch.to_pylist() if shard.owns(row["subject_id"])]
         drawn = (slates.draw_batch([r["subject_id"] for r in rows], [r["history"] for r in rows], [r["target"] for r in rows])
                  if task.slate and rows else [None] * len(rows))
         for row, slate in zip(rows, drawn):
-            variables, subject = _variables(task, row, items, personas)
-            asked = schema
+            profile = profiles.of(row["target"] if task.source == "samples" else row["items"][0])
+            if profile.name not in schemas:
+                schemas[profile.name] = task.schema(profile.personas).model_json_schema()
+            variables, subject = _variables(task, row, items, profile)
+            asked = schemas[profile.name]
             if slate is not None:
                 subject |= {"items": slate.items, "popular_rank": slate.popular_rank, "top_k": slates.config.top_k}
                 variables |= {"slate": [items[i] for i in slate.items], "top_k": slates.config.top_k}
-                asked = constrain_to_slate(schema, [v["sid"] for v in variables["slate"]], slates.config.top_k)
+                asked = constrain_to_slate(asked, [v["sid"] for v in variables["slate"]], slates.config.top_k)
             prompt = library.render(task.name, **variables)
             for sample in range(sampling.n):
                 yield build_request(prompt, asked, teacher, sampling, sample, subject)
@@ -134,17 +139,18 @@ def build_request(prompt: RenderedPrompt, schema: dict[str, Any], teacher: tuple
                    sampling.temperature, sampling.top_p, sampling.max_tokens, subject, template)
 
 
-def _variables(task: Task, row: dict[str, Any], items: ItemView, personas: tuple[str, ...]) -> tuple[dict, dict]:
+def _variables(task: Task, row: dict[str, Any], items: ItemView, profile: DomainProfile) -> tuple[dict, dict]:
     """Template variables and the plain-JSON subject that travels with the request into the output."""
-    subject: dict[str, Any] = {"id": row["subject_id"]}
+    subject: dict[str, Any] = {"id": row["subject_id"], "profile": profile.name}
+    variables: dict[str, Any] = {"profile": profile.model_dump()}
     if task.source == "items":
         subject["items"] = row["items"]
-        return {"item": items[row["item_id"]]}, subject
+        return variables | {"item": items[row["item_id"]]}, subject
     if task.source == "pairs":
         subject["items"] = row["items"]
-        return {"first": items[row["first"]], "second": items[row["second"]]}, subject
+        return variables | {"first": items[row["first"]], "second": items[row["second"]]}, subject
     subject |= {k: row[k] for k in ("user_id", "part", "history", "history_ts", "target", "target_ts", "cutoff_ts")}
-    variables: dict[str, Any] = {"history": [items[i] for i in row["history"]], "personas": list(personas)}
+    variables |= {"history": [items[i] for i in row["history"]], "personas": list(profile.personas)}
     if task.needs_target:
         variables["target"] = items[row["target"]]
     return variables, subject

@@ -76,8 +76,13 @@ class RulesTeacher:
 
     def generate(self, requests: Iterable[Request]) -> Iterator[Response]:
         for request in requests:
-            answer = getattr(self, "_" + request.task)(request.subject)
+            answer = getattr(self, "_" + request.task)(request.subject | {"personas": self._offered(request)})
             yield Response(request.key, json.dumps(answer), "stop")
+
+    def _offered(self, request: Request) -> tuple[str, ...]:
+        """The personas the request's schema allows (its domain's), as an LLM reads them; else the teacher's own."""
+        persona = request.schema.get("$defs", {}).get("Persona", {}).get("properties", {}).get("prototype", {})
+        return tuple(persona.get("enum", ())) or self.personas
 
     def close(self) -> None:
         """Nothing to release."""
@@ -99,10 +104,10 @@ class RulesTeacher:
         ordered = sorted(groups.values(), key=lambda positions: -positions[-1])[:5]
         return [(self._name([history[p - 1] for p in positions]), positions) for positions in ordered]
 
-    def _persona(self, history: list[str]) -> dict[str, str]:
+    def _persona(self, history: list[str], personas: tuple[str, ...]) -> dict[str, str]:
         brands = Counter(b for i in history if (b := self.items[i]["brand"]))
         repeats = len(history) - len(set(history))
-        listed = set(self.personas)
+        listed = set(personas)
         if brands and len(history) >= 3 and "brand loyalist" in listed:
             brand, n = brands.most_common(1)[0]
             if n / len(history) >= 0.6:
@@ -110,10 +115,10 @@ class RulesTeacher:
         if repeats >= 2 and "bulk stocker" in listed:
             return {"prototype": "bulk stocker", "evidence": f"{repeats} purchases repeat an earlier item"}
         words = Counter(w for i in history for w in keywords(self.items[i]["title"]))
-        scored = [(sum(words[w] for w in PERSONA_CUES.get(p, ())), -k, p) for k, p in enumerate(self.personas)]
+        scored = [(sum(words[w] for w in PERSONA_CUES.get(p, ())), -k, p) for k, p in enumerate(personas)]
         hits, _, prototype = max(scored)
         if hits == 0:
-            prototype = "quality seeker" if "quality seeker" in listed else self.personas[0]
+            prototype = "quality seeker" if "quality seeker" in listed else personas[0]
             return {"prototype": prototype, "evidence": f"{len(history)} purchase(s) with no dominant cue"}
         cues = sorted(w for w in words if w in PERSONA_CUES[prototype])
         return {"prototype": prototype, "evidence": f"titles mention {', '.join(cues)}"[:300]}
@@ -132,7 +137,7 @@ class RulesTeacher:
             pool = self.ranked.get(self._group(history[-1]), []) + self.ranked.get(None, [])
             target = next((i for i in pool if i not in bought), history[-1])
         return {
-            "persona": self._persona(history),
+            "persona": self._persona(history, subject["personas"]),
             "interests": interests,
             "transition": {"recent": f"#{len(history)} {latest['title']}"[:300], "follows": 1, "reasoning": reasoning},
             "answer": self.items[target]["sid_text"],
