@@ -16,6 +16,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from functools import cache
+from typing import Literal
 
 import numpy as np
 import polars as pl
@@ -23,6 +24,7 @@ import pyarrow as pa
 from pydantic import BaseModel, ConfigDict, Field
 
 from recot.curation.store import Store
+from recot.synth.errors import DataError
 
 _MIX = np.uint64(0x9E3779B97F4A7C15)
 _EMPTY = np.iinfo(np.uint32).max
@@ -94,6 +96,9 @@ class DedupConfig(BaseModel):
     ngram: int = Field(3, ge=1, description="word n-grams compared")
     margin: float = Field(0.1, ge=0, lt=1, description="LSH bands for threshold - margin: recall up, exact Jaccard keeps precision")
     seed: int = Field(0, description="seed of the hash functions")
+    engine: Literal["recot", "datasketch"] = Field(
+        "recot", description="what proposes candidate pairs: recot's one-permutation MinHash and banding (fast), or datasketch's "
+        "MinHash and MinHashLSH (pip install 'recot[datasketch]'); exact Jaccard decides either way")
 
 
 @cache
@@ -250,9 +255,33 @@ def clusters(sig: np.ndarray, grams: Grams, threshold: float, margin: float = 0.
     # the low byte of each position is enough for this coarse cut (b-bit MinHash: it adds (1 - J) / 256
     # to the estimate) and a quarter of the memory traffic
     likely = estimate(sig.astype(np.uint8), a, b) >= threshold - margin
-    a, b = a[likely], b[likely]
+    return link(grams, a[likely], b[likely], threshold)
+
+
+def link(grams: Grams, a: np.ndarray, b: np.ndarray, threshold: float) -> np.ndarray:
+    """Cluster labels from candidate pairs: only pairs whose exact Jaccard reaches ``threshold`` are linked."""
     keep = jaccard(grams, a, b) >= threshold
-    return _leaders(len(sig), a[keep], b[keep])
+    return _leaders(len(grams.offsets) - 1, a[keep], b[keep])
+
+
+def datasketch_candidates(grams: Grams, threshold: float, num_perm: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """Row pairs (a < b) that datasketch's MinHashLSH puts in a common bucket, from MinHash signatures of the
+    same n-gram hashes (the design's named engine; recot's own path is many times faster, see bench/)."""
+    try:
+        from datasketch import MinHash, MinHashLSH
+    except ImportError:
+        raise DataError("dedup.engine", "datasketch is not installed", "pip install 'recot[datasketch]', or use engine = 'recot'") from None
+    n = len(grams.offsets) - 1
+    lsh = MinHashLSH(threshold=threshold, num_perm=num_perm)
+    signatures = []
+    for i in range(n):
+        minhash = MinHash(num_perm=num_perm, seed=seed, hashfunc=int)  # the n-grams are hashed already
+        minhash.update_batch(grams.h[grams.offsets[i]:grams.offsets[i + 1]].tolist())
+        lsh.insert(i, minhash)
+        signatures.append(minhash)
+    pairs = [(i, j) for i, minhash in enumerate(signatures) for j in lsh.query(minhash) if j > i]
+    found = np.array(pairs, dtype=np.int64).reshape(-1, 2)
+    return found[:, 0], found[:, 1]
 
 
 def _leaders(n: int, a: np.ndarray, b: np.ndarray) -> np.ndarray:
@@ -309,7 +338,11 @@ def _task_clusters(group: pl.DataFrame, config: DedupConfig) -> pl.DataFrame:
     A cluster is ``exact`` when its texts are equal after lower-casing and collapsing white space
     (hashed only for rows that have a duplicate), ``near`` otherwise; a trace without one is ``unique``."""
     grams = shingles(group["text"], config.ngram, config.seed)
-    labels = clusters(signatures(grams, config.num_perm), grams, config.threshold, config.margin)
+    if config.engine == "datasketch":
+        labels = link(grams, *datasketch_candidates(grams, max(config.threshold - config.margin, 0.05), config.num_perm, config.seed),
+                      config.threshold)
+    else:
+        labels = clusters(signatures(grams, config.num_perm), grams, config.threshold, config.margin)
     sizes = np.bincount(labels, minlength=len(labels))[labels]
     shared = np.flatnonzero(sizes > 1)
     keys = group["text"].gather(shared).str.to_lowercase().str.replace_all(r"\s+", " ").hash()

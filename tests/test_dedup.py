@@ -11,7 +11,7 @@ import polars as pl
 import pytest
 from datasketch.lsh import _optimal_param
 
-from recot.curation.dedup import DedupConfig, clusters, lsh_params, run_dedup, shingles, signatures
+from recot.curation.dedup import DedupConfig, clusters, datasketch_candidates, link, lsh_params, run_dedup, shingles, signatures
 from recot.curation.rules import run_rules
 from recot.curation.store import Store
 from recot.synth.job import SynthConfig, run_synth
@@ -40,15 +40,18 @@ def test_clusters_hold_exactly_the_pairs_above_the_threshold():
         edited.append(" ".join(words))
     texts = base + edited + [base[0]]  # 50 near copies and one exact copy
     g = shingles(pl.Series(texts))
-    labels = clusters(signatures(g), g, 0.8)
     sets = [grams(t) for t in texts]
     truth = {(a, b) for a in range(len(texts)) for b in range(a + 1, len(texts))
              if len(sets[a] & sets[b]) / len(sets[a] | sets[b]) >= 0.8}
-    found = {(a, b) for a in range(len(texts)) for b in range(a + 1, len(texts)) if labels[a] == labels[b]}
-    assert len(truth) == 52 and found == truth  # each near copy and the exact copy join their original
+    assert len(truth) == 52  # each near copy and the exact copy join their original
+    # both engines: recot's signatures and banding, and datasketch's MinHashLSH proposing the pairs
+    for labels in (clusters(signatures(g), g, 0.8), link(g, *datasketch_candidates(g, 0.7, 128), 0.8)):
+        found = {(a, b) for a in range(len(texts)) for b in range(a + 1, len(texts)) if labels[a] == labels[b]}
+        assert found == truth
 
 
-def test_dedup_keeps_the_trace_that_passes_and_is_shortest(sample_path, tmp_path, sample):
+@pytest.mark.parametrize("engine", ["recot", "datasketch"])
+def test_dedup_keeps_the_trace_that_passes_and_is_shortest(sample_path, tmp_path, sample, engine):
     out = tmp_path / "synth"
     run_synth(SynthConfig(dataset=sample_path, out=out, tasks=["r3_cot_hindsight"], limit=60), progress=False)
     rows = pl.read_parquet(out / "traces.parquet")
@@ -61,7 +64,7 @@ def test_dedup_keeps_the_trace_that_passes_and_is_shortest(sample_path, tmp_path
         store.load_catalog(sample.catalog)
         store.ingest(tmp_path / "t.parquet")
         run_rules(store)
-        counts = run_dedup(store, DedupConfig())
+        counts = run_dedup(store, DedupConfig(engine=engine))
         kept = store.con.execute("""SELECT t.subject_id FROM dup_clusters d JOIN traces t USING (trace_id)
                                     WHERE d.size = 3 AND d.keep""").fetchall()
         reasons = store.con.execute("SELECT count(*) FROM verdicts WHERE rule = 'dedup' AND reason = 'duplicate'").fetchone()[0]
