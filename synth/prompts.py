@@ -26,6 +26,7 @@ from jinja2 import StrictUndefined, Template, TemplateError
 from jinja2.sandbox import SandboxedEnvironment
 
 from recot.synth.errors import DataError
+from recot.synth.profiles import PROFILES
 
 _HEADER = re.compile(r"\A\{#-?(.*?)-?#\}", re.DOTALL)
 _REQUIRED = ("task", "version", "schema")
@@ -107,9 +108,8 @@ class PromptLibrary:
 
     def render(self, task: str, **variables: Any) -> RenderedPrompt:
         """System and user messages of ``task`` for these variables (``profile``: the e-commerce one unless given)."""
-        from recot.synth.profiles import PROFILES
-
-        variables.setdefault("profile", PROFILES["ecommerce"].model_dump())
+        if "profile" not in variables:
+            variables["profile"] = PROFILES["ecommerce"].model_dump()
         template, compiled = self[task], self._compiled[task]
         try:
             context = compiled.new_context(variables)

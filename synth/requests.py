@@ -18,7 +18,7 @@ import polars as pl
 import pyarrow.parquet as pq
 
 from recot.synth.catalog import Catalog
-from recot.synth.profiles import DomainProfile, ProfileBook
+from recot.synth.profiles import ProfileBook
 from recot.synth.prompts import PromptLibrary, RenderedPrompt
 from recot.synth.schemas import constrain_to_slate
 from recot.synth.slates import SlateSampler
@@ -110,7 +110,8 @@ def iter_requests(task: Task, subjects: Path, library: PromptLibrary, items: Ite
     that slate's SIDs."""
     if task.slate and slates is None:
         raise ValueError(f"task {task.name} needs a slate sampler")
-    schemas: dict[str, dict[str, Any]] = {}
+    schemas: dict[str, dict[str, Any]] = {}  # per profile: its personas shape the schema
+    shown: dict[str, dict[str, Any]] = {}  # per profile: the template variable, dumped once
     for batch in pq.ParquetFile(subjects).iter_batches(batch_size=batch_rows):
         rows = [row for row in batch.to_pylist() if shard.owns(row["subject_id"])]
         drawn = (slates.draw_batch([r["subject_id"] for r in rows], [r["history"] for r in rows], [r["target"] for r in rows])
@@ -119,7 +120,8 @@ def iter_requests(task: Task, subjects: Path, library: PromptLibrary, items: Ite
             profile = profiles.of(row["target"] if task.source == "samples" else row["items"][0])
             if profile.name not in schemas:
                 schemas[profile.name] = task.schema(profile.personas).model_json_schema()
-            variables, subject = _variables(task, row, items, profile)
+                shown[profile.name] = profile.model_dump() | {"personas": list(profile.personas)}
+            variables, subject = _variables(task, row, items, shown[profile.name])
             asked = schemas[profile.name]
             if slate is not None:
                 subject |= {"items": slate.items, "popular_rank": slate.popular_rank, "top_k": slates.config.top_k}
@@ -139,10 +141,10 @@ def build_request(prompt: RenderedPrompt, schema: dict[str, Any], teacher: tuple
                    sampling.temperature, sampling.top_p, sampling.max_tokens, subject, template)
 
 
-def _variables(task: Task, row: dict[str, Any], items: ItemView, profile: DomainProfile) -> tuple[dict, dict]:
+def _variables(task: Task, row: dict[str, Any], items: ItemView, profile: dict[str, Any]) -> tuple[dict, dict]:
     """Template variables and the plain-JSON subject that travels with the request into the output."""
-    subject: dict[str, Any] = {"id": row["subject_id"], "profile": profile.name}
-    variables: dict[str, Any] = {"profile": profile.model_dump()}
+    subject: dict[str, Any] = {"id": row["subject_id"], "profile": profile["name"]}
+    variables: dict[str, Any] = {"profile": profile}
     if task.source == "items":
         subject["items"] = row["items"]
         return variables | {"item": items[row["item_id"]]}, subject
@@ -150,7 +152,7 @@ def _variables(task: Task, row: dict[str, Any], items: ItemView, profile: Domain
         subject["items"] = row["items"]
         return variables | {"first": items[row["first"]], "second": items[row["second"]]}, subject
     subject |= {k: row[k] for k in ("user_id", "part", "history", "history_ts", "target", "target_ts", "cutoff_ts")}
-    variables |= {"history": [items[i] for i in row["history"]], "personas": list(profile.personas)}
+    variables |= {"history": [items[i] for i in row["history"]], "personas": profile["personas"]}
     if task.needs_target:
         variables["target"] = items[row["target"]]
     return variables, subject
