@@ -124,9 +124,12 @@ def synth_group() -> None:
 @click.option("--lenient", is_flag=True, default=None,
               help="Skip bad dataset records instead of failing; they go to OUT/dataset-rejects.csv with their reasons.")
 @click.option("--dry-run", is_flag=True, help="Plan only: requests, prompt tokens and cost, nothing sent.")
+@click.option("--ray", "ray_shards", type=int, help="Run this many shards as tasks on a Ray cluster and merge them.")
+@click.option("--ray-address", help="The Ray cluster (default: RAY_ADDRESS, else a local one).")
+@click.option("--gpus-per-shard", type=float, default=0.0, show_default=True, help="GPUs Ray gives each shard's teacher.")
 @json_option
 def synth_run(config: Path, shard: str, out: Path | None, limit: int | None, no_progress: bool, lenient: bool | None,
-              dry_run: bool, as_json: bool) -> None:
+              dry_run: bool, ray_shards: int | None, ray_address: str | None, gpus_per_shard: float, as_json: bool) -> None:
     """Run or resume the synthesis job in CONFIG (TOML/YAML); rows go to OUT/traces.parquet."""
     from dataclasses import asdict
 
@@ -140,7 +143,12 @@ def synth_run(config: Path, shard: str, out: Path | None, limit: int | None, no_
     if settings.teacher.kind == "rules":
         console.print("[yellow]teacher: rules, the deterministic non-LLM baseline.[/] For an LLM set \\[teacher] "
                       "kind = \"vllm\" with model = \"PATH\", or kind = \"openai\" with base_urls and model.")
-    report = job.run_synth(settings, part, progress=not no_progress)
+    if ray_shards:
+        from recot.synth.on_ray import run_on_ray
+
+        report = run_on_ray(settings, ray_shards, ray_address, gpus_per_shard, progress=not no_progress)
+    else:
+        report = job.run_synth(settings, part, progress=not no_progress)
     emit(asdict(report), as_json, "synthesis")
     if report.dataset_rejects:
         console.print(f"[yellow]{sum(report.dataset_rejects.values())} bad dataset records skipped; written with their "

@@ -14,7 +14,7 @@ import json
 import sqlite3
 import time
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -200,12 +200,14 @@ def job_dir(config: SynthConfig, shard: Shard = Shard()) -> Path:
     return config.out if shard.count == 1 else config.out / f"shard-{shard.index}-of-{shard.count}"
 
 
-def run_synth(config: SynthConfig, shard: Shard = Shard(), progress: bool = True, teacher: Teacher | None = None) -> JobReport:
-    """Run (or resume) the job; returns what happened. Rows land in ``<out>/traces.parquet``."""
+def run_synth(config: SynthConfig, shard: Shard = Shard(), progress: bool = True, teacher: Teacher | None = None,
+              on_progress: Callable[[int, int], Any] | None = None) -> JobReport:
+    """Run (or resume) the job; returns what happened. Rows land in ``<out>/traces.parquet``.
+    ``on_progress(seen, planned)`` is called after each commit (a distributed runner's whole-job bar)."""
     out = job_dir(config, shard)
     job = _Job(config, shard, out, teacher)  # reads and checks the dataset first: bad input leaves no output folder
     with _exclusive(out):
-        return job.run(progress)
+        return job.run(progress, on_progress)
 
 
 class _Job:
@@ -267,7 +269,7 @@ class _Job:
             parsed = off_slate(parsed, [self.items[i]["sid"] for i in request.subject["items"]], self.config.slate.top_k)
         return parsed, task.text(parsed.output) if parsed.output else None
 
-    def run(self, progress: bool) -> JobReport:
+    def run(self, progress: bool, on_progress: Callable[[int, int], Any] | None = None) -> JobReport:
         started = time.perf_counter()
         self.work.mkdir(parents=True, exist_ok=True)
         planned = self._plan()
@@ -278,6 +280,8 @@ class _Job:
 
                 def show() -> None:
                     bar.update(job, completed=self.stats.seen, status=self._status(started))
+                    if on_progress:
+                        on_progress(self.stats.seen, self.report.planned)
 
                 answer(self.teacher, journal, self._requests(planned), self._parse, self.stats,
                        self.config.commit_rows, self.config.commit_s, show)
@@ -354,7 +358,7 @@ class _Job:
     def _slates(self, planned: list[tuple[Task, Path]]) -> SlateSampler | None:
         if not any(task.slate for task, _ in planned):
             return None
-        return SlateSampler(self.config.slate, self.dataset.catalog, self.split.part("train"), self.work)
+        return SlateSampler(self.config.slate, self.dataset.catalog, self.split.part("train"), self.work, self.config.max_history)
 
     def _save_dataset_rejects(self) -> None:
         """Lenient mode skips bad dataset records: they are written with their reasons, never lost."""

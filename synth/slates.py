@@ -86,8 +86,10 @@ class SlateSampler:
     (splitmix64), so a sample gets the same slate in any batch, shard or rerun.
     """
 
-    def __init__(self, config: SlateConfig, catalog: Catalog, train: pl.LazyFrame, work: Path | None = None) -> None:
+    def __init__(self, config: SlateConfig, catalog: Catalog, train: pl.LazyFrame, work: Path | None = None,
+                 max_history: int = 10) -> None:
         self.config = config
+        self.max_history = max_history  # sizes each sampler's proposals: a sample's random numbers never depend on its batch
         self._quotas = [*config.quotas(), ("uniform", 0)]  # uniform last: it takes what the others could not fill
         items = catalog.items.filter(pl.col("sid").is_not_null()).select("item_id", "sid")
         if items.height < config.size:
@@ -133,8 +135,9 @@ class SlateSampler:
         lengths = np.array([len(r) for r in recent], dtype=np.int64)
         proposals, owed, chosen = [], np.zeros(len(t), dtype=np.int64), []
         offset = 0
+        spare = max(self.max_history, width)  # room for proposals that fall on the history
         for name, places in self._quotas:
-            count = (places + size) * 2 + width if name == "uniform" else places * 3 + width + 2
+            count = (places + size) * 2 + spare if name == "uniform" else places * 3 + spare + 2
             proposals.append(getattr(self, "_" + name)(t, history, lengths, _uniforms(keys, offset, count), places))
             offset += count
         candidates = np.concatenate(proposals, axis=1)

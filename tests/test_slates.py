@@ -52,6 +52,8 @@ def test_a_slate_holds_the_target_once_never_the_history_and_is_reproducible():
     assert len(slate.items) == len(set(slate.items)) == 10
     assert slate.items.count("i15") == 1 and not {"i0", "i1", "i2"} & set(slate.items)
     assert sampler.draw("u1@5", ["i0", "i1", "i2"], "i15") == slate
+    # the same slate in a batch beside a longer history (as in another shard's batch)
+    assert sampler.draw_batch(["u9@1", "u1@5"], [[f"i{k}" for k in range(20, 29)], ["i0", "i1", "i2"]], ["i3", "i15"])[1] == slate
     orders = {tuple(sampler.draw(f"u{k}@5", ["i0"], "i15").items) for k in range(20)}
     assert len(orders) > 15  # each sample its own draw, the target at different places
     assert len({s.index("i15") for s in orders}) > 5
