@@ -48,6 +48,7 @@ class ExportConfig(BaseModel):
     name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$", description="the dataset's name (its card is data_cards/NAME.md)")
     out: Path = Field(description="the export folder, written atomically")
     formats: list[Format] = Field(list(FORMATS), description="sft, prompt_completion, grpo, verl, sharegpt")
+    tasks: list[str] | None = Field(None, description="export only these tasks' traces (default: every task)")
     cot_ratio: float | dict[str, float] = Field(1.0, description="share of R3 SFT rows that keep their CoT: one share, "
                                                  "or one per domain with '*' for the others")
     valid_share: float = Field(0.05, ge=0, lt=1, description="share of users held out as the validation split")
@@ -90,6 +91,7 @@ def _rows_sql(config: ExportConfig, students: dict[str, str]) -> str:
     judge = "NULL" if config.min_judge is None else config.min_judge
     delta = "NULL" if config.min_delta_ll is None else config.min_delta_ll
     top_k = "NULL" if config.top_k_per_user is None else config.top_k_per_user
+    only = "TRUE" if config.tasks is None else f"p.task IN ({', '.join(sql_text(t) for t in config.tasks) or 'NULL'})"
     declared = " ".join(f"WHEN task = {sql_text(task)} THEN {student_sql(student)}" for task, student in sorted(students.items()))
     ask = (f"CASE WHEN ranks_slate AND with_cot THEN {sql_text(ASK_PICK_THINK)} WHEN ranks_slate THEN {sql_text(ASK_PICK_DIRECT)} "
            f"WHEN with_cot THEN {sql_text(ASK_THINK)} ELSE {sql_text(ASK_DIRECT)} END")
@@ -102,7 +104,8 @@ def _rows_sql(config: ExportConfig, students: dict[str, str]) -> str:
     sc AS (SELECT trace_id, max(value) FILTER (WHERE name = 'judge') AS judge,
                   max(value) FILTER (WHERE name = 'delta_ll') AS delta_ll FROM scores GROUP BY trace_id),
     kept AS (SELECT p.* FROM passed p LEFT JOIN sc USING (trace_id)
-             WHERE p.task NOT IN {COT} OR (({judge} IS NULL OR sc.judge >= {judge}) AND ({delta} IS NULL OR sc.delta_ll >= {delta}))
+             WHERE {only}
+               AND (p.task NOT IN {COT} OR (({judge} IS NULL OR sc.judge >= {judge}) AND ({delta} IS NULL OR sc.delta_ll >= {delta})))
              QUALIFY {top_k} IS NULL OR p.user_id IS NULL OR row_number() OVER (
                  PARTITION BY p.task, p.user_id ORDER BY sc.judge DESC NULLS LAST, sc.delta_ll DESC NULLS LAST, p.trace_id) <= {top_k}),
     slates AS (SELECT trace_id, string_agg('- ' || coalesce(c.sid_text, '?') || ' ' || coalesce(c.title, ''), chr(10) ORDER BY pos)

@@ -124,7 +124,7 @@ CONFIGS = {
     "dedup": "recot.curation.dedup:DedupConfig", "review": "recot.curation.review:ReviewConfig",
     "export": "recot.curation.export:ExportConfig", "sft": "recot.trainer.sft:RecSFTConfig",
     "grpo": "recot.trainer.grpo:RecGRPOConfig", "recipe": "recot.trainer.recipe:RecipeConfig",
-    "eval": "recot.trainer.evaluate:EvalConfig",
+    "eval": "recot.trainer.evaluate:EvalConfig", "ablation": "recot.trainer.ablation:AblationConfig",
 }
 
 

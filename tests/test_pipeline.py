@@ -235,6 +235,7 @@ def test_every_example_config_loads(tmp_path):
     from recot.curation.judge import JudgeConfig
     from recot.curation.rules import RulesConfig
     from recot.pipeline import PipelineConfig
+    from recot.trainer.ablation import AblationConfig
     from recot.trainer.evaluate import EvalConfig
     from recot.trainer.grpo import RecGRPOConfig
     from recot.trainer.recipe import RecipeConfig
@@ -243,7 +244,7 @@ def test_every_example_config_loads(tmp_path):
     examples = Path(__file__).resolve().parent.parent / "examples"
     kinds = {"synth-demo.toml": SynthConfig, "pipeline-demo.toml": PipelineConfig, "rules.toml": RulesConfig,
              "judge.toml": JudgeConfig, "sft.toml": RecSFTConfig, "grpo.toml": RecGRPOConfig, "recipe.toml": RecipeConfig,
-             "eval.toml": EvalConfig}
+             "eval.toml": EvalConfig, "ablation.toml": AblationConfig}
     overrides = {"export.toml": {"name": "x", "out": tmp_path}}
     kinds["export.toml"] = ExportConfig
     assert {p.name for p in examples.glob("*.toml")} == set(kinds)
@@ -254,6 +255,8 @@ def test_every_example_config_loads(tmp_path):
     assert Path(sft.model_path) == examples.parent / "out" / "demo" / "base-model"
     recipe = load_config(RecipeConfig, examples / "recipe.toml")
     assert Path(recipe.base_model) == examples.parent / "out" / "demo" / "sft"
+    ablation = load_config(AblationConfig, examples / "ablation.toml")
+    assert ablation.store == examples.parent / "out" / "demo" / "curation.duckdb"
 
 
 def test_recot_config_lists_every_config():

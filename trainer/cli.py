@@ -18,7 +18,7 @@ config_argument = click.argument("config", type=click.Path(exists=True, dir_okay
 
 @click.group()
 def train() -> None:
-    """Train on curated exports: SFT, GRPO, or the specialise-then-unify recipe."""
+    """Train on curated exports: SFT, GRPO, the specialise-then-unify recipe, or the think vs no-think ablation."""
 
 
 @train.command("sft")
@@ -51,6 +51,19 @@ def recipe(config: Path, as_json: bool) -> None:
     from recot.trainer.recipe import RecipeConfig, run_recipe
 
     emit(run_recipe(load_config(RecipeConfig, config)), as_json, "recipe")
+
+
+@train.command("ablation")
+@config_argument
+@json_option
+def ablation(config: Path, as_json: bool) -> None:
+    """Think vs no-think: SFT at each CoT ratio from the store, each evaluated with and without reasoning
+    (and after GRPO when configured); the table and plot go to OUT (AblationConfig)."""
+    from recot.trainer.ablation import AblationConfig, run_ablation
+
+    settings = load_config(AblationConfig, config)
+    table = run_ablation(settings)
+    emit({"table": str(settings.out / "ablation.md"), "plot": str(settings.out / "ablation.png"), "rows": table}, as_json, "ablation")
 
 
 @click.command("eval")
