@@ -22,9 +22,10 @@ INDUSTRIAL = ROOT.parent / "shared" / "data" / "amazon18-industrial"
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--samples", type=int, default=2000, help="training samples synthesised (hindsight traces)")
+    parser.add_argument("--samples", type=int, default=3000, help="training samples synthesised (hindsight traces)")
     parser.add_argument("--eval-rows", type=int, default=300)
-    parser.add_argument("--epochs", type=float, default=1.0)
+    parser.add_argument("--epochs", type=float, default=2.0)
+    parser.add_argument("--reasoning-tokens", type=int, default=256, help="think mode's budget (the rules teacher writes ~195)")
     parser.add_argument("--grpo-steps", type=int, default=0, help="GRPO steps after each SFT (0: none)")
     parser.add_argument("--out", type=Path, default=ROOT / "bench" / ".data" / "ablation")
     args = parser.parse_args()
@@ -55,7 +56,7 @@ def main() -> None:
     config = AblationConfig(store=store_path, dataset=INDUSTRIAL, base_model=str(base), out=args.out / "ablation",
                             sft={"num_train_epochs": args.epochs, "per_device_train_batch_size": 16, "learning_rate": 2e-3,
                                  "max_length": 512, "embedding_warmup_steps": 20},
-                            grpo=grpo, eval={"part": "test", "limit": args.eval_rows, "samples": 2, "max_reasoning_tokens": 128,
+                            grpo=grpo, eval={"part": "test", "limit": args.eval_rows, "samples": 2, "max_reasoning_tokens": args.reasoning_tokens,
                                              "baselines": ["most_popular"], "bootstrap": 1000})
     table = run_ablation(config)
     print((args.out / "ablation" / "ablation.md").read_text())

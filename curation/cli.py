@@ -32,9 +32,9 @@ def ingest(traces: tuple[Path, ...], dataset: Path | None, domain: str | None, s
 
     for path in traces:  # every input is checked before the store is touched: a failed command changes nothing
         check_traces_file(path)
-    catalog = load_dataset(dataset).catalog if dataset else None
+    data = load_dataset(dataset) if dataset else None
     with Store(store) as db:
-        payload = {"catalog_items": db.load_catalog(catalog, domain or dataset.name)} if catalog else {}
+        payload = {"catalog_items": db.load_catalog(data.catalog, domain or dataset.name, data.item_domains())} if data else {}
         payload["files"] = [asdict(db.ingest(path)) for path in traces]
     emit(payload, as_json, f"ingest into {store}")
 

@@ -147,20 +147,26 @@ class Store:
     def __exit__(self, *_) -> None:
         self.close()
 
-    def load_catalog(self, catalog: Catalog, domain: str = "default") -> int:
-        """Replace ``domain``'s items in the catalog the rules check SIDs and titles against. A trace's
+    def load_catalog(self, catalog: Catalog, domain: str = "default", item_domains: dict[str, str] | None = None) -> int:
+        """Replace ``domain``'s items in the catalog the rules check SIDs and titles against; ``item_domains``
+        (a dataset's domain column, :meth:`Dataset.item_domains`) names each item's own domain instead. A trace's
         domain is its target's (or first item's): the export mixes CoT per domain from it."""
-        frame = catalog.items.select("item_id", "title", "brand").with_columns(sid_text=catalog.sid_text(), domain=pl.lit(domain))
+        own = pl.DataFrame({"item_id": list(item_domains or {}), "domain": list((item_domains or {}).values())},
+                           schema={"item_id": pl.Utf8, "domain": pl.Utf8})
+        frame = (catalog.items.select("item_id", "title", "brand").with_columns(sid_text=catalog.sid_text())
+                 .join(own, on="item_id", how="left", maintain_order="left").with_columns(pl.col("domain").fill_null(domain)))
         arrow = frame.select("item_id", "sid_text", "title", "brand", "domain").to_arrow()  # noqa: F841 - DuckDB reads it by name
+        replaced = sorted(set(frame["domain"].to_list()))
         grammar = {"prefix": catalog.dialect.prefix, "begin": catalog.dialect.begin, "end": catalog.dialect.end,
                    "levels": catalog.levels}
         recorded = self.meta("sid_dialect")
-        if recorded and json.loads(recorded) != grammar and self.scalar("SELECT count(*) FROM catalog WHERE domain <> ?", [domain]):
+        others = self.scalar(f"SELECT count(*) FROM catalog WHERE domain NOT IN ({', '.join('?' * len(replaced))})", replaced)
+        if recorded and json.loads(recorded) != grammar and others:
             raise DataError(self.path, f"the catalog of domain {domain!r} writes SIDs as {grammar}, the store's other "
                             f"domains as {json.loads(recorded)}", "convert the SIDs to one dialect first (recot sid convert)")
         with self.transaction():
             self.set_meta("sid_dialect", json.dumps(grammar))
-            self.con.execute("DELETE FROM catalog WHERE domain = ? OR domain IS NULL", [domain])
+            self.con.execute(f"DELETE FROM catalog WHERE domain IN ({', '.join('?' * len(replaced))}) OR domain IS NULL", replaced)
             self.con.execute("INSERT OR REPLACE INTO catalog SELECT * FROM arrow")
         return frame.height
 

@@ -255,10 +255,12 @@ class Pipeline:
         """A fresh store from the synthesis output: traces of an earlier run never mix with this one's."""
         from recot.curation.rules import run_rules
         from recot.curation.store import Store
+        from recot.synth.loaders import load_dataset
 
+        dataset = load_dataset(self.config.dataset)
         with atomic_path(self.store_path) as tmp:
             with Store(tmp) as db:
-                db.load_catalog(self._catalog(), self.config.domain or self.config.dataset.name)
+                db.load_catalog(dataset.catalog, self.config.domain or self.config.dataset.name, dataset.item_domains())
                 ingested = db.ingest(self.config.synth.out / "traces.parquet")
                 failed = run_rules(db, self.config.rules)
         return {"ingested": ingested.new, "ingest_rejected": ingested.rejected, "failed_per_rule": failed}

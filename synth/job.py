@@ -149,9 +149,7 @@ def _profiles(config: SynthConfig, dataset: Dataset) -> ProfileBook:
     default, by_domain = get_profile(config.profile), {d: get_profile(p) for d, p in config.domain_profiles.items()}
     if config.personas:
         default = default.model_copy(update={"personas": tuple(config.personas)})
-    domains = (dataset.interactions.filter(pl.col("domain").is_not_null()).group_by("item_id")
-               .agg(pl.col("domain").mode().sort().first()).collect())
-    return ProfileBook(default, by_domain, dict(zip(domains["item_id"].to_list(), domains["domain"].to_list())))
+    return ProfileBook(default, by_domain, dataset.item_domains())
 
 
 def _batch_teacher(config: SynthConfig) -> OpenAITeacherConfig:

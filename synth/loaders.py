@@ -59,6 +59,12 @@ class Dataset:
     def sequences(self) -> pl.LazyFrame:
         return sequences(self.interactions)
 
+    def item_domains(self) -> dict[str, str]:
+        """Each item's domain: the one its events carry most often (ties: the first by name). Empty without a domain column."""
+        domains = (self.interactions.filter(pl.col("domain").is_not_null()).group_by("item_id")
+                   .agg(pl.col("domain").mode().sort().first()).collect())
+        return dict(zip(domains["item_id"].to_list(), domains["domain"].to_list()))
+
 
 def load_dataset(path: str | Path, lenient: bool = False) -> Dataset:
     """Load a MiniOneRec folder or a dataset config file (.toml, .yaml, .yml)."""

@@ -61,3 +61,19 @@ def test_one_job_over_two_domains_uses_each_domains_profile(sample, tmp_path):
         assert json.loads(output)["persona"]["prototype"] in profile.personas
         seen.add(profile.name)
     assert seen == {"short_video", "ads"}
+    # curation labels each item with its own domain, so the export's CoT mix and card follow the domains
+    from recot.curation.export import ExportConfig, export
+    from recot.curation.rules import run_rules
+    from recot.curation.store import Store
+    from recot.synth.loaders import load_dataset
+
+    dataset = load_dataset(tmp_path / "ds.toml")
+    with Store(tmp_path / "c.duckdb") as store:
+        store.load_catalog(dataset.catalog, "mixed", dataset.item_domains())
+        store.ingest(tmp_path / "out" / "traces.parquet")
+        run_rules(store)
+        card = export(store, ExportConfig(name="mixed", out=tmp_path / "export", formats=["sft"], valid_share=0.0,
+                                          cot_ratio={"ads": 0.0, "*": 1.0}))
+    by_domain = card["r3_with_cot_by_domain"]
+    assert set(by_domain) == {"short_video", "ads"} and by_domain["ads"]["with_cot"] == 0
+    assert by_domain["short_video"]["with_cot"] == by_domain["short_video"]["rows"] > 0
