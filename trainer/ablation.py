@@ -4,7 +4,7 @@ For each CoT ratio (default 0, 0.5, 1) the store's traces are exported with that
 rows keeping their reasoning, a model is fine-tuned from the same base on it, and evaluated on the
 same rows with and without reasoning; optionally GRPO with reasoning follows and is evaluated too.
 One table (Recall@10, NDCG@10 with their 95% intervals, reasoning tokens per answer, training
-tokens per sample, wall time) goes to ``OUT/ablation.json`` and ``OUT/ablation.md``, and a plot to
+tokens per sample and epoch, wall time) goes to ``OUT/ablation.json`` and ``OUT/ablation.md``, and a plot to
 ``OUT/ablation.png``. The field's open question (does CoT data pay?) then has an answer on the
 user's own data instead of a paper's.
 """
@@ -73,15 +73,16 @@ def run_ablation(config: AblationConfig) -> list[dict[str, Any]]:
             folder = config.out / f"cot-{ratio:g}" / "export"
             card = export(store, ExportConfig(name=f"ablation-cot-{ratio:g}", out=folder, cot_ratio=ratio, dataset=config.dataset,
                                               tasks=config.tasks, formats=["sft", "grpo"], overwrite=True))
-            exports[ratio] = (folder, sum(card["formats"]["sft"].values()))
+            exports[ratio] = (folder, card["formats"]["sft"]["train"])
     table = []
     for ratio, (folder, rows) in exports.items():
         sft_dir, started = folder.parent / "sft", time.perf_counter()
         trainer = _sft(config, folder, sft_dir)
         trained_s = time.perf_counter() - started
-        tokens = max((e.get("num_tokens", 0) for e in trainer.state.log_history), default=0)
+        tokens = max((e.get("num_tokens", 0) for e in trainer.state.log_history), default=0)  # summed over every epoch
+        per_sample = tokens / max(rows * trainer.state.epoch, 1e-9)
         table += _evaluated(config, sft_dir, {"cot_ratio": ratio, "stage": "sft", "train_rows": rows,
-                                              "train_tokens_per_sample": round(tokens / max(rows, 1), 1), "train_s": round(trained_s, 1)})
+                                              "train_tokens_per_sample": round(per_sample, 1), "train_s": round(trained_s, 1)})
         if config.grpo is not None:
             grpo_dir, started = folder.parent / "grpo", time.perf_counter()
             _grpo(config, folder, sft_dir, grpo_dir)
