@@ -47,15 +47,16 @@ class RecSFTTrainer(SFTTrainer):
         outputs = model(**{k: v for k, v in inputs.items() if k != "labels"}, use_cache=False)
         labels = inputs["labels"][:, 1:]
         valid = labels != -100
-        logprobs = torch.log_softmax(outputs.logits[:, :-1].float(), dim=-1)
-        picked = logprobs.gather(-1, labels.clamp(min=0).unsqueeze(-1)).squeeze(-1) * valid
+        # only the trained positions go through the softmax: a next-item row trains a handful of its tokens
+        logprobs = torch.log_softmax(outputs.logits[:, :-1][valid].float(), dim=-1)
+        targets = labels[valid]
+        picked = logprobs.gather(-1, targets.unsqueeze(-1)).squeeze(-1)
         count = valid.sum() if num_items_in_batch is None else num_items_in_batch
         loss = -picked.sum() / torch.as_tensor(count).clamp(min=1)
         with torch.no_grad():  # the metrics TRL logs: entropy and top-1 accuracy on the trained tokens, tokens seen
-            shown = max(int(valid.sum()), 1)
-            entropy = -(logprobs.exp() * logprobs).sum(-1)
-            self._metrics[mode]["entropy"].append(float((entropy * valid).sum()) / shown)
-            self._metrics[mode]["mean_token_accuracy"].append(float(((logprobs.argmax(-1) == labels) & valid).sum()) / shown)
+            shown = max(len(targets), 1)
+            self._metrics[mode]["entropy"].append(float(-(logprobs.exp() * logprobs).sum()) / shown)
+            self._metrics[mode]["mean_token_accuracy"].append(float((logprobs.argmax(-1) == targets).sum()) / shown)
             if mode == "train":
                 self._total_train_tokens += int(inputs["attention_mask"].sum())
             self._metrics[mode]["num_tokens"] = [self._total_train_tokens]
