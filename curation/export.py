@@ -29,10 +29,10 @@ import polars as pl
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from recot.curation.report import KEPT_SQL, funnel
-from recot.curation.rules import COT
+from recot.curation.rules import COT, SLATE
 from recot.curation.store import Store
 from recot.curation.trace_columns import trace_columns
-from recot.synth.cost import Price
+from recot.synth.cost import Price, spent
 from recot.synth.cot import think_block_sql
 from recot.synth.errors import DataError
 from recot.synth.io import atomic_path
@@ -111,7 +111,7 @@ def _rows_sql(config: ExportConfig, students: dict[str, str]) -> str:
     slates AS (SELECT trace_id, string_agg('- ' || coalesce(c.sid_text, '?') || ' ' || coalesce(c.title, ''), chr(10) ORDER BY pos)
                          AS slate_lines
                FROM (SELECT trace_id, unnest(items) AS item_id, generate_subscripts(items, 1) AS pos FROM kept
-                     WHERE {config.slate_prompt} AND task IN (SELECT task FROM tasks WHERE slate)) LEFT JOIN catalog c USING (item_id)
+                     WHERE {config.slate_prompt} AND task IN {SLATE}) LEFT JOIN catalog c USING (item_id)
                GROUP BY trace_id),
     base AS (
         SELECT k.trace_id, k.task, k.task IN {COT} AS cot, k.user_id, k.subject_id, k.target, k.text, k.history, hs.history_sids,
@@ -208,7 +208,6 @@ def _card(store: Store, config: ExportConfig, counts: dict, dropped: int) -> dic
     tokens = [dict(zip(("task", "teacher", "model", "traces", "prompt_tokens", "completion_tokens"), row)) for row in store.con.execute(
         """SELECT task, teacher, model, count(*), sum(prompt_tokens)::BIGINT, sum(completion_tokens)::BIGINT FROM traces
            GROUP BY ALL ORDER BY ALL""").fetchall()]
-    spent = [sum(t[k] or 0 for t in tokens) for k in ("prompt_tokens", "completion_tokens")]
     return {
         "name": config.name, "created_at": datetime.now(UTC).isoformat(timespec="seconds"),
         "license": config.license, "source": config.source, "formats": counts,
@@ -227,7 +226,7 @@ def _card(store: Store, config: ExportConfig, counts: dict, dropped: int) -> dic
         "rules_config": json.loads(rules[0][0]) if rules else None,
         "templates_and_teachers": [dict(zip(("template", "template_hash", "teacher", "model"), row)) for row in provenance],
         "teacher_tokens": tokens,
-        "teacher_cost": {"live": config.price.cost(*spent), "batch": config.price.cost(*spent, batch=True)} if config.price else None,
+        "teacher_cost": config.price.costs(*spent(tokens)) if config.price else None,
     }
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from recot.curation.rules import SLATE, SLATE_PICKS
 from recot.curation.store import Store
 
 # One row per reviewed trace, combining every review dataset's decision on it: a reject in any dataset holds;
@@ -45,11 +46,9 @@ def slate_accuracy(store: Store) -> dict[str, float | int]:
     """How often the teacher's slate pick (or top k) holds the real next item, against chance (k / N) and
     against picking the most popular candidates (``popular_rank <= k``), over the slate answers the
     ``blind_hit`` rule checked. Empty when there are none."""
-    answered, hits, chance, popular = store.con.execute("""
-        SELECT count(*), count(*) FILTER (WHERE v.passed),
-               avg((1 + json_array_length(coalesce(json_extract(t.output, '$.alternatives'), '[]'))) / len(t.items)),
-               avg((t.popular_rank <= 1 + json_array_length(coalesce(json_extract(t.output, '$.alternatives'), '[]')))::INT)
-        FROM verdicts v JOIN traces t USING (trace_id) WHERE v.rule = 'blind_hit' AND t.task IN (SELECT task FROM tasks WHERE slate)""").fetchone()
+    answered, hits, chance, popular = store.con.execute(f"""
+        SELECT count(*), count(*) FILTER (WHERE v.passed), avg({SLATE_PICKS} / len(t.items)), avg((t.popular_rank <= {SLATE_PICKS})::INT)
+        FROM verdicts v JOIN traces t USING (trace_id) WHERE v.rule = 'blind_hit' AND t.task IN {SLATE}""").fetchone()
     if not answered:
         return {}
     return {"answered": answered, "hits": hits, "accuracy": round(hits / answered, 4),

@@ -29,6 +29,8 @@ WITH_INTERESTS = "(SELECT task FROM tasks WHERE interests)"
 HINDSIGHT = "(SELECT task FROM tasks WHERE cot AND shows_target)"
 BLIND = "(SELECT task FROM tasks WHERE cot AND NOT shows_target AND NOT slate)"
 SLATE = "(SELECT task FROM tasks WHERE cot AND slate)"
+# how many candidates a slate answer picks (its answer and ranked alternatives), over ``traces t``
+SLATE_PICKS = "(1 + json_array_length(coalesce(json_extract(t.output, '$.alternatives'), '[]')))"
 # Words that never make a title word distinctive: the CoT format's labels and common English
 # (the persona prototypes' words are added from the config).
 COMMON_WORDS = tuple(
@@ -256,7 +258,7 @@ def _blind_hit(c: RulesConfig, sid_re: str) -> str:
         s AS (SELECT t.trace_id, c.sid_text,
                      list_position(list_prepend(json_extract_string(t.output, '$.answer'),
                                                 coalesce(json_extract_string(t.output, '$.alternatives[*]'), [])), c.sid_text) AS rank,
-                     1 + json_array_length(coalesce(json_extract(t.output, '$.alternatives'), '[]')) AS k
+                     {SLATE_PICKS} AS k
               FROM traces t JOIN catalog c ON c.item_id = t.target
               WHERE t.status = 'ok' AND t.task IN {SLATE})
         SELECT trace_id, got = want OR ({k} > 0 AND got[1:{k}] = want[1:{k}]),

@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import shutil
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -306,29 +305,20 @@ class Pipeline:
         return {"model": str(target), "hidden_size": settings.hidden_size, "layers": settings.layers}
 
     def _run_sft(self) -> dict[str, Any]:
-        from recot.trainer.sft import RecSFTConfig, train_sft
+        from recot.trainer.stages import train_stage
 
-        base = self.config.base_model or str(self._model_dir("base-model"))
         target = self._model_dir("sft")
-        config = load_config(RecSFTConfig, overrides={"report_to": "none", "save_strategy": "no", **self.config.sft,
-                                                      "model_path": base, "dataset_path": str(self.out / "export"),
-                                                      "sid_dataset": str(self.config.dataset), "output_dir": str(target)})
-        shutil.rmtree(target, ignore_errors=True)
-        trainer = train_sft(config)
+        trainer = train_stage("sft", self.config.sft, self.config.base_model or self._model_dir("base-model"), self.out / "export",
+                              self.config.dataset, target)
         losses = [entry["loss"] for entry in trainer.state.log_history if "loss" in entry]
         return {"model": str(target), "steps": trainer.state.global_step, "first_loss": losses[0] if losses else None,
                 "last_loss": losses[-1] if losses else None}
 
     def _run_grpo(self) -> dict[str, Any]:
-        from recot.trainer.grpo import RecGRPOConfig, train_grpo
+        from recot.trainer.stages import train_stage
 
         target = self._model_dir("grpo")
-        config = load_config(RecGRPOConfig, overrides={"report_to": "none", "save_strategy": "no", **self.config.grpo,
-                                                       "model_path": str(self._model_dir("sft")),
-                                                       "dataset_path": str(self.out / "export"),
-                                                       "sid_dataset": str(self.config.dataset), "output_dir": str(target)})
-        shutil.rmtree(target, ignore_errors=True)
-        trainer = train_grpo(config)
+        trainer = train_stage("grpo", self.config.grpo, self._model_dir("sft"), self.out / "export", self.config.dataset, target)
         rewards = [entry["reward"] for entry in trainer.state.log_history if "reward" in entry]
         return {"model": str(target), "steps": trainer.state.global_step,
                 "mean_reward_first": rewards[0] if rewards else None, "mean_reward_last": rewards[-1] if rewards else None}

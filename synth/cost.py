@@ -30,6 +30,15 @@ class Price(BaseModel):
         full = (prompt_tokens * self.input_per_million + completion_tokens * self.output_per_million) / 1e6
         return round(full * (1 - self.batch_discount) if batch else full, 6)
 
+    def costs(self, prompt_tokens: int | float, completion_tokens: int | float) -> dict[str, float]:
+        """The cost sent live and in batch mode: what summaries, dry runs and data cards report."""
+        return {"live": self.cost(prompt_tokens, completion_tokens), "batch": self.cost(prompt_tokens, completion_tokens, batch=True)}
+
+
+def spent(tokens: list[dict]) -> tuple[int, int]:
+    """Prompt and completion tokens summed over :func:`tokens_by_task` rows (or a card's rows)."""
+    return sum(t["prompt_tokens"] or 0 for t in tokens), sum(t["completion_tokens"] or 0 for t in tokens)
+
 
 def tokens_by_task(traces: Path) -> list[dict]:
     """Rows, prompt and completion tokens per task and teacher of a synthesis output."""

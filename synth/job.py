@@ -27,7 +27,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 
 from recot.synth.answering import AnswerStats, answer
 from recot.synth.config import load_config
-from recot.synth.cost import Price, token_counter, tokens_by_task
+from recot.synth.cost import Price, spent, token_counter, tokens_by_task
 from recot.synth.errors import DataError
 from recot.synth.io import atomic_path
 from recot.synth.journal import Journal, read_plan, write_plan
@@ -135,6 +135,14 @@ class JobReport:
 def choose_split(dataset: Dataset, kind: str, max_history: int) -> Split:
     """The split the config names; ``auto`` is temporal when the dataset has boundaries."""
     return SplitSpec.choose(dataset.boundaries, kind, max_history, dataset.name).build(dataset.sequences())
+
+
+def finish_report(report: JobReport, out: Path, price: Price | None) -> JobReport:
+    """Add the tokens (and, at ``price``, the cost) of the output in ``out`` and write ``summary.json`` there."""
+    report.tokens = tokens_by_task(out / "traces.parquet")
+    report.cost = price.costs(*spent(report.tokens)) if price else None
+    (out / "summary.json").write_text(json.dumps(asdict(report), indent=2) + "\n")
+    return report
 
 
 def dry_run(config: SynthConfig, shard: Shard = Shard()) -> dict[str, Any]:
@@ -296,12 +304,7 @@ class _Job:
         self.report.prompt_tokens, self.report.completion_tokens = stats.prompt_tokens, stats.completion_tokens
         self.report.retries = getattr(self.teacher, "retries", 0)
         self.report.seconds = round(time.perf_counter() - started, 2)
-        self.report.tokens = tokens_by_task(self.out / "traces.parquet")
-        if self.config.price:
-            used = [sum(t[k] for t in self.report.tokens) for k in ("prompt_tokens", "completion_tokens")]
-            self.report.cost = {"live": self.config.price.cost(*used), "batch": self.config.price.cost(*used, batch=True)}
-        (self.out / "summary.json").write_text(json.dumps(asdict(self.report), indent=2) + "\n")
-        return self.report
+        return finish_report(self.report, self.out, self.config.price)
 
     def dry_run(self) -> dict[str, Any]:
         self.work.mkdir(parents=True, exist_ok=True)
@@ -333,9 +336,7 @@ class _Job:
         for key in ("requests", "cached", "to_send", "prompt_tokens", "completion_tokens_max"):
             plan[key] = sum(v[key] for v in tasks.values())
         if self.config.price:
-            price, prompt = self.config.price, plan["prompt_tokens"]
-            plan["cost_at_most"] = {"live": price.cost(prompt, plan["completion_tokens_max"]),
-                                    "batch": price.cost(prompt, plan["completion_tokens_max"], batch=True)}
+            plan["cost_at_most"] = self.config.price.costs(plan["prompt_tokens"], plan["completion_tokens_max"])
         return plan
 
     def _library(self) -> PromptLibrary:

@@ -14,11 +14,10 @@ small actor.
 
 from __future__ import annotations
 
-import json
 import shutil
 import time
 from collections import Counter
-from dataclasses import asdict, fields
+from dataclasses import fields
 from pathlib import Path
 from typing import Any
 
@@ -26,10 +25,9 @@ import pyarrow.parquet as pq
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
-from recot.synth.cost import tokens_by_task
 from recot.synth.errors import DataError
 from recot.synth.io import atomic_path
-from recot.synth.job import JobReport, SynthConfig, job_dir, run_synth
+from recot.synth.job import JobReport, SynthConfig, finish_report, job_dir, run_synth
 from recot.synth.journal import OUTPUT_SCHEMA
 from recot.synth.requests import Shard
 from recot.synth.splits import SPLIT_FILE
@@ -87,12 +85,7 @@ def merge_shards(config: SynthConfig, shards: int, reports: list[JobReport], sec
     for name in _BY_REASON:
         setattr(merged, name, dict(sum((Counter(getattr(r, name)) for r in reports), Counter())))
     merged.seconds = round(seconds, 2)
-    merged.tokens = tokens_by_task(config.out / "traces.parquet")
-    if config.price:
-        used = [sum(t[k] for t in merged.tokens) for k in ("prompt_tokens", "completion_tokens")]
-        merged.cost = {"live": config.price.cost(*used), "batch": config.price.cost(*used, batch=True)}
-    (config.out / "summary.json").write_text(json.dumps(asdict(merged), indent=2) + "\n")
-    return merged
+    return finish_report(merged, config.out, config.price)
 
 
 def _absolute(config: SynthConfig) -> SynthConfig:

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import os
 import signal
-import sqlite3
 import threading
 import time
 
@@ -15,6 +14,7 @@ import pytest
 
 from recot.synth.job import SynthConfig, run_synth
 from recot.synth.teachers import OpenAITeacherConfig, Sampling
+from recot.testing import journal_rows
 
 ray = pytest.importorskip("ray")
 ALL_TASKS = ["r0_caption", "r1_relation", "r2_interests", "r3_cot_blind", "r3_cot_slate", "r3_cot_hindsight"]
@@ -49,13 +49,6 @@ def test_shards_on_ray_merge_into_the_single_process_output(cluster, sample_path
     assert again.sent == 0 and again.cached + again.shared == again.planned
 
 
-def _journal_rows(folder) -> int:
-    try:
-        with sqlite3.connect(folder / "journal.sqlite", timeout=5) as con:
-            return con.execute("SELECT count(*) FROM answers").fetchone()[0]
-    except sqlite3.OperationalError:
-        return 0
-
 
 def test_a_killed_worker_loses_nothing(cluster, sample_path, tmp_path, vllm_server):
     import psutil
@@ -70,7 +63,7 @@ def test_a_killed_worker_loses_nothing(cluster, sample_path, tmp_path, vllm_serv
     def kill_when_halfway() -> None:
         deadline = time.monotonic() + 240
         while time.monotonic() < deadline and not killed:
-            if any(_journal_rows(tmp_path / "ray" / f"shard-{i}-of-2") >= 10 for i in range(2)):
+            if any(journal_rows(tmp_path / "ray" / f"shard-{i}-of-2") >= 10 for i in range(2)):
                 for process in psutil.process_iter(["pid", "cmdline"]):  # Ray titles a busy worker ray::<task>
                     if any("ray::_run_shard" in part for part in process.info["cmdline"] or []):
                         os.kill(process.info["pid"], signal.SIGKILL)
@@ -84,7 +77,7 @@ def test_a_killed_worker_loses_nothing(cluster, sample_path, tmp_path, vllm_serv
     rows = pl.read_parquet(tmp_path / "ray" / "traces.parquet")
     assert killed, "a worker should have been killed mid-job"
     assert report.complete and rows.height == 120 and rows["request_hash"].n_unique() == rows.height
-    assert sum(_journal_rows(tmp_path / "ray" / f"shard-{i}-of-2") for i in range(2)) == 120
+    assert sum(journal_rows(tmp_path / "ray" / f"shard-{i}-of-2") for i in range(2)) == 120
     single = run_synth(config.model_copy(update={"out": tmp_path / "single"}), progress=False)
     alone = pl.read_parquet(tmp_path / "single" / "traces.parquet")
     assert single.complete and set(rows["request_hash"]) == set(alone["request_hash"])

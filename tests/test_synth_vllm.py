@@ -8,7 +8,6 @@ from __future__ import annotations
 import json
 import os
 import signal
-import sqlite3
 import subprocess
 import threading
 import time
@@ -19,7 +18,7 @@ import pytest
 from recot.synth.job import SynthConfig, run_synth
 from recot.synth.schemas import ItemRelation
 from recot.synth.teachers import OpenAITeacherConfig, Sampling
-from recot.testing import RECOT
+from recot.testing import RECOT, journal_rows
 
 pytest.importorskip("vllm")
 KNOWN_REASONS = {"truncated", "schema_invalid", "malformed_json", "empty"}
@@ -38,13 +37,6 @@ commit_rows = 4
 {sampling}
 """)
 
-
-def journal_rows(out) -> int:
-    try:
-        with sqlite3.connect(out / "journal.sqlite", timeout=5) as con:
-            return con.execute("SELECT count(*) FROM answers").fetchone()[0]
-    except sqlite3.OperationalError:
-        return 0
 
 
 def check_rows(rows: pl.DataFrame) -> None:

@@ -12,14 +12,13 @@ user's own data instead of a paper's.
 from __future__ import annotations
 
 import json
-import shutil
 import time
 from pathlib import Path
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from recot.synth.config import check_stage, load_config
+from recot.synth.config import check_stage
 
 
 class AblationConfig(BaseModel):
@@ -61,6 +60,7 @@ def run_ablation(config: AblationConfig) -> list[dict[str, Any]]:
     from recot.curation.export import ExportConfig, export
     from recot.curation.store import Store
     from recot.synth.errors import DataError
+    from recot.trainer.stages import train_stage
 
     config.out.mkdir(parents=True, exist_ok=True)
     with Store(config.store) as store:
@@ -77,7 +77,7 @@ def run_ablation(config: AblationConfig) -> list[dict[str, Any]]:
     table = []
     for ratio, (folder, rows) in exports.items():
         sft_dir, started = folder.parent / "sft", time.perf_counter()
-        trainer = _sft(config, folder, sft_dir)
+        trainer = train_stage("sft", config.sft, config.base_model, folder, config.dataset, sft_dir)
         trained_s = time.perf_counter() - started
         tokens = max((e.get("num_tokens", 0) for e in trainer.state.log_history), default=0)  # summed over every epoch
         per_sample = tokens / max(rows * trainer.state.epoch, 1e-9)
@@ -85,7 +85,7 @@ def run_ablation(config: AblationConfig) -> list[dict[str, Any]]:
                                               "train_tokens_per_sample": round(per_sample, 1), "train_s": round(trained_s, 1)})
         if config.grpo is not None:
             grpo_dir, started = folder.parent / "grpo", time.perf_counter()
-            _grpo(config, folder, sft_dir, grpo_dir)
+            train_stage("grpo", config.grpo, sft_dir, folder, config.dataset, grpo_dir)
             table += _evaluated(config, grpo_dir, {"cot_ratio": ratio, "stage": "sft+grpo", "train_rows": rows,
                                                    "train_tokens_per_sample": None,
                                                    "train_s": round(trained_s + time.perf_counter() - started, 1)})
@@ -93,24 +93,6 @@ def run_ablation(config: AblationConfig) -> list[dict[str, Any]]:
     (config.out / "ablation.md").write_text(_markdown(table))
     _plot(table, config.out / "ablation.png")
     return table
-
-
-def _sft(config: AblationConfig, export_dir: Path, target: Path):
-    from recot.trainer.sft import RecSFTConfig, train_sft
-
-    shutil.rmtree(target, ignore_errors=True)
-    settings = {"report_to": "none", "save_strategy": "no", **config.sft, "model_path": config.base_model,
-                "dataset_path": str(export_dir), "sid_dataset": str(config.dataset), "output_dir": str(target)}
-    return train_sft(load_config(RecSFTConfig, overrides=settings))
-
-
-def _grpo(config: AblationConfig, export_dir: Path, start: Path, target: Path) -> None:
-    from recot.trainer.grpo import RecGRPOConfig, train_grpo
-
-    shutil.rmtree(target, ignore_errors=True)
-    settings = {"report_to": "none", "save_strategy": "no", **config.grpo, "model_path": str(start),
-                "dataset_path": str(export_dir), "sid_dataset": str(config.dataset), "output_dir": str(target)}
-    train_grpo(load_config(RecGRPOConfig, overrides=settings))
 
 
 def _evaluated(config: AblationConfig, model: Path, row: dict[str, Any]) -> list[dict[str, Any]]:

@@ -7,10 +7,21 @@
   once, with failure modes chosen by model name (:mod:`recot.testing.instant_server`);
 - :class:`recot.testing.fault_proxy.FaultProxy`: a loopback proxy that injects 429, 503, dropped
   connections, cut bodies, text bodies and empty choices in front of a real server;
-- :data:`RECOT`: the installed ``recot`` command, for driving the CLI as a user does.
+- :data:`RECOT`: the installed ``recot`` command, for driving the CLI as a user does;
+- :func:`journal_rows`: how many answers a job folder's journal holds, read while the job writes.
 """
 
+import sqlite3
 import sys
 from pathlib import Path
 
 RECOT = [str(Path(sys.executable).with_name("recot"))]
+
+
+def journal_rows(folder: Path) -> int:
+    """Answers committed to ``folder``'s journal so far (0 before it exists): for waiting until a job is halfway."""
+    try:
+        with sqlite3.connect(folder / "journal.sqlite", timeout=5) as con:
+            return con.execute("SELECT count(*) FROM answers").fetchone()[0]
+    except sqlite3.OperationalError:
+        return 0
