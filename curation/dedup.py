@@ -10,10 +10,16 @@ search over sorted n-gram hashes), so estimation noise adds no false pairs. Clus
 leaders taken in keep-policy order, so the kept trace is the leader and every other member is a
 checked duplicate of it. The keep policy is deterministic: traces that pass every rule first, then
 the best judge score, then the shortest text, then the trace id.
+
+The store's traces are read a chunk at a time and their sketches spilled to disk (band keys, signature
+bytes, n-gram hashes); bands are read back one at a time and pairs checked a chunk at a time, so memory
+stays flat from thousands to tens of millions of traces (bench/bench_curation_scale.py).
 """
 
 from __future__ import annotations
 
+import shutil
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from functools import cache
 from typing import Literal
@@ -21,10 +27,12 @@ from typing import Literal
 import numpy as np
 import polars as pl
 import pyarrow as pa
+import pyarrow.parquet as pq
 from pydantic import BaseModel, ConfigDict, Field
 
 from recot.curation.store import Store
 from recot.synth.errors import DataError
+from recot.synth.student import sql_text
 
 _MIX = np.uint64(0x9E3779B97F4A7C15)
 _EMPTY = np.iinfo(np.uint32).max
@@ -202,13 +210,16 @@ def jaccard(grams: Grams, a: np.ndarray, b: np.ndarray, chunk: int = 1 << 20) ->
 
 
 def candidates(sig: np.ndarray, threshold: float) -> tuple[np.ndarray, np.ndarray]:
-    """Distinct row pairs (a < b) that share an LSH bucket, with bands and rows chosen for ``threshold``.
-    Each bucket links its members to its first member and to the previous one: enough to connect a
-    bucket, and linear in its size where all pairs would be quadratic for templated traces."""
-    n, k = sig.shape
-    bands, rows = lsh_params(threshold, k)
+    """Distinct row pairs (a < b) that share an LSH bucket, with bands and rows chosen for ``threshold``."""
+    return bucket_pairs(_band_keys(sig, *lsh_params(threshold, sig.shape[1])), len(sig))
+
+
+def bucket_pairs(band_keys: Iterable[np.ndarray], n: int) -> tuple[np.ndarray, np.ndarray]:
+    """Distinct row pairs (a < b) that share a bucket in any band (one key per row and band). Each bucket
+    links its members to its first member and to the previous one: enough to connect a bucket, and
+    linear in its size where all pairs would be quadratic for templated traces."""
     codes = []
-    for key in _band_keys(sig, bands, rows):
+    for key in band_keys:
         order = np.argsort(key, kind="stable")
         sorted_keys = key[order]
         starts = np.ones(n, dtype=bool)
@@ -218,8 +229,13 @@ def candidates(sig: np.ndarray, threshold: float) -> tuple[np.ndarray, np.ndarra
         for other in (first[linked], order[linked - 1]):
             member = order[linked]
             codes.append(np.minimum(member, other).astype(np.int64) * n + np.maximum(member, other))
+    return _distinct(codes, n)
+
+
+def _distinct(codes: list[np.ndarray], n: int) -> tuple[np.ndarray, np.ndarray]:
+    """The distinct pairs among pair codes ``a * n + b``, as (a, b) in order."""
     pairs = np.sort(np.concatenate(codes)) if codes else np.zeros(0, dtype=np.int64)
-    pairs = pairs[np.concatenate([[True], pairs[1:] != pairs[:-1]])] if len(pairs) else pairs
+    pairs = pairs[np.concatenate([[True], pairs[1:] != pairs[:-1]])] if len(pairs) else pairs  # np.unique: 80x slower here
     return pairs // max(n, 1), pairs % max(n, 1)
 
 
@@ -308,48 +324,123 @@ def _leaders(n: int, a: np.ndarray, b: np.ndarray) -> np.ndarray:
     return labels
 
 
-def run_dedup(store: Store, config: DedupConfig = DedupConfig()) -> dict[str, int]:
-    """Cluster each task's answered traces; write ``dup_clusters`` and a ``dedup`` verdict per trace."""
-    frame = pl.from_arrow(store.con.sql("""
-        WITH failures AS (SELECT trace_id, count(*) AS n FROM verdicts WHERE NOT passed AND rule <> 'dedup' GROUP BY trace_id),
-             judge AS (SELECT trace_id, value FROM scores WHERE name = 'judge')
-        SELECT t.trace_id, t.task, t.text FROM traces t LEFT JOIN failures f USING (trace_id) LEFT JOIN judge j USING (trace_id)
-        WHERE t.status = 'ok'
-        ORDER BY t.task, coalesce(f.n, 0), j.value DESC NULLS LAST, length(t.text), t.trace_id""").to_arrow_table())
-    parts = [_task_clusters(group, config) for _, group in frame.group_by("task", maintain_order=True)]
-    found = pl.concat(parts).to_arrow() if parts else None
+# Answered traces in keep-policy order: a task's traces are contiguous, and within a task the first of
+# a cluster is the one kept
+_ORDERED_SQL = """
+    WITH failures AS (SELECT trace_id, count(*) AS n FROM verdicts WHERE NOT passed AND rule <> 'dedup' GROUP BY trace_id),
+         judge AS (SELECT trace_id, value FROM scores WHERE name = 'judge')
+    SELECT t.trace_id, t.task, t.text FROM traces t LEFT JOIN failures f USING (trace_id) LEFT JOIN judge j USING (trace_id)
+    WHERE t.status = 'ok'
+    ORDER BY t.task, coalesce(f.n, 0), j.value DESC NULLS LAST, length(t.text), t.trace_id"""
+
+
+class _Sketches:
+    """Per-row data of one dedup run, written a chunk of traces at a time to files under the store's spill
+    folder and read back a band or a chunk of pairs at a time, so memory stays flat in the number of traces:
+    ``keys.bin`` (bands x n bucket keys), ``sig8.bin`` (n x num_perm low signature bytes), ``grams.bin``
+    (the n-gram hashes) and ``rows.parquet`` (trace id and exact-text key per row); offsets and task
+    numbers stay in memory (9 bytes a row)."""
+
+    def __init__(self, store: Store, config: DedupConfig, n: int, batch_rows: int) -> None:
+        self.folder = store.spill("dedup")
+        self.folder.mkdir(exist_ok=True)
+        self.n, self.num_perm = n, config.num_perm
+        self.bands, self.rows = lsh_params(max(config.threshold - config.margin, 0.05), config.num_perm)
+        sizes, tasks = [], []
+        names: dict[str, int] = {}
+        schema = pa.schema([("trace_id", pa.string()), ("exact_key", pa.uint64())])
+        with (open(self.folder / "keys.bin", "w+b") as keys, open(self.folder / "sig8.bin", "wb") as sig8,
+              open(self.folder / "grams.bin", "wb") as grams_file, pq.ParquetWriter(self.folder / "rows.parquet", schema) as rows):
+            keys.truncate(self.bands * n * 8)
+            start = 0
+            for batch in store.stream(_ORDERED_SQL, batch_rows):
+                frame = pl.from_arrow(batch)
+                grams = shingles(frame["text"], config.ngram, config.seed)
+                grams.h.tofile(grams_file)
+                sizes.append(grams.sizes)
+                for task in frame["task"].unique(maintain_order=True):
+                    names.setdefault(task, len(names))
+                tasks.append(frame["task"].replace_strict(names, return_dtype=pl.Int16).to_numpy())
+                if config.engine == "recot":
+                    sig = signatures(grams, config.num_perm)
+                    sig.astype(np.uint8).tofile(sig8)
+                    # a task's own bucket keys: buckets never mix tasks, so each task links as if alone
+                    salt = _spread(tasks[-1].astype(np.uint64) + np.uint64(1))
+                    for band, key in enumerate(_band_keys(sig, self.bands, self.rows)):
+                        keys.seek((band * n + start) * 8)
+                        (key ^ salt).tofile(keys)
+                exact = frame["text"].str.to_lowercase().str.replace_all(r"\s+", " ").hash()
+                rows.write_table(pa.table({"trace_id": frame["trace_id"].to_arrow(), "exact_key": exact.to_arrow()}, schema=schema))
+                start += frame.height
+        self.offsets = np.concatenate([[0], np.cumsum(np.concatenate(sizes or [np.zeros(0, np.int64)]))]).astype(np.int64)
+        self.task = np.concatenate(tasks or [np.zeros(0, np.int16)])
+
+    def band_keys(self) -> Iterator[np.ndarray]:
+        for band in range(self.bands):
+            yield np.fromfile(self.folder / "keys.bin", dtype=np.uint64, count=self.n, offset=band * self.n * 8)
+
+    def grams(self) -> Grams:
+        """The n-gram hashes mapped from disk: map them again per chunk of pairs, so the pages a chunk
+        reads leave memory with it."""
+        return Grams(self.offsets, np.memmap(self.folder / "grams.bin", dtype=np.uint32, mode="r", shape=(int(self.offsets[-1]),))
+                     if self.offsets[-1] else np.zeros(0, np.uint32))
+
+    def sig8(self) -> np.ndarray:
+        return np.memmap(self.folder / "sig8.bin", dtype=np.uint8, mode="r", shape=(self.n, self.num_perm))
+
+
+def _chunked(a: np.ndarray, b: np.ndarray, test: Callable[[np.ndarray, np.ndarray], np.ndarray], chunk: int = 1 << 16) -> np.ndarray:
+    """``test(a, b)`` (a boolean per pair) ``chunk`` pairs at a time."""
+    return np.concatenate([test(a[i:i + chunk], b[i:i + chunk]) for i in range(0, len(a), chunk)] or [np.zeros(0, bool)])
+
+
+def _likely_pairs(sketches: _Sketches, config: DedupConfig) -> tuple[np.ndarray, np.ndarray]:
+    """Bucket pairs whose signature estimate reaches ``threshold - margin``, one band at a time: templated
+    traces share buckets by the million, and only a band's pairs are held before the cut."""
+    n, kept = sketches.n, []
+    for key in sketches.band_keys():
+        a, b = bucket_pairs([key], n)
+        # the low byte of each position is enough for this coarse cut (b-bit MinHash: it adds (1 - J) / 256
+        # to the estimate) and a quarter of the memory traffic
+        likely = _chunked(a, b, lambda x, y: estimate(sketches.sig8(), x, y) >= config.threshold - config.margin)
+        kept.append(a[likely] * n + b[likely])
+    return _distinct(kept, n)
+
+
+def run_dedup(store: Store, config: DedupConfig = DedupConfig(), batch_rows: int = 1 << 17) -> dict[str, int]:
+    """Cluster each task's answered traces; write ``dup_clusters`` and a ``dedup`` verdict per trace.
+    Traces are read ``batch_rows`` at a time in keep-policy order and their sketches spilled to disk."""
+    n = store.scalar("SELECT count(*) FROM traces WHERE status = 'ok'")
+    sketches = _Sketches(store, config, n, batch_rows)
+    if config.engine == "datasketch":
+        a, b = datasketch_candidates(sketches.grams(), max(config.threshold - config.margin, 0.05), config.num_perm, config.seed)
+    else:
+        a, b = _likely_pairs(sketches, config)
+    same_task = sketches.task[a] == sketches.task[b]  # a bucket key shared across tasks is a hash collision
+    a, b = a[same_task], b[same_task]
+    keep = _chunked(a, b, lambda x, y: jaccard(sketches.grams(), x, y) >= config.threshold)
+    labels = _leaders(n, a[keep], b[keep])
+    sizes = np.bincount(labels, minlength=n)[labels]
+    found = pa.table({"row": np.arange(n), "label": labels, "size": sizes})  # noqa: F841 - DuckDB reads it by name
+    rows = sql_text(str(sketches.folder / "rows.parquet"))
     with store.transaction():
         store.con.execute("DELETE FROM dup_clusters")
         store.con.execute("DELETE FROM verdicts WHERE rule = 'dedup'")
-        if found is not None:
-            store.con.execute("INSERT INTO dup_clusters SELECT trace_id, cluster_id, kind, size, keep FROM found")
+        # a cluster is exact when its texts are equal after lower-casing and collapsing white space
+        store.con.execute(f"""
+            INSERT INTO dup_clusters
+            WITH r AS (SELECT file_row_number AS row, trace_id, exact_key FROM read_parquet({rows}, file_row_number = true)),
+                 c AS (SELECT r.trace_id, r.exact_key, f.label, f.size FROM found f JOIN r USING (row)),
+                 exact AS (SELECT label, count(DISTINCT exact_key) = 1 AS exact FROM c WHERE size > 1 GROUP BY label)
+            SELECT c.trace_id, lead.trace_id,
+                   CASE WHEN c.size = 1 THEN 'unique' WHEN e.exact THEN 'exact' ELSE 'near' END, c.size, c.trace_id = lead.trace_id
+            FROM c JOIN r AS lead ON lead.row = c.label LEFT JOIN exact e USING (label)""")
         store.con.execute("""
             INSERT INTO verdicts SELECT trace_id, 'dedup', keep, CASE WHEN NOT keep THEN 'duplicate' END,
                    CASE WHEN size = 1 THEN 'no duplicate' ELSE printf('%s duplicate of cluster %s (%d traces)', kind, cluster_id, size) END
             FROM dup_clusters""")
+    shutil.rmtree(sketches.folder)
     counts = store.con.execute("""SELECT count(DISTINCT cluster_id) FILTER (WHERE size > 1),
                                          count(*) FILTER (WHERE NOT keep AND kind = 'exact'),
                                          count(*) FILTER (WHERE NOT keep AND kind = 'near') FROM dup_clusters""").fetchall()[0]
     return {"clusters": counts[0], "exact_dropped": counts[1], "near_dropped": counts[2]}
-
-
-def _task_clusters(group: pl.DataFrame, config: DedupConfig) -> pl.DataFrame:
-    """One task's rows (in keep-policy order) with their cluster, its size and kind, and whether each is kept.
-    A cluster is ``exact`` when its texts are equal after lower-casing and collapsing white space
-    (hashed only for rows that have a duplicate), ``near`` otherwise; a trace without one is ``unique``."""
-    grams = shingles(group["text"], config.ngram, config.seed)
-    if config.engine == "datasketch":
-        labels = link(grams, *datasketch_candidates(grams, max(config.threshold - config.margin, 0.05), config.num_perm, config.seed),
-                      config.threshold)
-    else:
-        labels = clusters(signatures(grams, config.num_perm), grams, config.threshold, config.margin)
-    sizes = np.bincount(labels, minlength=len(labels))[labels]
-    shared = np.flatnonzero(sizes > 1)
-    keys = group["text"].gather(shared).str.to_lowercase().str.replace_all(r"\s+", " ").hash()
-    exact = pl.DataFrame({"label": labels[shared], "key": keys}).group_by("label").agg(exact=pl.col("key").n_unique() == 1)
-    ids = group["trace_id"]
-    return (pl.DataFrame({"trace_id": ids, "cluster_id": ids.gather(labels), "label": labels, "size": sizes})
-            .join(exact, on="label", how="left", maintain_order="left")
-            .select("trace_id", "cluster_id",
-                    kind=pl.when(pl.col("size") == 1).then(pl.lit("unique")).when(pl.col("exact")).then(pl.lit("exact")).otherwise(pl.lit("near")),
-                    size="size", keep=pl.col("trace_id") == pl.col("cluster_id")))

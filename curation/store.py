@@ -11,7 +11,9 @@ store is skipped, so ingesting the same files twice changes nothing.
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
+import os
+import shutil
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -99,15 +101,23 @@ class IngestReport:
 
 
 class Store:
-    """A DuckDB curation store at ``path`` (created on first use)."""
+    """A DuckDB curation store at ``path`` (created on first use).
 
-    def __init__(self, path: str | Path) -> None:
+    Memory stays flat in the number of traces: DuckDB works within ``memory_limit`` (default
+    ``$RECOT_MEMORY_LIMIT``, else 4GB) and spills its joins and sorts to ``spill_dir`` (``PATH.tmp``
+    beside the store), where recot's own steps also stream their chunks."""
+
+    def __init__(self, path: str | Path, memory_limit: str | None = None) -> None:
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
+        self.spill_dir = self.path.with_name(self.path.name + ".tmp")
         try:
             self.con = duckdb.connect(str(self.path))
+            self.con.execute("SET memory_limit = ?", [memory_limit or os.environ.get("RECOT_MEMORY_LIMIT", "4GB")])
         except duckdb.Error as exc:
-            raise DataError(self.path, f"cannot open the store: {exc}", "point --store at a DuckDB file recot created") from None
+            raise DataError(self.path, f"cannot open the store: {exc}", "point --store at a DuckDB file recot created, and give "
+                            "the memory limit as DuckDB writes it (4GB, 512MB)") from None
+        self.con.execute("SET temp_directory = ?", [str(self.spill_dir)])
         self.con.execute("SET enable_progress_bar = false")  # recot reports its own progress
         found = self._version()
         if found is None:
@@ -140,6 +150,19 @@ class Store:
 
     def close(self) -> None:
         self.con.close()
+        shutil.rmtree(self.spill_dir / "recot", ignore_errors=True)
+
+    def stream(self, sql: str, batch_rows: int = 1 << 18) -> Iterator[pa.RecordBatch]:
+        """A query's result ``batch_rows`` at a time, so a step over every trace holds one chunk in memory.
+        The connection is busy until the last batch is read: write what the chunks make to :meth:`spill`."""
+        reader = self.con.sql(sql).to_arrow_reader(batch_rows)
+        yield from reader
+
+    def spill(self, name: str) -> Path:
+        """A file path for a step's spilled output (removed when the store closes)."""
+        folder = self.spill_dir / "recot"
+        folder.mkdir(parents=True, exist_ok=True)
+        return folder / name
 
     def __enter__(self) -> Store:
         return self

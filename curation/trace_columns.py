@@ -13,10 +13,11 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import polars as pl
+import pyarrow.parquet as pq
 
 from recot.curation.store import Store
 from recot.synth.cot import THINK_CLOSE, THINK_OPEN
-from recot.synth.student import history_line
+from recot.synth.student import history_line, sql_text
 
 WORD_RE = r"[a-z0-9]+"
 NON_WORD_RE = r"[^a-z0-9]+"  # what separates WORD_RE's words
@@ -24,7 +25,7 @@ COLUMNS = ("history_sids", "lines", "history_titles", "history_brands", "think_w
 
 
 def trace_columns(store: Store, columns: Sequence[str] = COLUMNS, name: str = "trace_columns") -> None:
-    """Create the temp table ``name`` with one row per answered trace that has a history, its
+    """Create the temp view ``name`` (over a parquet file built one chunk of traces at a time) with one row per answered trace that has a history, its
     ``trace_id`` and those of these ``columns`` asked for (the text ones cost a second or two each at 1M traces):
 
     - ``history_sids``: each item's SID in order (NULL for an item the catalog lacks);
@@ -41,8 +42,7 @@ def trace_columns(store: Store, columns: Sequence[str] = COLUMNS, name: str = "t
         words=" " + pl.col("title").fill_null("").str.to_lowercase().str.extract_all(WORD_RE).list.join(" ") + " ",
         brand=pl.col("brand").str.to_lowercase())
     text = ", text" if "think_words" in columns else ""
-    traces = pl.from_arrow(store.con.sql(
-        f"SELECT trace_id, history{text} FROM traces WHERE status = 'ok' AND history IS NOT NULL").to_arrow_table())
+    query = f"SELECT trace_id, history{text} FROM traces WHERE status = 'ok' AND history IS NOT NULL"
 
     def through(column: str, default: str | None = None) -> pl.Expr:
         return pl.element().replace_strict(catalog["item_id"], catalog[column], default=default)
@@ -56,5 +56,10 @@ def trace_columns(store: Store, columns: Sequence[str] = COLUMNS, name: str = "t
         "history_brands": history.list.eval(through("brand")).list.drop_nulls(),
         "think_words": " " + think.str.to_lowercase().str.replace_all(NON_WORD_RE, " ").fill_null("") + " ",
     }
-    rows = traces.select("trace_id", *(built[c].alias(c) for c in columns)).to_arrow()  # noqa: F841 - DuckDB reads it by name
-    store.con.execute(f"CREATE OR REPLACE TEMP TABLE {name} AS SELECT * FROM rows")
+    empty = pl.DataFrame(schema={"trace_id": pl.Utf8, "history": pl.List(pl.Utf8), "text": pl.Utf8})
+    path = store.spill(f"{name}.parquet")
+    schema = empty.select("trace_id", *(built[c].alias(c) for c in columns)).to_arrow().schema
+    with pq.ParquetWriter(path, schema, compression="lz4") as writer:
+        for batch in store.stream(query):
+            writer.write_table(pl.from_arrow(batch).select("trace_id", *(built[c].alias(c) for c in columns)).to_arrow())
+    store.con.execute(f"CREATE OR REPLACE TEMP VIEW {name} AS SELECT * FROM read_parquet({sql_text(str(path))})")

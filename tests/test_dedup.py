@@ -96,3 +96,28 @@ def test_signatures_fill_empty_bins_from_the_next_filled_one_and_do_not_depend_o
     filled = int(one.h[0] % 16)
     distance = (filled - np.arange(16)) % 16
     assert ((sig - sig[filled] - distance * 0x9E3779B9) % (1 << 32) == 0).all()
+
+
+def test_dedup_in_small_chunks_equals_one_chunk_and_never_joins_tasks(sample_path, tmp_path, sample):
+    out = tmp_path / "synth"
+    run_synth(SynthConfig(dataset=sample_path, out=out, tasks=["r3_cot_hindsight", "r3_cot_blind"], limit=40), progress=False)
+    rows = pl.read_parquet(out / "traces.parquet")
+    # every trace again with one word added, and every hindsight text again as a blind trace
+    copies = rows.with_columns(subject_id=pl.col("subject_id") + "#copy", text=pl.col("text") + " indeed")
+    moved = rows.filter(pl.col("task") == "r3_cot_hindsight").with_columns(task=pl.lit("r3_cot_blind"),
+                                                                          subject_id=pl.col("subject_id") + "#moved")
+    pl.concat([rows, copies, moved]).write_parquet(tmp_path / "t.parquet")
+    (tmp_path / "tasks.json").write_bytes((out / "tasks.json").read_bytes())
+    snapshots = []
+    with Store(tmp_path / "c.duckdb") as store:
+        store.load_catalog(sample.catalog)
+        store.ingest(tmp_path / "t.parquet")
+        run_rules(store)
+        for batch_rows in (1 << 17, 7):
+            counts = run_dedup(store, batch_rows=batch_rows)
+            snapshots.append(store.con.execute("SELECT * FROM dup_clusters ORDER BY trace_id").fetchall())
+        spans = store.scalar("""SELECT count(*) FROM (SELECT cluster_id FROM dup_clusters JOIN traces USING (trace_id)
+                                GROUP BY cluster_id HAVING count(DISTINCT task) > 1)""")
+        leftovers = list(store.spill_dir.glob("recot/dedup/*"))
+    assert snapshots[0] == snapshots[1] and spans == 0 and not leftovers
+    assert counts["clusters"] >= rows.height  # each trace with its copy (and a hindsight one with its move), per task
