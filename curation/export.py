@@ -81,16 +81,18 @@ class ExportConfig(BaseModel):
 
 
 def _rows_sql(config: ExportConfig, students: dict[str, str]) -> str:
-    """One row per kept trace, in trace id order: split, task, user prompt, assistant completion, the
+    """One row per kept trace: split, task, user prompt, assistant completion, the
     reward columns, ``leak`` (it would leak an evaluation target: the same user and target as a
     valid/test sample, or a target at or after the user's cut-off; needs the tables ``_leak_tables``
-    makes) and ``grpo_pick`` (the one R3 row per user and target the prompt-only set takes, whether or
-    not its SFT row keeps the CoT: the GRPO set does not depend on ``cot_ratio``). CoT tasks get the student
-    prompt of next-item generation; every other task its declared student prompt (``students``, by task)."""
+    makes). CoT tasks get the student prompt of next-item generation; every other task its declared student
+    prompt (``students``, by task). Each CTE is read once: DuckDB keeps a CTE read twice in memory whole."""
     share = int(config.valid_share * 1000)
     judge = "NULL" if config.min_judge is None else config.min_judge
     delta = "NULL" if config.min_delta_ll is None else config.min_delta_ll
-    top_k = "NULL" if config.top_k_per_user is None else config.top_k_per_user
+    # a window holds its whole input in memory: only when a per-user cap asks for it
+    top_k = "" if config.top_k_per_user is None else f"""QUALIFY p.user_id IS NULL OR row_number() OVER (
+                 PARTITION BY p.task, p.user_id ORDER BY sc.judge DESC NULLS LAST, sc.delta_ll DESC NULLS LAST, p.trace_id)
+                 <= {config.top_k_per_user}"""
     only = "TRUE" if config.tasks is None else f"p.task IN ({', '.join(sql_text(t) for t in config.tasks) or 'NULL'})"
     declared = " ".join(f"WHEN task = {sql_text(task)} THEN {student_sql(student)}" for task, student in sorted(students.items()))
     ask = (f"CASE WHEN ranks_slate AND with_cot THEN {sql_text(ASK_PICK_THINK)} WHEN ranks_slate THEN {sql_text(ASK_PICK_DIRECT)} "
@@ -106,11 +108,10 @@ def _rows_sql(config: ExportConfig, students: dict[str, str]) -> str:
     kept AS (SELECT p.* FROM passed p LEFT JOIN sc USING (trace_id)
              WHERE {only}
                AND (p.task NOT IN {COT} OR (({judge} IS NULL OR sc.judge >= {judge}) AND ({delta} IS NULL OR sc.delta_ll >= {delta})))
-             QUALIFY {top_k} IS NULL OR p.user_id IS NULL OR row_number() OVER (
-                 PARTITION BY p.task, p.user_id ORDER BY sc.judge DESC NULLS LAST, sc.delta_ll DESC NULLS LAST, p.trace_id) <= {top_k}),
+             {top_k}),
     slates AS (SELECT trace_id, string_agg('- ' || coalesce(c.sid_text, '?') || ' ' || coalesce(c.title, ''), chr(10) ORDER BY pos)
                          AS slate_lines
-               FROM (SELECT trace_id, unnest(items) AS item_id, generate_subscripts(items, 1) AS pos FROM kept
+               FROM (SELECT trace_id, unnest(items) AS item_id, generate_subscripts(items, 1) AS pos FROM traces
                      WHERE {config.slate_prompt} AND task IN {SLATE}) LEFT JOIN catalog c USING (item_id)
                GROUP BY trace_id),
     base AS (
@@ -124,17 +125,14 @@ def _rows_sql(config: ExportConfig, students: dict[str, str]) -> str:
         FROM kept k LEFT JOIN trace_columns hs USING (trace_id) LEFT JOIN slates sl USING (trace_id)
              LEFT JOIN catalog tc ON tc.item_id = k.target
              LEFT JOIN catalog i1 ON i1.item_id = k.items[1] LEFT JOIN catalog i2 ON i2.item_id = k.items[2]
-             LEFT JOIN catalog lc ON lc.item_id = k.history[-1]),
-    picks AS (SELECT min(trace_id) AS trace_id FROM base WHERE cot AND NOT leak
-              GROUP BY split, user_id, target)
+             LEFT JOIN catalog lc ON lc.item_id = k.history[-1])
     SELECT trace_id, task, cot, domain, split, user_id, target, target_sid, history, history_sids, with_cot, leak,
-        p.trace_id IS NOT NULL AS grpo_pick,
         CASE WHEN cot THEN {prompt_sql("lines", ask)} {declared} END AS prompt,
         {prompt_sql("lines", f"CASE WHEN ranks_slate THEN {sql_text(ASK_PICK_THINK)} ELSE {sql_text(ASK_THINK)} END")} AS grpo_prompt,
         CASE WHEN cot THEN
                  CASE WHEN with_cot THEN {think_block_sql("text")} || chr(10) || target_sid ELSE target_sid END
              ELSE text END AS completion
-    FROM base LEFT JOIN picks p USING (trace_id) ORDER BY trace_id"""
+    FROM base"""
 
 
 def _leak_tables(store: Store, config: ExportConfig) -> None:
@@ -158,10 +156,10 @@ _FORMAT_SQL: dict[str, str] = {
     "prompt_completion": """SELECT [{'role': 'user', 'content': prompt}] AS prompt, [{'role': 'assistant', 'content': completion}] AS completion,
                                    task, domain, with_cot, trace_id FROM export_rows WHERE split = ?""",
     "grpo": """SELECT [{'role': 'user', 'content': grpo_prompt}] AS prompt, target_sid, target, history, history_sids, user_id, domain
-               FROM export_rows WHERE split = ? AND grpo_pick""",
+               FROM export_rows SEMI JOIN grpo_picks USING (trace_id) WHERE split = ? ORDER BY trace_id""",
     "verl": """SELECT 'recot/' || task AS data_source, [{'role': 'user', 'content': prompt}] AS prompt, 'recommendation' AS ability,
                       {'style': 'rule', 'ground_truth': coalesce(target_sid, completion)} AS reward_model,
-                      {'split': split, 'index': row_number() OVER (ORDER BY trace_id) - 1, 'trace_id': trace_id} AS extra_info
+                      {'split': split, 'index': row_number() OVER () - 1, 'trace_id': trace_id} AS extra_info
                FROM export_rows WHERE split = ?""",
     "sharegpt": """SELECT [{'from': 'human', 'value': prompt}, {'from': 'gpt', 'value': completion}] AS conversations, task
                    FROM export_rows WHERE split = ?""",
@@ -175,8 +173,25 @@ def export(store: Store, config: ExportConfig) -> dict:
     trace_columns(store, ("history_sids", "lines"))
     _leak_tables(store, config)
     students = dict(store.con.execute("SELECT task, student FROM tasks WHERE NOT cot").fetchall())
-    store.con.execute(f"CREATE OR REPLACE TEMP TABLE export_rows AS {_rows_sql(config, students)}")
-    dropped = store.scalar("DELETE FROM export_rows WHERE leak")
+    # Joined in any order, then sorted in a second statement: a sort in the same pipeline as the joins' hash
+    # tables runs out of memory where each alone spills to disk. The joins go in the order written (the kept
+    # traces probe, catalog and trace columns build): DuckDB's reordering builds on the traces once the
+    # catalog joins are used, which does not spill.
+    store.con.execute("SET preserve_insertion_order = false")
+    store.con.execute("SET disabled_optimizers = 'join_order,build_side_probe_side'")
+    try:
+        store.con.execute(f"CREATE OR REPLACE TEMP TABLE export_joined AS {_rows_sql(config, students)}")
+    finally:
+        store.con.execute("RESET preserve_insertion_order")
+        store.con.execute("RESET disabled_optimizers")
+    dropped = store.scalar("SELECT count(*) FROM export_joined WHERE leak")
+    # by split first: each split's COPY skips the other split's row groups
+    store.con.execute("CREATE OR REPLACE TEMP TABLE export_rows AS SELECT * FROM export_joined WHERE NOT leak ORDER BY split, trace_id")
+    store.con.execute("DROP TABLE export_joined")
+    # the one R3 row per user and target the prompt-only set takes, whether or not its SFT row keeps the CoT:
+    # the GRPO set does not depend on cot_ratio
+    store.con.execute("""CREATE OR REPLACE TEMP TABLE grpo_picks AS
+                         SELECT min(trace_id) AS trace_id FROM export_rows WHERE cot GROUP BY split, user_id, target""")
     counts: dict[str, dict[str, int]] = {}
     with atomic_path(config.out) as tmp:
         tmp.mkdir(parents=True)
