@@ -368,3 +368,100 @@ def test_plain_loss_on_cpu_equals_trls_fused_loss(sid_model, sample, tmp_path):
                          trainer._metrics["train"]["entropy"][-1])
     assert losses[True] == pytest.approx(losses[False], rel=1e-4)
     assert RecSFTConfig(output_dir=str(tmp_path)).gradient_checkpointing is False  # a CPU: no recomputation by default
+
+
+def test_vllm_and_transformers_rank_the_same_sids(sid_model, sample, tmp_path):
+    """The trie as a vLLM logits processor: the engine's constrained beams and two-stage rollouts equal
+    transformers' on the tiny model (same SIDs in the same order, every one valid)."""
+    pytest.importorskip("vllm")
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from recot.synth.job import choose_split
+    from recot.trainer import vllm_decoding
+    from recot.trainer.data import next_item_rows
+    from recot.trainer.rollout import two_stage
+
+    path, _, _ = sid_model
+    tokenizer, model = AutoTokenizer.from_pretrained(path), AutoModelForCausalLM.from_pretrained(path)
+    valid = set(sample.catalog.sid_text().drop_nulls().to_list())
+    trie = SidTrie.from_sids(tokenizer, valid)
+    rows = next_item_rows(choose_split(sample, "auto", 10), sample.catalog, "test").head(8)
+    think = next_item_rows(choose_split(sample, "auto", 10), sample.catalog, "test", think=True).head(4)
+    think_ids = [tokenizer.apply_chat_template(p, add_generation_prompt=True, tokenize=True, return_dict=False) for p in think["prompt"]]
+    expected = recommend(model, tokenizer, rows["prompt"].to_list(), trie, k=5)
+    expected_think = two_stage(model, tokenizer, [list(p) for p in think_ids], trie, 3, True, 12)
+    llm = vllm_decoding.constrained_engine(path, dtype="float32", max_model_len=1024, enforce_eager=True)
+    try:
+        trie_file = vllm_decoding.save_trie(trie, tmp_path / "trie.json")
+        got = vllm_decoding.recommend(llm, tokenizer, rows["prompt"].to_list(), trie, trie_file, k=5)
+        got_think = vllm_decoding.two_stage(llm, tokenizer, think_ids, trie_file, trie.depth, 3, True, 12)
+    finally:
+        vllm_decoding.shutdown(llm)
+    assert all(len(r) == 5 and set(r) <= valid for r in got.ranked)
+    assert got.ranked == expected.ranked
+    assert got_think.reasoning == expected_think.reasoning and got_think.beams == expected_think.beams
+
+
+def test_eval_on_vllm_reports_the_metrics_of_transformers(sid_model, sample_path, tmp_path):
+    """`evaluate` with engine = "vllm" scores the same rows as with transformers, with the same direct and
+    greedy-reasoning metrics (sampled Pass@n draws differ between the engines)."""
+    pytest.importorskip("vllm")
+    from recot.trainer.evaluate import EvalConfig, evaluate
+
+    path, _, _ = sid_model
+    common = {"model": path, "dataset": sample_path, "limit": 6, "k": 3, "samples": 2, "max_reasoning_tokens": 8, "baselines": [],
+              "bootstrap": 0}
+    reports = {engine: evaluate(EvalConfig(**common, engine=engine, out=tmp_path / engine,
+                                           vllm={"dtype": "float32", "max_model_len": 1024, "enforce_eager": True}))
+               for engine in ("transformers", "vllm")}
+    assert reports["vllm"]["engine"] == "vllm" and reports["transformers"]["engine"] == "transformers"
+    for mode in ("direct", "think"):
+        for metric in ("recall@1", "ndcg@1", "recall@3", "ndcg@3", "sid_validity"):
+            assert reports["vllm"][mode][metric] == pytest.approx(reports["transformers"][mode][metric]), (mode, metric)
+    assert reports["vllm"]["think"]["cot_tokens"] == reports["transformers"]["think"]["cot_tokens"]
+
+
+def test_grpo_rolls_out_on_vllm_with_the_policys_weights(sid_model, sample, tmp_path):
+    """rollout_engine = "vllm": every candidate a catalog SID, and the engine rolls out with the weights the
+    policy had after the previous step (synced in-process), not the starting ones."""
+    pytest.importorskip("vllm")
+    from transformers import AutoModelForCausalLM, AutoTokenizer, TrainerCallback
+
+    from recot.synth.job import choose_split
+    from recot.trainer.data import next_item_rows
+    from recot.trainer.grpo import RecGRPOConfig, RecGRPOTrainer
+
+    path, _, _ = sid_model
+    tokenizer, model = AutoTokenizer.from_pretrained(path), AutoModelForCausalLM.from_pretrained(path)
+    valid = set(sample.catalog.sid_text().drop_nulls().to_list())
+    rows = next_item_rows(choose_split(sample, "auto", 10), sample.catalog, "train", think=True).head(8)
+    config = RecGRPOConfig(output_dir=str(tmp_path / "grpo"), max_steps=2, per_device_train_batch_size=4, num_generations=4,
+                           num_candidates=3, max_reasoning_tokens=8, max_completion_length=16, learning_rate=1e-2,
+                           report_to="none", use_cpu=True, bf16=False, save_strategy="no", logging_steps=1, beta=0.0,
+                           model_path=str(path), rollout_engine="vllm",
+                           vllm_engine={"dtype": "float32", "max_model_len": 1024, "enforce_eager": True})
+    start = model.get_input_embeddings().weight.detach().clone()
+    after_first: list[torch.Tensor] = []
+
+    class Snapshot(TrainerCallback):
+        def on_step_end(self, args, state, control, **kwargs):
+            if state.global_step == 1:
+                after_first.append(model.get_input_embeddings().weight.detach().clone())
+
+    def brevity(completions, **_):
+        return [-len(c[0]["content"]) / 100 for c in completions]
+
+    trainer = RecGRPOTrainer(model=model, args=config, trie=SidTrie.from_sids(tokenizer, valid), processing_class=tokenizer,
+                             reward_funcs=[prefix_match, rank_reward, format_reward, brevity], callbacks=[Snapshot()],
+                             train_dataset=datasets.Dataset.from_polars(rows.select("prompt", "target_sid")))
+    try:
+        trainer.train()
+        engine = trainer._engine.apply_model(
+            lambda m: next(p for name, p in m.named_parameters() if name.endswith("embed_tokens.weight")).detach().cpu().clone())[0]
+    finally:
+        trainer.close_rollout_engine()
+    assert all(len(c) == 3 and set(c) <= valid for c in trainer._candidates)
+    logged = [h for h in trainer.state.log_history if "loss" in h]
+    assert logged and all(math.isfinite(h["loss"]) for h in logged) and logged[0]["rewards/format_reward/mean"] == 1.0
+    rows_used = start.shape[0]
+    assert torch.equal(engine[:rows_used], after_first[0]) and not torch.equal(engine[:rows_used], start)

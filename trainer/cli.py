@@ -75,6 +75,8 @@ def ablation(config: Path, as_json: bool) -> None:
 @click.option("--k", type=int)
 @click.option("--limit", type=int, help="Evaluate a seeded random sample of this many rows.")
 @click.option("--think/--no-think", default=None, help="Also evaluate with reasoning.")
+@click.option("--engine", type=click.Choice(["auto", "transformers", "vllm"]),
+              help="What decodes (auto: vLLM when installed and a GPU is present).")
 @click.option("--out", type=click.Path(path_type=Path))
 @json_option
 def eval_cmd(config: Path | None, as_json: bool, **overrides) -> None:

@@ -8,7 +8,8 @@ can be compared); the most-popular baseline ranks the training targets by freque
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
@@ -20,6 +21,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from recot.synth.cot import grounding
 from recot.trainer.baselines import SASRecConfig, SASRecRecommender, Transition, most_popular
 from recot.trainer.rewards import answer_sid
+from recot.trainer.rollout import Rollouts
 from recot.trainer.trie import SidTrie
 
 
@@ -115,12 +117,23 @@ class EvalConfig(BaseModel):
         "learnt from the split's training samples")
     sasrec: SASRecConfig = Field(SASRecConfig(), description="SASRec's size and training")
     bootstrap: int = Field(1000, ge=0, description="resamples for the 95% intervals of every metric (0: none)")
+    engine: Literal["auto", "transformers", "vllm"] = Field(
+        "auto", description="what decodes: vLLM (the trie as its logits processor), transformers generate, or auto: "
+        "vLLM when it is installed and a GPU is present (on a CPU transformers starts faster for an evaluation)")
+    vllm: dict = Field({}, description="vllm.LLM arguments for engine vllm (dtype, max_model_len, gpu_memory_utilization, ...)")
+
+    def uses_vllm(self) -> bool:
+        if self.engine != "auto":
+            return self.engine == "vllm"
+        import importlib.util
+
+        return importlib.util.find_spec("vllm") is not None and torch.cuda.is_available()
 
 
 def evaluate(config: EvalConfig) -> dict:
     """The model's direct and think-mode rankings and the sequential baselines on the same rows of ``part``, each
     with Recall/NDCG@K and bootstrap 95% intervals; writes report.json and report.png."""
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers import AutoTokenizer
 
     from recot.synth.loaders import load_dataset
     from recot.synth.splits import SplitSpec
@@ -133,25 +146,59 @@ def evaluate(config: EvalConfig) -> dict:
         think_prompt=next_item_rows(split, dataset.catalog, config.part, think=True)["prompt"])
     if config.limit and rows.height > config.limit:
         rows = rows.sample(config.limit, seed=0).sort("user_id")
-    tokenizer, model = AutoTokenizer.from_pretrained(config.model), AutoModelForCausalLM.from_pretrained(config.model)
+    tokenizer = AutoTokenizer.from_pretrained(config.model)
     valid = set(dataset.catalog.sid_text().drop_nulls().to_list())
     trie = SidTrie.from_sids(tokenizer, valid)
     targets = rows["target_sid"].to_list()
     ks = sorted({1, 5, config.k} & set(range(1, config.k + 1)))
-    direct = recommend(model, tokenizer, rows["prompt"].to_list(), trie, config.k, config.batch_size)
+    config.out.mkdir(parents=True, exist_ok=True)
+    with _decoders(config, tokenizer, trie) as (rank, rollout):
+        direct = rank(rows["prompt"].to_list())
+        think = _think(rollout, tokenizer, rows, targets, ks, valid, config) if config.think else None
     report = {"rows": len(targets), "part": config.part, "k": config.k, "split": spec.model_dump(),
               "split_source": str(config.split) if config.split else "chosen by eval (auto)",
+              "engine": "vllm" if config.uses_vllm() else "transformers",
               "direct": _scored(direct.ranked, targets, ks, config, valid) | {"completion_tokens": mean(direct.completion_tokens)}}
-    if config.think:
-        report["think"] = _think(model, tokenizer, rows, trie, targets, ks, valid, config)
+    if think is not None:
+        report["think"] = think
     train = next_item_rows(split, dataset.catalog, "train")
     sid_of = dict(zip(dataset.catalog.items["item_id"].to_list(), dataset.catalog.sid_text().to_list()))
     for name, ranked_items in _baselines(train, rows, config, spec.max_history).items():
         report[name] = _scored([[sid_of[i] for i in r if sid_of.get(i)] for r in ranked_items], targets, ks, config)
-    config.out.mkdir(parents=True, exist_ok=True)
     (config.out / "report.json").write_text(json.dumps(report, indent=1) + "\n")
     _plot(report, ks, config.out / "report.png")
     return report
+
+
+Rank = Callable[[list[list[dict]]], Ranking]
+Rollout = Callable[[list[list[int]], int, bool], Rollouts]
+
+
+@contextmanager
+def _decoders(config: EvalConfig, tokenizer, trie: SidTrie) -> Iterator[tuple[Rank, Rollout]]:
+    """The chosen engine's direct ranking of chat prompts and its two-stage rollout ``(prompts, k, sampled)``;
+    a vLLM engine is shut down on leaving."""
+    if config.uses_vllm():
+        from recot.trainer import vllm_decoding
+
+        llm = vllm_decoding.constrained_engine(config.model, **config.vllm)
+        trie_file = vllm_decoding.save_trie(trie, config.out / "trie.json")
+        try:
+            yield (lambda prompts: vllm_decoding.recommend(llm, tokenizer, prompts, trie, trie_file, config.k),
+                   lambda prompts, k, sampled: vllm_decoding.two_stage(llm, tokenizer, prompts, trie_file, trie.depth, k, True,
+                                                                       config.max_reasoning_tokens, 1.0 if sampled else 0.0))
+        finally:
+            vllm_decoding.shutdown(llm)
+        return
+    from transformers import AutoModelForCausalLM, GenerationConfig
+
+    from recot.trainer.rollout import two_stage
+
+    model = AutoModelForCausalLM.from_pretrained(config.model)
+    sampling = GenerationConfig(do_sample=True, temperature=1.0)
+    yield (lambda prompts: recommend(model, tokenizer, prompts, trie, config.k, config.batch_size),
+           lambda prompts, k, sampled: two_stage(model, tokenizer, prompts, trie, k, True, config.max_reasoning_tokens,
+                                                 sampling if sampled else None))
 
 
 def _scored(ranked: Sequence[Sequence[str]], targets: Sequence[str], ks: Sequence[int], config: EvalConfig,
@@ -175,23 +222,18 @@ def _baselines(train, rows, config: EvalConfig, max_len: int) -> dict[str, list[
     return out
 
 
-def _think(model, tokenizer, rows, trie: SidTrie, targets: Sequence[str], ks: Sequence[int], valid: set[str],
-           config: EvalConfig) -> dict:
-    """Greedy reasoning then the constrained beam, Pass@samples over sampled reasoning, CoT cost and grounding."""
-    from transformers import GenerationConfig
-
-    from recot.trainer.rollout import two_stage
-
+def _think(rollout: Rollout, tokenizer, rows, targets: Sequence[str], ks: Sequence[int],
+           valid: set[str], config: EvalConfig) -> dict:
+    """Greedy reasoning then the constrained beam, Pass@samples over sampled reasoning, CoT cost and grounding;
+    ``rollout(prompts, k, sampled)`` is the two-stage rollout of the chosen engine."""
     prompts = [tokenizer.apply_chat_template(p, add_generation_prompt=True, tokenize=True, return_dict=False)
                for p in rows["think_prompt"].to_list()]
     history = rows["history_sids"].to_list()
     ranked, lengths, ehr, cov, passed = [], [], [], [], []
-    sampling = GenerationConfig(do_sample=True, temperature=1.0)
     for start in range(0, len(prompts), config.batch_size):
         batch = [list(p) for p in prompts[start:start + config.batch_size]]
-        greedy = two_stage(model, tokenizer, batch, trie, config.k, True, config.max_reasoning_tokens)
-        sampled = two_stage(model, tokenizer, [p for p in batch for _ in range(config.samples)], trie, 1, True,
-                            config.max_reasoning_tokens, sampling)
+        greedy = rollout(batch, config.k, False)
+        sampled = rollout([p for p in batch for _ in range(config.samples)], 1, True)
         for row, (reasoning, beams) in enumerate(zip(greedy.reasoning, greedy.beams)):
             index = start + row
             ranked.append(list(dict.fromkeys(tokenizer.decode(b, skip_special_tokens=True) for b in beams)))

@@ -10,14 +10,16 @@ target have their advantages scaled by ``no_hit_weight`` (their signal is mostly
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import torch
 from trl import GRPOConfig, GRPOTrainer
 from trl.models import unwrap_model_for_generation
 
 from recot.trainer.rewards import REWARDS, answer_sid, exact_hit, format_reward, prefix_match, rank_reward
-from recot.trainer.rollout import two_stage
+from recot.trainer.rollout import Rollouts, two_stage
 from recot.trainer.sft import fit_to_machine
 from recot.trainer.trie import SidTrie
 
@@ -35,6 +37,11 @@ class RecGRPOConfig(GRPOConfig):
     sid_dataset: str = field(default="", metadata={"help": "the dataset whose catalog the trie is built from"})
     rewards: list[str] | None = field(default=None, metadata={"help": "reward names from trainer.rewards.REWARDS (default: "
                                                                      "exact_hit, prefix_match, rank, format)"})
+    rollout_engine: str = field(default="transformers", metadata={
+        "help": "what rolls out: transformers generate, or vllm (an engine in this process, the trie as its logits processor, "
+                "the policy's weights loaded into it before each step's rollouts)"})
+    vllm_engine: dict | None = field(default=None, metadata={"help": "vllm.LLM arguments for rollout_engine vllm (dtype, "
+                                                                    "gpu_memory_utilization, max_model_len, ...)"})
 
     def __post_init__(self) -> None:
         fit_to_machine(self)
@@ -42,6 +49,8 @@ class RecGRPOConfig(GRPOConfig):
         unknown = sorted(set(self.rewards or ()) - set(REWARDS))
         if unknown:
             raise ValueError(f"unknown rewards {unknown}; choose from {sorted(REWARDS)}")
+        if self.rollout_engine not in ("transformers", "vllm"):
+            raise ValueError(f"rollout_engine is {self.rollout_engine!r}; choose transformers or vllm")
 
 
 DEFAULT_REWARDS = [exact_hit, prefix_match, rank_reward, format_reward]
@@ -53,19 +62,51 @@ class RecGRPOTrainer(GRPOTrainer):
     def __init__(self, model, args: RecGRPOConfig, trie: SidTrie, reward_funcs=None, **kwargs) -> None:
         super().__init__(model=model, args=args, reward_funcs=reward_funcs or DEFAULT_REWARDS, **kwargs)
         if self.use_vllm:
-            raise ValueError("RecGRPOTrainer rolls out with transformers generate (constrained beam search); set use_vllm=False")
+            raise ValueError("RecGRPOTrainer rolls out its constrained two stages itself: set rollout_engine = 'vllm' instead "
+                             "of use_vllm")
         self.trie = trie
         self.sid_token_ids = torch.tensor(sorted({t for s in trie.sequences for t in s}))
         self._candidates: list[list[str]] = []
+        self._engine, self._synced_step, self._rollout_calls = None, -1, 0
 
     def _generate_single_turn(self, prompt_ids, images, multimodal_fields, num_generations, has_tool_images=False):
         with unwrap_model_for_generation(self.model_wrapped, self.accelerator,
                                          gather_deepspeed3_params=self.args.ds3_gather_for_generation) as model:
-            rollouts = two_stage(model, self.processing_class, prompt_ids, self.trie, self.args.num_candidates,
-                                 self.args.reasoning, self.args.max_reasoning_tokens, self.generation_config)
+            if self.args.rollout_engine == "vllm":
+                rollouts = self._vllm_rollouts(model, prompt_ids)
+            else:
+                rollouts = two_stage(model, self.processing_class, prompt_ids, self.trie, self.args.num_candidates,
+                                     self.args.reasoning, self.args.max_reasoning_tokens, self.generation_config)
         eos = self.processing_class.eos_token_id
         self._candidates = [[self.processing_class.decode(b, skip_special_tokens=True) for b in row] for row in rollouts.beams]
         return [r + row[0] + [eos] for r, row in zip(rollouts.reasoning, rollouts.beams)], None
+
+    def _vllm_rollouts(self, model, prompt_ids) -> Rollouts:
+        """The two stages on the colocated vLLM engine (started on first use from ``model_path``), with the
+        policy's weights loaded into it once per optimisation step."""
+        from recot.trainer import vllm_decoding
+
+        if self._engine is None:
+            os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")  # the engine's model in this process, for the sync
+            self._engine = vllm_decoding.constrained_engine(self.args.model_path or model.name_or_path, **(self.args.vllm_engine or {}))
+            Path(self.args.output_dir).mkdir(parents=True, exist_ok=True)
+            self._trie_file = vllm_decoding.save_trie(self.trie, Path(self.args.output_dir) / "trie.json")
+        if self._synced_step != self.state.global_step:
+            vllm_decoding.sync_weights(self._engine, model)
+            self._synced_step = self.state.global_step
+        self._rollout_calls += 1
+        return vllm_decoding.two_stage(
+            self._engine, self.processing_class, prompt_ids, self._trie_file, self.trie.depth, self.args.num_candidates,
+            self.args.reasoning, self.args.max_reasoning_tokens, self.args.temperature,
+            seed=(self.args.seed + self._rollout_calls) * 1_000_003, top_p=self.args.top_p)
+
+    def close_rollout_engine(self) -> None:
+        """Stop the vLLM rollout engine, if one was started."""
+        if self._engine is not None:
+            from recot.trainer.vllm_decoding import shutdown
+
+            shutdown(self._engine)
+            self._engine = None
 
     def _calculate_rewards(self, inputs, prompts, completions, completion_ids_list):
         inputs = [dict(x, candidates=[answer_sid(c) or c for c in cands]) for x, cands in zip(inputs, self._candidates)]
@@ -110,7 +151,10 @@ def train_grpo(config: RecGRPOConfig, train_dataset=None) -> RecGRPOTrainer:
     trainer = RecGRPOTrainer(model=AutoModelForCausalLM.from_pretrained(config.model_path), args=config, trie=trie,
                              processing_class=tokenizer, reward_funcs=rewards,
                              train_dataset=train_dataset if train_dataset is not None else load_export(config.dataset_path, "grpo")["train"])
-    trainer.train()
+    try:
+        trainer.train()
+    finally:
+        trainer.close_rollout_engine()
     trainer.save_model(config.output_dir)
     tokenizer.save_pretrained(config.output_dir)
     return trainer
