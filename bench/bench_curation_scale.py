@@ -37,11 +37,13 @@ times = {}
 start = time.perf_counter()
 with Store(store_path) as store:
     store.load_catalog(load_dataset(sys.argv[4]).catalog)
-    store.ingest(Path(sys.argv[1]))
-    times["ingest"] = time.perf_counter() - start
-    run_rules(store); times["rules"] = time.perf_counter() - start - sum(times.values())
-    dedup = run_dedup(store); times["dedup"] = time.perf_counter() - start - sum(times.values())
-    card = export(store, ExportConfig(name="bench", out=work / "export")); times["export"] = time.perf_counter() - start - sum(times.values())
+    def done(step):
+        times[step] = time.perf_counter() - start - sum(times.values())
+        print(f"  {step} {times[step]:.1f} s", file=sys.stderr, flush=True)
+    store.ingest(Path(sys.argv[1])); done("ingest")
+    run_rules(store); done("rules")
+    dedup = run_dedup(store); done("dedup")
+    card = export(store, ExportConfig(name="bench", out=work / "export")); done("export")
 peak = next(int(l.split()[1]) for l in open("/proc/self/status") if l.startswith("VmHWM"))
 print(json.dumps({"seconds": times, "total": time.perf_counter() - start, "peak_mb": peak / 1024, "dedup": dedup,
                   "kept": card["funnel"]["kept"], "sft_rows": sum(card["formats"]["sft"].values())}))
@@ -128,9 +130,9 @@ def run(millions: int, keep: Path | None) -> dict:
         store = (keep or Path(work)) / f"{millions}m.duckdb"
         store.unlink(missing_ok=True)
         done = subprocess.run([sys.executable, "-c", CHILD, str(path), str(store), work, str(INDUSTRIAL)],
-                              capture_output=True, text=True, cwd=ROOT)
+                              stdout=subprocess.PIPE, text=True, cwd=ROOT)  # its stderr shows each step as it ends
     if done.returncode:
-        sys.exit(f"the curation pass exited with {done.returncode} (negative: killed by that signal)\n{done.stderr[-3000:]}")
+        sys.exit(f"the curation pass exited with {done.returncode} (negative: killed by that signal)")
     result = json.loads(done.stdout.strip().splitlines()[-1])
     import pyarrow.parquet as pq
 

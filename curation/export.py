@@ -156,7 +156,7 @@ _FORMAT_SQL: dict[str, str] = {
     "prompt_completion": """SELECT [{'role': 'user', 'content': prompt}] AS prompt, [{'role': 'assistant', 'content': completion}] AS completion,
                                    task, domain, with_cot, trace_id FROM export_rows WHERE split = ?""",
     "grpo": """SELECT [{'role': 'user', 'content': grpo_prompt}] AS prompt, target_sid, target, history, history_sids, user_id, domain
-               FROM export_rows SEMI JOIN grpo_picks USING (trace_id) WHERE split = ? ORDER BY trace_id""",
+               FROM export_rows WHERE split = ? AND grpo_pick""",
     "verl": """SELECT 'recot/' || task AS data_source, [{'role': 'user', 'content': prompt}] AS prompt, 'recommendation' AS ability,
                       {'style': 'rule', 'ground_truth': coalesce(target_sid, completion)} AS reward_model,
                       {'split': split, 'index': row_number() OVER () - 1, 'trace_id': trace_id} AS extra_info
@@ -166,6 +166,46 @@ _FORMAT_SQL: dict[str, str] = {
 }
 
 
+def _export_rows(store: Store, rows_sql: str) -> int:
+    """The view ``export_rows``: the rows of ``rows_sql`` that leak nothing, in trace id order within each split,
+    with ``grpo_pick``; returns how many leaked. Built out of core with little spill: the joined rows are written
+    once to parquet partitioned by the trace id's first hex digit (the joins in the order written, the kept traces
+    probing: DuckDB's reordering builds its hash table on the traces, which does not spill), then each sixteenth
+    is sorted by split and trace id on its own into a parquet file the view reads in digit order. A sort of all
+    rows at once spills them uncompressed (over 50 GB at 10M traces)."""
+    folder = store.spill("export")
+    shutil.rmtree(folder, ignore_errors=True)
+    folder.mkdir()
+    joined = folder / "joined"
+    store.con.execute("SET preserve_insertion_order = false")
+    store.con.execute("SET disabled_optimizers = 'join_order,build_side_probe_side'")
+    try:
+        store.con.execute(f"""COPY (SELECT *, left(trace_id, 1) AS digit FROM ({rows_sql}))
+                              TO '{joined}' (FORMAT parquet, PARTITION_BY (digit))""")
+    finally:
+        store.con.execute("RESET preserve_insertion_order")
+        store.con.execute("RESET disabled_optimizers")
+    parts = sorted(joined.glob("digit=*"))
+    if not parts:
+        store.con.execute(f"CREATE OR REPLACE TEMP TABLE export_rows AS SELECT *, FALSE AS grpo_pick FROM ({rows_sql}) LIMIT 0")
+        return 0
+    every = f"read_parquet({sql_text(str(joined / '*' / '*.parquet'))})"
+    dropped = store.scalar(f"SELECT count(*) FROM {every} WHERE leak")
+    # the one R3 row per user and target the prompt-only set takes, whether or not its SFT row keeps the CoT:
+    # the GRPO set does not depend on cot_ratio
+    store.con.execute(f"""CREATE OR REPLACE TEMP TABLE grpo_picks AS
+                          SELECT min(trace_id) AS trace_id FROM {every} WHERE cot AND NOT leak GROUP BY split, user_id, target""")
+    files = []
+    for part in parts:
+        files.append(folder / f"rows-{part.name[-1]}.parquet")
+        store.con.execute(f"""COPY (SELECT r.*, g.trace_id IS NOT NULL AS grpo_pick
+                                    FROM read_parquet({sql_text(str(part / '*.parquet'))}) r LEFT JOIN grpo_picks g USING (trace_id)
+                                    WHERE NOT r.leak ORDER BY r.split, r.trace_id) TO '{files[-1]}' (FORMAT parquet)""")
+        shutil.rmtree(part)
+    store.con.execute(f"CREATE OR REPLACE TEMP VIEW export_rows AS SELECT * FROM read_parquet([{', '.join(sql_text(str(f)) for f in files)}])")
+    return dropped
+
+
 def export(store: Store, config: ExportConfig) -> dict:
     """Write every configured format and the data card; returns the card's numbers."""
     if config.out.exists() and any(config.out.iterdir()) and not config.overwrite:
@@ -173,25 +213,7 @@ def export(store: Store, config: ExportConfig) -> dict:
     trace_columns(store, ("history_sids", "lines"))
     _leak_tables(store, config)
     students = dict(store.con.execute("SELECT task, student FROM tasks WHERE NOT cot").fetchall())
-    # Joined in any order, then sorted in a second statement: a sort in the same pipeline as the joins' hash
-    # tables runs out of memory where each alone spills to disk. The joins go in the order written (the kept
-    # traces probe, catalog and trace columns build): DuckDB's reordering builds on the traces once the
-    # catalog joins are used, which does not spill.
-    store.con.execute("SET preserve_insertion_order = false")
-    store.con.execute("SET disabled_optimizers = 'join_order,build_side_probe_side'")
-    try:
-        store.con.execute(f"CREATE OR REPLACE TEMP TABLE export_joined AS {_rows_sql(config, students)}")
-    finally:
-        store.con.execute("RESET preserve_insertion_order")
-        store.con.execute("RESET disabled_optimizers")
-    dropped = store.scalar("SELECT count(*) FROM export_joined WHERE leak")
-    # by split first: each split's COPY skips the other split's row groups
-    store.con.execute("CREATE OR REPLACE TEMP TABLE export_rows AS SELECT * FROM export_joined WHERE NOT leak ORDER BY split, trace_id")
-    store.con.execute("DROP TABLE export_joined")
-    # the one R3 row per user and target the prompt-only set takes, whether or not its SFT row keeps the CoT:
-    # the GRPO set does not depend on cot_ratio
-    store.con.execute("""CREATE OR REPLACE TEMP TABLE grpo_picks AS
-                         SELECT min(trace_id) AS trace_id FROM export_rows WHERE cot GROUP BY split, user_id, target""")
+    dropped = _export_rows(store, _rows_sql(config, students))
     counts: dict[str, dict[str, int]] = {}
     with atomic_path(config.out) as tmp:
         tmp.mkdir(parents=True)
