@@ -187,7 +187,7 @@ def _export_rows(store: Store, rows_sql: str) -> int:
         store.con.execute("RESET disabled_optimizers")
     parts = sorted(joined.glob("digit=*"))
     if not parts:
-        store.con.execute(f"CREATE OR REPLACE TEMP TABLE export_rows AS SELECT *, FALSE AS grpo_pick FROM ({rows_sql}) LIMIT 0")
+        store.con.execute(f"CREATE OR REPLACE TEMP VIEW export_rows AS SELECT *, FALSE AS grpo_pick FROM ({rows_sql}) LIMIT 0")
         return 0
     every = f"read_parquet({sql_text(str(joined / '*' / '*.parquet'))})"
     dropped = store.scalar(f"SELECT count(*) FROM {every} WHERE leak")

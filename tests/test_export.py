@@ -109,8 +109,12 @@ def test_selection_by_judge_threshold_and_top_k(sample_path, sample, tmp_path):
         top1 = export(store, ExportConfig(name="top1", out=tmp_path / "top1", formats=["grpo"], top_k_per_user=1))
         above = store.scalar("SELECT count(*) FROM scores WHERE name = 'judge' AND value >= ?", [best])
         users = store.scalar("SELECT count(DISTINCT user_id) FROM traces")
+        # an export that selects nothing, in the same store session as ones that did, then one that does again
+        empty = export(store, ExportConfig(name="none", out=tmp_path / "none", formats=["sft"], tasks=["no_such_task"]))
+        again = export(store, ExportConfig(name="again", out=tmp_path / "again", formats=["sft"], min_judge=best))
     assert sum(strict["formats"]["sft"].values()) == above < 150
     assert sum(top1["formats"]["grpo"].values()) == users
+    assert empty["formats"]["sft"] == {"train": 0, "validation": 0} and again["formats"] == strict["formats"]
 
 
 def test_cot_share_per_domain(sample_path, sample, tmp_path):
