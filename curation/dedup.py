@@ -416,7 +416,8 @@ def run_dedup(store: Store, config: DedupConfig = DedupConfig(), batch_rows: int
         a, b = datasketch_candidates(sketches.grams(), max(config.threshold - config.margin, 0.05), config.num_perm, config.seed)
     else:
         a, b = _likely_pairs(sketches, config)
-    same_task = sketches.task[a] == sketches.task[b]  # a bucket key shared across tasks is a hash collision
+    # datasketch's buckets span tasks; recot's keys are salted per task, so for it only a hash collision is dropped here
+    same_task = sketches.task[a] == sketches.task[b]
     a, b = a[same_task], b[same_task]
     keep = _chunked(a, b, lambda x, y: jaccard(sketches.grams(), x, y) >= config.threshold)
     labels = _leaders(n, a[keep], b[keep])

