@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Literal
 
 import polars as pl
+import pyarrow.parquet as pq
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from recot.curation.report import KEPT_SQL, funnel
@@ -150,60 +151,83 @@ def _leak_tables(store: Store, config: ExportConfig) -> None:
     store.con.execute("CREATE OR REPLACE TEMP TABLE cutoffs AS SELECT * FROM cutoffs")
 
 
-_FORMAT_SQL: dict[str, str] = {
-    "sft": """SELECT [{'role': 'user', 'content': prompt}, {'role': 'assistant', 'content': completion}] AS messages,
-                     task, domain, with_cot, trace_id FROM export_rows WHERE split = ?""",
-    "prompt_completion": """SELECT [{'role': 'user', 'content': prompt}] AS prompt, [{'role': 'assistant', 'content': completion}] AS completion,
-                                   task, domain, with_cot, trace_id FROM export_rows WHERE split = ?""",
-    "grpo": """SELECT [{'role': 'user', 'content': grpo_prompt}] AS prompt, target_sid, target, history, history_sids, user_id, domain
-               FROM export_rows WHERE split = ? AND grpo_pick""",
-    "verl": """SELECT 'recot/' || task AS data_source, [{'role': 'user', 'content': prompt}] AS prompt, 'recommendation' AS ability,
-                      {'style': 'rule', 'ground_truth': coalesce(target_sid, completion)} AS reward_model,
-                      {'split': split, 'index': row_number() OVER () - 1, 'trace_id': trace_id} AS extra_info
-               FROM export_rows WHERE split = ?""",
-    "sharegpt": """SELECT [{'from': 'human', 'value': prompt}, {'from': 'gpt', 'value': completion}] AS conversations, task
-                   FROM export_rows WHERE split = ?""",
+_FORMAT_SQL: dict[str, str] = {  # over one partition's rows of a split: {split} and verl's {index} (its first row's index)
+    "sft": """SELECT [{{'role': 'user', 'content': prompt}}, {{'role': 'assistant', 'content': completion}}] AS messages,
+                     task, domain, with_cot, trace_id FROM export_part WHERE split = '{split}'""",
+    "prompt_completion": """SELECT [{{'role': 'user', 'content': prompt}}] AS prompt, [{{'role': 'assistant', 'content': completion}}] AS completion,
+                                   task, domain, with_cot, trace_id FROM export_part WHERE split = '{split}'""",
+    "grpo": """SELECT [{{'role': 'user', 'content': grpo_prompt}}] AS prompt, target_sid, target, history, history_sids, user_id, domain
+               FROM export_part WHERE split = '{split}' AND grpo_pick""",
+    "verl": """SELECT 'recot/' || task AS data_source, [{{'role': 'user', 'content': prompt}}] AS prompt, 'recommendation' AS ability,
+                      {{'style': 'rule', 'ground_truth': coalesce(target_sid, completion)}} AS reward_model,
+                      {{'split': split, 'index': row_number() OVER () - 1 + {index}, 'trace_id': trace_id}} AS extra_info
+               FROM export_part WHERE split = '{split}'""",
+    "sharegpt": """SELECT [{{'from': 'human', 'value': prompt}}, {{'from': 'gpt', 'value': completion}}] AS conversations, task
+                   FROM export_part WHERE split = '{split}'""",
 }
+SPLITS = ("train", "validation")
+_ROW_GROUP = 1 << 17
 
 
-def _export_rows(store: Store, rows_sql: str) -> int:
-    """The view ``export_rows``: the rows of ``rows_sql`` that leak nothing, in trace id order within each split,
-    with ``grpo_pick``; returns how many leaked. Built out of core with little spill: the joined rows are written
-    once to parquet partitioned by the trace id's first hex digit (the joins in the order written, the kept traces
-    probing: DuckDB's reordering builds its hash table on the traces, which does not spill), then each sixteenth
-    is sorted by split and trace id on its own into a parquet file the view reads in digit order. A sort of all
-    rows at once spills them uncompressed (over 50 GB at 10M traces)."""
+def _partition(store: Store, rows_sql: str) -> tuple[list[Path], int]:
+    """The rows of ``rows_sql`` written once to parquet partitioned by the trace id's first hex digit (the joins
+    in the order written, the kept traces probing: DuckDB's reordering builds its hash table on the traces, which
+    does not spill); the view ``export_rows`` over those that leak nothing, with ``grpo_pick``. Returns the
+    partitions in digit order and how many rows leaked."""
     folder = store.spill("export")
     shutil.rmtree(folder, ignore_errors=True)
     folder.mkdir()
-    joined = folder / "joined"
     store.con.execute("SET preserve_insertion_order = false")
     store.con.execute("SET disabled_optimizers = 'join_order,build_side_probe_side'")
     try:
         store.con.execute(f"""COPY (SELECT *, left(trace_id, 1) AS digit FROM ({rows_sql}))
-                              TO '{joined}' (FORMAT parquet, PARTITION_BY (digit))""")
+                              TO '{folder}' (FORMAT parquet, PARTITION_BY (digit))""")
     finally:
         store.con.execute("RESET preserve_insertion_order")
         store.con.execute("RESET disabled_optimizers")
-    parts = sorted(joined.glob("digit=*"))
-    if not parts:
-        store.con.execute(f"CREATE OR REPLACE TEMP VIEW export_rows AS SELECT *, FALSE AS grpo_pick FROM ({rows_sql}) LIMIT 0")
-        return 0
-    every = f"read_parquet({sql_text(str(joined / '*' / '*.parquet'))})"
+    parts = sorted(folder.glob("digit=*"))
+    every = f"(SELECT * FROM ({rows_sql}) LIMIT 0)" if not parts else \
+        f"read_parquet({sql_text(str(folder / '*' / '*.parquet'))}, hive_partitioning = false)"
     dropped = store.scalar(f"SELECT count(*) FROM {every} WHERE leak")
     # the one R3 row per user and target the prompt-only set takes, whether or not its SFT row keeps the CoT:
     # the GRPO set does not depend on cot_ratio
     store.con.execute(f"""CREATE OR REPLACE TEMP TABLE grpo_picks AS
                           SELECT min(trace_id) AS trace_id FROM {every} WHERE cot AND NOT leak GROUP BY split, user_id, target""")
-    files = []
-    for part in parts:
-        files.append(folder / f"rows-{part.name[-1]}.parquet")
-        store.con.execute(f"""COPY (SELECT r.*, g.trace_id IS NOT NULL AS grpo_pick
-                                    FROM read_parquet({sql_text(str(part / '*.parquet'))}) r LEFT JOIN grpo_picks g USING (trace_id)
-                                    WHERE NOT r.leak ORDER BY r.split, r.trace_id) TO '{files[-1]}' (FORMAT parquet)""")
-        shutil.rmtree(part)
-    store.con.execute(f"CREATE OR REPLACE TEMP VIEW export_rows AS SELECT * FROM read_parquet([{', '.join(sql_text(str(f)) for f in files)}])")
-    return dropped
+    store.con.execute(f"CREATE OR REPLACE TEMP VIEW export_rows AS {_exported(every)}")
+    return parts, dropped
+
+
+def _exported(rows: str) -> str:
+    """The rows of the relation ``rows`` that leak nothing, with ``grpo_pick``."""
+    return f"SELECT r.*, g.trace_id IS NOT NULL AS grpo_pick FROM {rows} r LEFT JOIN grpo_picks g USING (trace_id) WHERE NOT r.leak"
+
+
+def _write_formats(store: Store, parts: list[Path], formats: list[Format], out: Path) -> dict[str, dict[str, int]]:
+    """Every format's ``train`` and ``validation`` parquet files, in one pass over the partitions: each sixteenth
+    is sorted by split and trace id in memory and appended to every format's files, so the files hold each split
+    in trace id order (a sort of all rows at once spills them uncompressed: over 50 GB at 10M traces). A split
+    without rows gets no file (datasets refuses one). Returns the rows per format and split."""
+    counts = {name: dict.fromkeys(SPLITS, 0) for name in formats}
+    writers: dict[tuple[str, str], pq.ParquetWriter] = {}
+    try:
+        for part in parts:
+            rows = f"read_parquet({sql_text(str(part / '*.parquet'))}, hive_partitioning = false)"
+            store.con.execute(f"CREATE OR REPLACE TEMP TABLE export_part AS {_exported(rows)} ORDER BY split, trace_id")
+            for name in formats:
+                for split in SPLITS:
+                    sql = _FORMAT_SQL[name].format(split=split, index=counts[name][split])
+                    for batch in store.stream(sql, _ROW_GROUP):
+                        if not batch.num_rows:
+                            continue
+                        if (name, split) not in writers:
+                            writers[name, split] = pq.ParquetWriter(out / name / f"{split}.parquet", batch.schema)
+                        writers[name, split].write_batch(batch, row_group_size=_ROW_GROUP)
+                        counts[name][split] += batch.num_rows
+    finally:
+        for writer in writers.values():
+            writer.close()
+        store.con.execute("DROP TABLE IF EXISTS export_part")
+    return counts
 
 
 def export(store: Store, config: ExportConfig) -> dict:
@@ -213,17 +237,12 @@ def export(store: Store, config: ExportConfig) -> dict:
     trace_columns(store, ("history_sids", "lines"))
     _leak_tables(store, config)
     students = dict(store.con.execute("SELECT task, student FROM tasks WHERE NOT cot").fetchall())
-    dropped = _export_rows(store, _rows_sql(config, students))
-    counts: dict[str, dict[str, int]] = {}
+    parts, dropped = _partition(store, _rows_sql(config, students))
     with atomic_path(config.out) as tmp:
         tmp.mkdir(parents=True)
         for name in config.formats:
             (tmp / name).mkdir()
-            for part in ("train", "validation"):
-                counts.setdefault(name, {})[part] = store.scalar(
-                    f"COPY ({_FORMAT_SQL[name]}) TO '{tmp / name / part}.parquet' (FORMAT parquet)", [part])
-                if not counts[name][part]:  # datasets refuses a split without rows: leave it out
-                    (tmp / name / f"{part}.parquet").unlink()
+        counts = _write_formats(store, parts, config.formats, tmp)
         card = _card(store, config, counts, dropped)
         (tmp / "data_card.json").write_text(json.dumps(card, indent=2) + "\n")
         (tmp / "README.md").write_text(_card_markdown(card, config))

@@ -52,6 +52,14 @@ def test_ingest_is_incremental_and_clean_rules_pass(store, traces):
     assert report["rules"]["blind_hit"]["checked"] == 120
 
 
+def test_a_file_that_repeats_its_traces_enters_each_once(store, traces, tmp_path):
+    """Two copies of every row in one file (say, journals concatenated by hand): each trace enters once."""
+    pq.write_table(pl.concat([pl.read_parquet(traces)] * 2).to_arrow(), tmp_path / "twice.parquet")
+    report = store.ingest(tmp_path / "twice.parquet")
+    assert (report.rows, report.new, report.already_in_store) == (960, 480, 480)
+    assert store.scalar("SELECT count(DISTINCT trace_id) FROM traces") == store.scalar("SELECT count(*) FROM traces") == 480
+
+
 def mutate(source, target, task: str, change) -> dict:
     """Copy ``source`` with the first row of ``task`` changed by ``change(row) -> row``; returns the changed row."""
     rows = pl.read_parquet(source)
