@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import json
 import shutil
+from concurrent.futures import Future, ThreadPoolExecutor
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Literal
@@ -197,9 +198,10 @@ def _partition(store: Store, rows_sql: str) -> tuple[list[Path], int]:
     return parts, dropped
 
 
-def _exported(rows: str) -> str:
-    """The rows of the relation ``rows`` that leak nothing, with ``grpo_pick``."""
-    return f"SELECT r.*, g.trace_id IS NOT NULL AS grpo_pick FROM {rows} r LEFT JOIN grpo_picks g USING (trace_id) WHERE NOT r.leak"
+def _exported(rows: str, digit: str = "") -> str:
+    """The rows of the relation ``rows`` (those whose trace id starts with ``digit``) that leak nothing, with ``grpo_pick``."""
+    picks = f"(SELECT trace_id FROM grpo_picks WHERE starts_with(trace_id, '{digit}'))"  # the join builds on this partition's picks
+    return f"SELECT r.*, g.trace_id IS NOT NULL AS grpo_pick FROM {rows} r LEFT JOIN {picks} g USING (trace_id) WHERE NOT r.leak"
 
 
 def _write_formats(store: Store, parts: list[Path], formats: list[Format], out: Path) -> dict[str, dict[str, int]]:
@@ -209,24 +211,32 @@ def _write_formats(store: Store, parts: list[Path], formats: list[Format], out: 
     without rows gets no file (datasets refuses one). Returns the rows per format and split."""
     counts = {name: dict.fromkeys(SPLITS, 0) for name in formats}
     writers: dict[tuple[str, str], pq.ParquetWriter] = {}
-    try:
-        for part in parts:
-            rows = f"read_parquet({sql_text(str(part / '*.parquet'))}, hive_partitioning = false)"
-            store.con.execute(f"CREATE OR REPLACE TEMP TABLE export_part AS {_exported(rows)} ORDER BY split, trace_id")
-            for name in formats:
-                for split in SPLITS:
-                    sql = _FORMAT_SQL[name].format(split=split, index=counts[name][split])
-                    for batch in store.stream(sql, _ROW_GROUP):
-                        if not batch.num_rows:
-                            continue
-                        if (name, split) not in writers:
-                            writers[name, split] = pq.ParquetWriter(out / name / f"{split}.parquet", batch.schema)
-                        writers[name, split].write_batch(batch, row_group_size=_ROW_GROUP)
-                        counts[name][split] += batch.num_rows
-    finally:
-        for writer in writers.values():
-            writer.close()
-        store.con.execute("DROP TABLE IF EXISTS export_part")
+    writing: Future | None = None
+    # DuckDB makes the next batch while one thread writes (and compresses) the last one
+    with ThreadPoolExecutor(1) as pool:
+        try:
+            for part in parts:
+                rows = f"read_parquet({sql_text(str(part / '*.parquet'))}, hive_partitioning = false)"
+                store.con.execute(f"CREATE OR REPLACE TEMP TABLE export_part AS {_exported(rows, part.name[-1])} ORDER BY split, trace_id")
+                for name in formats:
+                    for split in SPLITS:
+                        sql = _FORMAT_SQL[name].format(split=split, index=counts[name][split])
+                        for batch in store.stream(sql, _ROW_GROUP):
+                            if not batch.num_rows:
+                                continue
+                            if writing:
+                                writing.result()
+                            if (name, split) not in writers:
+                                writers[name, split] = pq.ParquetWriter(out / name / f"{split}.parquet", batch.schema)
+                            writing = pool.submit(writers[name, split].write_batch, batch, row_group_size=_ROW_GROUP)
+                            counts[name][split] += batch.num_rows
+            if writing:
+                writing.result()
+        finally:
+            pool.shutdown()
+            for writer in writers.values():
+                writer.close()
+            store.con.execute("DROP TABLE IF EXISTS export_part")
     return counts
 
 
