@@ -8,6 +8,7 @@ Each pass runs in a fresh process with the store's memory limit; it prints the s
 step and the peak memory (VmHWM). Targets: 10M traces within 20 minutes at a peak of 8 GB.
 
     python bench/bench_curation_scale.py 1 2 5 10            # millions of traces (each plus 5% copies)
+    python bench/bench_curation_scale.py 10 --memory-limit 6GB  # DuckDB's share of the 8 GB budget
     python bench/bench_curation_scale.py 1 --keep DIR         # keep the stores (DIR/1m.duckdb) for --compare
     python bench/bench_curation_scale.py --compare A.duckdb B.duckdb   # same verdicts and clusters, row by row
 """
@@ -16,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import subprocess
 import sys
 import tempfile
@@ -123,14 +125,15 @@ def generate(millions: int) -> Path:
     return path
 
 
-def run(millions: int, keep: Path | None) -> dict:
-    """One curation pass over the generated traces in a fresh process."""
+def run(millions: int, keep: Path | None, memory_limit: str | None = None) -> dict:
+    """One curation pass over the generated traces in a fresh process (DuckDB under ``memory_limit``, else the store's default)."""
     path = generate(millions)
     with tempfile.TemporaryDirectory(prefix="bench-curation-") as work:
         store = (keep or Path(work)) / f"{millions}m.duckdb"
         store.unlink(missing_ok=True)
+        limit = {"RECOT_MEMORY_LIMIT": memory_limit} if memory_limit else {}
         done = subprocess.run([sys.executable, "-c", CHILD, str(path), str(store), work, str(INDUSTRIAL)],
-                              stdout=subprocess.PIPE, text=True, cwd=ROOT)  # its stderr shows each step as it ends
+                              stdout=subprocess.PIPE, text=True, cwd=ROOT, env=os.environ | limit)  # its stderr shows each step as it ends
     if done.returncode:
         sys.exit(f"the curation pass exited with {done.returncode} (negative: killed by that signal)")
     result = json.loads(done.stdout.strip().splitlines()[-1])
@@ -160,6 +163,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("millions", nargs="*", type=int, default=[1])
     parser.add_argument("--keep", type=Path, help="keep each store as DIR/{N}m.duckdb")
+    parser.add_argument("--memory-limit", help="DuckDB's memory limit for the pass (default: the store's, 4GB)")
     parser.add_argument("--compare", nargs=2, type=Path, metavar="STORE")
     args = parser.parse_args()
     sys.path.insert(0, str(ROOT))
@@ -171,7 +175,7 @@ def main() -> None:
     if args.keep:
         args.keep.mkdir(parents=True, exist_ok=True)
     for millions in args.millions:
-        result = run(millions, args.keep)
+        result = run(millions, args.keep, args.memory_limit)
         print(f"{result['traces']:,} traces; steps (s): " + ", ".join(f"{k} {v:.1f}" for k, v in result["seconds"].items()) +
               f"; total {result['total']:.1f} s, peak {result['peak_mb']:.0f} MB; dedup {result['dedup']}; kept {result['kept']}, "
               f"SFT rows {result['sft_rows']}", flush=True)
