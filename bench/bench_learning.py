@@ -96,4 +96,10 @@ def grpo_check(model, tokenizer, trie, train, steps: int) -> None:
 
 
 if __name__ == "__main__":
-    main(retrain="--retrain" in sys.argv)
+    import argparse
+
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--epochs", type=float, default=2.0, help="SFT epochs")
+    parser.add_argument("--retrain", action="store_true", help="train again even when a checkpoint is kept")
+    args = parser.parse_args()
+    main(epochs=args.epochs, retrain=args.retrain)
