@@ -8,7 +8,7 @@ Each pass runs in a fresh process with the store's memory limit; it prints the s
 step and the peak memory (VmHWM). Targets: 10M traces within 20 minutes at a peak of 8 GB.
 
     python bench/bench_curation_scale.py 1 2 5 10            # millions of traces (each plus 5% copies)
-    python bench/bench_curation_scale.py 10 --memory-limit 6GB  # DuckDB's share of the 8 GB budget
+    python bench/bench_curation_scale.py 10 --memory-limit 6.5GB  # DuckDB's share of the 8 GB budget
     python bench/bench_curation_scale.py 1 --keep DIR         # keep the stores (DIR/1m.duckdb) for --compare
     python bench/bench_curation_scale.py --compare A.duckdb B.duckdb   # same verdicts and clusters, row by row
 """

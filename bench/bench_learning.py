@@ -28,8 +28,8 @@ def main(epochs: float = 2.0, test_rows: int | None = None, grpo_steps: int = 30
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from recot.synth.job import choose_split
     from recot.synth.loaders import load_dataset
+    from recot.synth.splits import SplitSpec
     from recot.testing.tiny_model import build_tiny_model
     from recot.trainer.data import next_item_rows
     from recot.trainer.evaluate import EvalConfig, evaluate
@@ -40,7 +40,9 @@ def main(epochs: float = 2.0, test_rows: int | None = None, grpo_steps: int = 30
     torch.manual_seed(0)
     dataset = load_dataset(INDUSTRIAL)
     catalog = dataset.catalog
-    split = choose_split(dataset, "auto", 5)
+    WORK.mkdir(parents=True, exist_ok=True)
+    spec = SplitSpec.choose(dataset.boundaries, "auto", 5, dataset.name)
+    split, split_file = spec.build(dataset.sequences()), spec.save(WORK)  # evaluation reads the split training used
     train = next_item_rows(split, catalog, "train")
     base = build_tiny_model(WORK / "init", catalog.items["title"].to_list(), sid_vocabulary(catalog), vocab_size=4000)
     config = RecSFTConfig(output_dir=str(WORK / "sft"), model_path=str(base), num_train_epochs=epochs,
@@ -53,7 +55,7 @@ def main(epochs: float = 2.0, test_rows: int | None = None, grpo_steps: int = 30
         train_s, final_loss = time.perf_counter() - started, trainer.state.log_history[-1].get("train_loss")
     started = time.perf_counter()
     # every test row, the sequential baselines learnt from the same training samples, bootstrap 95% intervals
-    report = evaluate(EvalConfig(model=Path(config.output_dir), dataset=INDUSTRIAL, part="test", think=False, max_history=5,
+    report = evaluate(EvalConfig(model=Path(config.output_dir), dataset=INDUSTRIAL, split=split_file, part="test", think=False,
                                  limit=test_rows, batch_size=32, engine="transformers", out=WORK / "eval"))
     eval_s = time.perf_counter() - started
     methods = {"sft": report["direct"], **{name: report[name] for name in ("most_popular", "transition", "sasrec")}}

@@ -23,6 +23,7 @@ import json
 import shutil
 from concurrent.futures import Future, ThreadPoolExecutor
 from datetime import UTC, datetime
+from itertools import product
 from pathlib import Path
 from typing import Literal
 
@@ -212,31 +213,29 @@ def _write_formats(store: Store, parts: list[Path], formats: list[Format], out: 
     counts = {name: dict.fromkeys(SPLITS, 0) for name in formats}
     writers: dict[tuple[str, str], pq.ParquetWriter] = {}
     writing: Future | None = None
-    # DuckDB makes the next batch while one thread writes (and compresses) the last one
-    with ThreadPoolExecutor(1) as pool:
-        try:
+    try:
+        # DuckDB makes the next batch while one thread writes (and compresses) the last one; leaving the pool
+        # waits for that write, so the writers close after it
+        with ThreadPoolExecutor(1) as pool:
             for part in parts:
                 rows = f"read_parquet({sql_text(str(part / '*.parquet'))}, hive_partitioning = false)"
                 store.con.execute(f"CREATE OR REPLACE TEMP TABLE export_part AS {_exported(rows, part.name[-1])} ORDER BY split, trace_id")
-                for name in formats:
-                    for split in SPLITS:
-                        sql = _FORMAT_SQL[name].format(split=split, index=counts[name][split])
-                        for batch in store.stream(sql, _ROW_GROUP):
-                            if not batch.num_rows:
-                                continue
-                            if writing:
-                                writing.result()
-                            if (name, split) not in writers:
-                                writers[name, split] = pq.ParquetWriter(out / name / f"{split}.parquet", batch.schema)
-                            writing = pool.submit(writers[name, split].write_batch, batch, row_group_size=_ROW_GROUP)
-                            counts[name][split] += batch.num_rows
-            if writing:
-                writing.result()
-        finally:
-            pool.shutdown()
-            for writer in writers.values():
-                writer.close()
-            store.con.execute("DROP TABLE IF EXISTS export_part")
+                for name, split in product(formats, SPLITS):
+                    for batch in store.stream(_FORMAT_SQL[name].format(split=split, index=counts[name][split]), _ROW_GROUP):
+                        if not batch.num_rows:  # no file for a split without rows: datasets refuses one
+                            continue
+                        if writing:
+                            writing.result()
+                        if (name, split) not in writers:
+                            writers[name, split] = pq.ParquetWriter(out / name / f"{split}.parquet", batch.schema)
+                        writing = pool.submit(writers[name, split].write_batch, batch, row_group_size=_ROW_GROUP)
+                        counts[name][split] += batch.num_rows
+        if writing:
+            writing.result()
+    finally:
+        for writer in writers.values():
+            writer.close()
+        store.con.execute("DROP TABLE IF EXISTS export_part")
     return counts
 
 
