@@ -12,7 +12,15 @@ import torch
 from recot.testing import RECOT
 from recot.trainer.baselines import most_popular
 from recot.trainer.evaluate import ranking_metrics, recommend
-from recot.trainer.rewards import coverage_reward, diversity_reward, exact_hit, format_reward, prefix_match, rank_reward
+from recot.trainer.rewards import (
+    coverage_reward,
+    diversity_reward,
+    exact_hit,
+    format_reward,
+    prefix_match,
+    rank_reward,
+    slate_rank_penalty,
+)
 from recot.trainer.trie import SidTrie
 
 datasets = pytest.importorskip("datasets")
@@ -30,6 +38,10 @@ def test_rewards_on_hand_made_cases():
     assert rank_reward(completions, targets, candidates=slates) == pytest.approx([1 / math.log2(3), 1.0, 0.0, 0.0, 0.0])
     assert coverage_reward(completions, targets, candidates=slates) == pytest.approx([1.0, 1.0, 2 / 3, 0.0, 0.0])
     assert diversity_reward(completions, candidates=slates) == pytest.approx([1.0, 1.0, 0.5, 0.0, 1.0])
+    # a beam group: each answer is one place of the slate; the hit costs nothing, a miss more the higher it stands
+    beam = ["<a_9><b_9><c_9>", T, "<a_1><b_2><c_8>"]
+    assert slate_rank_penalty(beam, [T] * 3, candidates=[beam] * 3) == pytest.approx([-1.0, 0.0, -1 / math.log2(4)])
+    assert slate_rank_penalty(["no answer"], [T], candidates=[beam]) == pytest.approx([-1 / math.log2(5)])
 
 
 def test_ranking_metrics_against_hand_computed_values():
@@ -144,7 +156,7 @@ def test_sft_steps_with_embedding_warmup(sid_model, sample, sample_path, tmp_pat
     assert (tmp_path / "sft" / "warmup").exists() and (tmp_path / "sft" / "model.safetensors").exists()
 
 
-def _grpo_trainer(sid_model, sample, tmp_path, callbacks=(), **settings):
+def _grpo_trainer(sid_model, sample, tmp_path, callbacks=(), extra_rewards=(), **settings):
     """Two GRPO steps' trainer on the tiny model over 8 think prompts, 4 rollouts each, K = 3; with the
     policy and the catalog's SIDs."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -165,7 +177,7 @@ def _grpo_trainer(sid_model, sample, tmp_path, callbacks=(), **settings):
         return [-len(c[0]["content"]) / 100 for c in completions]
 
     trainer = RecGRPOTrainer(model=model, args=config, trie=SidTrie.from_sids(tokenizer, valid), processing_class=tokenizer,
-                             reward_funcs=[prefix_match, rank_reward, format_reward, brevity], callbacks=list(callbacks),
+                             reward_funcs=[prefix_match, rank_reward, format_reward, brevity, *extra_rewards], callbacks=list(callbacks),
                              train_dataset=datasets.Dataset.from_polars(rows.select("prompt", "target_sid")))
     return trainer, model, valid
 
@@ -179,6 +191,24 @@ def test_grpo_steps_with_two_stage_constrained_rollouts(sid_model, sample, tmp_p
     assert logged and all(math.isfinite(h["loss"]) for h in logged)
     assert any("rollout_hit_rate" in key for key in logged[0]), logged[0].keys()
     assert logged[0]["rewards/format_reward/mean"] == 1.0 and not torch.equal(before, _weights(model))
+
+
+def test_grpo_beam_groups_rank_distinct_sids(sid_model, sample, tmp_path):
+    """rollout = "beam": each prompt's group is its num_generations best distinct SIDs, every copy sees the slate,
+    and the slate-rank reward spreads the group's rewards."""
+    from recot.trainer.grpo import RecGRPOConfig
+
+    with pytest.raises(ValueError, match="reasoning = False"):
+        RecGRPOConfig(output_dir=str(tmp_path / "x"), rollout="beam", use_cpu=True, bf16=False, report_to="none")
+    trainer, model, valid = _grpo_trainer(sid_model, sample, tmp_path, extra_rewards=[slate_rank_penalty], rollout="beam",
+                                          reasoning=False)
+    before = _weights(model)
+    trainer.train()
+    groups = [trainer._answers[i:i + 4] for i in range(0, len(trainer._answers), 4)]
+    assert groups and all(len(set(g)) == 4 and set(g) <= valid for g in groups)
+    assert all(trainer._candidates[i] == trainer._answers[i - i % 4:i - i % 4 + 4] for i in range(len(trainer._answers)))
+    logged = [h for h in trainer.state.log_history if "loss" in h]
+    assert logged[0]["rewards/slate_rank_penalty/std"] > 0 and not torch.equal(before, _weights(model))
 
 
 def test_rejection_sampling_keeps_only_hits_and_trains_on_them(sid_model, sample, tmp_path):
@@ -264,6 +294,22 @@ report_to = "none"\nsave_strategy = "no"\nmax_length = 384\n""")
         low, high = report[method]["ci95"]["recall@3"]
         assert 0 <= low <= report[method]["recall@3"] <= high <= 1, method
     assert (tmp_path / "eval" / "report.png").stat().st_size > 1000
+    # the untrained start on the same rows: the trained model's report carries the paired difference from it
+    common = ["--dataset", str(sample_path), "--k", "3", "--no-think", "--json"]
+    done = subprocess.run([*cli, "eval", "--model", str(path), "--limit", "4", "--out", str(tmp_path / "start"), *common],
+                          capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr[-2000:]
+    start = json.loads((tmp_path / "start" / "report.json").read_text())
+    done = subprocess.run([*cli, "eval", "--model", str(tmp_path / "model"), "--limit", "4", "--against", str(tmp_path / "start"),
+                           "--out", str(tmp_path / "after"), *common], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr[-2000:]
+    after = json.loads((tmp_path / "after" / "report.json").read_text())
+    change = after["against"]["direct"]["recall@3"]
+    assert change["difference"] == pytest.approx(after["direct"]["recall@3"] - start["direct"]["recall@3"])
+    assert change["ci95"][0] <= change["difference"] <= change["ci95"][1]
+    done = subprocess.run([*cli, "eval", "--model", str(path), "--limit", "3", "--against", str(tmp_path / "start"),
+                           "--out", str(tmp_path / "other"), *common], capture_output=True, text=True)
+    assert done.returncode != 0 and "ranks.json" in done.stderr and "same split, part and limit" in done.stderr
     bad = tmp_path / "bad.toml"
     bad.write_text('learning_rat = 0.1\noutput_dir = "x"\n')
     done = subprocess.run([*cli, "train", "sft", str(bad)], capture_output=True, text=True)
@@ -350,6 +396,26 @@ def test_bootstrap_intervals_hold_the_mean_and_narrow_with_rows():
     assert small["recall@5"][0] < hit < small["recall@5"][1]
     assert large["recall@5"][1] - large["recall@5"][0] < (small["recall@5"][1] - small["recall@5"][0]) / 5
     assert bootstrap_intervals(few, [5], 500) == small  # seeded
+
+
+def test_paired_difference_is_tighter_than_two_marginal_intervals():
+    import numpy as np
+
+    from recot.trainer.evaluate import bootstrap_intervals, paired_difference
+
+    rng = np.random.default_rng(1)
+    base = rng.integers(-1, 30, 3000)  # about a third within the top 10
+    better = base.copy()
+    better[rng.choice(np.flatnonzero((base < 0) | (base >= 10)), 60, replace=False)] = 3  # 60 misses become hits
+    got = paired_difference(base, better, [10], 500)["recall@10"]
+    assert got["difference"] == pytest.approx(60 / 3000)
+    assert 0 < got["ci95"][0] < got["difference"] < got["ci95"][1]  # the gain is outside chance here...
+    a, b = bootstrap_intervals(base, [10], 500)["recall@10"], bootstrap_intervals(better, [10], 500)["recall@10"]
+    assert b[0] < a[1]  # ...though the two marginal intervals overlap
+    same = paired_difference(base, base, [10], 200)["ndcg@10"]
+    assert same == {"difference": 0.0, "ci95": [0.0, 0.0]}
+    with pytest.raises(ValueError, match="same rows"):
+        paired_difference(base, base[:10], [10])
 
 
 def test_plain_loss_on_cpu_equals_trls_fused_loss(sid_model, sample, tmp_path):

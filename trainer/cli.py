@@ -78,6 +78,8 @@ def ablation(config: Path, as_json: bool) -> None:
 @click.option("--engine", type=click.Choice(["auto", "transformers", "vllm"]),
               help="What decodes (auto: vLLM when installed and a GPU is present).")
 @click.option("--out", type=click.Path(path_type=Path))
+@click.option("--against", type=click.Path(exists=True, file_okay=False, path_type=Path),
+              help="The out folder of an earlier evaluation of the same rows: add the paired difference from it.")
 @json_option
 def eval_cmd(config: Path | None, as_json: bool, **overrides) -> None:
     """Constrained beam search on a split: Recall/NDCG@K, validity, think vs no-think, Pass@K, CoT cost and grounding."""

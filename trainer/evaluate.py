@@ -82,19 +82,41 @@ def ranking_metrics(ranked: Sequence[Sequence[str]], targets: Sequence[str], ks:
     return out
 
 
+def _resampled_means(per_row: dict[str, np.ndarray], resamples: int, seed: int) -> dict[str, np.ndarray]:
+    """Means of each per-row value over the same ``resamples`` draws of rows with replacement."""
+    rng = np.random.default_rng(seed)
+    rows = len(next(iter(per_row.values())))
+    means: dict[str, list[np.ndarray]] = {name: [] for name in per_row}
+    for start in range(0, resamples, 100):  # chunks keep memory at 100 x rows
+        picks = rng.integers(0, rows, size=(min(100, resamples - start), rows))
+        for name, values in per_row.items():
+            means[name].append(values[picks].mean(axis=1))
+    return {name: np.concatenate(m) for name, m in means.items()}
+
+
+def _percentiles(means: np.ndarray) -> list[float]:
+    return [float(np.percentile(means, 2.5)), float(np.percentile(means, 97.5))]
+
+
 def bootstrap_intervals(ranks: np.ndarray, ks: Sequence[int], resamples: int = 1000, seed: int = 0) -> dict[str, list[float]]:
     """95% percentile intervals of Recall@K and NDCG@K over rows resampled with replacement."""
     if not len(ranks) or not resamples:
         return {}
-    rng = np.random.default_rng(seed)
-    per_row = per_row_metrics(ranks, ks)
-    means: dict[str, list[np.ndarray]] = {name: [] for name in per_row}
-    for start in range(0, resamples, 100):  # chunks keep memory at 100 x rows
-        picks = rng.integers(0, len(ranks), size=(min(100, resamples - start), len(ranks)))
-        for name, values in per_row.items():
-            means[name].append(values[picks].mean(axis=1))
-    return {name: [float(np.percentile(np.concatenate(m), 2.5)), float(np.percentile(np.concatenate(m), 97.5))]
-            for name, m in means.items()}
+    return {name: _percentiles(m) for name, m in _resampled_means(per_row_metrics(ranks, ks), resamples, seed).items()}
+
+
+def paired_difference(base: np.ndarray, other: np.ndarray, ks: Sequence[int], resamples: int = 1000,
+                      seed: int = 0) -> dict[str, dict]:
+    """``other`` minus ``base`` on each metric, two rankings of the same rows, with a 95% interval from resampling
+    rows jointly: the rows both get right or both miss cancel, so this interval is far tighter than the gap
+    between two marginal intervals, and it is the one that says whether a change helped."""
+    if len(base) != len(other):
+        raise ValueError(f"paired rankings need the same rows: {len(base)} against {len(other)}")
+    a, b = per_row_metrics(base, ks), per_row_metrics(other, ks)
+    differences = {name: b[name] - a[name] for name in a}
+    spread = _resampled_means(differences, resamples, seed) if resamples and len(base) else {}
+    return {name: {"difference": float(d.mean()) if len(d) else 0.0, "ci95": _percentiles(spread[name]) if spread else []}
+            for name, d in differences.items()}
 
 
 class EvalConfig(BaseModel):
@@ -121,6 +143,9 @@ class EvalConfig(BaseModel):
         "auto", description="what decodes: vLLM (the trie as its logits processor), transformers generate, or auto: "
         "vLLM when it is installed and a GPU is present (on a CPU transformers starts faster for an evaluation)")
     vllm: dict = Field({}, description="vllm.LLM arguments for engine vllm (dtype, max_model_len, gpu_memory_utilization, ...)")
+    against: Path | None = Field(None, description="the out folder of an earlier evaluation of the same rows (another "
+                                 "model, say a GRPO run's SFT start): the report adds this model's difference from it, "
+                                 "each metric with a paired bootstrap 95% interval")
 
     def uses_vllm(self) -> bool:
         if self.engine != "auto":
@@ -155,6 +180,7 @@ def evaluate(config: EvalConfig) -> dict:
     with _decoders(config, tokenizer, trie) as (rank, rollout):
         direct = rank(rows["prompt"].to_list())
         think = _think(rollout, tokenizer, rows, targets, ks, valid, config) if config.think else None
+    rankings = {"direct": direct.ranked} | ({"think": think.pop("ranked")} if think else {})
     report = {"rows": len(targets), "part": config.part, "k": config.k, "split": spec.model_dump(),
               "split_source": str(config.split) if config.split else "chosen by eval (auto)",
               "engine": "vllm" if config.uses_vllm() else "transformers",
@@ -164,10 +190,30 @@ def evaluate(config: EvalConfig) -> dict:
     train = next_item_rows(split, dataset.catalog, "train")
     sid_of = dict(zip(dataset.catalog.items["item_id"].to_list(), dataset.catalog.sid_text().to_list()))
     for name, ranked_items in _baselines(train, rows, config, spec.max_history).items():
-        report[name] = _scored([[sid_of[i] for i in r if sid_of.get(i)] for r in ranked_items], targets, ks, config)
+        rankings[name] = [[sid_of[i] for i in r if sid_of.get(i)] for r in ranked_items]
+        report[name] = _scored(rankings[name], targets, ks, config)
+    ranks = {name: ranks_of(ranked, targets) for name, ranked in rankings.items()}
+    if config.against:
+        report["against"] = {"out": str(config.against), "direct": paired_difference(
+            _earlier_ranks(config.against, targets), ranks["direct"], ks, config.bootstrap)}
+    (config.out / "ranks.json").write_text(json.dumps({"targets": targets} | {n: r.tolist() for n, r in ranks.items()}) + "\n")
     (config.out / "report.json").write_text(json.dumps(report, indent=1) + "\n")
     _plot(report, ks, config.out / "report.png")
     return report
+
+
+def _earlier_ranks(out: Path, targets: Sequence[str]) -> np.ndarray:
+    """The direct ranks an earlier evaluation saved in ``out``, checked to be of the same rows in the same order."""
+    from recot.synth.errors import DataError
+
+    path = out / "ranks.json"
+    if not path.exists():
+        raise DataError(path, "no ranks.json here", "point `against` at the out folder of an evaluation made by this recot")
+    earlier = json.loads(path.read_text())
+    if earlier["targets"] != list(targets):
+        raise DataError(path, f"its {len(earlier['targets'])} rows are not the {len(targets)} rows evaluated now",
+                        "evaluate both models on the same split, part and limit")
+    return np.array(earlier["direct"], dtype=np.int64)
 
 
 Rank = Callable[[list[list[dict]]], Ranking]
@@ -224,8 +270,8 @@ def _baselines(train, rows, config: EvalConfig, max_len: int) -> dict[str, list[
 
 def _think(rollout: Rollout, tokenizer, rows, targets: Sequence[str], ks: Sequence[int],
            valid: set[str], config: EvalConfig) -> dict:
-    """Greedy reasoning then the constrained beam, Pass@samples over sampled reasoning, CoT cost and grounding;
-    ``rollout(prompts, k, sampled)`` is the two-stage rollout of the chosen engine."""
+    """Greedy reasoning then the constrained beam, Pass@samples over sampled reasoning, CoT cost and grounding, and
+    the ranked SIDs (``ranked``, not for the report); ``rollout(prompts, k, sampled)`` is the two-stage rollout."""
     prompts = [tokenizer.apply_chat_template(p, add_generation_prompt=True, tokenize=True, return_dict=False)
                for p in rows["think_prompt"].to_list()]
     history = rows["history_sids"].to_list()
@@ -244,7 +290,7 @@ def _think(rollout: Rollout, tokenizer, rows, targets: Sequence[str], ks: Sequen
             tops = sampled.beams[row * config.samples:(row + 1) * config.samples]
             passed.append(any(tokenizer.decode(t[0], skip_special_tokens=True) == targets[index] for t in tops))
     return _scored(ranked, targets, ks, config, valid) | {
-        "cot_tokens": mean(lengths), f"pass@{config.samples}": mean(passed), "ehr": mean(ehr), "cov_rate": mean(cov)}
+        "ranked": ranked, "cot_tokens": mean(lengths), f"pass@{config.samples}": mean(passed), "ehr": mean(ehr), "cov_rate": mean(cov)}
 
 
 def mean(values: Sequence[float]) -> float:

@@ -6,6 +6,11 @@ that is trained is the reasoning plus the best SID; all K candidates reach the r
 (as ``candidates``), so set-wise rewards (rank, coverage, diversity) see the whole slate.
 SID tokens get their own clip range (``sid_epsilon``), and groups in which no rollout hit the
 target have their advantages scaled by ``no_hit_weight`` (their signal is mostly format noise).
+
+Without reasoning, ``rollout = "beam"`` makes a prompt's group its ``num_generations`` best distinct SIDs
+from the constrained beam search (as MiniOneRec does): sampled SIDs from a peaked policy repeat the same
+item, so most groups would have no spread to learn from, while a beam group always ranks distinct items
+and puts the target in the group whenever it is within the policy's top ``num_generations``.
 """
 
 from __future__ import annotations
@@ -31,6 +36,9 @@ class RecGRPOConfig(GRPOConfig):
     max_reasoning_tokens: int = field(default=64, metadata={"help": "budget of the first stage"})
     sid_epsilon_low: float = field(default=0.1, metadata={"help": "lower clip range of SID tokens"})
     sid_epsilon_high: float = field(default=0.1, metadata={"help": "upper clip range of SID tokens"})
+    rollout: str = field(default="sample", metadata={
+        "help": "sample: every rollout samples its reasoning (or, without reasoning, its SID under the trie); beam: the "
+                "group is the num_generations best distinct SIDs of the constrained beam search (reasoning False)"})
     no_hit_weight: float = field(default=0.5, metadata={"help": "advantage scale of groups with no exact hit"})
     model_path: str = field(default="", metadata={"help": "the policy to start from (an SFT checkpoint with the SID tokens)"})
     dataset_path: str = field(default="", metadata={"help": "a recot export folder: its grpo format gives prompts and targets"})
@@ -51,6 +59,10 @@ class RecGRPOConfig(GRPOConfig):
             raise ValueError(f"unknown rewards {unknown}; choose from {sorted(REWARDS)}")
         if self.rollout_engine not in ("transformers", "vllm"):
             raise ValueError(f"rollout_engine is {self.rollout_engine!r}; choose transformers or vllm")
+        if self.rollout not in ("sample", "beam"):
+            raise ValueError(f"rollout is {self.rollout!r}; choose sample or beam")
+        if self.rollout == "beam" and self.reasoning:
+            raise ValueError("rollout 'beam' ranks SIDs without reasoning: set reasoning = False (or rollout = 'sample')")
 
 
 DEFAULT_REWARDS = [exact_hit, prefix_match, rank_reward, format_reward]
@@ -66,22 +78,46 @@ class RecGRPOTrainer(GRPOTrainer):
                              "of use_vllm")
         self.trie = trie
         self.sid_token_ids = torch.tensor(sorted({t for s in trie.sequences for t in s}))
-        self._candidates: list[list[str]] = []
+        self._candidates: list[list[str]] = []  # per completion: the ranked slate its reward functions see
+        self._answers: list[str] = []  # per completion: the SID it answers with
         self._engine, self._synced_step, self._rollout_calls = None, -1, 0
 
     def _generate_single_turn(self, prompt_ids, images, multimodal_fields, num_generations, has_tool_images=False):
+        beam = self.args.rollout == "beam"
+        if beam:
+            prompt_ids = self._group_prompts(prompt_ids, num_generations)
+        k = num_generations if beam else self.args.num_candidates
         with unwrap_model_for_generation(self.model_wrapped, self.accelerator,
                                          gather_deepspeed3_params=self.args.ds3_gather_for_generation) as model:
             if self.args.rollout_engine == "vllm":
-                rollouts = self._vllm_rollouts(model, prompt_ids)
+                rollouts = self._vllm_rollouts(model, prompt_ids, k, sampled=not beam)
             else:
-                rollouts = two_stage(model, self.processing_class, prompt_ids, self.trie, self.args.num_candidates,
-                                     self.args.reasoning, self.args.max_reasoning_tokens, self.generation_config)
+                rollouts = two_stage(model, self.processing_class, prompt_ids, self.trie, k, self.args.reasoning,
+                                     self.args.max_reasoning_tokens, None if beam else self.generation_config)
         eos = self.processing_class.eos_token_id
-        self._candidates = [[self.processing_class.decode(b, skip_special_tokens=True) for b in row] for row in rollouts.beams]
+        slates = [[self.processing_class.decode(b, skip_special_tokens=True) for b in row] for row in rollouts.beams]
+        if beam:  # the j-th copy of a prompt answers with its j-th best SID; each sees the whole slate
+            self._candidates = [slate for slate in slates for _ in range(num_generations)]
+            self._answers = [answer for slate in slates for answer in self._padded(slate, num_generations)]
+            return [beam_ids + [eos] for row in rollouts.beams for beam_ids in self._padded(row, num_generations)], None
+        self._candidates, self._answers = slates, [slate[0] if slate else "" for slate in slates]
         return [r + row[0] + [eos] for r, row in zip(rollouts.reasoning, rollouts.beams)], None
 
-    def _vllm_rollouts(self, model, prompt_ids) -> Rollouts:
+    @staticmethod
+    def _group_prompts(prompt_ids: list[list[int]], size: int) -> list[list[int]]:
+        """One prompt per group: TRL's sampler repeats each prompt ``size`` times in a row."""
+        groups = [prompt_ids[i:i + size] for i in range(0, len(prompt_ids), size)]
+        if any(len(g) != size or any(p != g[0] for p in g) for g in groups):
+            raise RuntimeError("rollout 'beam' needs each prompt's num_generations copies next to each other, as TRL's "
+                               "RepeatSampler gives them")
+        return [g[0] for g in groups]
+
+    @staticmethod
+    def _padded(beams: list[list[int]], size: int) -> list[list[int]]:
+        """``size`` answers from a slate that a small catalog branch may leave shorter: the best one repeats."""
+        return (beams + [beams[0]] * size)[:size]
+
+    def _vllm_rollouts(self, model, prompt_ids, k: int, sampled: bool) -> Rollouts:
         """The two stages on the colocated vLLM engine (started on first use from ``model_path``), with the
         policy's weights loaded into it once per optimisation step."""
         from recot.trainer import vllm_decoding
@@ -96,8 +132,8 @@ class RecGRPOTrainer(GRPOTrainer):
             self._synced_step = self.state.global_step
         self._rollout_calls += 1
         return vllm_decoding.two_stage(
-            self._engine, self.processing_class, prompt_ids, self._trie_file, self.trie.depth, self.args.num_candidates,
-            self.args.reasoning, self.args.max_reasoning_tokens, self.args.temperature,
+            self._engine, self.processing_class, prompt_ids, self._trie_file, self.trie.depth, k,
+            self.args.reasoning, self.args.max_reasoning_tokens, self.args.temperature if sampled else 0.0,
             seed=(self.args.seed + self._rollout_calls) * 1_000_003, top_p=self.args.top_p)
 
     def close_rollout_engine(self) -> None:
@@ -114,7 +150,7 @@ class RecGRPOTrainer(GRPOTrainer):
 
     def _generate_and_score_completions(self, inputs):
         out = super()._generate_and_score_completions(inputs)
-        hits = torch.tensor(exact_hit([c[0] if c else "" for c in self._candidates], [x["target_sid"] for x in inputs]))
+        hits = torch.tensor(exact_hit(self._answers, [x["target_sid"] for x in inputs]))
         group_hit = hits.view(-1, self.num_generations).amax(1).repeat_interleave(self.num_generations)
         weight = torch.where(group_hit > 0, 1.0, self.args.no_hit_weight).to(out["advantages"].device)
         out["advantages"] = out["advantages"] * weight[: out["advantages"].shape[0]]

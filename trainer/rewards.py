@@ -78,6 +78,20 @@ def rank_reward(completions, target_sid, candidates=None, **_) -> list[float]:
     return out
 
 
+def slate_rank_penalty(completions, target_sid, candidates=None, **_) -> list[float]:
+    """MiniOneRec's ranking reward for beam groups: a wrong answer costs 1/log2(rank + 2) by its place in the
+    slate, so the policy's most confident mistakes are pushed down hardest; the right answer costs nothing."""
+    out = []
+    for completion, ranked, target in zip(completions, _candidates(completions, candidates), target_sid):
+        answer = _codes(answer_sid(completion))
+        if answer is not None and answer == _codes(target):
+            out.append(0.0)
+            continue
+        rank = next((i for i, sid in enumerate(ranked) if _codes(sid) == answer), len(ranked))
+        out.append(-1.0 / math.log2(rank + 2))
+    return out
+
+
 def coverage_reward(completions, target_sid, candidates=None, **_) -> list[float]:
     """Best hierarchical match among the K candidates: credit for covering the target's region."""
     return [max((_prefix(sid, t) for sid in ranked), default=0.0) for ranked, t in zip(_candidates(completions, candidates), target_sid)]
@@ -97,5 +111,5 @@ def format_reward(completions, **_) -> list[float]:
     return [float(_FORMAT.fullmatch(completion_text(c).strip()) is not None) for c in completions]
 
 
-REWARDS = {"exact_hit": exact_hit, "prefix_match": prefix_match, "rank": rank_reward, "coverage": coverage_reward,
+REWARDS = {"exact_hit": exact_hit, "prefix_match": prefix_match, "rank": rank_reward, "slate_rank": slate_rank_penalty, "coverage": coverage_reward,
            "diversity": diversity_reward, "format": format_reward}
