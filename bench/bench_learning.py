@@ -5,8 +5,11 @@ catalog titles, the SID vocabulary) is trained with recot's SFT (TRL SFTTrainer)
 split's non-CoT next-SID samples, then ranks SIDs for every test row by beam search constrained to the
 catalog trie (``recot.trainer.evaluate``). Baselines on the same rows, learnt from the same training samples:
 most popular, item-to-item transitions and SASRec. Prints Recall@10 with its bootstrap 95% interval and
-NDCG@10 of each, and the SFT / SASRec ratio; then runs a few GRPO steps from the checkpoint and prints the
-rewards of its first and second half."""
+NDCG@10 of each, and the SFT / SASRec ratio.
+
+Then GRPO from the SFT checkpoint over all training prompts (``--grpo-steps``; each group the prompt's best
+distinct SIDs by constrained beam search, rewarded by exact hit by default) and both models
+on every valid and test row: the GRPO - SFT difference of each metric with its paired bootstrap 95% interval."""
 
 from __future__ import annotations
 
@@ -23,10 +26,9 @@ INDUSTRIAL = ROOT.parent / "shared" / "data" / "amazon18-industrial"
 WORK = ROOT / "bench" / ".data" / "learning"  # the SFT checkpoint is kept: a rerun evaluates it (--retrain trains again)
 
 
-def main(epochs: float = 2.0, test_rows: int | None = None, grpo_steps: int = 30, retrain: bool = False) -> None:
+def main(epochs: float, retrain: bool, grpo: dict) -> None:
     import datasets
     import torch
-    from transformers import AutoModelForCausalLM, AutoTokenizer
 
     from recot.synth.loaders import load_dataset
     from recot.synth.splits import SplitSpec
@@ -35,7 +37,6 @@ def main(epochs: float = 2.0, test_rows: int | None = None, grpo_steps: int = 30
     from recot.trainer.evaluate import EvalConfig, evaluate
     from recot.trainer.sft import RecSFTConfig, train_sft
     from recot.trainer.sid_vocab import sid_vocabulary
-    from recot.trainer.trie import SidTrie
 
     torch.manual_seed(0)
     dataset = load_dataset(INDUSTRIAL)
@@ -53,55 +54,69 @@ def main(epochs: float = 2.0, test_rows: int | None = None, grpo_steps: int = 30
         started = time.perf_counter()
         trainer = train_sft(config, datasets.Dataset.from_polars(train.select("prompt", "completion")))
         train_s, final_loss = time.perf_counter() - started, trainer.state.log_history[-1].get("train_loss")
+
+    def scored(model: Path, part: str, **settings) -> dict:
+        """Every row of ``part``, ranked by ``model`` (bootstrap 95% intervals)."""
+        return evaluate(EvalConfig(model=model, dataset=INDUSTRIAL, split=split_file, part=part, think=False, batch_size=32,
+                                   engine="transformers", out=WORK / "eval" / f"{model.name}-{part}", **settings))
+
     started = time.perf_counter()
-    # every test row, the sequential baselines learnt from the same training samples, bootstrap 95% intervals
-    report = evaluate(EvalConfig(model=Path(config.output_dir), dataset=INDUSTRIAL, split=split_file, part="test", think=False,
-                                 limit=test_rows, batch_size=32, engine="transformers", out=WORK / "eval"))
-    eval_s = time.perf_counter() - started
+    report = scored(WORK / "sft", "test")  # with the sequential baselines learnt from the same training samples
     methods = {"sft": report["direct"], **{name: report[name] for name in ("most_popular", "transition", "sasrec")}}
     print(json.dumps({"train_rows": train.height, "test_rows": report["rows"], "epochs": epochs, "train_s": train_s,
-                      "eval_s": round(eval_s, 1), "final_loss": final_loss, **methods}, indent=1), flush=True)
+                      "eval_s": round(time.perf_counter() - started, 1), "final_loss": final_loss, **methods}, indent=1), flush=True)
     for name, metrics in methods.items():
         low, high = metrics["ci95"]["recall@10"]
         print(f"{name:>12}: Recall@10 {metrics['recall@10']:.4f} ({low:.4f}-{high:.4f}), NDCG@10 {metrics['ndcg@10']:.4f}", flush=True)
     print(f"Recall@10 ratio SFT / SASRec {methods['sft']['recall@10'] / max(methods['sasrec']['recall@10'], 1e-9):.2f}", flush=True)
-    tokenizer = AutoTokenizer.from_pretrained(config.output_dir)
-    model = AutoModelForCausalLM.from_pretrained(config.output_dir)
-    trie = SidTrie.from_sids(tokenizer, catalog.sid_text().to_list())
-    grpo_check(model, tokenizer, trie, train, grpo_steps)
+    if grpo["steps"]:
+        grpo_check(train, grpo)
+        for part in ("valid", "test"):
+            if part == "valid":
+                scored(WORK / "sft", part, baselines=[])
+            after = scored(WORK / "grpo", part, baselines=[], against=WORK / "eval" / f"sft-{part}")
+            for metric in ("recall@1", "recall@10", "ndcg@10"):
+                change = after["against"]["direct"][metric]
+                low, high = change["ci95"]
+                print(f"{part:>5} {metric:>9}: GRPO {after['direct'][metric]:.4f}, SFT {after['direct'][metric] - change['difference']:.4f}, "
+                      f"difference {change['difference']:+.4f} (paired 95% {low:+.4f} to {high:+.4f})", flush=True)
 
 
-def grpo_check(model, tokenizer, trie, train, steps: int) -> None:
-    """GRPO from the SFT checkpoint on 8 training prompts (SID only, no reasoning): do the rewards move?"""
+def grpo_check(train, grpo: dict) -> None:
+    """GRPO from the SFT checkpoint over all training prompts, SID only, each group the prompt's best distinct SIDs."""
     import datasets
 
-    from recot.trainer.grpo import RecGRPOConfig, RecGRPOTrainer
-    from recot.trainer.rewards import exact_hit, prefix_match, rank_reward
+    from recot.trainer.grpo import RecGRPOConfig, train_grpo
 
-    config = RecGRPOConfig(output_dir=str(WORK / "grpo"), max_steps=steps, per_device_train_batch_size=16, num_generations=8,
-                           num_candidates=4, reasoning=False, max_completion_length=8, learning_rate=1e-3, beta=0.0,
-                           temperature=1.0, report_to="none", use_cpu=True, bf16=False, save_strategy="no", logging_steps=1,
-                           disable_tqdm=True, seed=0)
-    # 8 fixed training prompts, each seen about 7 times: the mean reward should rise as the policy fits them
-    rows = datasets.Dataset.from_polars(train.sample(8, seed=0).select("prompt", "target_sid"))
-    trainer = RecGRPOTrainer(model=model, args=config, trie=trie, processing_class=tokenizer, train_dataset=rows,
-                             reward_funcs=[exact_hit, prefix_match, rank_reward])
+    generations = grpo["generations"]
+    config = RecGRPOConfig(output_dir=str(WORK / "grpo"), model_path=str(WORK / "sft"), sid_dataset=str(INDUSTRIAL),
+                           max_steps=grpo["steps"], per_device_train_batch_size=64, gradient_accumulation_steps=grpo["prompts"] * generations // 64,
+                           num_generations=generations, rollout="beam", reasoning=False, max_completion_length=8,
+                           rewards=grpo["rewards"], no_hit_weight=grpo["no_hit_weight"], learning_rate=grpo["lr"], beta=grpo["beta"],
+                           lr_scheduler_type="cosine", warmup_steps=max(grpo["steps"] // 10, 1), report_to="none", use_cpu=True,
+                           bf16=False, save_strategy="no", logging_steps=max(grpo["steps"] // 10, 1), disable_tqdm=True, seed=0)
     started = time.perf_counter()
-    trainer.train()
+    trainer = train_grpo(config, datasets.Dataset.from_polars(train.select("prompt", "target_sid")))
     logged = [h for h in trainer.state.log_history if "reward" in h]
-    half = max(len(logged) // 2, 1)
-    first, last = (sum(h["reward"] for h in part) / len(part) for part in (logged[:half], logged[half:]))
-    print(json.dumps({"grpo_steps": len(logged), "seconds": round(time.perf_counter() - started, 1),
-                      "reward_first_half": round(first, 4), "reward_second_half": round(last, 4),
-                      "rewards": [round(h["reward"], 3) for h in logged],
-                      "hit_rate": [round(h.get("rollout_hit_rate", 0), 3) for h in logged]}, indent=1), flush=True)
+    print(json.dumps({"grpo_steps": trainer.state.global_step, "prompts": trainer.state.global_step * grpo["prompts"],
+                      "seconds": round(time.perf_counter() - started, 1), "reward": [round(h["reward"], 3) for h in logged],
+                      "hit_rate": [round(h["rollout_hit_rate"], 4) for h in logged]}), flush=True)
 
 
 if __name__ == "__main__":
     import argparse
 
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--epochs", type=float, default=2.0, help="SFT epochs")
-    parser.add_argument("--retrain", action="store_true", help="train again even when a checkpoint is kept")
+    parser.add_argument("--epochs", type=float, default=6.0, help="SFT epochs")
+    parser.add_argument("--retrain", action="store_true", help="train SFT again even when a checkpoint is kept")
+    parser.add_argument("--grpo-steps", type=int, default=0, help="GRPO optimiser steps after SFT (0: none)")
+    parser.add_argument("--grpo-prompts", type=int, default=16, help="prompts per optimiser step (a multiple of 64 / generations)")
+    parser.add_argument("--grpo-generations", type=int, default=16, help="SIDs per prompt's group")
+    parser.add_argument("--grpo-lr", type=float, default=3e-5, help="GRPO peak learning rate (cosine, a tenth warm-up)")
+    parser.add_argument("--grpo-beta", type=float, default=0.0, help="KL coefficient to the SFT start")
+    parser.add_argument("--grpo-rewards", default="exact_hit", help="comma-separated names from recot.trainer.rewards.REWARDS")
+    parser.add_argument("--no-hit-weight", type=float, default=0.0, help="advantage scale of groups without the target")
     args = parser.parse_args()
-    main(epochs=args.epochs, retrain=args.retrain)
+    main(args.epochs, args.retrain, {"steps": args.grpo_steps, "prompts": args.grpo_prompts, "generations": args.grpo_generations,
+                                     "lr": args.grpo_lr, "beta": args.grpo_beta, "rewards": args.grpo_rewards.split(","),
+                                     "no_hit_weight": args.no_hit_weight})
