@@ -71,9 +71,8 @@ def main(epochs: float, retrain: bool, grpo: dict) -> None:
     print(f"Recall@10 ratio SFT / SASRec {methods['sft']['recall@10'] / max(methods['sasrec']['recall@10'], 1e-9):.2f}", flush=True)
     if grpo["steps"]:
         grpo_check(train, grpo)
+        scored(WORK / "sft", "valid", baselines=[])  # its test ranks are the report above
         for part in ("valid", "test"):
-            if part == "valid":
-                scored(WORK / "sft", part, baselines=[])
             after = scored(WORK / "grpo", part, baselines=[], against=WORK / "eval" / f"sft-{part}")
             for metric in ("recall@1", "recall@10", "ndcg@10"):
                 change = after["against"]["direct"][metric]
