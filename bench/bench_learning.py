@@ -116,6 +116,9 @@ if __name__ == "__main__":
     parser.add_argument("--grpo-rewards", default="exact_hit", help="comma-separated names from recot.trainer.rewards.REWARDS")
     parser.add_argument("--no-hit-weight", type=float, default=0.0, help="advantage scale of groups without the target")
     args = parser.parse_args()
+    if args.grpo_prompts * args.grpo_generations % 64:
+        parser.error(f"--grpo-prompts x --grpo-generations is {args.grpo_prompts * args.grpo_generations}: make it a multiple of "
+                     "64, the completions of one micro-batch")
     main(args.epochs, args.retrain, {"steps": args.grpo_steps, "prompts": args.grpo_prompts, "generations": args.grpo_generations,
                                      "lr": args.grpo_lr, "beta": args.grpo_beta, "rewards": args.grpo_rewards.split(","),
                                      "no_hit_weight": args.no_hit_weight})
