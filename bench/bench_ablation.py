@@ -33,10 +33,10 @@ def main() -> None:
         sys.exit(f"needs the full Industrial set at {INDUSTRIAL}")
     from recot.curation.rules import run_rules
     from recot.curation.store import Store
+    from recot.data.loaders import load_dataset
+    from recot.runs.ablation import AblationConfig, run_ablation
     from recot.synth.job import SynthConfig, run_synth
-    from recot.synth.loaders import load_dataset
-    from recot.testing.tiny_model import build_tiny_model
-    from recot.trainer.ablation import AblationConfig, run_ablation
+    from recot.trainer.tiny_model import build_tiny_model
 
     started = time.perf_counter()
     args.out.mkdir(parents=True, exist_ok=True)

@@ -33,7 +33,7 @@ from recot.curation.dedup import run_dedup
 from recot.curation.export import ExportConfig, export
 from recot.curation.rules import run_rules
 from recot.curation.store import Store
-from recot.synth.loaders import load_dataset
+from recot.data.loaders import load_dataset
 store_path, work = Path(sys.argv[2]), Path(sys.argv[3])
 times = {}
 start = time.perf_counter()
@@ -58,8 +58,8 @@ def _million(catalog, part: int):
     import numpy as np
     import polars as pl
 
+    from recot.formats.schemas import ECOMMERCE_PERSONAS
     from recot.synth.journal import OUTPUT_SCHEMA
-    from recot.synth.schemas import ECOMMERCE_PERSONAS
 
     per_user = 10
     items = catalog.items.select("item_id", "title").with_columns(sid=catalog.sid_text()).with_row_index("i")
@@ -109,8 +109,8 @@ def generate(millions: int) -> Path:
     """bench/.data/traces{millions}m.parquet, written one million traces at a time (memory stays flat)."""
     import pyarrow.parquet as pq
 
+    from recot.data.loaders import load_dataset
     from recot.synth.journal import OUTPUT_SCHEMA
-    from recot.synth.loaders import load_dataset
 
     path = DATA / f"traces{millions}m.parquet"
     if path.exists():

@@ -27,11 +27,11 @@ ATTENTION = os.environ.get("RECOT_GPU_ATTENTION", "eager")
 
 
 def prepare() -> None:
+    from recot.data.loaders import load_dataset
     from recot.synth.job import choose_split
-    from recot.synth.loaders import load_dataset
-    from recot.testing.tiny_model import build_tiny_model
-    from recot.trainer.data import next_item_rows
+    from recot.curation.next_item import next_item_rows
     from recot.trainer.sid_vocab import sid_vocabulary
+    from recot.trainer.tiny_model import build_tiny_model
 
     sample = load_dataset(ROOT / "examples" / "amazon18-industrial-sample")
     split = choose_split(sample, "auto", 10)

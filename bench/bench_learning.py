@@ -30,13 +30,13 @@ def main(epochs: float, retrain: bool, grpo: dict) -> None:
     import datasets
     import torch
 
-    from recot.synth.loaders import load_dataset
-    from recot.synth.splits import SplitSpec
-    from recot.testing.tiny_model import build_tiny_model
-    from recot.trainer.data import next_item_rows
+    from recot.data.loaders import load_dataset
+    from recot.formats.splits import SplitSpec
+    from recot.curation.next_item import next_item_rows
     from recot.trainer.evaluate import EvalConfig, evaluate
     from recot.trainer.sft import RecSFTConfig, train_sft
     from recot.trainer.sid_vocab import sid_vocabulary
+    from recot.trainer.tiny_model import build_tiny_model
 
     torch.manual_seed(0)
     dataset = load_dataset(INDUSTRIAL)

@@ -42,7 +42,7 @@ def make_events(n_events: int = 10_000_000, n_users: int = 500_000, n_items: int
 
 
 def run_recot(case: str, path: Path) -> int:
-    from recot.synth.loaders import load_dataset
+    from recot.data.loaders import load_dataset
 
     return load_dataset(path).sequences().collect().height
 

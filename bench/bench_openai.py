@@ -22,10 +22,10 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from recot.formats.schemas import ItemRelation  # noqa: E402
 from recot.synth.parse import parse_response  # noqa: E402
-from recot.synth.schemas import ItemRelation  # noqa: E402
-from recot.synth.teachers.base import Request  # noqa: E402
-from recot.synth.teachers.openai_http import OpenAITeacher  # noqa: E402
+from recot.teachers.base import Request  # noqa: E402
+from recot.teachers.openai_http import OpenAITeacher  # noqa: E402
 from recot.testing.servers import instant_server, vllm_server  # noqa: E402
 
 SCHEMA = ItemRelation.model_json_schema()
@@ -116,7 +116,7 @@ def main() -> None:
             server.stop()
     if args.skip_vllm:
         return
-    from recot.testing.tiny_model import build_tiny_model
+    from recot.trainer.tiny_model import build_tiny_model
 
     model = build_tiny_model(logs / "tiny", [f"drill bits item {i}" for i in range(500)])
     server = vllm_server(model, logs / "vllm.log")

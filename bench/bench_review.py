@@ -31,8 +31,8 @@ def main() -> None:
     from recot.curation.argilla_api import Argilla
     from recot.curation.review import ReviewConfig, push
     from recot.curation.store import Store
+    from recot.data.loaders import load_dataset
     from recot.synth.job import SynthConfig, run_synth
-    from recot.synth.loaders import load_dataset
 
     dataset = INDUSTRIAL if (INDUSTRIAL / "items.json").exists() else ROOT / "examples" / "amazon18-industrial-sample"
     work = Path(tempfile.mkdtemp(prefix="bench-review-"))

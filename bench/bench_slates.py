@@ -26,14 +26,14 @@ EMBEDDINGS = ROOT / "bench" / ".data" / "industrial-minilm.npy"
 CHILD = """
 import json, sys, time, tempfile
 from pathlib import Path
-from recot.synth.loaders import load_dataset
+from recot.data.loaders import load_dataset
 from recot.synth.prompts import PromptLibrary
 from recot.synth.requests import ItemView, iter_requests, plan_subjects
-from recot.synth.profiles import PROFILES, ProfileBook
+from recot.formats.profiles import PROFILES, ProfileBook
 from recot.synth.slates import SlateConfig, SlateSampler
-from recot.synth.splits import SplitSpec
-from recot.synth.tasks import get_task
-from recot.synth.teachers import Sampling
+from recot.formats.splits import SplitSpec
+from recot.formats.tasks import get_task
+from recot.teachers import Sampling
 
 task, limit, embeddings = get_task(sys.argv[2]), int(sys.argv[3]) or None, Path(sys.argv[4])
 dataset = load_dataset(Path(sys.argv[1]))
@@ -66,8 +66,8 @@ def embeddings() -> None:
         return
     import numpy as np
 
-    from recot.synth.embeddings import embed_texts
-    from recot.synth.loaders import load_dataset
+    from recot.data.embeddings import embed_texts
+    from recot.data.loaders import load_dataset
 
     EMBEDDINGS.parent.mkdir(parents=True, exist_ok=True)
     np.save(EMBEDDINGS, embed_texts(load_dataset(INDUSTRIAL).catalog.text().to_list()))

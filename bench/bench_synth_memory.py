@@ -20,7 +20,7 @@ CHILD = """
 import json, sys
 from pathlib import Path
 from recot.synth.job import SynthConfig, run_synth
-from recot.synth.teachers import Sampling
+from recot.teachers import Sampling
 cfg = SynthConfig(dataset=Path(sys.argv[1]), out=Path(sys.argv[2]), tasks=["r3_cot_hindsight"], limit=int(sys.argv[3]),
                   sampling=Sampling(n=10))
 report = run_synth(cfg, progress=False)

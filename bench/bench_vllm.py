@@ -17,10 +17,10 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from recot.formats.schemas import ItemRelation  # noqa: E402
 from recot.synth.parse import parse_response  # noqa: E402
-from recot.synth.schemas import ItemRelation  # noqa: E402
-from recot.synth.teachers.base import Request  # noqa: E402
-from recot.synth.teachers.vllm_engine import VLLMTeacher  # noqa: E402
+from recot.teachers.base import Request  # noqa: E402
+from recot.teachers.vllm_engine import VLLMTeacher  # noqa: E402
 
 SCHEMA = ItemRelation.model_json_schema()
 
@@ -32,7 +32,7 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=3)
     args = parser.parse_args()
     os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "2")
-    from recot.testing.tiny_model import build_tiny_model
+    from recot.trainer.tiny_model import build_tiny_model
 
     model = build_tiny_model(Path(tempfile.mkdtemp(prefix="bench-vllm-")) / "tiny", [f"drill bits item {i}" for i in range(500)])
     teacher = VLLMTeacher(str(model), {"dtype": "float32", "max_model_len": 1024, "enforce_eager": True}, batch_size=1024)

@@ -3,7 +3,7 @@
 One import namespace over the design card's folders: ``recot.synth`` (data model, teachers,
 synthesis jobs), ``recot.prompts`` (Jinja templates), ``recot.curation`` (DuckDB store, rules,
 dedup, judges, review, export), ``recot.trainer`` (SID vocabulary, SFT, GRPO, evaluation),
-``recot.data_cards``, ``recot.pipeline`` (``recot run``) and ``recot.testing`` (tiny models and
+``recot.data_cards``, ``recot.runs.pipeline`` (``recot run``) and ``recot.testing`` (tiny models and
 local servers for your own tests). Heavy parts (torch, vLLM) load only where they are used.
 """
 

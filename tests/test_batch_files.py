@@ -13,11 +13,11 @@ import sys
 import polars as pl
 import pytest
 
-from recot.synth.errors import DataError
+from recot.errors import DataError
 from recot.synth.job import SynthConfig, read_batch, write_batch
-from recot.synth.teachers import OpenAITeacherConfig, Sampling
-from recot.synth.teachers.batch_files import NOT_IN_OUTPUT, WRITTEN
-from recot.synth.teachers.openai_http import chat_kwargs
+from recot.teachers import OpenAITeacherConfig, Sampling
+from recot.teachers.batch_files import NOT_IN_OUTPUT, WRITTEN
+from recot.teachers.openai_http import chat_kwargs
 from recot.testing import RECOT
 
 RELATION = {"relation": "complement", "rationale": "used together"}
@@ -58,7 +58,7 @@ def test_requests_are_written_within_the_limits_with_the_live_clients_body(sampl
 
 
 def _request():
-    from recot.synth.teachers.base import Request
+    from recot.teachers.base import Request
 
     return Request("k", "r1_relation", [{"role": "user", "content": "x"}], {"type": "object"}, 0, 0, 0.7, 1.0, 10)
 

@@ -15,7 +15,7 @@ import pytest
 from recot.curation.report import funnel
 from recot.curation.rules import WORD_RE, RulesConfig, run_rules
 from recot.curation.store import SCHEMA_VERSION, Store
-from recot.synth.errors import DataError
+from recot.errors import DataError
 from recot.synth.job import SynthConfig, run_synth
 
 TASKS = ["r0_caption", "r1_relation", "r3_cot_blind", "r3_cot_hindsight"]
@@ -236,7 +236,7 @@ def test_store_of_version_3_keeps_review_decisions_under_their_dataset(tmp_path)
 
 def test_judge_scores_through_a_teacher_and_a_rerun_sends_nothing(store, traces, tmp_path, sample, instant_server):
     from recot.curation.judge import JudgeConfig, run_judge
-    from recot.synth.teachers import OpenAITeacherConfig
+    from recot.teachers import OpenAITeacherConfig
 
     store.ingest(traces)
     first = run_judge(store)

@@ -12,7 +12,7 @@ from recot.curation.dedup import run_dedup
 from recot.curation.export import ExportConfig, export
 from recot.curation.rules import run_rules
 from recot.curation.store import Store
-from recot.synth.errors import DataError
+from recot.errors import DataError
 from recot.synth.job import SynthConfig, run_synth
 
 datasets = pytest.importorskip("datasets")
@@ -138,8 +138,8 @@ def test_cot_share_per_domain(sample_path, sample, tmp_path):
 
 def test_rows_that_would_leak_an_evaluation_target_are_dropped(exported, sample_path, sample, tmp_path):
     """Copies of training traces re-aimed at their user's validation or test target must not be exported."""
+    from recot.data.loaders import load_dataset
     from recot.synth.job import choose_split
-    from recot.synth.loaders import load_dataset
 
     split = choose_split(load_dataset(sample_path), "auto", 10)
     evaluation = split.samples.filter(pl.col("part") != "train").select("user_id", "target").collect()

@@ -11,9 +11,9 @@ from pathlib import Path
 import polars as pl
 import pytest
 
-from recot.synth.errors import DataError
-from recot.synth.loaders import TableSource, load_dataset, load_items, scan_interactions
-from recot.synth.splits import temporal
+from recot.data.loaders import TableSource, load_dataset, load_items, scan_interactions
+from recot.errors import DataError
+from recot.formats.splits import temporal
 
 
 def _csv_windows(path: Path) -> list[tuple[str, tuple[str, ...], str]]:
@@ -121,7 +121,7 @@ def test_generic_tables_with_column_mapping(tmp_path):
 
 
 def test_catalog_without_sids_inspects(tmp_path):
-    from recot.synth.summary import summarize
+    from recot.data.summary import summarize
 
     (tmp_path / "items.csv").write_text("item_id,title\n1,a\n2,b\n")
     (tmp_path / "events.csv").write_text("user_id,item_id,ts\nu,1,1\nu,2,2\n")

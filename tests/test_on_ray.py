@@ -13,7 +13,7 @@ import polars as pl
 import pytest
 
 from recot.synth.job import SynthConfig, run_synth
-from recot.synth.teachers import OpenAITeacherConfig, Sampling
+from recot.teachers import OpenAITeacherConfig, Sampling
 from recot.testing import journal_rows
 
 ray = pytest.importorskip("ray")

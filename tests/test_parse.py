@@ -4,9 +4,9 @@ import json
 
 import pytest
 
+from recot.formats.schemas import ItemRelation, cot_trace_model
 from recot.synth.parse import parse_response
-from recot.synth.schemas import ItemRelation, cot_trace_model
-from recot.synth.teachers.base import Response
+from recot.teachers.base import Response
 
 GOOD = json.dumps({"relation": "substitute", "rationale": "both are drill bits"})
 

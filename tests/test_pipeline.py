@@ -12,16 +12,16 @@ from pathlib import Path
 import polars as pl
 import pytest
 
+from recot.config import load_config
 from recot.curation.export import ExportConfig, export
 from recot.curation.rules import run_rules
 from recot.curation.store import Store
-from recot.pipeline import load_pipeline, run_pipeline
-from recot.synth.config import load_config
-from recot.synth.errors import DataError
+from recot.data.sid_files import convert_sid_file
+from recot.errors import DataError
+from recot.formats.sid import SidDialect, parse_sid
+from recot.formats.splits import SplitSpec
+from recot.runs.pipeline import load_pipeline, run_pipeline
 from recot.synth.job import SynthConfig, run_synth
-from recot.synth.sid import SidDialect, parse_sid
-from recot.synth.sid_files import convert_sid_file
-from recot.synth.splits import SplitSpec
 from recot.testing import RECOT
 
 datasets = pytest.importorskip("datasets")
@@ -52,12 +52,12 @@ def test_a_typo_gets_the_closest_key(tmp_path, sample_path):
 
     with pytest.raises(DataError, match="did you mean 'learning_rate'"):
         load_config(RecSFTConfig, _write(tmp_path / "sft.toml", "learning_rat = 0.1\n"))
-    from recot.trainer.recipe import RecipeConfig
+    from recot.runs.recipe import RecipeConfig
 
-    recipe = _write(tmp_path / "recipe.yaml", "base_model: m\nexport: e\nsids: s\nout: o\ngrpo:\n  num_candidate: 4\n")
+    recipe = _write(tmp_path / "recipe.yaml", "base_model: m\nexport: e\nout: o\ngrpo:\n  num_candidate: 4\n")
     with pytest.raises(DataError, match="grpo.num_candidate.*did you mean 'grpo.num_candidates'"):
         load_config(RecipeConfig, recipe)
-    recipe.write_text("base_model: m\nexport: e\nsids: s\nout: o\ngrpo:\n  per_device_train_batch_size: 3\n  num_generations: 2\n")
+    recipe.write_text("base_model: m\nexport: e\nout: o\ngrpo:\n  per_device_train_batch_size: 3\n  num_generations: 2\n")
     with pytest.raises(DataError, match=r"\[grpo\].*divisible by num_generations"):
         load_config(RecipeConfig, recipe)  # a bad value too, before any expert trains
 
@@ -234,11 +234,11 @@ def test_every_example_config_loads(tmp_path):
     """The README's example configs validate as written (keys, types, sub-configs, paths from the file)."""
     from recot.curation.judge import JudgeConfig
     from recot.curation.rules import RulesConfig
-    from recot.pipeline import PipelineConfig
-    from recot.trainer.ablation import AblationConfig
+    from recot.runs.ablation import AblationConfig
+    from recot.runs.pipeline import PipelineConfig
+    from recot.runs.recipe import RecipeConfig
     from recot.trainer.evaluate import EvalConfig
     from recot.trainer.grpo import RecGRPOConfig
-    from recot.trainer.recipe import RecipeConfig
     from recot.trainer.sft import RecSFTConfig
 
     examples = Path(__file__).resolve().parent.parent / "examples"
@@ -262,7 +262,7 @@ def test_every_example_config_loads(tmp_path):
 def test_recot_config_lists_every_config():
     from click.testing import CliRunner
 
-    from recot.cli import CONFIGS, config_cmd
+    from recot.cli.common import CONFIGS, config_cmd
 
     for name in CONFIGS:
         done = CliRunner().invoke(config_cmd, [name, "--json"])
@@ -277,7 +277,7 @@ def test_every_setting_of_recots_own_configs_says_what_it_does():
 
     from pydantic import BaseModel
 
-    from recot.cli import CONFIGS
+    from recot.cli.common import CONFIGS
 
     undocumented, seen = [], set()
 

@@ -9,8 +9,8 @@ import polars as pl
 import pytest
 from pydantic import ValidationError
 
+from recot.formats.profiles import PROFILES, DomainProfile
 from recot.synth.job import SynthConfig, run_synth
-from recot.synth.profiles import PROFILES, DomainProfile
 from recot.synth.prompts import PromptLibrary
 
 
@@ -65,7 +65,7 @@ def test_one_job_over_two_domains_uses_each_domains_profile(sample, tmp_path):
     from recot.curation.export import ExportConfig, export
     from recot.curation.rules import run_rules
     from recot.curation.store import Store
-    from recot.synth.loaders import load_dataset
+    from recot.data.loaders import load_dataset
 
     dataset = load_dataset(tmp_path / "ds.toml")
     with Store(tmp_path / "c.duckdb") as store:

@@ -7,10 +7,10 @@ import json
 import pytest
 from pydantic import ValidationError
 
-from recot.synth.cot import render_cot
-from recot.synth.errors import DataError
+from recot.errors import DataError
+from recot.formats.cot import render_cot
+from recot.formats.schemas import ECOMMERCE_PERSONAS, InterestExpansion, cot_trace_model
 from recot.synth.prompts import PromptLibrary
-from recot.synth.schemas import ECOMMERCE_PERSONAS, InterestExpansion, cot_trace_model
 
 TASKS = {"r0_caption", "r1_relation", "r2_interests", "r3_cot_blind", "r3_cot_slate", "r3_cot_hindsight", "judge"}
 

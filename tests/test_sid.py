@@ -6,7 +6,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from recot.synth.sid import SidDialect, SidError, parse_sid
+from recot.formats.sid import SidDialect, SidError, parse_sid
 
 DIALECTS = [
     SidDialect(),
@@ -64,7 +64,7 @@ def test_catalog_lookup_and_collisions(sample):
 
 
 def test_full_set_collision_report_matches_card(full_path):
-    from recot.synth.loaders import load_dataset
+    from recot.data.loaders import load_dataset
 
     cat = load_dataset(full_path).catalog
     summary = cat.collision_summary()
@@ -78,8 +78,8 @@ def test_a_wrapped_dialect_survives_the_minionerec_token_lists(tmp_path):
     """sids.json holds token lists: the begin/end markers must be written as tokens, not dropped."""
     import json
 
-    from recot.synth.sid import SidDialect, parse_sid_values
-    from recot.synth.sid_files import convert_sid_file
+    from recot.data.sid_files import convert_sid_file
+    from recot.formats.sid import SidDialect, parse_sid_values
 
     (tmp_path / "sids.json").write_text(json.dumps({"1": ["<a_1>", "<b_2>"], "2": ["<a_3>", "<b_4>"]}))
     wrapped = SidDialect.detect("<|sid_begin|><s_a_0><|sid_end|>")

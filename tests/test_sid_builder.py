@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from recot.synth.sid_builder import RQKMeansConfig, build_sids
+from recot.data.sid_builder import RQKMeansConfig, build_sids
 
 
 def test_balanced_rq_kmeans_on_real_title_embeddings(sample, sample_title_embeddings):

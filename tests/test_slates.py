@@ -15,12 +15,12 @@ from recot.curation.export import ExportConfig, export
 from recot.curation.report import funnel
 from recot.curation.rules import run_rules
 from recot.curation.store import Store
-from recot.synth.catalog import ITEM_SCHEMA, Catalog
+from recot.data.catalog import ITEM_SCHEMA, Catalog
+from recot.formats.schemas import constrain_to_slate, slate_trace_model
+from recot.formats.student import ASK_PICK_THINK, SLATE_HEAD
 from recot.synth.job import SynthConfig, run_synth
 from recot.synth.parse import Parsed, off_slate
-from recot.synth.schemas import constrain_to_slate, slate_trace_model
 from recot.synth.slates import SlateConfig, SlateSampler
-from recot.synth.student import ASK_PICK_THINK, SLATE_HEAD
 
 
 def hand_catalog(n: int = 40) -> Catalog:

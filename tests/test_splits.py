@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import polars as pl
 
-from recot.synth.splits import leave_last_out, temporal
+from recot.formats.splits import leave_last_out, temporal
 
 
 def _seqs() -> pl.LazyFrame:

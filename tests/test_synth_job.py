@@ -8,12 +8,12 @@ import json
 import polars as pl
 import pytest
 
-from recot.synth.errors import DataError
+from recot.errors import DataError
+from recot.formats.splits import Split
 from recot.synth.job import SynthConfig, run_synth
 from recot.synth.requests import Shard, checked_samples
-from recot.synth.splits import Split
-from recot.synth.teachers import OpenAITeacherConfig
-from recot.synth.teachers.openai_http import AdaptiveLimit, TeacherError
+from recot.teachers import OpenAITeacherConfig
+from recot.teachers.openai_http import AdaptiveLimit, TeacherError
 
 ALL_TASKS = ["r0_caption", "r1_relation", "r2_interests", "r3_cot_blind", "r3_cot_hindsight"]
 
@@ -200,7 +200,7 @@ def test_incomplete_teacher_config_is_named(sample_path, tmp_path):
 
 
 def test_dry_run_sends_nothing_and_counts_what_a_run_would_send(sample_path, tmp_path, instant_server):
-    from recot.synth.cost import Price
+    from recot.cost import Price
     from recot.synth.job import dry_run
 
     price = Price(input_per_million=2.0, output_per_million=8.0)

@@ -15,9 +15,9 @@ import time
 import polars as pl
 import pytest
 
+from recot.formats.schemas import ItemRelation
 from recot.synth.job import SynthConfig, run_synth
-from recot.synth.schemas import ItemRelation
-from recot.synth.teachers import OpenAITeacherConfig, Sampling
+from recot.teachers import OpenAITeacherConfig, Sampling
 from recot.testing import RECOT, journal_rows
 
 pytest.importorskip("vllm")
@@ -116,10 +116,10 @@ def test_server_restarted_mid_job(sample_path, tmp_path, vllm_server):
 
 def test_a_prompt_longer_than_the_context_is_rejected_and_the_rest_answered(tiny_model):
     """The in-process engine with max_model_len = 256: one long history must not abort the batch."""
+    from recot.formats.schemas import ItemRelation
     from recot.synth.parse import parse_response
-    from recot.synth.schemas import ItemRelation
-    from recot.synth.teachers.base import Request
-    from recot.synth.teachers.vllm_engine import VLLMTeacher
+    from recot.teachers.base import Request
+    from recot.teachers.vllm_engine import VLLMTeacher
 
     schema = ItemRelation.model_json_schema()
 

@@ -4,6 +4,7 @@ real TRL SFT and GRPO steps (constrained two-stage rollouts, per-token clipping)
 from __future__ import annotations
 
 import math
+from pathlib import Path
 
 import polars as pl
 import pytest
@@ -53,6 +54,22 @@ def test_ranking_metrics_against_hand_computed_values():
 
 
 @pytest.fixture(scope="module")
+def sample_export(sample_path, sample, tmp_path_factory) -> Path:
+    """An export of 20 hindsight traces written with the dataset set: its next-item rows of every part, catalog and split."""
+    from recot.curation.export import ExportConfig, export
+    from recot.curation.store import Store
+    from recot.synth.job import SynthConfig, run_synth
+
+    work = tmp_path_factory.mktemp("export")
+    run_synth(SynthConfig(dataset=sample_path, out=work / "s", tasks=["r3_cot_hindsight"], limit=20), progress=False)
+    with Store(work / "c.duckdb") as store:
+        store.load_catalog(sample.catalog)
+        store.ingest(work / "s" / "traces.parquet")
+        export(store, ExportConfig(name="e", out=work / "export", formats=["sft"], dataset=sample_path))
+    return work / "export"
+
+
+@pytest.fixture(scope="module")
 def sid_model(tiny_model, sample, tmp_path_factory):
     """The tiny model with the sample catalog's SID vocabulary added and initialised from titles."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -87,7 +104,7 @@ def test_trie_beam_search_returns_k_distinct_valid_sids(sid_model, sample):
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     from recot.synth.job import choose_split
-    from recot.trainer.data import next_item_rows
+    from recot.curation.next_item import next_item_rows
 
     path, _, _ = sid_model
     tokenizer, model = AutoTokenizer.from_pretrained(path), AutoModelForCausalLM.from_pretrained(path)
@@ -104,7 +121,7 @@ def test_export_and_trainer_build_the_same_prompt(sample_path, sample, tmp_path)
     from recot.curation.export import ExportConfig, export
     from recot.curation.store import Store
     from recot.synth.job import SynthConfig, choose_split, run_synth
-    from recot.trainer.data import next_item_rows
+    from recot.curation.next_item import next_item_rows
 
     run_synth(SynthConfig(dataset=sample_path, out=tmp_path / "s", tasks=["r3_cot_blind"], limit=40), progress=False)
     with Store(tmp_path / "c.duckdb") as store:
@@ -141,13 +158,15 @@ def test_warmup_trains_only_the_sid_rows(sid_model):
 
 def test_sft_steps_with_embedding_warmup(sid_model, sample, sample_path, tmp_path):
     from recot.synth.job import choose_split
-    from recot.trainer.data import next_item_rows
+    from recot.curation.next_item import next_item_rows
     from recot.trainer.sft import RecSFTConfig, train_sft
 
     path, _, _ = sid_model
     rows = next_item_rows(choose_split(sample, "auto", 10), sample.catalog, "train").head(16)
+    catalog = tmp_path / "catalog.parquet"  # the slice an export hands the trainer
+    sample.catalog.items.select("item_id", "title", "brand").with_columns(sid_text=sample.catalog.sid_text()).write_parquet(catalog)
     config = RecSFTConfig(output_dir=str(tmp_path / "sft"), model_path=str(path), max_steps=2, embedding_warmup_steps=1,
-                          sid_dataset=str(sample_path),
+                          sid_catalog=str(catalog),
                           per_device_train_batch_size=4, report_to="none", use_cpu=True, bf16=False, save_strategy="no",
                           max_length=256, learning_rate=1e-3)
     trainer = train_sft(config, datasets.Dataset.from_polars(rows.select("prompt", "completion")))
@@ -162,7 +181,7 @@ def _grpo_trainer(sid_model, sample, tmp_path, callbacks=(), extra_rewards=(), *
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     from recot.synth.job import choose_split
-    from recot.trainer.data import next_item_rows
+    from recot.curation.next_item import next_item_rows
     from recot.trainer.grpo import RecGRPOConfig, RecGRPOTrainer
 
     path, _, _ = sid_model
@@ -212,9 +231,9 @@ def test_grpo_beam_groups_rank_distinct_sids(sid_model, sample, tmp_path):
 
 
 def test_rejection_sampling_keeps_only_hits_and_trains_on_them(sid_model, sample, tmp_path):
+    from recot.runs.recipe import rejection_samples
     from recot.synth.job import choose_split
-    from recot.trainer.data import next_item_rows
-    from recot.trainer.recipe import rejection_samples
+    from recot.curation.next_item import next_item_rows
     from recot.trainer.sft import RecSFTConfig, train_sft
 
     path, _, _ = sid_model
@@ -238,8 +257,8 @@ def test_recipe_experts_per_domain_then_distillation(sid_model, sample, sample_p
 
     from recot.curation.export import ExportConfig, export
     from recot.curation.store import Store
+    from recot.runs.recipe import RecipeConfig, run_recipe
     from recot.synth.job import SynthConfig, run_synth
-    from recot.trainer.recipe import RecipeConfig, run_recipe
 
     path, _, _ = sid_model
     run_synth(SynthConfig(dataset=sample_path, out=tmp_path / "s", tasks=["r3_cot_hindsight"], limit=30), progress=False)
@@ -250,7 +269,7 @@ def test_recipe_experts_per_domain_then_distillation(sid_model, sample, sample_p
         store.ingest(tmp_path / "s" / "traces.parquet")
         export(store, ExportConfig(name="r", out=tmp_path / "export", formats=["grpo"], valid_share=0.0))
     tiny = {"max_steps": 1, "per_device_train_batch_size": 2, "use_cpu": True, "bf16": False}
-    config = RecipeConfig(base_model=str(path), export=tmp_path / "export", sids=sample_path, out=tmp_path / "recipe", unify="distill",
+    config = RecipeConfig(base_model=str(path), export=tmp_path / "export", out=tmp_path / "recipe", unify="distill",
                           rewards=["diversity", "format"],  # diversity varies between random rollouts (3 groups): the experts move
                           grpo={**tiny, "max_steps": 3, "per_device_train_batch_size": 4, "num_generations": 4, "num_candidates": 4,
                                 "max_reasoning_tokens": 8,
@@ -277,14 +296,14 @@ def test_train_and_eval_commands(sid_model, sample, sample_path, tmp_path):
     with Store(tmp_path / "c.duckdb") as store:
         store.load_catalog(sample.catalog)
         store.ingest(tmp_path / "s" / "traces.parquet")
-        export(store, ExportConfig(name="e", out=tmp_path / "export", formats=["sft"]))
+        export(store, ExportConfig(name="e", out=tmp_path / "export", formats=["sft"], dataset=sample_path))
     (tmp_path / "sft.toml").write_text(f"""model_path = "{path}"\ndataset_path = "{tmp_path / 'export'}"\n
 output_dir = "{tmp_path / 'model'}"\nmax_steps = 1\nper_device_train_batch_size = 2\nuse_cpu = true\nbf16 = false
 report_to = "none"\nsave_strategy = "no"\nmax_length = 384\n""")
     cli = RECOT
     done = subprocess.run([*cli, "train", "sft", str(tmp_path / "sft.toml"), "--json"], capture_output=True, text=True)
     assert done.returncode == 0, done.stderr[-2000:]
-    done = subprocess.run([*cli, "eval", "--model", str(tmp_path / "model"), "--dataset", str(sample_path), "--limit", "4",
+    done = subprocess.run([*cli, "eval", "--model", str(tmp_path / "model"), "--export", str(tmp_path / "export"), "--limit", "4",
                            "--k", "3", "--out", str(tmp_path / "eval"), "--json"], capture_output=True, text=True)
     assert done.returncode == 0, done.stderr[-2000:]
     report = json.loads((tmp_path / "eval" / "report.json").read_text())
@@ -295,7 +314,7 @@ report_to = "none"\nsave_strategy = "no"\nmax_length = 384\n""")
         assert 0 <= low <= report[method]["recall@3"] <= high <= 1, method
     assert (tmp_path / "eval" / "report.png").stat().st_size > 1000
     # the untrained start on the same rows: the trained model's report carries the paired difference from it
-    common = ["--dataset", str(sample_path), "--k", "3", "--no-think", "--json"]
+    common = ["--export", str(tmp_path / "export"), "--k", "3", "--no-think", "--json"]
     done = subprocess.run([*cli, "eval", "--model", str(path), "--limit", "4", "--out", str(tmp_path / "start"), *common],
                           capture_output=True, text=True)
     assert done.returncode == 0, done.stderr[-2000:]
@@ -318,7 +337,7 @@ report_to = "none"\nsave_strategy = "no"\nmax_length = 384\n""")
 
 def test_sft_with_lora_keeps_the_sid_embeddings_trainable(sid_model, sample, tmp_path):
     from recot.synth.job import choose_split
-    from recot.trainer.data import next_item_rows
+    from recot.curation.next_item import next_item_rows
     from recot.trainer.sft import RecSFTConfig, train_sft
 
     path, _, _ = sid_model
@@ -335,7 +354,7 @@ def test_rollouts_without_reasoning_sample_the_answer_under_the_trie(sid_model, 
     from transformers import AutoModelForCausalLM, AutoTokenizer, GenerationConfig
 
     from recot.synth.job import choose_split
-    from recot.trainer.data import next_item_rows
+    from recot.curation.next_item import next_item_rows
     from recot.trainer.rollout import two_stage
 
     path, _, _ = sid_model
@@ -423,7 +442,7 @@ def test_plain_loss_on_cpu_equals_trls_fused_loss(sid_model, sample, tmp_path):
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     from recot.synth.job import choose_split
-    from recot.trainer.data import next_item_rows
+    from recot.curation.next_item import next_item_rows
     from recot.trainer.sft import RecSFTConfig, RecSFTTrainer
 
     path, _, _ = sid_model
@@ -451,7 +470,7 @@ def test_vllm_and_transformers_rank_the_same_sids(sid_model, sample, tmp_path):
 
     from recot.synth.job import choose_split
     from recot.trainer import vllm_decoding
-    from recot.trainer.data import next_item_rows
+    from recot.curation.next_item import next_item_rows
     from recot.trainer.rollout import two_stage
 
     path, _, _ = sid_model
@@ -475,14 +494,14 @@ def test_vllm_and_transformers_rank_the_same_sids(sid_model, sample, tmp_path):
     assert got_think.reasoning == expected_think.reasoning and got_think.beams == expected_think.beams
 
 
-def test_eval_on_vllm_reports_the_metrics_of_transformers(sid_model, sample_path, tmp_path):
+def test_eval_on_vllm_reports_the_metrics_of_transformers(sid_model, sample_export, tmp_path):
     """`evaluate` with engine = "vllm" scores the same rows as with transformers, with the same direct and
     greedy-reasoning metrics (sampled Pass@n draws differ between the engines)."""
     pytest.importorskip("vllm")
     from recot.trainer.evaluate import EvalConfig, evaluate
 
     path, _, _ = sid_model
-    common = {"model": path, "dataset": sample_path, "limit": 6, "k": 3, "samples": 2, "max_reasoning_tokens": 8, "baselines": [],
+    common = {"model": path, "export": sample_export, "limit": 6, "k": 3, "samples": 2, "max_reasoning_tokens": 8, "baselines": [],
               "bootstrap": 0}
     reports = {engine: evaluate(EvalConfig(**common, engine=engine, out=tmp_path / engine,
                                            vllm={"dtype": "float32", "max_model_len": 1024, "enforce_eager": True}))

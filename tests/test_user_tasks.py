@@ -12,11 +12,11 @@ import pytest
 from recot.curation.export import ExportConfig, export
 from recot.curation.rules import BlindHitRule, RulesConfig, run_rules
 from recot.curation.store import Store
-from recot.synth.errors import DataError
+from recot.errors import DataError
+from recot.formats.student import ASK_THINK
+from recot.formats.tasks import get_task
 from recot.synth.job import SynthConfig, run_synth
-from recot.synth.student import ASK_THINK
-from recot.synth.tasks import get_task
-from recot.synth.teachers import OpenAITeacherConfig
+from recot.teachers import OpenAITeacherConfig
 
 MODULE = '''
 from pathlib import Path
@@ -24,9 +24,9 @@ from typing import Literal
 
 from pydantic import BaseModel
 
-from recot.synth.cot import render_cot
-from recot.synth.schemas import cot_trace_model
-from recot.synth.tasks import Task
+from recot.formats.cot import render_cot
+from recot.formats.schemas import cot_trace_model
+from recot.formats.tasks import Task
 
 HERE = Path(__file__).parent
 
@@ -109,7 +109,7 @@ def test_a_task_that_cannot_be_found_is_named(acme):
         get_task("acme_nowhere:TASK")
     with pytest.raises(DataError, match="has no attribute 'MISSING'"):
         get_task("acme_tasks:MISSING")
-    with pytest.raises(DataError, match="not a recot.synth.tasks.Task"):
+    with pytest.raises(DataError, match="not a recot.formats.tasks.Task"):
         get_task("acme_tasks:NOT_A_TASK")
     with pytest.raises(DataError, match="unknown task"):
         get_task("r9_nothing")

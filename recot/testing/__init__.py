@@ -1,6 +1,6 @@
 """Helpers for testing code that uses recot, with real parts instead of mocks.
 
-- :func:`recot.testing.tiny_model.build_tiny_model`: a random 2-layer Qwen2 with a locally trained
+- :func:`recot.trainer.tiny_model.build_tiny_model`: a random 2-layer Qwen2 with a locally trained
   BPE and optional SID tokens, built in about a second (no model hub needed);
 - :func:`recot.testing.servers.vllm_server`: a real vLLM OpenAI-compatible server on loopback;
 - :func:`recot.testing.servers.instant_server`: a loopback OpenAI-compatible server that answers at

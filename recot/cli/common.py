@@ -1,0 +1,50 @@
+"""What every ``recot`` command shares: the consoles, report printing, common options, rejected records.
+
+Tables and JSON go to stdout, diagnostics to stderr. Nothing here imports the data stack (polars,
+DuckDB) or the trainer at import time, so ``recot --help`` starts at once.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import click
+from rich.console import Console
+from rich.table import Table
+
+if TYPE_CHECKING:
+    import polars as pl
+
+console = Console(stderr=True)  # diagnostics
+stdout = Console()  # tables: `recot ... > file` captures them
+
+
+def emit(payload: dict, as_json: bool, title: str) -> None:
+    """Print a report on stdout, as JSON or as a readable table."""
+    if as_json:
+        click.echo(json.dumps(payload, indent=2, default=str))
+        return
+    table = Table(title=title, show_header=False)
+    for key, value in payload.items():
+        table.add_row(key, json.dumps(value, default=str) if isinstance(value, (dict, list)) else str(value))
+    stdout.print(table)
+
+
+def save_rejects(rejects: pl.DataFrame, report: Path | None, default: Path) -> str | None:
+    """Write lenient-mode rejects so nothing is dropped unseen; returns where they went."""
+    if rejects.is_empty():
+        return None
+    from recot.data.sid_files import write_table
+
+    path = report or default
+    path.parent.mkdir(parents=True, exist_ok=True)
+    write_table(rejects, path)
+    console.print(f"[yellow]{rejects.height} rejected records written to {path}[/]")
+    return str(path)
+
+
+lenient_option = click.option("--lenient", is_flag=True, help="Skip bad records instead of failing; they go to --report.")
+report_option = click.option("--report", type=click.Path(path_type=Path), help="Where lenient mode writes rejected records (.csv/.parquet/.jsonl).")
+json_option = click.option("--json", "as_json", is_flag=True, help="Machine-readable output on stdout.")

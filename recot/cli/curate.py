@@ -1,0 +1,195 @@
+"""``recot curate``: ingest synthesis output into a store, run the rules, print the funnel."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict
+from pathlib import Path
+
+import click
+
+from recot.cli.common import console, emit, json_option, stdout
+
+store_option = click.option("--store", type=click.Path(dir_okay=False, path_type=Path), default=Path("out/curation.duckdb"),
+                            show_default=True, help="The DuckDB curation store (created on first use).")
+
+
+@click.group("curate")
+def curate() -> None:
+    """Curate traces in a DuckDB store: ingest, rules with reason codes, the funnel report."""
+
+
+@curate.command("ingest")
+@click.argument("traces", nargs=-1, required=True, type=click.Path(path_type=Path))
+@click.option("--dataset", type=click.Path(exists=True, path_type=Path), help="Dataset whose catalog the rules check SIDs against.")
+@click.option("--domain", help="The dataset's domain (default: its folder name); export mixes CoT per domain.")
+@store_option
+@json_option
+def ingest(traces: tuple[Path, ...], dataset: Path | None, domain: str | None, store: Path, as_json: bool) -> None:
+    """Add traces.parquet files (glob them for shards); rows already in the store are skipped."""
+    from recot.curation.store import Store, check_traces_file
+    from recot.data.loaders import load_dataset
+
+    for path in traces:  # every input is checked before the store is touched: a failed command changes nothing
+        check_traces_file(path)
+    data = load_dataset(dataset) if dataset else None
+    with Store(store) as db:
+        payload = {"catalog_items": db.load_catalog(data.catalog, domain or dataset.name, data.item_domains())} if data else {}
+        payload["files"] = [asdict(db.ingest(path)) for path in traces]
+    emit(payload, as_json, f"ingest into {store}")
+
+
+@curate.command("rules")
+@click.option("--config", type=click.Path(exists=True, dir_okay=False, path_type=Path), help="Rule thresholds and switches (TOML/YAML).")
+@store_option
+@json_option
+def rules(config: Path | None, store: Path, as_json: bool) -> None:
+    """Recompute every enabled rule's verdicts; prints failures per rule."""
+    from recot.config import load_config
+    from recot.curation.rules import RulesConfig, run_rules
+    from recot.curation.store import Store
+
+    settings = load_config(RulesConfig, config)
+    with Store(store) as db:
+        if not db.scalar("SELECT count(*) FROM catalog"):
+            console.print("[yellow]the store has no catalog: SID and leakage rules see no items;[/] ingest with --dataset")
+        emit(run_rules(db, settings), as_json, "failed per rule")
+
+
+@curate.command("dedup")
+@click.option("--threshold", type=float, help="Word 3-gram Jaccard at which traces are duplicates (default 0.8).")
+@store_option
+@json_option
+def dedup(threshold: float | None, store: Path, as_json: bool) -> None:
+    """Cluster exact and near-duplicate traces per task; all but one per cluster get a 'duplicate' verdict."""
+    from recot.curation.dedup import DedupConfig, run_dedup
+    from recot.curation.store import Store
+
+    config = DedupConfig(**({"threshold": threshold} if threshold else {}))
+    with Store(store) as db:
+        emit(run_dedup(db, config), as_json, "duplicates")
+
+
+@curate.command("judge")
+@click.option("--config", type=click.Path(exists=True, dir_okay=False, path_type=Path), help="Judge teacher and sampling (TOML/YAML).")
+@store_option
+@json_option
+def judge(config: Path | None, store: Path, as_json: bool) -> None:
+    """Score R3 traces 1-5 with an LLM judge (the rules teacher without a config); cached, resumable. Item titles
+    come from the store's catalog (loaded by `curate ingest --dataset`)."""
+    from recot.config import load_config
+    from recot.curation.judge import JudgeConfig, run_judge
+    from recot.curation.store import Store
+
+    settings = load_config(JudgeConfig, config)
+    with Store(store) as db:
+        emit(run_judge(db, settings), as_json, "judge")
+
+
+@curate.command("usefulness")
+@click.option("--scorer", required=True, help="A causal LM folder (ideally student-sized, with the SID tokens).")
+@click.option("--batch-size", default=8, show_default=True)
+@store_option
+@json_option
+def usefulness(scorer: str, batch_size: int, store: Path, as_json: bool) -> None:
+    """delta_ll per R3 trace: log p(target SID | prompt, CoT) - log p(target SID | prompt) under SCORER."""
+    from recot.curation.store import Store
+    from recot.curation.usefulness import run_usefulness
+
+    with Store(store) as db:
+        emit(run_usefulness(db, scorer, batch_size), as_json, "usefulness")
+
+
+@curate.command("report")
+@click.option("--examples", default=2, show_default=True, help="Example rows per failure reason.")
+@store_option
+@json_option
+def report(examples: int, store: Path, as_json: bool) -> None:
+    """The funnel: traces per task, checks and failures per rule and reason, with examples; what is kept."""
+    from recot.curation.report import funnel
+    from recot.curation.store import Store
+
+    with Store(store) as db:
+        result = funnel(db, examples)
+    if as_json:
+        click.echo(json.dumps(result, indent=2))
+        return
+    stdout.print(f"[bold]{result['traces']}[/] traces {result['by_task']}; kept [bold]{result['kept']}[/] {result['kept_by_task']}")
+    for rule, counts in result["rules"].items():
+        stdout.print(f"  {rule:<14} checked {counts['checked']:>8}  failed {counts['failed']:>8}")
+        for reason, entry in counts.get("reasons", {}).items():
+            stdout.print(f"      {reason:<22} {entry['count']:>8}  e.g. {entry['examples'][0]['detail'] or entry['examples'][0]['text']!s:.80}")
+    if slate := result["slate_accuracy"]:
+        stdout.print(f"slate picks: {slate['hits']} of {slate['answered']} hit ({slate['accuracy']:.1%}); "
+                     f"chance {slate['chance']:.1%}, most popular candidate {slate['most_popular']:.1%}")
+
+
+@click.command("export")
+@click.argument("name")
+@click.option("--out", type=click.Path(file_okay=False, path_type=Path), required=True, help="Output folder (written atomically).")
+@click.option("--config", type=click.Path(exists=True, dir_okay=False, path_type=Path), help="Export settings (TOML/YAML).")
+@click.option("--dataset", type=click.Path(exists=True, path_type=Path), help="The traces' dataset: drops rows that leak evaluation targets.")
+@click.option("--cot-ratio", type=float, help="Share of R3 SFT rows that keep their CoT.")
+@click.option("--overwrite", is_flag=True, help="Replace an existing export.")
+@store_option
+@json_option
+def export_cmd(name: str, out: Path, config: Path | None, dataset: Path | None, cot_ratio: float | None, overwrite: bool,
+               store: Path, as_json: bool) -> None:
+    """Export the kept traces as NAME: Hugging Face parquet datasets for TRL, verl and LlamaFactory, and a data card."""
+    from recot.config import load_config
+    from recot.curation.export import ExportConfig, export
+    from recot.curation.store import Store
+
+    settings = load_config(ExportConfig, config, {"name": name, "out": out, "dataset": dataset, "cot_ratio": cot_ratio,
+                                                  "overwrite": overwrite or None})
+    with Store(store) as db:
+        card = export(db, settings)
+    emit({"out": str(out), "formats": card["formats"], "decontamination": card["decontamination"]}, as_json, f"export {name}")
+
+
+@click.group("review")
+def review() -> None:
+    """Human review in Argilla: push curated traces, pull responses into the store as decisions.
+
+    The server comes from --url or $RECOT_ARGILLA_URL, the key from $RECOT_ARGILLA_API_KEY (never printed);
+    scripts/argilla.sh starts a local one for development."""
+
+
+def _review_options(command):
+    for option in reversed([
+        click.argument("dataset"),
+        click.option("--config", type=click.Path(exists=True, dir_okay=False, path_type=Path), help="ReviewConfig file (TOML/YAML)."),
+        click.option("--workspace", help="Argilla workspace (default: argilla)."),
+        click.option("--url", help="Argilla URL (default: $RECOT_ARGILLA_URL, then http://127.0.0.1:6900)."),
+        store_option, json_option]):
+        command = option(command)
+    return command
+
+
+@review.command("push")
+@_review_options
+@click.option("--where", help="SQL filter over the kept traces (default: R3 traces).")
+@click.option("--reviews-per-record", type=int, help="Submitted responses each record needs.")
+def review_push(dataset: str, config: Path | None, store: Path, as_json: bool, **overrides) -> None:
+    """Create or update DATASET in Argilla with the selected traces; unchanged records are not sent again."""
+    from recot.config import load_config
+    from recot.curation.review import ReviewConfig, push
+    from recot.curation.store import Store
+
+    settings = load_config(ReviewConfig, config, {"dataset": dataset, **overrides})
+    with Store(store) as db:
+        emit(push(db, settings), as_json, f"review push {dataset}")
+
+
+@review.command("pull")
+@_review_options
+@click.option("--policy", type=click.Choice(["majority", "any_reject"]), help="How responses become decisions.")
+def review_pull(dataset: str, config: Path | None, store: Path, as_json: bool, **overrides) -> None:
+    """Read every response of DATASET into the store and recompute the review decisions export honours."""
+    from recot.config import load_config
+    from recot.curation.review import ReviewConfig, pull
+    from recot.curation.store import Store
+
+    settings = load_config(ReviewConfig, config, {"dataset": dataset, **overrides})
+    with Store(store) as db:
+        emit(pull(db, settings), as_json, f"review pull {dataset}")

@@ -1,0 +1,34 @@
+"""SFT, GRPO or any TRL-style config as one stage of a larger run (the pipeline, the ablation, the recipe): the run
+decides the paths, the stage table the rest."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+from typing import Any, Literal, TypeVar
+
+from recot.config import load_config
+
+C = TypeVar("C")
+# a stage inside a run writes no checkpoints and reports nowhere unless its table asks
+STAGE_DEFAULTS = {"report_to": "none", "save_strategy": "no"}
+
+
+def stage_config(kind: type[C], settings: dict[str, Any], **fixed: Any) -> C:
+    """``kind`` from a stage table: recot's stage defaults, then ``settings``, then what the run ``fixed`` (paths)."""
+    return load_config(kind, overrides={**STAGE_DEFAULTS, **settings, **fixed})
+
+
+def train_stage(kind: Literal["sft", "grpo"], settings: dict[str, Any], model_path: str | Path, export: Path, output_dir: Path):
+    """Train from ``model_path`` on the export at ``export`` (its rows and its catalog's SIDs) into a fresh
+    ``output_dir``. Returns the trainer."""
+    if kind == "sft":
+        from recot.trainer.sft import RecSFTConfig as Config
+        from recot.trainer.sft import train_sft as train
+    else:
+        from recot.trainer.grpo import RecGRPOConfig as Config
+        from recot.trainer.grpo import train_grpo as train
+    config = stage_config(Config, settings, model_path=str(model_path), dataset_path=str(export), sid_catalog=str(export),
+                          output_dir=str(output_dir))
+    shutil.rmtree(output_dir, ignore_errors=True)  # after the settings load: a bad table deletes nothing
+    return train(config)

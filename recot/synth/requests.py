@@ -1,0 +1,158 @@
+"""From a dataset and a split to a stream of teacher requests, with the split's cut-off enforced.
+
+Subjects (catalog items, co-purchased pairs, or split samples) are planned lazily in polars and
+written to a parquet file, then read back in batches: a job of any size holds one batch of
+requests in memory. Samples that would put future information into a prompt are refused here,
+before anything is rendered, and kept with their reason.
+"""
+
+from __future__ import annotations
+
+import zlib
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import polars as pl
+import pyarrow.parquet as pq
+
+from recot.data.catalog import Catalog
+from recot.formats.profiles import ProfileBook
+from recot.formats.schemas import constrain_to_slate
+from recot.formats.splits import Split
+from recot.formats.tasks import Task
+from recot.synth.prompts import PromptLibrary, RenderedPrompt
+from recot.synth.slates import SlateSampler
+from recot.teachers.base import Request, Sampling, request_key
+
+CUTOFF_REASONS = {
+    "history_not_before_target": "a history event is at or after the sample's own target time",
+    "after_cutoff": "training material would include an event at or after the user's cut-off (the first held-out event)",
+}
+
+
+@dataclass(frozen=True)
+class Shard:
+    """Shard ``index`` of ``count``: subjects go to shards by a stable hash of their id."""
+
+    index: int = 0
+    count: int = 1
+
+    @classmethod
+    def parse(cls, text: str) -> Shard:
+        try:
+            index, count = (int(x) for x in text.split("/"))
+        except ValueError:
+            raise ValueError(f"shard {text!r} is not I/N (e.g. 0/4)") from None
+        if not 0 <= index < count:
+            raise ValueError(f"shard {text!r}: I must be in 0..N-1")
+        return cls(index, count)
+
+    def owns(self, subject_id: str) -> bool:
+        return self.count == 1 or zlib.crc32(subject_id.encode()) % self.count == self.index
+
+
+def checked_samples(split: Split, part: str) -> tuple[pl.LazyFrame, pl.LazyFrame]:
+    """The part's samples split into usable ones and refused ones (with ``reason``).
+
+    Training samples must lie wholly before their user's cut-off; any sample's history must lie
+    before its target. A correct split never trips these; a hand-made or shifted one does.
+    """
+    latest = pl.col("history_ts").list.max()
+    reason = (
+        pl.when(latest >= pl.col("target_ts")).then(pl.lit("history_not_before_target"))
+        .when((pl.col("part") == "train") & pl.col("cutoff_ts").is_not_null()
+              & ((pl.col("target_ts") >= pl.col("cutoff_ts")) | (latest >= pl.col("cutoff_ts"))))
+        .then(pl.lit("after_cutoff"))
+    )
+    flagged = split.part(part).join(split.cutoffs(), on="user_id", how="left").with_columns(reason=reason)
+    return flagged.filter(pl.col("reason").is_null()).drop("reason"), flagged.filter(pl.col("reason").is_not_null())
+
+
+def plan_subjects(task: Task, catalog: Catalog, split: Split, part: str, limit: int | None) -> tuple[pl.LazyFrame, pl.LazyFrame]:
+    """Subjects of ``task`` (a ``subject_id`` column plus what its prompt needs) and refused samples."""
+    ok, refused = checked_samples(split, part)
+    if task.source == "items":
+        subjects = (catalog.items.lazy().filter(pl.col("sid").is_not_null()).select("item_id").sort("item_id")
+                    .with_columns(subject_id=pl.col("item_id"), items=pl.concat_list("item_id")))
+        refused = refused.head(0)
+    elif task.source == "pairs":
+        subjects = (ok.select(first=pl.col("history").list.last(), second=pl.col("target"))
+                    .filter(pl.col("first") != pl.col("second")).unique().sort("first", "second")
+                    .with_columns(subject_id=pl.col("first") + ">" + pl.col("second"),
+                                  items=pl.concat_list("first", "second")))
+    else:
+        subjects = ok.sort("user_id", "target_ts").with_columns(
+            subject_id=pl.col("user_id") + "@" + pl.col("target_ts").cast(pl.Utf8))
+    return (subjects.head(limit) if limit else subjects), refused
+
+
+class ItemView:
+    """Item fields a prompt shows, by item id (built once per job)."""
+
+    def __init__(self, catalog: Catalog) -> None:
+        frame = catalog.items.select("item_id", "title", "brand", "description", "categories").with_columns(
+            sid=catalog.sid_text())
+        self._items = {row["item_id"]: row for row in frame.iter_rows(named=True)}
+
+    def __getitem__(self, item_id: str) -> dict[str, Any]:
+        return self._items[item_id]
+
+
+def iter_requests(task: Task, subjects: Path, library: PromptLibrary, items: ItemView, profiles: ProfileBook,
+                  teacher: tuple[str, str], sampling: Sampling, shard: Shard = Shard(), slates: SlateSampler | None = None,
+                  batch_rows: int = 1024) -> Iterator[Request]:
+    """Render every subject in ``subjects`` (parquet) owned by ``shard`` into ``sampling.n`` requests.
+
+    Each subject's prompt reads its domain's profile (wording, personas; the subject records its name).
+    A slate task's samples each get their slate from ``slates``; its request schema then names only
+    that slate's SIDs."""
+    if task.slate and slates is None:
+        raise ValueError(f"task {task.name} needs a slate sampler")
+    schemas: dict[str, dict[str, Any]] = {}  # per profile: its personas shape the schema
+    shown: dict[str, dict[str, Any]] = {}  # per profile: the template variable, dumped once
+    for batch in pq.ParquetFile(subjects).iter_batches(batch_size=batch_rows):
+        rows = [row for row in batch.to_pylist() if shard.owns(row["subject_id"])]
+        drawn = (slates.draw_batch([r["subject_id"] for r in rows], [r["history"] for r in rows], [r["target"] for r in rows])
+                 if task.slate and rows else [None] * len(rows))
+        for row, slate in zip(rows, drawn):
+            profile = profiles.of(row["target"] if task.source == "samples" else row["items"][0])
+            if profile.name not in schemas:
+                schemas[profile.name] = task.schema(profile.personas).model_json_schema()
+                shown[profile.name] = profile.model_dump() | {"personas": list(profile.personas)}
+            variables, subject = _variables(task, row, items, shown[profile.name])
+            asked = schemas[profile.name]
+            if slate is not None:
+                subject |= {"items": slate.items, "popular_rank": slate.popular_rank, "top_k": slates.config.top_k}
+                variables |= {"slate": [items[i] for i in slate.items], "top_k": slates.config.top_k}
+                asked = constrain_to_slate(asked, [v["sid"] for v in variables["slate"]], slates.config.top_k)
+            prompt = library.render(task.name, **variables)
+            for sample in range(sampling.n):
+                yield build_request(prompt, asked, teacher, sampling, sample, subject)
+
+
+def build_request(prompt: RenderedPrompt, schema: dict[str, Any], teacher: tuple[str, str], sampling: Sampling,
+                  sample: int, subject: dict[str, Any]) -> Request:
+    """The request for sample ``sample`` of a rendered prompt, keyed by the hash of what decides its answer."""
+    key = request_key(*teacher, prompt.messages, schema, prompt.template_hash, sampling, sample)
+    template = {"name": prompt.template, "version": prompt.template_version, "hash": prompt.template_hash}
+    return Request(key, prompt.task, prompt.messages, schema, sample, sampling.seed + sample,
+                   sampling.temperature, sampling.top_p, sampling.max_tokens, subject, template)
+
+
+def _variables(task: Task, row: dict[str, Any], items: ItemView, profile: dict[str, Any]) -> tuple[dict, dict]:
+    """Template variables and the plain-JSON subject that travels with the request into the output."""
+    subject: dict[str, Any] = {"id": row["subject_id"], "profile": profile["name"]}
+    variables: dict[str, Any] = {"profile": profile}
+    if task.source == "items":
+        subject["items"] = row["items"]
+        return variables | {"item": items[row["item_id"]]}, subject
+    if task.source == "pairs":
+        subject["items"] = row["items"]
+        return variables | {"first": items[row["first"]], "second": items[row["second"]]}, subject
+    subject |= {k: row[k] for k in ("user_id", "part", "history", "history_ts", "target", "target_ts", "cutoff_ts")}
+    variables |= {"history": [items[i] for i in row["history"]], "personas": profile["personas"]}
+    if task.needs_target:
+        variables["target"] = items[row["target"]]
+    return variables, subject

@@ -1,0 +1,60 @@
+"""What training and evaluation read from a recot export, the hand-off between curation and the trainer.
+
+An export folder holds every training format, and beside them what the trainer must never re-derive:
+``catalog.parquet`` (SIDs and titles: the vocabulary and the trie), ``split.json`` (the split synthesis chose),
+``tasks.json`` and ``next_item/PART.parquet`` (every part's next-item rows in the student's prompt: evaluation,
+baselines). The trainer reads these instead of reopening the dataset.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import polars as pl
+
+from recot.curation.next_item import NEXT_ITEM
+from recot.data.catalog import CATALOG_FILE, Catalog
+from recot.errors import DataError
+from recot.formats.splits import SPLIT_FILE, SplitSpec
+
+
+def load_export(path: str | Path, name: str):
+    """The ``train`` (and ``validation``, when present) splits of format ``name`` of a recot export, as a
+    ``datasets.DatasetDict`` read from exactly the files that export wrote.
+
+    ``datasets.load_dataset(folder, name=...)`` caches by folder name, so a second export into the
+    same folder (or one of the same name elsewhere) could be served the earlier rows; reading the
+    parquet files into memory leaves no cache to go stale."""
+    import datasets
+    import pyarrow.parquet as pq
+
+    folder = Path(path) / name
+    files = {part: folder / f"{part}.parquet" for part in ("train", "validation") if (folder / f"{part}.parquet").exists()}
+    if "train" not in files:
+        raise DataError(folder, f"no {name}/train.parquet here",
+                        f"point at a folder written by `recot export` with the {name!r} format (and training rows)")
+    return datasets.DatasetDict({part: datasets.Dataset(pq.read_table(file)) for part, file in files.items()})
+
+
+def export_catalog(path: str | Path) -> Catalog:
+    """The catalog an export carries (``catalog.parquet``, or that file itself): the SIDs a model must speak."""
+    file = Path(path)
+    file = file / CATALOG_FILE if file.is_dir() else file
+    if not file.exists():
+        raise DataError(file, "no catalog here", "point at a folder written by `recot export` (it writes catalog.parquet)")
+    return Catalog.from_sid_text(pl.read_parquet(file))
+
+
+def export_split(path: str | Path) -> SplitSpec:
+    """The split an export's rows were made on (its ``split.json``)."""
+    return SplitSpec.load(Path(path) / SPLIT_FILE)
+
+
+def export_rows(path: str | Path, part: str) -> pl.DataFrame:
+    """An export's next-item rows of ``part`` (train, valid, test): ``prompt``, ``think_prompt``, ``target_sid``,
+    ``history_sids``, ``user_id``, ``target``, ``history``."""
+    file = Path(path) / NEXT_ITEM / f"{part}.parquet"
+    if not file.exists():
+        raise DataError(file, "the export holds no next-item rows",
+                        "export with the dataset set (`recot export --dataset PATH`): it writes every part's rows for evaluation")
+    return pl.read_parquet(file)

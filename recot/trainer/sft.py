@@ -1,0 +1,132 @@
+"""Supervised fine-tuning on curated exports with TRL's SFTTrainer, SID vocabulary included.
+
+:class:`RecSFTConfig` is TRL's ``SFTConfig`` plus where the model and data live, the catalog whose
+SIDs the model must speak, an optional embedding warm-up stage and LoRA. Conversational
+``messages`` rows (the export's ``sft`` config) train on assistant tokens only when the chat
+template marks generations; prompt/completion rows train on the completion.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+
+import torch
+from trl import SFTConfig, SFTTrainer
+
+
+@dataclass
+class RecSFTConfig(SFTConfig):
+    model_path: str = field(default="", metadata={"help": "a causal LM folder (or hub id where the hub is reachable)"})
+    dataset_path: str = field(default="", metadata={"help": "a recot export folder, or any folder datasets can load"})
+    dataset_config: str | None = field(default="sft", metadata={"help": "the export's format to train on"})
+    sid_catalog: str | None = field(default=None, metadata={
+        "help": "a recot export folder (or its catalog.parquet) whose SIDs are added to the vocabulary"})
+    embedding_warmup_steps: int = field(default=0, metadata={"help": "steps training only the SID embeddings first (needs sid_catalog)"})
+    lora_r: int = field(default=0, metadata={"help": "LoRA rank; 0 trains every weight"})
+    lora_alpha: int = field(default=32, metadata={"help": "LoRA scaling"})
+    gradient_checkpointing: bool | None = field(default=None, metadata={
+        "help": "recompute activations in the backward pass (less memory, more time); None: on a GPU (TRL's default), "
+                "off on a CPU, where memory is not what limits a small model"})
+    fused_lm_head: bool | None = field(default=None, metadata={
+        "help": "TRL's tiled fused LM head for the loss; None: only where its Triton kernel runs (CUDA). On a CPU its "
+                "torch fallback takes about half of a step (bench/bench_sft_overhead.py)"})
+
+    def __post_init__(self) -> None:
+        fit_to_machine(self)
+        super().__post_init__()
+
+
+class RecSFTTrainer(SFTTrainer):
+    """TRL's SFTTrainer whose loss, where the fused LM head would fall back to a per-tile torch loop (no Triton),
+    is the model's plain cross-entropy over the completion labels, with the same normalisation and metrics."""
+
+    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        if self.args.fused_lm_head or "labels" not in inputs or "attention_mask" not in inputs:
+            return super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
+        mode = "train" if model.training else "eval"
+        outputs = model(**{k: v for k, v in inputs.items() if k != "labels"}, use_cache=False)
+        labels = inputs["labels"][:, 1:]
+        valid = labels != -100
+        # only the trained positions go through the softmax: a next-item row trains a handful of its tokens
+        logprobs = torch.log_softmax(outputs.logits[:, :-1][valid].float(), dim=-1)
+        targets = labels[valid]
+        picked = logprobs.gather(-1, targets.unsqueeze(-1)).squeeze(-1)
+        count = valid.sum() if num_items_in_batch is None else num_items_in_batch
+        loss = -picked.sum() / torch.as_tensor(count).clamp(min=1)
+        with torch.no_grad():  # the metrics TRL logs: entropy and top-1 accuracy on the trained tokens, tokens seen
+            shown = max(len(targets), 1)
+            self._metrics[mode]["entropy"].append(float(-(logprobs.exp() * logprobs).sum()) / shown)
+            self._metrics[mode]["mean_token_accuracy"].append(float((logprobs.argmax(-1) == targets).sum()) / shown)
+            if mode == "train":
+                self._total_train_tokens += int(inputs["attention_mask"].sum())
+            self._metrics[mode]["num_tokens"] = [self._total_train_tokens]
+        return (loss, outputs) if return_outputs else loss
+
+
+def machine_defaults() -> dict:
+    """Device settings that fit this machine: the CPU where there is no GPU, bf16 where the GPU supports it
+    (TRL's configs default to bf16 and fail on a CPU-only machine)."""
+    if not torch.cuda.is_available():
+        return {"use_cpu": True, "bf16": False}
+    return {"bf16": torch.cuda.is_bf16_supported()}
+
+
+def fit_to_machine(config) -> None:
+    """Fill the device settings a TRL-style config left unset from :func:`machine_defaults`."""
+    defaults = machine_defaults()
+    if defaults.get("use_cpu"):
+        config.use_cpu = True
+    if config.bf16 is None:
+        config.bf16 = defaults["bf16"] and not config.fp16
+    if getattr(config, "gradient_checkpointing", False) is None:
+        config.gradient_checkpointing = not defaults.get("use_cpu", False)
+    if getattr(config, "fused_lm_head", False) is None:
+        config.fused_lm_head = torch.cuda.is_available()
+
+
+def load_model(config: RecSFTConfig):
+    """Model and tokenizer, with the SID vocabulary added when ``sid_catalog`` is set; returns its token ids too."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(config.model_path)
+    dtype = torch.bfloat16 if config.bf16 else torch.float32
+    model = AutoModelForCausalLM.from_pretrained(config.model_path, dtype=dtype)
+    if not config.sid_catalog:
+        return model, tokenizer, []
+    from recot.trainer.data import export_catalog
+    from recot.trainer.sid_vocab import add_sid_vocabulary
+
+    return model, tokenizer, add_sid_vocabulary(model, tokenizer, export_catalog(config.sid_catalog))
+
+
+def _lora(config: RecSFTConfig):
+    from peft import LoraConfig
+
+    # the embeddings carry the SID rows: trained in full and saved with the adapter
+    return LoraConfig(r=config.lora_r, lora_alpha=config.lora_alpha, target_modules="all-linear", task_type="CAUSAL_LM",
+                      modules_to_save=["embed_tokens", "lm_head"], ensure_weight_tying=True)
+
+
+def train_sft(config: RecSFTConfig, train_dataset=None, eval_dataset=None, callbacks=None) -> RecSFTTrainer:
+    """Run the (optional) embedding warm-up, then SFT; saves the model to ``output_dir``."""
+    from recot.trainer.data import load_export
+    from recot.trainer.sid_vocab import freeze_for_warmup
+
+    model, tokenizer, sid_ids = load_model(config)
+    if train_dataset is None:
+        loaded = load_export(config.dataset_path, config.dataset_config)
+        train_dataset, eval_dataset = loaded["train"], loaded.get("validation")
+    if config.embedding_warmup_steps and sid_ids:
+        warm = replace(config, max_steps=config.embedding_warmup_steps, output_dir=str(Path(config.output_dir) / "warmup"),
+                       save_strategy="no", eval_strategy="no")
+        freeze_for_warmup(model, sid_ids)
+        RecSFTTrainer(model=model, args=warm, train_dataset=train_dataset, processing_class=tokenizer).train()
+        for parameter in model.parameters():
+            parameter.requires_grad_(True)
+    trainer = RecSFTTrainer(model=model, args=config, train_dataset=train_dataset, eval_dataset=eval_dataset,
+                         processing_class=tokenizer, peft_config=_lora(config) if config.lora_r else None, callbacks=callbacks)
+    trainer.train(resume_from_checkpoint=config.resume_from_checkpoint)
+    trainer.save_model(config.output_dir)
+    tokenizer.save_pretrained(config.output_dir)
+    return trainer
