@@ -40,6 +40,7 @@ demo: install
 # package (pytest's own script: the source tree is not on sys.path, so `recot` is the installed one).
 test: install
 	$(VENV)/bin/ruff check .
+	$(VENV)/bin/mypy
 	scripts/smoke_core.sh $(DIST)/recot-*.whl
 	$(VENV)/bin/pytest -q -p no:cacheprovider
 

@@ -27,9 +27,9 @@ ATTENTION = os.environ.get("RECOT_GPU_ATTENTION", "eager")
 
 
 def prepare() -> None:
+    from recot.curation.next_item import next_item_rows
     from recot.data.loaders import load_dataset
     from recot.synth.job import choose_split
-    from recot.curation.next_item import next_item_rows
     from recot.trainer.sid_vocab import sid_vocabulary
     from recot.trainer.tiny_model import build_tiny_model
 

@@ -30,9 +30,9 @@ def main(epochs: float, retrain: bool, grpo: dict) -> None:
     import datasets
     import torch
 
+    from recot.curation.next_item import next_item_rows
     from recot.data.loaders import load_dataset
     from recot.formats.splits import SplitSpec
-    from recot.curation.next_item import next_item_rows
     from recot.trainer.evaluate import EvalConfig, evaluate
     from recot.trainer.sft import RecSFTConfig, train_sft
     from recot.trainer.sid_vocab import sid_vocabulary

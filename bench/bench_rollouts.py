@@ -38,10 +38,10 @@ def main() -> None:
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer, GenerationConfig
 
+    from recot.curation.next_item import next_item_rows
     from recot.data.loaders import load_dataset
     from recot.formats.splits import SplitSpec
     from recot.trainer import vllm_decoding
-    from recot.curation.next_item import next_item_rows
     from recot.trainer.rollout import two_stage
     from recot.trainer.sid_vocab import add_sid_vocabulary
     from recot.trainer.tiny_model import build_tiny_model

@@ -34,9 +34,9 @@ def prepare(work: Path):
     import datasets
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
+    from recot.curation.next_item import next_item_rows
     from recot.data.loaders import load_dataset
     from recot.formats.splits import SplitSpec
-    from recot.curation.next_item import next_item_rows
     from recot.trainer.sid_vocab import add_sid_vocabulary
     from recot.trainer.tiny_model import build_tiny_model
 

@@ -65,7 +65,7 @@ def load_config(kind: type[C], path: Path | None = None, overrides: dict[str, An
         except (TypeError, ValueError) as exc:
             raise DataError(where, f"{kind.__name__}: {exc}", f"fix the setting; the fields of {kind.__name__} are TRL's plus recot's") from None
     try:
-        return kind.model_validate(data)
+        return kind.model_validate(data)  # type: ignore[attr-defined]  # a pydantic model here: dataclasses returned above
     except ValidationError as exc:
         first = exc.errors()[0]
         field = ".".join(str(p) for p in first["loc"]) or "(top level)"
@@ -77,7 +77,7 @@ def config_fields(kind: type) -> dict[str, Any]:
     """Field name -> annotation (pydantic) or None (dataclass: names only)."""
     if dataclasses.is_dataclass(kind):
         return {f.name: None for f in dataclasses.fields(kind) if f.init}
-    return {name: info.annotation for name, info in kind.model_fields.items()}
+    return {name: info.annotation for name, info in kind.model_fields.items()}  # type: ignore[attr-defined]  # a pydantic model
 
 
 def check_keys(kind: type, data: dict[str, Any], where: str | Path, prefix: str = "") -> None:

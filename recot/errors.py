@@ -6,11 +6,13 @@ without loading the data stack, and every room raises the same types.
 
 from __future__ import annotations
 
+from os import PathLike
+
 
 class DataError(ValueError):
     """Input that cannot be used as it is. The message names the file, the record and the fix."""
 
-    def __init__(self, file: str, problem: str, fix: str, location: str | None = None) -> None:
+    def __init__(self, file: str | PathLike, problem: str, fix: str, location: str | None = None) -> None:
         self.file, self.problem, self.fix, self.location = str(file), problem, fix, location
         where = f"{self.file}, {location}" if location else self.file
         super().__init__(f"{where}: {problem}\n  fix: {fix}")

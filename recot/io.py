@@ -11,6 +11,7 @@ from collections import Counter
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any, cast
 
 import polars as pl
 
@@ -126,3 +127,8 @@ def read_json_object(path: Path) -> tuple[dict, list[str]]:
     if not isinstance(data, dict) or not data:
         raise DataError(path, "expected a non-empty JSON object keyed by item id", "write {\"<item id>\": {...}, ...}")
     return data, repeated[-1]  # the outermost object is the last one the parser closes
+
+
+def frame_of(arrow: Any) -> pl.DataFrame:
+    """A polars frame of an Arrow table or record batch (``pl.from_arrow`` is typed to return a Series too)."""
+    return cast(pl.DataFrame, pl.from_arrow(arrow))

@@ -38,4 +38,11 @@ grep -q "items" inspect.txt
 "$R" curate report --store store.duckdb --json > report.json
 "$R" export smoke --out export --dataset sample --store store.duckdb --json > export.json
 test -s export/sft/train-00000-of-00001.parquet || ls export/sft/*.parquet >/dev/null
-echo "smoke_core: core-only wheel ran inspect, synth, curate and export on the sample ($(grep -o '"kept": [0-9]*' report.json | head -1))"
+# a command that needs an extra names the pip command, exit 2, no traceback
+for command in "train sft nothing.toml" "eval --model x"; do
+  set +e; $R $command > out.txt 2> err.txt; code=$?; set -e
+  if [ "$code" != 2 ] || ! grep -q "pip install 'recot\[train\]'" err.txt || grep -q Traceback err.txt; then
+    echo "smoke_core: 'recot $command' without torch should name the train extra and exit 2, got $code:" >&2; cat err.txt >&2; exit 1
+  fi
+done
+echo "smoke_core: core-only wheel ran inspect, synth, curate and export on the sample, and named the train extra ($(grep -o '"kept": [0-9]*' report.json | head -1))"

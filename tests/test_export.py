@@ -147,6 +147,7 @@ def test_rows_that_would_leak_an_evaluation_target_are_dropped(exported, sample_
     crafted = traces.join(evaluation.unique("user_id"), on="user_id", suffix="_eval").head(5).with_columns(
         target=pl.col("target_eval"), subject_id=pl.col("subject_id") + "#leak").drop("target_eval")
     pl.concat([traces, crafted]).write_parquet(tmp_path / "traces.parquet")
+    (tmp_path / "split.json").write_text((exported[0].parent / "synth" / "split.json").read_text())  # the split they were made on
     with Store(tmp_path / "c.duckdb") as store:
         store.load_catalog(sample.catalog)
         store.ingest(tmp_path / "traces.parquet")

@@ -262,7 +262,7 @@ def test_every_example_config_loads(tmp_path):
 def test_recot_config_lists_every_config():
     from click.testing import CliRunner
 
-    from recot.cli.common import CONFIGS, config_cmd
+    from recot.cli.run import CONFIGS, config_cmd
 
     for name in CONFIGS:
         done = CliRunner().invoke(config_cmd, [name, "--json"])
@@ -277,7 +277,7 @@ def test_every_setting_of_recots_own_configs_says_what_it_does():
 
     from pydantic import BaseModel
 
-    from recot.cli.common import CONFIGS
+    from recot.cli.run import CONFIGS
 
     undocumented, seen = [], set()
 

@@ -103,8 +103,8 @@ def test_sid_tokens_start_from_their_items_titles(sid_model, sample):
 def test_trie_beam_search_returns_k_distinct_valid_sids(sid_model, sample):
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from recot.synth.job import choose_split
     from recot.curation.next_item import next_item_rows
+    from recot.synth.job import choose_split
 
     path, _, _ = sid_model
     tokenizer, model = AutoTokenizer.from_pretrained(path), AutoModelForCausalLM.from_pretrained(path)
@@ -119,9 +119,9 @@ def test_trie_beam_search_returns_k_distinct_valid_sids(sid_model, sample):
 
 def test_export_and_trainer_build_the_same_prompt(sample_path, sample, tmp_path):
     from recot.curation.export import ExportConfig, export
+    from recot.curation.next_item import next_item_rows
     from recot.curation.store import Store
     from recot.synth.job import SynthConfig, choose_split, run_synth
-    from recot.curation.next_item import next_item_rows
 
     run_synth(SynthConfig(dataset=sample_path, out=tmp_path / "s", tasks=["r3_cot_blind"], limit=40), progress=False)
     with Store(tmp_path / "c.duckdb") as store:
@@ -157,8 +157,8 @@ def test_warmup_trains_only_the_sid_rows(sid_model):
 
 
 def test_sft_steps_with_embedding_warmup(sid_model, sample, sample_path, tmp_path):
-    from recot.synth.job import choose_split
     from recot.curation.next_item import next_item_rows
+    from recot.synth.job import choose_split
     from recot.trainer.sft import RecSFTConfig, train_sft
 
     path, _, _ = sid_model
@@ -180,8 +180,8 @@ def _grpo_trainer(sid_model, sample, tmp_path, callbacks=(), extra_rewards=(), *
     policy and the catalog's SIDs."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from recot.synth.job import choose_split
     from recot.curation.next_item import next_item_rows
+    from recot.synth.job import choose_split
     from recot.trainer.grpo import RecGRPOConfig, RecGRPOTrainer
 
     path, _, _ = sid_model
@@ -231,9 +231,9 @@ def test_grpo_beam_groups_rank_distinct_sids(sid_model, sample, tmp_path):
 
 
 def test_rejection_sampling_keeps_only_hits_and_trains_on_them(sid_model, sample, tmp_path):
+    from recot.curation.next_item import next_item_rows
     from recot.runs.recipe import rejection_samples
     from recot.synth.job import choose_split
-    from recot.curation.next_item import next_item_rows
     from recot.trainer.sft import RecSFTConfig, train_sft
 
     path, _, _ = sid_model
@@ -336,8 +336,8 @@ report_to = "none"\nsave_strategy = "no"\nmax_length = 384\n""")
 
 
 def test_sft_with_lora_keeps_the_sid_embeddings_trainable(sid_model, sample, tmp_path):
-    from recot.synth.job import choose_split
     from recot.curation.next_item import next_item_rows
+    from recot.synth.job import choose_split
     from recot.trainer.sft import RecSFTConfig, train_sft
 
     path, _, _ = sid_model
@@ -353,8 +353,8 @@ def test_sft_with_lora_keeps_the_sid_embeddings_trainable(sid_model, sample, tmp
 def test_rollouts_without_reasoning_sample_the_answer_under_the_trie(sid_model, sample):
     from transformers import AutoModelForCausalLM, AutoTokenizer, GenerationConfig
 
-    from recot.synth.job import choose_split
     from recot.curation.next_item import next_item_rows
+    from recot.synth.job import choose_split
     from recot.trainer.rollout import two_stage
 
     path, _, _ = sid_model
@@ -441,8 +441,8 @@ def test_plain_loss_on_cpu_equals_trls_fused_loss(sid_model, sample, tmp_path):
     """RecSFTTrainer skips TRL's tiled fused LM head where it has no Triton: same loss, same metrics, less time."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from recot.synth.job import choose_split
     from recot.curation.next_item import next_item_rows
+    from recot.synth.job import choose_split
     from recot.trainer.sft import RecSFTConfig, RecSFTTrainer
 
     path, _, _ = sid_model
@@ -468,9 +468,9 @@ def test_vllm_and_transformers_rank_the_same_sids(sid_model, sample, tmp_path):
     pytest.importorskip("vllm")
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
+    from recot.curation.next_item import next_item_rows
     from recot.synth.job import choose_split
     from recot.trainer import vllm_decoding
-    from recot.curation.next_item import next_item_rows
     from recot.trainer.rollout import two_stage
 
     path, _, _ = sid_model

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from dataclasses import asdict
 from pathlib import Path
+from typing import Any
 
 import click
 
@@ -32,9 +33,11 @@ def ingest(traces: tuple[Path, ...], dataset: Path | None, domain: str | None, s
 
     for path in traces:  # every input is checked before the store is touched: a failed command changes nothing
         check_traces_file(path)
-    data = load_dataset(dataset) if dataset else None
     with Store(store) as db:
-        payload = {"catalog_items": db.load_catalog(data.catalog, domain or dataset.name, data.item_domains())} if data else {}
+        payload: dict[str, Any] = {}
+        if dataset is not None:
+            data = load_dataset(dataset)
+            payload["catalog_items"] = db.load_catalog(data.catalog, domain or dataset.name, data.item_domains())
         payload["files"] = [asdict(db.ingest(path)) for path in traces]
     emit(payload, as_json, f"ingest into {store}")
 
@@ -93,6 +96,9 @@ def judge(config: Path | None, store: Path, as_json: bool) -> None:
 @json_option
 def usefulness(scorer: str, batch_size: int, store: Path, as_json: bool) -> None:
     """delta_ll per R3 trace: log p(target SID | prompt, CoT) - log p(target SID | prompt) under SCORER."""
+    from recot.errors import require
+
+    require("train", "torch", "transformers", needed_for="recot curate usefulness")
     from recot.curation.store import Store
     from recot.curation.usefulness import run_usefulness
 

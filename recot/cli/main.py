@@ -10,8 +10,11 @@ from importlib.metadata import entry_points
 
 import click
 
-from recot.errors import DataError, SidError, TeacherError
+from recot.errors import DataError, SidError, TeacherError, require
 
+TRAIN = ("train", "torch", "transformers", "trl", "datasets")  # an extra and the modules it installs
+# commands that need an extra: checked before their module is imported, so the user reads the pip command
+NEEDS = {"train": TRAIN, "eval": TRAIN}
 # name -> (module:attribute, the help line `recot --help` shows without importing the module)
 COMMANDS = {
     "config": ("recot.cli.run:config_cmd", "List the settings of a config (their types, defaults and what they do)."),
@@ -40,6 +43,9 @@ class RecotGroup(click.Group):
 
     def get_command(self, ctx: click.Context, name: str) -> click.Command | None:
         if name in COMMANDS:
+            if name in NEEDS:
+                extra, *modules = NEEDS[name]
+                require(extra, *modules, needed_for=f"recot {name}")
             return _load(COMMANDS[name][0])
         found = [ep for ep in entry_points(group="recot.commands") if ep.name == name]
         return found[0].load() if found else None

@@ -10,6 +10,7 @@ import click
 from recot.cli.common import console, emit, json_option, lenient_option, report_option, save_rejects
 from recot.errors import DataError
 from recot.formats.sid import SidDialect
+from recot.teachers.batch_files import OPENAI_MAX_BYTES, OPENAI_MAX_REQUESTS
 
 
 @click.group()
@@ -175,8 +176,8 @@ def _shard(text: str):
 @synth_group.command("batch-write")
 @click.argument("config", type=click.Path(exists=True, dir_okay=False, path_type=Path))
 @click.option("--shard", default="0/1", show_default=True, help="Write shard I of N.")
-@click.option("--max-requests", type=int, default=50_000, show_default=True, help="Requests per file at most (the provider's limit).")
-@click.option("--max-bytes", type=int, default=200 * 1024 * 1024, show_default=True, help="Bytes per file at most.")
+@click.option("--max-requests", type=int, default=OPENAI_MAX_REQUESTS, show_default=True, help="Requests per file at most (the provider's limit).")
+@click.option("--max-bytes", type=int, default=OPENAI_MAX_BYTES, show_default=True, help="Bytes per file at most.")
 @json_option
 def synth_batch_write(config: Path, shard: str, max_requests: int, max_bytes: int, as_json: bool) -> None:
     """Write the job's unanswered requests as OpenAI Batch API JSONL (OUT/batch/requests-NNNNN.jsonl).

@@ -33,6 +33,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from recot.curation.store import Store
 from recot.errors import DataError
 from recot.formats.student import sql_text
+from recot.io import frame_of
 
 _MIX = np.uint64(0x9E3779B97F4A7C15)
 _EMPTY = np.iinfo(np.uint32).max
@@ -166,7 +167,7 @@ def signatures(grams: Grams, num_perm: int = 128, chunk: int = 1 << 13) -> np.nd
         h = grams.h[grams.offsets[start]:grams.offsets[start + rows]]
         part = np.full(rows * num_perm, _EMPTY, dtype=np.uint32)
         local = np.repeat(np.arange(rows, dtype=np.int64), sizes[start:start + rows])
-        np.minimum.at(part, local * num_perm + (h % np.uint32(num_perm)), h // np.uint32(num_perm))
+        np.minimum.at(part, (local * num_perm + (h % np.uint32(num_perm))).astype(np.int64), h // np.uint32(num_perm))
         sig[start:start + rows] = _densify(part.reshape(rows, num_perm))
     sig[sizes == 0] = _EMPTY
     return sig
@@ -354,7 +355,7 @@ class _Sketches:
             keys.truncate(self.bands * n * 8)
             start = 0
             for batch in store.stream(_ORDERED_SQL, batch_rows):
-                frame = pl.from_arrow(batch)
+                frame = frame_of(batch)
                 grams = shingles(frame["text"], config.ngram, config.seed)
                 grams.h.tofile(grams_file)
                 sizes.append(grams.sizes)

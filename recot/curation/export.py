@@ -229,7 +229,7 @@ def _write_formats(store: Store, parts: list[Path], formats: list[Format], out: 
     is sorted by split and trace id in memory and appended to every format's files, so the files hold each split
     in trace id order (a sort of all rows at once spills them uncompressed: over 50 GB at 10M traces). A split
     without rows gets no file (datasets refuses one). Returns the rows per format and split."""
-    counts = {name: dict.fromkeys(SPLITS, 0) for name in formats}
+    counts: dict[str, dict[str, int]] = {name: dict.fromkeys(SPLITS, 0) for name in formats}
     writers: dict[tuple[str, str], pq.ParquetWriter] = {}
     writing: Future | None = None
     try:

@@ -72,7 +72,7 @@ def run_judge(store: Store, config: JudgeConfig = JudgeConfig(), teacher: Teache
 
     def parse(_: Request, response: Response) -> tuple[Parsed, str | None]:
         parsed = parse_response(response, JudgeScore)
-        return parsed, parsed.output.reason if parsed.output else None
+        return parsed, getattr(parsed.output, "reason", None)
 
     try:
         stats = answer(teacher, journal, requests(), parse, AnswerStats())
@@ -88,7 +88,8 @@ def run_judge(store: Store, config: JudgeConfig = JudgeConfig(), teacher: Teache
 def _scores(journal: Journal, plan: list[tuple[str, str]]) -> tuple[list[dict], Counter]:
     """Score rows for every planned trace whose judge answer is valid; rejection reasons of the rest."""
     answers = journal.rows([key for _, key in plan], ("status", "reason", "output", "teacher", "model", "template_hash"))
-    scores, rejected = [], Counter()
+    scores: list[dict] = []
+    rejected: Counter = Counter()
     for trace_id, key in plan:
         if key not in answers:
             continue

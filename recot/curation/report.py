@@ -48,7 +48,7 @@ def slate_accuracy(store: Store) -> dict[str, float | int]:
     ``blind_hit`` rule checked. Empty when there are none."""
     answered, hits, chance, popular = store.con.execute(f"""
         SELECT count(*), count(*) FILTER (WHERE v.passed), avg({SLATE_PICKS} / len(t.items)), avg((t.popular_rank <= {SLATE_PICKS})::INT)
-        FROM verdicts v JOIN traces t USING (trace_id) WHERE v.rule = 'blind_hit' AND t.task IN {SLATE}""").fetchone()
+        FROM verdicts v JOIN traces t USING (trace_id) WHERE v.rule = 'blind_hit' AND t.task IN {SLATE}""").fetchall()[0]
     if not answered:
         return {}
     return {"answered": answered, "hits": hits, "accuracy": round(hits / answered, 4),

@@ -26,7 +26,8 @@ from recot.curation.argilla_api import Argilla, ReviewError
 from recot.curation.report import KEPT_SQL
 from recot.curation.store import Store
 from recot.curation.trace_columns import trace_columns
-from recot.formats.cot import THINK_CLOSE, THINK_OPEN
+from recot.formats.cot import THINK_CLOSE, THINK_OPEN, answer_sql
+from recot.io import frame_of
 
 MODULES = ("persona", "interests", "transition", "answer")
 GUIDELINES = """Each record is one chain of thought a teacher model wrote for a user's next purchase.
@@ -151,7 +152,7 @@ def push(store: Store, config: ReviewConfig, api: Argilla | None = None) -> dict
     api = api or Argilla(config.url)
     dataset_id, questions = _ensure_dataset(api, config)
     trace_columns(store, ("lines",))
-    rows = pl.from_arrow(store.con.sql(_settings_sql(config)).to_arrow_table())
+    rows = frame_of(store.con.sql(_settings_sql(config)).to_arrow_table())
     items = _items(rows, questions["quality"])
     hashes = [_content_hash(item) for item in items]
     pushed = dict(store.con.execute("SELECT trace_id, content_hash FROM review_pushes WHERE dataset = ?",
@@ -220,7 +221,7 @@ def _decide(store: Store, config: ReviewConfig) -> None:
                CASE WHEN correction IS NOT NULL THEN
                    '{THINK_OPEN}' || chr(10) || trim(replace(replace(correction, '{THINK_OPEN}', ''), '{THINK_CLOSE}', ''))
                    || chr(10) || '{THINK_CLOSE}'
-                   || chr(10) || coalesce(json_extract_string(output, '$.answer'), split_part(text, '{THINK_CLOSE}', 2)) END,
+                   || chr(10) || coalesce(json_extract_string(output, '$.answer'), {answer_sql('text')}) END,
                reviewer, corrected_at
         FROM (SELECT p.trace_id, t.output, t.text, coalesce(v.accepts, 0) AS accepts, coalesce(v.rejects, 0) AS rejects,
                      f.correction, f.reviewer, f.corrected_at

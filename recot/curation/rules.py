@@ -21,7 +21,9 @@ from pydantic import BaseModel, ConfigDict, Field
 from recot.curation.store import Store
 from recot.curation.trace_columns import WORD_RE, trace_columns
 from recot.formats.cot import COT_PATTERN, reasoning_sql
+from recot.formats.grounding import grounding_sql
 from recot.formats.profiles import all_personas
+from recot.formats.sid import codes_sql
 
 # Which traces a rule reads follows from their task's declaration (the store's ``tasks`` table)
 COT = "(SELECT task FROM tasks WHERE cot)"
@@ -170,20 +172,11 @@ def _sid_validity(_: RulesConfig, sid_re: str) -> str:
         FROM traces t LEFT JOIN unknown u USING (trace_id) LEFT JOIN answers a USING (trace_id) WHERE t.status = 'ok'"""
 
 
-def grounding_sql(sid_re: str) -> str:
-    """Per R3 trace: ``ehr`` and ``cov_rate`` from the SIDs and ``#k`` citations in its <think> block
-    (reads the ``trace_columns`` table)."""
-    return f"""
-        WITH r AS (SELECT t.trace_id, coalesce(len(t.history), 0) AS n, coalesce(h.history_sids, []) AS hist,
-                          {reasoning_sql("t.text")} AS think
-                   FROM traces t LEFT JOIN trace_columns h USING (trace_id) WHERE t.status = 'ok' AND t.task IN {COT}),
-        x AS (SELECT trace_id, n, hist, regexp_extract_all(think, '{sid_re}') AS sids,
-                     list_transform(regexp_extract_all(think, '#(\\d+)', 1), lambda p: TRY_CAST(p AS INTEGER)) AS cited
-              FROM r)
-        SELECT trace_id, coalesce(len(list_filter(sids, lambda s: NOT list_contains(hist, s))) / nullif(len(sids), 0)::DOUBLE, 0.0) AS ehr,
-               len(list_filter(range(1, n + 1), lambda p: list_contains(cited, p) OR list_contains(sids, hist[p]))) / greatest(n, 1)::DOUBLE
-                   AS cov_rate
-        FROM x"""
+def _grounding_table(sid_re: str) -> str:
+    """Per R3 trace: ``ehr`` and ``cov_rate`` of its <think> block (:func:`recot.formats.grounding.grounding_sql`; reads
+    the ``trace_columns`` table)."""
+    return grounding_sql(f"""(SELECT t.trace_id, {reasoning_sql("t.text")} AS reasoning, coalesce(h.history_sids, []) AS history_sids
+                             FROM traces t LEFT JOIN trace_columns h USING (trace_id) WHERE t.status = 'ok' AND t.task IN {COT})""", sid_re)
 
 
 def _grounding(c: RulesConfig, sid_re: str) -> str:
@@ -248,11 +241,10 @@ def _future(_: RulesConfig, sid_re: str) -> str:
 
 def _blind_hit(c: RulesConfig, sid_re: str) -> str:
     """Open answers hit exactly or by a shared SID prefix; slate answers only exactly (the slate holds the item)."""
-    codes = "regexp_extract_all({}, '_(\\d+)>', 1)"
     k = c.blind_hit.prefix_levels
     return f"""
-        WITH x AS (SELECT t.trace_id, {codes.format("json_extract_string(t.output, '$.answer')")} AS got,
-                          {codes.format('c.sid_text')} AS want, json_extract_string(t.output, '$.answer') AS answer, c.sid_text
+        WITH x AS (SELECT t.trace_id, {codes_sql("json_extract_string(t.output, '$.answer')")} AS got,
+                          {codes_sql('c.sid_text')} AS want, json_extract_string(t.output, '$.answer') AS answer, c.sid_text
                    FROM traces t JOIN catalog c ON c.item_id = t.target
                    WHERE t.status = 'ok' AND t.task IN {BLIND}),
         s AS (SELECT t.trace_id, c.sid_text,
@@ -288,7 +280,7 @@ def run_rules(store: Store, config: RulesConfig = RulesConfig()) -> dict[str, in
         # built once: grounding reads the history's SIDs, leakage its titles, brands and the reasoning's words
         trace_columns(store, ("history_sids", "history_titles", "history_brands", "think_words"))
         # computed once: the grounding rule and the ehr / cov_rate scores both read it
-        store.con.execute(f"CREATE OR REPLACE TEMP TABLE grounding AS {grounding_sql(sid_re)}")
+        store.con.execute(f"CREATE OR REPLACE TEMP TABLE grounding AS {_grounding_table(sid_re)}")
         for name, rule in RULES.items():
             store.con.execute("DELETE FROM verdicts WHERE rule = ?", [name])
             if not getattr(config, name).enabled:

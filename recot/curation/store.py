@@ -28,6 +28,7 @@ from recot.formats.sid import DEFAULT_DIALECT, SidDialect
 from recot.formats.splits import SPLIT_FILE, SplitSpec
 from recot.formats.student import sql_text
 from recot.formats.tasks import TASKS, TASKS_FILE, builtin_declarations
+from recot.io import frame_of
 from recot.synth.journal import OUTPUT_SCHEMA
 
 SCHEMA_VERSION = 5
@@ -212,7 +213,7 @@ class Store:
     def catalog(self) -> Catalog:
         """The catalog as loaded into the store (ids, titles, brands, SIDs in the recorded dialect): what
         judging shows, so it never reloads the dataset for what the store holds."""
-        frame = pl.from_arrow(self.con.sql("SELECT item_id, title, brand, sid_text FROM catalog ORDER BY item_id").to_arrow_table())
+        frame = frame_of(self.con.sql("SELECT item_id, title, brand, sid_text FROM catalog ORDER BY item_id").to_arrow_table())
         return Catalog.from_sid_text(frame, self.sid_dialect())
 
     def sid_pattern(self) -> str:

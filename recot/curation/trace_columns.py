@@ -16,8 +16,9 @@ import polars as pl
 import pyarrow.parquet as pq
 
 from recot.curation.store import Store
-from recot.formats.cot import THINK_CLOSE, THINK_OPEN
+from recot.formats.cot import reasoning_expr
 from recot.formats.student import history_line, sql_text
+from recot.io import frame_of
 
 WORD_RE = r"[a-z0-9]+"
 NON_WORD_RE = r"[^a-z0-9]+"  # what separates WORD_RE's words
@@ -39,7 +40,7 @@ def trace_columns(store: Store, columns: Sequence[str] = COLUMNS, name: str = "t
     unknown = set(columns) - set(COLUMNS)
     if unknown:
         raise ValueError(f"unknown trace columns {sorted(unknown)}; choose from {list(COLUMNS)}")
-    catalog = pl.from_arrow(store.con.sql("SELECT item_id, sid_text, title, brand FROM catalog").to_arrow_table()).with_columns(
+    catalog = frame_of(store.con.sql("SELECT item_id, sid_text, title, brand FROM catalog").to_arrow_table()).with_columns(
         words=" " + pl.col("title").fill_null("").str.to_lowercase().str.extract_all(WORD_RE).list.join(" ") + " ",
         brand=pl.col("brand").str.to_lowercase())
     text = ", text" if "think_words" in columns else ""
@@ -49,7 +50,7 @@ def trace_columns(store: Store, columns: Sequence[str] = COLUMNS, name: str = "t
         return pl.element().replace_strict(catalog["item_id"], catalog[column], default=default)
 
     history = pl.col("history")
-    think = pl.col("text").str.split_exact(THINK_CLOSE, 1).struct.field("field_0").str.split_exact(THINK_OPEN, 1).struct.field("field_1")
+    think = reasoning_expr(pl.col("text"))
     built = {
         "history_sids": history.list.eval(through("sid_text")),
         "lines": history.list.eval(history_line(pl.int_range(1, pl.len() + 1), through("sid_text"), through("title"))).list.join("\n"),
@@ -62,5 +63,5 @@ def trace_columns(store: Store, columns: Sequence[str] = COLUMNS, name: str = "t
     path = store.spill(f"{name}.parquet")
     with pq.ParquetWriter(path, empty.select(selected).to_arrow().schema, compression="lz4") as writer:
         for batch in store.stream(query):
-            writer.write_table(pl.from_arrow(batch).select(selected).to_arrow())
+            writer.write_table(frame_of(batch).select(selected).to_arrow())
     store.con.execute(f"CREATE OR REPLACE TEMP VIEW {name} AS SELECT * FROM read_parquet({sql_text(str(path))})")

@@ -58,7 +58,7 @@ def run_usefulness(store: Store, scorer: str | Path, batch_size: int = 8, max_le
         WHERE t.status = 'ok' AND t.task IN {COT} AND starts_with(t.text, '{THINK_OPEN}') ORDER BY t.trace_id""").fetchall()
 
     def chat(prompt: str) -> str:
-        return tokenizer.apply_chat_template([{"role": "user", "content": prompt}], tokenize=False, add_generation_prompt=True)
+        return str(tokenizer.apply_chat_template([{"role": "user", "content": prompt}], tokenize=False, add_generation_prompt=True))
 
     targets = [sid for _, _, sid, _, _ in rows]
     # as the export trains them: a CoT row asks for reasoning and gets it, a plain row asks for the SID alone

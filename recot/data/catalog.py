@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
+from typing import cast
 
 import numpy as np
 import polars as pl
@@ -46,8 +47,8 @@ class Catalog:
         """A catalog from rows of ``item_id``, ``sid_text`` and any other item columns (the store's catalog table, an
         export's ``catalog.parquet``); the columns it lacks are empty, the dialect is the SIDs' own unless given."""
         parsed = parse_sid_values(frame["sid_text"].to_list())
-        items = frame.with_columns(sid=parsed.codes).with_columns(
-            pl.lit(None, dtype).alias(name) for name, dtype in ITEM_SCHEMA.items() if name not in frame.columns)
+        items = frame.with_columns(sid=parsed.codes)
+        items = items.with_columns(pl.lit(None, dtype).alias(name) for name, dtype in ITEM_SCHEMA.items() if name not in items.columns)
         return cls(items.select(list(ITEM_SCHEMA)), dialect or parsed.dialect)
 
     def __len__(self) -> int:
@@ -57,7 +58,7 @@ class Catalog:
     def levels(self) -> int | None:
         """Number of SID levels (None when no item has a SID)."""
         lengths = self.items["sid"].list.len().drop_nulls().unique()
-        return int(lengths.max()) if lengths.len() else None
+        return int(cast(int, lengths.max())) if lengths.len() else None
 
     @property
     def codebook_sizes(self) -> list[int]:

@@ -228,7 +228,7 @@ def _minionerec_catalog(items_path: Path, sids_path: Path, lenient: bool) -> tup
                  "which value holds is ambiguous") for path, keys in ((items_path, items_repeated), (sids_path, sids_repeated))
                 for key in keys]
     ambiguous = set(items_repeated) | set(sids_repeated)
-    rows = []
+    rows: list[dict] = []
     for (item_id, rec), codes, error in zip(items.items(), parsed.codes, parsed.errors):
         if item_id in ambiguous:
             continue
@@ -264,7 +264,7 @@ def _minionerec_windows(path: Path, period: int, catalog: Catalog, dropped: set[
                         lenient: bool) -> tuple[pl.DataFrame, pl.DataFrame]:
     """One period's windows; ``dropped``: item ids rejected from the catalog (lenient mode), named as such."""
     source = TableSource(path=path)
-    need = {"user_id": pl.Utf8(), "history_item_id": pl.Utf8(), "item_id": pl.Utf8(), "item_sid": pl.Utf8()}
+    need: dict[str, pl.DataType] = {"user_id": pl.Utf8(), "history_item_id": pl.Utf8(), "item_id": pl.Utf8(), "item_sid": pl.Utf8()}
     raw = _mapped(scan_table(path, lenient), source, need, ("user_id", "history_item_id", "item_id", "item_sid")).collect()
     known = catalog.items["item_id"].implode()
     sid_of = catalog.items.select("item_id", _cat_sid=catalog.sid_text())

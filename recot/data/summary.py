@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import cast
+
 import polars as pl
 
 from recot.data.loaders import Dataset
@@ -10,7 +12,8 @@ from recot.data.loaders import Dataset
 def summarize(ds: Dataset) -> dict:
     """A JSON-ready summary of a dataset, as ``recot data inspect`` prints it."""
     items = ds.catalog.items
-    seqs = ds.sequences().select("length").collect()["length"]
+    seqs = ds.sequences().select(pl.col("length").cast(pl.Int64)).collect()["length"]
+    low, high, total = (int(cast(int, v or 0)) for v in (seqs.min(), seqs.max(), seqs.sum()))
     quantiles = {f"p{int(q * 100)}": float(seqs.quantile(q, "nearest") or 0) for q in (0.25, 0.5, 0.75, 0.95)}
     missing = items.select(
         [(pl.col(c).is_null() | (pl.col(c).cast(pl.Utf8).str.strip_chars() == "")).sum().alias(c)
@@ -24,9 +27,8 @@ def summarize(ds: Dataset) -> dict:
         "items": items.height,
         "missing_text": missing,
         "users": seqs.len(),
-        "interactions": int(seqs.sum()),
-        "sequence_length": {"min": int(seqs.min() or 0), "mean": round(float(seqs.mean() or 0), 3), **quantiles,
-                            "max": int(seqs.max() or 0)},
+        "interactions": total,
+        "sequence_length": {"min": low, "mean": round(float(cast(float, seqs.mean() or 0)), 3), **quantiles, "max": high},
         "sids": {
             "levels": levels,
             "codebook_sizes": ds.catalog.codebook_sizes,

@@ -16,10 +16,9 @@ so every training sample has the same shape and curation rules can find each mod
 
 from __future__ import annotations
 
-import re
-from collections.abc import Sequence
+from typing import Any
 
-from pydantic import BaseModel
+import polars as pl
 
 from recot.formats.sid import ANY_SID_PATTERN
 
@@ -28,17 +27,10 @@ THINK_OPEN, THINK_CLOSE = "<think>", "</think>"
 COT_PATTERN = (rf"{THINK_OPEN}\nPersona: [^\n]+\nInterests:\n(?:\d+\. [^\n]+\n)+Transition: [^\n]+\n{THINK_CLOSE}\n[^\n]+")
 
 
-def think_block_sql(text: str) -> str:
-    """SQL: the think block of the trace text ``text`` (a SQL expression), markers included."""
-    return f"split_part({text}, '{THINK_CLOSE}', 1) || '{THINK_CLOSE}'"
+# A student's completion: an optional think block, then exactly one SID (the format reward checks it).
+COMPLETION_PATTERN = rf"(?:{THINK_OPEN}\n?.+?\n?{THINK_CLOSE}\s*)?({ANY_SID_PATTERN})\s*"
 
-
-def reasoning_sql(text: str) -> str:
-    """SQL: the reasoning inside the think block of ``text``, markers excluded."""
-    return f"split_part(split_part({text}, '{THINK_CLOSE}', 1), '{THINK_OPEN}', 2)"
-
-
-def render_cot(trace: BaseModel) -> str:
+def render_cot(trace: Any) -> str:
     """Training text of a validated :func:`synth.schemas.cot_trace_model` instance."""
     interests = "\n".join(
         f"{i}. {item.name} (from {', '.join(f'#{e}' for e in item.evidence)})"
@@ -54,15 +46,43 @@ def render_cot(trace: BaseModel) -> str:
     )
 
 
-def grounding(reasoning: str, history_sids: Sequence[str | None], sid_pattern: str = ANY_SID_PATTERN) -> tuple[float, float]:
-    """(EHR, cov_rate) of a reasoning text against its history's SIDs (None for an item without one).
+# The think block, in the three languages recot reads text in. One meaning: a text has a think block when it holds
+# THINK_CLOSE, and the block ends at the first one; the reasoning is what follows THINK_OPEN inside the block (empty
+# without one); the answer is what follows the block, or the whole text when it has none (a direct answer).
+# tests/test_formats.py holds the Python, SQL and polars forms to each other.
 
-    EHR is the share of SIDs the reasoning mentions that are not in the history (0 when it mentions
-    none); cov_rate the share of history positions it cites as ``#k`` or whose SID it mentions. This
-    is the definition; the ``grounding`` curation rule computes the same in SQL for every trace."""
-    mentioned = re.findall(sid_pattern, reasoning)
-    cited = {int(k) for k in re.findall(r"#(\d+)", reasoning)}
-    known = {s for s in history_sids if s}
-    ehr = sum(s not in known for s in mentioned) / len(mentioned) if mentioned else 0.0
-    covered = sum(1 for k, s in enumerate(history_sids, start=1) if k in cited or (s is not None and s in mentioned))
-    return ehr, covered / max(len(history_sids), 1)
+
+BLANKS = " \n\r\t"  # what is stripped around an answer
+
+
+def split_think(text: str) -> tuple[str, str]:
+    """(reasoning, answer) of a trace or completion text: markers excluded, answer stripped of blanks."""
+    if THINK_CLOSE not in text:
+        return "", text.strip(BLANKS)
+    block, _, answer = text.partition(THINK_CLOSE)
+    _, opened, reasoning = block.partition(THINK_OPEN)
+    return (reasoning if opened else ""), answer.strip(BLANKS)
+
+
+def think_block_sql(text: str) -> str:
+    """SQL: the think block of the trace text ``text`` (a SQL expression), markers included."""
+    return f"split_part({text}, '{THINK_CLOSE}', 1) || '{THINK_CLOSE}'"
+
+
+def reasoning_sql(text: str) -> str:
+    """SQL: the reasoning inside the think block of ``text``, markers excluded (:func:`split_think`'s first part)."""
+    return f"CASE WHEN contains({text}, '{THINK_CLOSE}') THEN split_part(split_part({text}, '{THINK_CLOSE}', 1), '{THINK_OPEN}', 2) ELSE '' END"
+
+
+def answer_sql(text: str) -> str:
+    """SQL: what follows the think block of ``text`` (:func:`split_think`'s second part)."""
+    blanks = " || ".join(f"chr({ord(c)})" for c in BLANKS)
+    return (f"trim(CASE WHEN contains({text}, '{THINK_CLOSE}') THEN substr({text}, strpos({text}, '{THINK_CLOSE}') + "
+            f"{len(THINK_CLOSE)}) ELSE {text} END, {blanks})")
+
+
+def reasoning_expr(text: pl.Expr) -> pl.Expr:
+    """polars: the reasoning of each text (:func:`split_think`'s first part, null where ``text`` is null)."""
+    block = text.str.split_exact(THINK_CLOSE, 1).struct.field("field_0")
+    closed = text.str.contains(THINK_CLOSE, literal=True) & block.str.contains(THINK_OPEN, literal=True)
+    return pl.when(closed).then(block.str.split_exact(THINK_OPEN, 1).struct.field("field_1")).when(text.is_not_null()).then(pl.lit(""))

@@ -81,7 +81,7 @@ def cot_trace_model(personas: tuple[str, ...] = ECOMMERCE_PERSONAS) -> type[Base
         raise ValueError("a persona list needs at least one prototype")
     persona = create_model(
         "Persona", __base__=Strict,
-        prototype=(Literal[personas], ...),  # type: ignore[valid-type]
+        prototype=(Literal[personas], ...),  # type: ignore[valid-type,arg-type]  # a Literal of run-time values
         evidence=(str, Field(min_length=1, max_length=300)),
     )
     return create_model(

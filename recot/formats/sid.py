@@ -23,6 +23,9 @@ _WRAPPED = re.compile(r"^(<\|[^<>|]+\|>)?((?:<[a-z0-9_]+>)+)(<\|[^<>|]+\|>)?$")
 # One SID in any dialect (for text whose dialect is unknown, e.g. a model's completion); a dataset's own
 # grammar is SidDialect.pattern. Both are valid in Python's re and in DuckDB's RE2.
 ANY_SID_PATTERN = r"(?:<\|[^<>|]+\|>)?(?:<[a-z0-9_]*[a-z]_\d+>)+(?:<\|[^<>|]+\|>)?"
+_ANY_SID = re.compile(ANY_SID_PATTERN)
+# One level's code inside a SID token of any dialect (``<a_12>``, ``<s_b_3>``): the number before ``>``.
+CODE_PATTERN = r"_(\d+)>"
 SID_FORM = (
     "one token per level in order, e.g. <a_12><b_3><c_77> or <s_a_12><s_b_3><s_c_77>, "
     "optionally wrapped as <|sid_begin|>...<|sid_end|>"
@@ -95,6 +98,19 @@ class SidDialect:
 
 
 DEFAULT_DIALECT = SidDialect()
+
+
+def sid_codes(text: str | None) -> tuple[int, ...] | None:
+    """Level codes of a SID text in any dialect (markers ignored); None when ``text`` is not one SID. Rewards compare
+    SIDs by these codes, so a completion is judged by what it names, not by how it is written."""
+    if not text or not _ANY_SID.fullmatch(text):
+        return None
+    return tuple(int(code) for code in re.findall(CODE_PATTERN, text))
+
+
+def codes_sql(text: str) -> str:
+    """SQL: the level codes of the SID text ``text`` (a SQL expression), as a list of strings (:func:`sid_codes`)."""
+    return f"regexp_extract_all({text}, '{CODE_PATTERN}', 1)"
 
 
 def parse_sid(text: str) -> tuple[tuple[int, ...], SidDialect]:

@@ -46,6 +46,7 @@ class SplitSpec(BaseModel):
     def build(self, seqs: pl.LazyFrame) -> Split:
         """The samples and cut-offs of this split over a dataset's sequences."""
         if self.kind == "temporal":
+            assert self.valid_start is not None and self.test_start is not None  # choose() sets both for a temporal split
             return temporal(seqs, self.valid_start, self.test_start, self.max_history)
         return leave_last_out(seqs, self.max_history)
 

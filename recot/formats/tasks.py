@@ -60,7 +60,7 @@ class Task:
     name: str  # the template's task name in the prompt library; the ``task`` column of its traces
     source: Source
     schema: Callable[[tuple[str, ...]], type[BaseModel]]  # output model for a persona list
-    text: Callable[[BaseModel], str]  # training text of a validated output
+    text: Callable[[Any], str]  # training text of a validated output (an instance of the task's schema)
     needs_target: bool = False  # the prompt shows a target (hindsight, co-purchase pairs): training part only
     slate: bool = False  # samples come with a candidate slate (synth.slates) and the answer must be one of them
     cot: bool = False  # the text is a CoT trace (synth.cot): CoT rules; export trains next-item generation with it

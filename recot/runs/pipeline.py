@@ -25,6 +25,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -37,7 +38,7 @@ from recot.curation.export import ExportConfig
 from recot.curation.judge import JudgeConfig
 from recot.curation.review import ReviewConfig
 from recot.curation.rules import RulesConfig
-from recot.errors import DataError
+from recot.errors import DataError, require
 from recot.io import atomic_path
 from recot.synth.job import SynthConfig
 from recot.synth.prompts import PromptLibrary
@@ -100,6 +101,7 @@ class PipelineConfig(BaseModel):
         if self.grpo is not None and self.sft is None:
             raise ValueError("[grpo] starts from the SFT checkpoint: add an [sft] table")
         if self.sft is not None or self.grpo is not None:
+            require("train", "torch", "transformers", "trl", "datasets", needed_for="the pipeline's [sft] and [grpo] stages")
             from recot.trainer.grpo import RecGRPOConfig
             from recot.trainer.sft import RecSFTConfig
 
@@ -203,14 +205,14 @@ class Pipeline:
         ]
         curated = ["curate"]
         if c.judge is not None:
-            stages.append(Stage("judge", self._run_judge, _dump(c.judge), [self.store_path],
+            stages.append(Stage("judge", partial(self._run_judge, c.judge), _dump(c.judge), [self.store_path],
                                 [*templates, *self._teacher_inputs(c.judge.teacher.model)], curated))
             curated = [*curated, "judge"]
         if c.dedup is not None:
-            stages.append(Stage("dedup", self._run_dedup, _dump(c.dedup), [self.store_path], after=curated))
+            stages.append(Stage("dedup", partial(self._run_dedup, c.dedup), _dump(c.dedup), [self.store_path], after=curated))
             curated = [*curated, "dedup"]
         if c.review is not None:
-            stages.append(Stage("review", self._run_review, _dump(c.review), [self.store_path], after=curated, always=True))
+            stages.append(Stage("review", partial(self._run_review, c.review), _dump(c.review), [self.store_path], after=curated, always=True))
             curated = [*curated, "review"]
         stages.append(Stage("export", self._run_export, _dump(c.export, ("out", "dataset", "overwrite")), [c.export.out],
                             after=curated))
@@ -218,18 +220,18 @@ class Pipeline:
             return stages
         base: list[str] = []
         if c.tiny_model is not None and not c.base_model:
-            stages.append(Stage("tiny_model", self._run_tiny_model, _dump(c.tiny_model), [self._model_dir("base-model")],
+            stages.append(Stage("tiny_model", partial(self._run_tiny_model, c.tiny_model), _dump(c.tiny_model), [self._model_dir("base-model")],
                                 after=["export"]))
             base = ["tiny_model"]
         base_inputs = [Path(c.base_model)] if c.base_model and Path(c.base_model).exists() else []
-        stages.append(Stage("sft", self._run_sft, {"sft": c.sft, "base_model": c.base_model}, [self._model_dir("sft")],
+        stages.append(Stage("sft", partial(self._run_sft, c.sft), {"sft": c.sft, "base_model": c.base_model}, [self._model_dir("sft")],
                             base_inputs, ["export", *base]))
         trained = "sft"
         if c.grpo is not None:
-            stages.append(Stage("grpo", self._run_grpo, c.grpo, [self._model_dir("grpo")], after=["sft", "export"]))
+            stages.append(Stage("grpo", partial(self._run_grpo, c.grpo), c.grpo, [self._model_dir("grpo")], after=["sft", "export"]))
             trained = "grpo"
         if c.eval is not None:
-            stages.append(Stage("eval", lambda: self._run_eval(trained), {"eval": c.eval, "model": trained},
+            stages.append(Stage("eval", partial(self._run_eval, c.eval, trained), {"eval": c.eval, "model": trained},
                                 [self.out / "eval" / "report.json"], after=[trained, "export"]))
         return stages
 
@@ -259,26 +261,26 @@ class Pipeline:
                 failed = run_rules(db, self.config.rules)
         return {"ingested": ingested.new, "ingest_rejected": ingested.rejected, "failed_per_rule": failed}
 
-    def _run_judge(self) -> dict[str, Any]:
+    def _run_judge(self, settings: JudgeConfig) -> dict[str, Any]:
         from recot.curation.judge import run_judge
         from recot.curation.store import Store
 
         with Store(self.store_path) as db:
-            return run_judge(db, self.config.judge)
+            return run_judge(db, settings)
 
-    def _run_dedup(self) -> dict[str, Any]:
+    def _run_dedup(self, settings: DedupConfig) -> dict[str, Any]:
         from recot.curation.dedup import run_dedup
         from recot.curation.store import Store
 
         with Store(self.store_path) as db:
-            return run_dedup(db, self.config.dedup)
+            return run_dedup(db, settings)
 
-    def _run_review(self) -> dict[str, Any]:
+    def _run_review(self, settings: ReviewConfig) -> dict[str, Any]:
         from recot.curation.review import pull, push
         from recot.curation.store import Store
 
         with Store(self.store_path) as db:
-            return {"push": push(db, self.config.review), "pull": pull(db, self.config.review)}
+            return {"push": push(db, settings), "pull": pull(db, settings)}
 
     def _run_export(self) -> dict[str, Any]:
         from recot.curation.export import export
@@ -289,39 +291,38 @@ class Pipeline:
         return {"kept": card["funnel"]["kept"], "rows": {name: sum(parts.values()) for name, parts in card["formats"].items()},
                 "decontaminated": card["decontamination"]["rows_dropped"]}
 
-    def _run_tiny_model(self) -> dict[str, Any]:
+    def _run_tiny_model(self, settings: TinyModelConfig) -> dict[str, Any]:
         from recot.trainer.data import export_catalog
         from recot.trainer.tiny_model import build_tiny_model
 
-        settings = self.config.tiny_model
         target = self._model_dir("base-model")
         with atomic_path(target) as tmp:
             build_tiny_model(tmp, export_catalog(self.out / "export").items["title"].to_list(), vocab_size=settings.vocab_size,
                              hidden_size=settings.hidden_size, layers=settings.layers, seed=settings.seed)
         return {"model": str(target), "hidden_size": settings.hidden_size, "layers": settings.layers}
 
-    def _run_sft(self) -> dict[str, Any]:
+    def _run_sft(self, settings: dict[str, Any]) -> dict[str, Any]:
         from recot.runs.stages import train_stage
 
         target = self._model_dir("sft")
-        trainer = train_stage("sft", self.config.sft, self.config.base_model or self._model_dir("base-model"), self.out / "export", target)
+        trainer = train_stage("sft", settings, self.config.base_model or self._model_dir("base-model"), self.out / "export", target)
         losses = [entry["loss"] for entry in trainer.state.log_history if "loss" in entry]
         return {"model": str(target), "steps": trainer.state.global_step, "first_loss": losses[0] if losses else None,
                 "last_loss": losses[-1] if losses else None}
 
-    def _run_grpo(self) -> dict[str, Any]:
+    def _run_grpo(self, settings: dict[str, Any]) -> dict[str, Any]:
         from recot.runs.stages import train_stage
 
         target = self._model_dir("grpo")
-        trainer = train_stage("grpo", self.config.grpo, self._model_dir("sft"), self.out / "export", target)
+        trainer = train_stage("grpo", settings, self._model_dir("sft"), self.out / "export", target)
         rewards = [entry["reward"] for entry in trainer.state.log_history if "reward" in entry]
         return {"model": str(target), "steps": trainer.state.global_step,
                 "mean_reward_first": rewards[0] if rewards else None, "mean_reward_last": rewards[-1] if rewards else None}
 
-    def _run_eval(self, trained: str) -> dict[str, Any]:
+    def _run_eval(self, settings: dict[str, Any], trained: str) -> dict[str, Any]:
         from recot.trainer.evaluate import EvalConfig, evaluate
 
-        config = EvalConfig(**{**self.config.eval, **self.config._eval_fixed(trained)})
+        config = EvalConfig(**{**settings, **self.config._eval_fixed(trained)})
         report = evaluate(config)
         k, methods = config.k, [name for name in METHODS if name in report]
         return {"rows": report["rows"], **{f"{name}.recall@{k}": report[name][f"recall@{k}"] for name in methods},

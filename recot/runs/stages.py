@@ -22,13 +22,14 @@ def stage_config(kind: type[C], settings: dict[str, Any], **fixed: Any) -> C:
 def train_stage(kind: Literal["sft", "grpo"], settings: dict[str, Any], model_path: str | Path, export: Path, output_dir: Path):
     """Train from ``model_path`` on the export at ``export`` (its rows and its catalog's SIDs) into a fresh
     ``output_dir``. Returns the trainer."""
+    from recot.trainer.grpo import RecGRPOConfig, train_grpo
+    from recot.trainer.sft import RecSFTConfig, train_sft
+
+    fixed = {"model_path": str(model_path), "dataset_path": str(export), "sid_catalog": str(export), "output_dir": str(output_dir)}
     if kind == "sft":
-        from recot.trainer.sft import RecSFTConfig as Config
-        from recot.trainer.sft import train_sft as train
-    else:
-        from recot.trainer.grpo import RecGRPOConfig as Config
-        from recot.trainer.grpo import train_grpo as train
-    config = stage_config(Config, settings, model_path=str(model_path), dataset_path=str(export), sid_catalog=str(export),
-                          output_dir=str(output_dir))
-    shutil.rmtree(output_dir, ignore_errors=True)  # after the settings load: a bad table deletes nothing
-    return train(config)
+        sft = stage_config(RecSFTConfig, settings, **fixed)
+        shutil.rmtree(output_dir, ignore_errors=True)  # after the settings load: a bad table deletes nothing
+        return train_sft(sft)
+    grpo = stage_config(RecGRPOConfig, settings, **fixed)
+    shutil.rmtree(output_dir, ignore_errors=True)
+    return train_grpo(grpo)

@@ -61,7 +61,7 @@ def run_on_ray(config: SynthConfig, shards: int, address: str | None = None, gpu
         job = bar.add_task(f"ray: {shards} shards", total=None, status="")
         while pending:
             _, pending = ray.wait(pending, timeout=0.5)
-            seen, planned = ray.get(tracker.totals.remote())
+            seen, planned = ray.get(tracker.totals.remote())  # type: ignore[attr-defined]  # ray adds .remote to actor methods
             bar.update(job, completed=seen, total=planned or None, status=f"{shards - len(pending)} of {shards} shards done")
     reports = [JobReport(**r) for r in ray.get(refs)]  # a shard that failed for good raises here, with its error
     return merge_shards(config, shards, reports, time.perf_counter() - started)

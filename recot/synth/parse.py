@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass
+from typing import Any
 
 from pydantic import BaseModel, ValidationError
 
@@ -70,7 +71,8 @@ def off_slate(parsed: Parsed, slate_sids: list[str], top_k: int) -> Parsed:
     """``parsed`` (a valid slate trace) or its rejection when the picks are not ``top_k`` distinct candidates.
 
     Structured outputs already confine the picks; this holds for teachers that decode freely too."""
-    picks = [parsed.output.answer, *parsed.output.alternatives]
+    output: Any = parsed.output  # a slate trace model: answer and alternatives
+    picks = [output.answer, *output.alternatives]
     off = [sid for sid in picks if sid not in slate_sids]
     if off:
         return _reject("off_slate", f"{off[0]} is not a candidate")

@@ -110,11 +110,13 @@ def iter_requests(task: Task, subjects: Path, library: PromptLibrary, items: Ite
     that slate's SIDs."""
     if task.slate and slates is None:
         raise ValueError(f"task {task.name} needs a slate sampler")
+    top_k = slates.config.top_k if slates is not None else 0
     schemas: dict[str, dict[str, Any]] = {}  # per profile: its personas shape the schema
     shown: dict[str, dict[str, Any]] = {}  # per profile: the template variable, dumped once
     for batch in pq.ParquetFile(subjects).iter_batches(batch_size=batch_rows):
         rows = [row for row in batch.to_pylist() if shard.owns(row["subject_id"])]
-        drawn = (slates.draw_batch([r["subject_id"] for r in rows], [r["history"] for r in rows], [r["target"] for r in rows])
+        drawn = (slates.draw_batch(  # type: ignore[union-attr]  # a slate task has its sampler (checked above)
+                 [r["subject_id"] for r in rows], [r["history"] for r in rows], [r["target"] for r in rows])
                  if task.slate and rows else [None] * len(rows))
         for row, slate in zip(rows, drawn):
             profile = profiles.of(row["target"] if task.source == "samples" else row["items"][0])
@@ -124,9 +126,9 @@ def iter_requests(task: Task, subjects: Path, library: PromptLibrary, items: Ite
             variables, subject = _variables(task, row, items, shown[profile.name])
             asked = schemas[profile.name]
             if slate is not None:
-                subject |= {"items": slate.items, "popular_rank": slate.popular_rank, "top_k": slates.config.top_k}
-                variables |= {"slate": [items[i] for i in slate.items], "top_k": slates.config.top_k}
-                asked = constrain_to_slate(asked, [v["sid"] for v in variables["slate"]], slates.config.top_k)
+                subject |= {"items": slate.items, "popular_rank": slate.popular_rank, "top_k": top_k}
+                variables |= {"slate": [items[i] for i in slate.items], "top_k": top_k}
+                asked = constrain_to_slate(asked, [v["sid"] for v in variables["slate"]], top_k)
             prompt = library.render(task.name, **variables)
             for sample in range(sampling.n):
                 yield build_request(prompt, asked, teacher, sampling, sample, subject)

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 from importlib import import_module
 from importlib.metadata import entry_points
-from typing import Annotated, Any, Union
+from typing import TYPE_CHECKING, Annotated, Any, Union
 
 from pydantic import Field
 
@@ -28,7 +28,7 @@ from recot.teachers.vllm_engine import VLLMTeacherConfig
 __all__ = ["TEACHERS", "OpenAITeacherConfig", "Request", "Response", "RulesTeacherConfig", "Sampling", "Teacher", "TeacherConfig",
            "TeacherInputs", "TeacherKind", "UnsupportedTask", "VLLMTeacherConfig", "check_tasks", "make_teacher"]
 
-BUILTIN = ("recot.teachers.rules", "recot.teachers.openai_http", "recot.teachers.vllm_engine")
+BUILTIN = ("recot.teachers.rules", "recot.teachers.vllm_engine", "recot.teachers.openai_http")
 
 
 def _registry() -> dict[str, TeacherKind]:
@@ -38,7 +38,10 @@ def _registry() -> dict[str, TeacherKind]:
 
 
 TEACHERS: dict[str, TeacherKind] = _registry()
-TeacherConfig = Annotated[Union[tuple(kind.config for kind in TEACHERS.values())], Field(discriminator="kind")]  # noqa: UP007 - built at run time
+if TYPE_CHECKING:  # the union exists only at run time, built from the registry: statically, any kind's config
+    TeacherConfig = Any
+else:
+    TeacherConfig = Annotated[Union[tuple(kind.config for kind in TEACHERS.values())], Field(discriminator="kind")]  # noqa: UP007
 
 
 def make_teacher(config: Any, inputs: TeacherInputs) -> Teacher:

@@ -147,6 +147,6 @@ def _response(key: str, record: dict[str, Any]) -> Response:
     choices = body.get("choices") or []
     if not choices:
         return Response(key, error="the batch output line has no choices", reason="bad_reply")
-    message, usage = choices[0].get("message") or {}, body.get("usage") or {}
-    return Response(key, message.get("content"), choices[0].get("finish_reason"), message.get("refusal"),
+    reply, usage = choices[0].get("message") or {}, body.get("usage") or {}
+    return Response(key, reply.get("content"), choices[0].get("finish_reason"), reply.get("refusal"),
                     usage.get("prompt_tokens", 0), usage.get("completion_tokens", 0))

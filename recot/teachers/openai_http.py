@@ -149,8 +149,8 @@ class OpenAITeacher:
         def settle(task: asyncio.Task) -> None:
             """Observe every task's outcome: the first failure stops the job (nothing more is sent)."""
             pending.discard(task)
-            if not task.cancelled() and task.exception() is not None:
-                failures.append(task.exception())
+            if not task.cancelled() and (failure := task.exception()) is not None:
+                failures.append(failure)
                 self._stop.set()
 
         try:

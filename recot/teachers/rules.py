@@ -202,7 +202,7 @@ class RulesTeacher:
         checks = {
             "persona": bool(re.search(r"^Persona: \S", trace, flags=re.MULTILINE)),
             "interests": 1 <= len(interests) <= 5 and faithful,
-            "transition": bool(follows) and 1 <= int(follows.group(1)) <= max(len(interests), 1),
+            "transition": follows is not None and 1 <= int(follows.group(1)) <= max(len(interests), 1),
             "coverage": size > 0 and len({n for n in cited if 1 <= n <= size}) / size >= 0.5,
         }
         missing = [name for name, ok in checks.items() if not ok]

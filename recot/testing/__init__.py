@@ -1,7 +1,7 @@
 """Helpers for testing code that uses recot, with real parts instead of mocks.
 
-- :func:`recot.trainer.tiny_model.build_tiny_model`: a random 2-layer Qwen2 with a locally trained
-  BPE and optional SID tokens, built in about a second (no model hub needed);
+- tiny models for your tests come from the trainer: :func:`recot.trainer.tiny_model.build_tiny_model`
+  (a random 2-layer Qwen2 with a locally trained BPE, built in about a second, no model hub needed);
 - :func:`recot.testing.servers.vllm_server`: a real vLLM OpenAI-compatible server on loopback;
 - :func:`recot.testing.servers.instant_server`: a loopback OpenAI-compatible server that answers at
   once, with failure modes chosen by model name (:mod:`recot.testing.instant_server`);

@@ -51,7 +51,8 @@ class FaultProxy:
         if fault in ("429", "503"):
             return web.json_response({"error": {"message": f"injected {fault}"}}, status=int(fault))
         if fault == "drop":
-            request.transport.close()
+            if request.transport is not None:
+                request.transport.close()
             return web.Response()
         if fault == "text":
             return web.Response(text="injected: not a chat completion", content_type="text/plain")
@@ -85,6 +86,7 @@ class FaultProxy:
         self._loop.run_until_complete(self._start())
         self._ready.set()
         self._loop.run_forever()
+        assert self._runner is not None  # set by _start
         self._loop.run_until_complete(self._runner.cleanup())
         self._loop.close()
 
@@ -95,5 +97,6 @@ class FaultProxy:
         return self
 
     def __exit__(self, *_) -> None:
+        assert self._loop is not None  # set when the thread starts serving
         self._loop.call_soon_threadsafe(self._loop.stop)
         self._thread.join(30)

@@ -17,7 +17,7 @@ import numpy as np
 import torch
 from pydantic import BaseModel, ConfigDict, Field
 
-from recot.formats.cot import grounding
+from recot.formats.grounding import grounding
 from recot.trainer.baselines import SASRecConfig, SASRecRecommender, Transition, most_popular
 from recot.trainer.rewards import answer_sid
 from recot.trainer.rollout import Ranking, Rollouts

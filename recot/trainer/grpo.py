@@ -16,6 +16,7 @@ and puts the target in the group whenever it is within the policy's top ``num_ge
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -66,14 +67,16 @@ class RecGRPOConfig(GRPOConfig):
             raise ValueError("rollout 'beam' ranks SIDs without reasoning: set reasoning = False (or rollout = 'sample')")
 
 
-DEFAULT_REWARDS = [exact_hit, prefix_match, rank_reward, format_reward]
+DEFAULT_REWARDS: list[Callable[..., list[float]]] = [exact_hit, prefix_match, rank_reward, format_reward]
 
 
 class RecGRPOTrainer(GRPOTrainer):
     """GRPOTrainer with two-stage constrained rollouts, per-token clip ranges and no-hit down-weighting."""
 
+    args: RecGRPOConfig
+
     def __init__(self, model, args: RecGRPOConfig, trie: SidTrie, reward_funcs=None, **kwargs) -> None:
-        super().__init__(model=model, args=args, reward_funcs=reward_funcs or DEFAULT_REWARDS, **kwargs)
+        super().__init__(model=model, args=args, reward_funcs=reward_funcs or list(DEFAULT_REWARDS), **kwargs)
         if self.use_vllm:
             raise ValueError("RecGRPOTrainer rolls out its constrained two stages itself: set rollout_engine = 'vllm' instead "
                              "of use_vllm")
@@ -126,8 +129,9 @@ class RecGRPOTrainer(GRPOTrainer):
         if self._engine is None:
             os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")  # the engine's model in this process, for the sync
             self._engine = vllm_decoding.constrained_engine(self.args.model_path or model.name_or_path, **(self.args.vllm_engine or {}))
-            Path(self.args.output_dir).mkdir(parents=True, exist_ok=True)
-            self._trie_file = vllm_decoding.save_trie(self.trie, Path(self.args.output_dir) / "trie.json")
+            out = Path(str(self.args.output_dir))
+            out.mkdir(parents=True, exist_ok=True)
+            self._trie_file = vllm_decoding.save_trie(self.trie, out / "trie.json")
         if self._synced_step != self.state.global_step:
             vllm_decoding.sync_weights(self._engine, model)
             self._synced_step = self.state.global_step
@@ -192,5 +196,5 @@ def train_grpo(config: RecGRPOConfig, train_dataset=None) -> RecGRPOTrainer:
     finally:
         trainer.close_rollout_engine()
     trainer.save_model(config.output_dir)
-    tokenizer.save_pretrained(config.output_dir)
+    tokenizer.save_pretrained(str(config.output_dir))
     return trainer

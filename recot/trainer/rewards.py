@@ -12,12 +12,11 @@ import math
 import re
 from collections.abc import Sequence
 
-from recot.formats.cot import THINK_CLOSE, THINK_OPEN
-from recot.formats.sid import ANY_SID_PATTERN
+from recot.formats.cot import COMPLETION_PATTERN, split_think
+from recot.formats.sid import ANY_SID_PATTERN, sid_codes
 
 _SID = re.compile(ANY_SID_PATTERN)  # completions of any dialect: the target SID says which one is right
-_CODE = re.compile(r"_(\d+)>")
-_FORMAT = re.compile(f"(?:{THINK_OPEN}\n?.+?\n?{THINK_CLOSE}\\s*)?({ANY_SID_PATTERN})\\s*", re.DOTALL)
+_FORMAT = re.compile(COMPLETION_PATTERN, re.DOTALL)
 
 
 def completion_text(completion) -> str:
@@ -28,20 +27,13 @@ def completion_text(completion) -> str:
 def answer_sid(completion) -> str | None:
     """The SID a completion answers with: the first one after its think block."""
     text = completion_text(completion)
-    found = _SID.search(text.rsplit(THINK_CLOSE, 1)[-1])
+    found = _SID.search(split_think(text)[1])
     return found.group(0) if found else None
-
-
-def _codes(sid: str | None) -> tuple[int, ...] | None:
-    """Level codes of a SID text (any dialect); None when it is not one."""
-    if not sid or not _SID.fullmatch(sid):
-        return None
-    return tuple(int(code) for code in _CODE.findall(sid))
 
 
 def _prefix(got: str | None, want: str) -> float:
     """Share of ``want``'s levels matched from the first level on."""
-    a, b = _codes(got), _codes(want)
+    a, b = sid_codes(got), sid_codes(want)
     if not a or not b:
         return 0.0
     matched = next((i for i, (x, y) in enumerate(zip(a, b)) if x != y), min(len(a), len(b)))
@@ -58,8 +50,8 @@ def exact_hit(completions, target_sid, **_) -> list[float]:
     """1 when the answer is the target item's SID."""
     out = []
     for completion, target in zip(completions, target_sid):
-        want = _codes(target)
-        out.append(float(want is not None and _codes(answer_sid(completion)) == want))
+        want = sid_codes(target)
+        out.append(float(want is not None and sid_codes(answer_sid(completion)) == want))
     return out
 
 
@@ -72,8 +64,8 @@ def rank_reward(completions, target_sid, candidates=None, **_) -> list[float]:
     """NDCG of the ranked candidates with the target as the one relevant item: 1/log2(rank + 1)."""
     out = []
     for ranked, target in zip(_candidates(completions, candidates), target_sid):
-        want = _codes(target)
-        rank = next((i for i, sid in enumerate(ranked) if _codes(sid) == want), None)
+        want = sid_codes(target)
+        rank = next((i for i, sid in enumerate(ranked) if sid_codes(sid) == want), None)
         out.append(0.0 if rank is None or want is None else 1.0 / math.log2(rank + 2))
     return out
 
@@ -83,11 +75,11 @@ def slate_rank_penalty(completions, target_sid, candidates=None, **_) -> list[fl
     slate, so the policy's most confident mistakes are pushed down hardest; the right answer costs nothing."""
     out = []
     for completion, ranked, target in zip(completions, _candidates(completions, candidates), target_sid):
-        answer = _codes(answer_sid(completion))
-        if answer is not None and answer == _codes(target):
+        answer = sid_codes(answer_sid(completion))
+        if answer is not None and answer == sid_codes(target):
             out.append(0.0)
             continue
-        rank = next((i for i, sid in enumerate(ranked) if _codes(sid) == answer), len(ranked))
+        rank = next((i for i, sid in enumerate(ranked) if sid_codes(sid) == answer), len(ranked))
         out.append(-1.0 / math.log2(rank + 2))
     return out
 
@@ -101,7 +93,7 @@ def diversity_reward(completions, candidates=None, **_) -> list[float]:
     """Distinct first-level codes among the K candidates over K: rewards spreading the bets."""
     out = []
     for ranked in _candidates(completions, candidates):
-        first = {codes[0] for sid in ranked if (codes := _codes(sid))}
+        first = {codes[0] for sid in ranked if (codes := sid_codes(sid))}
         out.append(len(first) / len(ranked) if ranked else 0.0)
     return out
 

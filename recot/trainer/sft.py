@@ -25,7 +25,7 @@ class RecSFTConfig(SFTConfig):
     embedding_warmup_steps: int = field(default=0, metadata={"help": "steps training only the SID embeddings first (needs sid_catalog)"})
     lora_r: int = field(default=0, metadata={"help": "LoRA rank; 0 trains every weight"})
     lora_alpha: int = field(default=32, metadata={"help": "LoRA scaling"})
-    gradient_checkpointing: bool | None = field(default=None, metadata={
+    gradient_checkpointing: bool | None = field(default=None, metadata={  # type: ignore[assignment]  # None: decided by the machine
         "help": "recompute activations in the backward pass (less memory, more time); None: on a GPU (TRL's default), "
                 "off on a CPU, where memory is not what limits a small model"})
     fused_lm_head: bool | None = field(default=None, metadata={
@@ -115,10 +115,10 @@ def train_sft(config: RecSFTConfig, train_dataset=None, eval_dataset=None, callb
 
     model, tokenizer, sid_ids = load_model(config)
     if train_dataset is None:
-        loaded = load_export(config.dataset_path, config.dataset_config)
+        loaded = load_export(config.dataset_path, config.dataset_config or "sft")
         train_dataset, eval_dataset = loaded["train"], loaded.get("validation")
     if config.embedding_warmup_steps and sid_ids:
-        warm = replace(config, max_steps=config.embedding_warmup_steps, output_dir=str(Path(config.output_dir) / "warmup"),
+        warm = replace(config, max_steps=config.embedding_warmup_steps, output_dir=str(Path(str(config.output_dir)) / "warmup"),
                        save_strategy="no", eval_strategy="no")
         freeze_for_warmup(model, sid_ids)
         RecSFTTrainer(model=model, args=warm, train_dataset=train_dataset, processing_class=tokenizer).train()
@@ -128,5 +128,5 @@ def train_sft(config: RecSFTConfig, train_dataset=None, eval_dataset=None, callb
                          processing_class=tokenizer, peft_config=_lora(config) if config.lora_r else None, callbacks=callbacks)
     trainer.train(resume_from_checkpoint=config.resume_from_checkpoint)
     trainer.save_model(config.output_dir)
-    tokenizer.save_pretrained(config.output_dir)
+    tokenizer.save_pretrained(str(config.output_dir))
     return trainer

@@ -60,7 +60,7 @@ class TrieLogitsProcessor(LogitsProcessor):
     def __init__(self, trie: SidTrie, start: int) -> None:
         self.trie, self.start = trie, start
 
-    def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
+    def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.Tensor:
         mask = torch.full_like(scores, float("-inf"))
         for row, ids in enumerate(input_ids[:, self.start:].tolist()):
             mask[row, self.trie.allowed(ids)] = 0
