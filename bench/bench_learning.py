@@ -24,15 +24,18 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 INDUSTRIAL = ROOT.parent / "shared" / "data" / "amazon18-industrial"
 WORK = ROOT / "bench" / ".data" / "learning"  # the SFT checkpoint is kept: a rerun evaluates it (--retrain trains again)
+HAND_OFF = WORK / "export"
 
 
 def main(epochs: float, retrain: bool, grpo: dict) -> None:
     import datasets
     import torch
 
-    from recot.curation.next_item import next_item_rows
+    from recot.curation.next_item import NEXT_ITEM, write_next_item
+    from recot.data.catalog import CATALOG_FILE
     from recot.data.loaders import load_dataset
     from recot.formats.splits import SplitSpec
+    from recot.trainer.data import export_rows
     from recot.trainer.evaluate import EvalConfig, evaluate
     from recot.trainer.sft import RecSFTConfig, train_sft
     from recot.trainer.sid_vocab import sid_vocabulary
@@ -43,8 +46,12 @@ def main(epochs: float, retrain: bool, grpo: dict) -> None:
     catalog = dataset.catalog
     WORK.mkdir(parents=True, exist_ok=True)
     spec = SplitSpec.choose(dataset.boundaries, "auto", 5, dataset.name)
-    split, split_file = spec.build(dataset.sequences()), spec.save(WORK)  # evaluation reads the split training used
-    train = next_item_rows(split, catalog, "train")
+    # the hand-off an export makes, of raw next-item samples: evaluation reads the split, catalog and rows training used
+    HAND_OFF.mkdir(parents=True, exist_ok=True)
+    spec.save(HAND_OFF)
+    catalog.items.select("item_id", "title", "brand").with_columns(sid_text=catalog.sid_text()).write_parquet(HAND_OFF / CATALOG_FILE)
+    write_next_item(spec.build(dataset.sequences()), catalog, HAND_OFF / NEXT_ITEM)
+    train = export_rows(HAND_OFF, "train")
     base = build_tiny_model(WORK / "init", catalog.items["title"].to_list(), sid_vocabulary(catalog), vocab_size=4000)
     config = RecSFTConfig(output_dir=str(WORK / "sft"), model_path=str(base), num_train_epochs=epochs,
                           per_device_train_batch_size=32, learning_rate=1e-3, lr_scheduler_type="cosine", warmup_steps=50,
@@ -57,7 +64,7 @@ def main(epochs: float, retrain: bool, grpo: dict) -> None:
 
     def scored(model: Path, part: str, **settings) -> dict:
         """Every row of ``part``, ranked by ``model`` (bootstrap 95% intervals)."""
-        return evaluate(EvalConfig(model=model, dataset=INDUSTRIAL, split=split_file, part=part, think=False, batch_size=32,
+        return evaluate(EvalConfig(model=model, export=HAND_OFF, part=part, think=False, batch_size=32,
                                    engine="transformers", out=WORK / "eval" / f"{model.name}-{part}", **settings))
 
     started = time.perf_counter()
@@ -88,7 +95,7 @@ def grpo_check(train, grpo: dict) -> None:
     from recot.trainer.grpo import RecGRPOConfig, train_grpo
 
     generations = grpo["generations"]
-    config = RecGRPOConfig(output_dir=str(WORK / "grpo"), model_path=str(WORK / "sft"), sid_dataset=str(INDUSTRIAL),
+    config = RecGRPOConfig(output_dir=str(WORK / "grpo"), model_path=str(WORK / "sft"), sid_catalog=str(HAND_OFF),
                            max_steps=grpo["steps"], per_device_train_batch_size=64, gradient_accumulation_steps=grpo["prompts"] * generations // 64,
                            num_generations=generations, rollout="beam", reasoning=False, max_completion_length=8,
                            rewards=grpo["rewards"], no_hit_weight=grpo["no_hit_weight"], learning_rate=grpo["lr"], beta=grpo["beta"],

@@ -121,3 +121,66 @@ def test_traces_of_an_undeclared_task_are_refused_at_ingest(acme, sample_path, t
     (tmp_path / "fit" / "tasks.json").unlink()
     with Store(tmp_path / "c.duckdb") as store, pytest.raises(DataError, match=r"acme_fit.*not declared"):
         store.ingest(tmp_path / "fit" / "traces.parquet")
+
+
+def test_a_teacher_that_cannot_answer_a_task_names_those_that_can(acme, sample_path, tmp_path):
+    from recot.teachers import UnsupportedTask
+
+    with pytest.raises(UnsupportedTask, match=r"teacher 'rules' cannot answer task 'acme_fit'[\s\S]*fix: choose a teacher that can: openai, vllm"):
+        run_synth(SynthConfig(dataset=sample_path, out=tmp_path / "fit", tasks=["acme_tasks:FIT"], limit=3), progress=False)
+    assert not (tmp_path / "fit" / "traces.parquet").exists()
+
+
+MIRROR = '''
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict
+
+from recot.teachers.base import TeacherKind
+from recot.teachers.rules import RulesTeacher
+
+
+class MirrorConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    kind: Literal["mirror"] = "mirror"
+    model: str = "mirror-1"
+
+
+class Mirror(RulesTeacher):
+    kind = "mirror"
+
+
+def build(config, inputs):
+    teacher = Mirror.from_targets(inputs.catalog, inputs.personas, inputs.train_targets)
+    teacher.model = config.model
+    return teacher
+
+
+KIND = TeacherKind(MirrorConfig, build, Mirror.tasks)
+'''
+
+
+def test_a_teacher_from_a_users_package_joins_the_registry_through_its_entry_point(sample_path, tmp_path):
+    """A package that declares a TeacherKind under the `recot.teachers` entry points is a `[teacher] kind` of the
+    installed command line: recot itself is not edited, and a typo in its table is refused like any other."""
+    import os
+    import subprocess
+
+    from recot.testing import RECOT
+
+    site = tmp_path / "site"
+    (site / "mirror_teacher-0.1.dist-info").mkdir(parents=True)
+    (site / "mirror_teacher.py").write_text(textwrap.dedent(MIRROR))
+    (site / "mirror_teacher-0.1.dist-info" / "METADATA").write_text("Metadata-Version: 2.1\nName: mirror-teacher\nVersion: 0.1\n")
+    (site / "mirror_teacher-0.1.dist-info" / "entry_points.txt").write_text("[recot.teachers]\nmirror = mirror_teacher:KIND\n")
+    config = tmp_path / "synth.toml"
+    config.write_text(f'dataset = "{sample_path}"\nout = "{tmp_path / "out"}"\ntasks = ["r2_interests"]\nlimit = 6\n'
+                      '[teacher]\nkind = "mirror"\nmodel = "mirror-7"\n')
+    env = {**os.environ, "PYTHONPATH": str(site)}
+    done = subprocess.run([*RECOT, "synth", "run", str(config), "--no-progress", "--json"], capture_output=True, text=True, env=env)
+    assert done.returncode == 0, done.stderr[-2000:]
+    rows = pl.read_parquet(tmp_path / "out" / "traces.parquet")
+    assert rows.height == 6 and set(rows["teacher"]) == {"mirror"} and set(rows["model"]) == {"mirror-7"}
+    config.write_text(config.read_text().replace('model = "mirror-7"', 'modle = "mirror-7"'))
+    done = subprocess.run([*RECOT, "synth", "run", str(config), "--no-progress"], capture_output=True, text=True, env=env)
+    assert done.returncode == 2 and "did you mean 'teacher.model'" in done.stderr
