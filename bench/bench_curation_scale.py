@@ -59,7 +59,7 @@ def _million(catalog, part: int):
     import polars as pl
 
     from recot.formats.schemas import ECOMMERCE_PERSONAS
-    from recot.synth.journal import OUTPUT_SCHEMA
+    from recot.formats.traces import TRACES_SCHEMA
 
     per_user = 10
     items = catalog.items.select("item_id", "title").with_columns(sid=catalog.sid_text()).with_row_index("i")
@@ -102,7 +102,7 @@ def _million(catalog, part: int):
         template=pl.col("task") + ".j2", template_version=pl.lit(1, pl.Int32), template_hash=pl.lit("bench"),
         teacher=pl.lit("bench"), model=pl.lit("generated"), params=pl.lit("{}"), created_at=pl.lit("2026-11-23T00:00:00"),
         popular_rank=pl.lit(None, pl.Int32))
-    return full.select([f.name for f in OUTPUT_SCHEMA]).to_arrow().cast(OUTPUT_SCHEMA)
+    return full.select([f.name for f in TRACES_SCHEMA]).to_arrow().cast(TRACES_SCHEMA)
 
 
 def generate(millions: int) -> Path:
@@ -110,7 +110,7 @@ def generate(millions: int) -> Path:
     import pyarrow.parquet as pq
 
     from recot.data.loaders import load_dataset
-    from recot.synth.journal import OUTPUT_SCHEMA
+    from recot.formats.traces import TRACES_SCHEMA
 
     path = DATA / f"traces{millions}m.parquet"
     if path.exists():
@@ -118,7 +118,7 @@ def generate(millions: int) -> Path:
     DATA.mkdir(parents=True, exist_ok=True)
     catalog = load_dataset(INDUSTRIAL).catalog
     partial = path.with_suffix(".partial")
-    with pq.ParquetWriter(partial, OUTPUT_SCHEMA) as writer:
+    with pq.ParquetWriter(partial, TRACES_SCHEMA) as writer:
         for part in range(millions):
             writer.write_table(_million(catalog, part), row_group_size=128 * 1024)
     partial.rename(path)

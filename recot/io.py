@@ -107,7 +107,7 @@ def atomic_path(target: Path) -> Iterator[Path]:
 
 
 def read_json_object(path: Path) -> tuple[dict, list[str]]:
-    """A non-empty JSON object from a UTF-8 file, and the keys its top level repeats (JSON parsers keep the
+    """A non-empty JSON object from a UTF-8 file (a byte-order mark is allowed), and the keys its top level repeats (JSON parsers keep the
     last value silently; recot reports them). Errors name the line."""
     require_nonempty(path)
     repeated: list[list[str]] = []
@@ -118,7 +118,8 @@ def read_json_object(path: Path) -> tuple[dict, list[str]]:
         return dict(items)
 
     try:
-        data = json.loads(path.read_bytes().decode("utf-8"), object_pairs_hook=pairs)
+        # utf-8-sig: a byte-order mark (as some Windows editors write) is read past, as most JSON readers do
+        data = json.loads(path.read_bytes().decode("utf-8-sig"), object_pairs_hook=pairs)
     except UnicodeDecodeError as exc:
         raise DataError(path, "text is not valid UTF-8", "re-encode the file as UTF-8",
                         location=f"byte {exc.start}") from None

@@ -125,3 +125,44 @@ def test_synth_run_lenient_skips_bad_records_and_keeps_them(sample_path, tmp_pat
     assert json.loads(lenient.stdout)["dataset_rejects"] == {"unknown_item": 1}
     rejects = pl.read_csv(tmp_path / "out" / "dataset-rejects.csv")
     assert rejects["reason"].to_list() == ["unknown_item"] and "999999" in rejects["detail"][0]
+
+
+def test_lenient_decisions_made_at_synthesis_hold_through_curation_and_export(sample_path, tmp_path):
+    """A dataset with a malformed SID: synthesis with lenient = true sets the item aside and writes the catalog it
+    used beside the traces; ingest without --dataset takes that catalog (SIDs are checked, not all failed); export's
+    decontamination loads the dataset as synthesis did with --lenient, and says so when it is left out."""
+    import shutil
+
+    folder = tmp_path / "ds"
+    shutil.copytree(sample_path, folder)
+    sids = json.loads((folder / "sids.json").read_text())
+    bad = next(iter(sids))
+    sids[bad] = ["<a_1>", "<c_2>"]
+    (folder / "sids.json").write_text(json.dumps(sids))
+    config = tmp_path / "synth.toml"
+    config.write_text(f'dataset = "{folder}"\nout = "{tmp_path / "synth"}"\ntasks = ["r3_cot_hindsight"]\nlimit = 30\nlenient = true\n')
+    assert recot("synth", "run", str(config), "--no-progress", "--json").returncode == 0
+    catalog = pl.read_parquet(tmp_path / "synth" / "catalog.parquet")
+    assert bad not in catalog["item_id"].to_list() and catalog.height == 1295
+    store = str(tmp_path / "c.duckdb")
+    assert recot("curate", "ingest", str(tmp_path / "synth" / "traces.parquet"), "--store", store).returncode == 0
+    rules = recot("curate", "rules", "--store", store, "--json")
+    assert rules.returncode == 0, rules.stderr
+    assert json.loads(rules.stdout).get("sid_validity", 0) < 30  # a catalog to check against: not every trace fails
+    strict = recot("export", "x", "--out", str(tmp_path / "x"), "--dataset", str(folder), "--store", store)
+    assert strict.returncode == 2 and "--lenient" in strict.stderr and "Traceback" not in strict.stderr
+    lenient = recot("export", "x", "--out", str(tmp_path / "x"), "--dataset", str(folder), "--lenient", "--store", store, "--json")
+    assert lenient.returncode == 0, lenient.stderr
+    assert pl.read_parquet(tmp_path / "x" / "next_item" / "test.parquet").height > 0
+
+
+def test_sid_convert_refuses_an_example_with_more_levels_than_the_sids(sample_path, tmp_path):
+    done = recot("sid", "convert", str(sample_path / "sids.json"), "--to", "<a_1><b_2><c_3><d_4>", "--out", str(tmp_path / "s.json"))
+    assert done.returncode == 2 and "have 3 levels, the example given has 4" in done.stderr and not (tmp_path / "s.json").exists()
+    assert recot("sid", "convert", str(sample_path / "sids.json"), "--to", "<s_a_1><s_b_2><s_c_3>", "--out", str(tmp_path / "s.json")).returncode == 0
+
+
+def test_user_data_in_messages_is_printed_as_given(sample_path, tmp_path):
+    """Rich markup in a value the user gave (square brackets) is shown, not interpreted."""
+    done = recot("sid", "convert", str(sample_path / "sids.json"), "--to", "[[sid]]<a_1>", "--out", str(tmp_path / "s.json"))
+    assert done.returncode == 2 and "[[sid]]<a_1>" in done.stderr

@@ -43,7 +43,7 @@ def test_shards_on_ray_merge_into_the_single_process_output(cluster, sample_path
     assert merged.complete and merged.planned == single.planned == rows.height == alone.height
     assert rows.select("request_hash", "subject_id", "sample").is_duplicated().sum() == 0
     assert same_rows(rows, alone)
-    for name in ("split.json", "tasks.json", "summary.json"):
+    for name in ("split.json", "tasks.json", "summary.json", "catalog.parquet"):
         assert (tmp_path / "ray" / name).exists()
     again = run_on_ray(config, shards=3, progress=False)  # a rerun answers everything from the shards' journals
     assert again.sent == 0 and again.cached + again.shared == again.planned
@@ -81,3 +81,47 @@ def test_a_killed_worker_loses_nothing(cluster, sample_path, tmp_path, vllm_serv
     single = run_synth(config.model_copy(update={"out": tmp_path / "single"}), progress=False)
     alone = pl.read_parquet(tmp_path / "single" / "traces.parquet")
     assert single.complete and set(rows["request_hash"]) == set(alone["request_hash"])
+
+
+def test_a_cluster_nothing_answers_at_is_one_named_error(sample_path, tmp_path):
+    """`--ray-address` where no cluster listens: one error line naming the address and the fix, exit 2, no traceback."""
+    import subprocess
+
+    from recot.testing import RECOT
+
+    config = tmp_path / "synth.toml"
+    config.write_text(f'dataset = "{sample_path}"\nout = "{tmp_path / "out"}"\ntasks = ["r1_relation"]\nlimit = 4\n')
+    done = subprocess.run([*RECOT, "synth", "run", str(config), "--ray", "2", "--ray-address", "127.0.0.1:1", "--json"],
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 2 and "cannot connect to the Ray cluster" in done.stderr and "ray start --head" in done.stderr
+    assert "Traceback" not in done.stderr and done.stdout == ""
+
+
+def test_with_json_stdout_holds_only_the_report_when_a_worker_dies(sample_path, tmp_path, vllm_server):
+    """`recot synth run --ray 2 --json` with a worker SIGKILLed mid-job: Ray's messages about it go to stderr, stdout
+    is the report alone (it parses as JSON) and the job completes."""
+    import json
+    import subprocess
+
+    import psutil
+
+    from recot.testing import RECOT
+
+    config = tmp_path / "synth.toml"
+    config.write_text(f'dataset = "{sample_path}"\nout = "{tmp_path / "out"}"\ntasks = ["r1_relation"]\nlimit = 80\n'
+                      f'commit_rows = 4\n[teacher]\nkind = "openai"\nmodel = "teacher"\nbase_urls = ["{vllm_server.url}"]\n'
+                      'concurrency = 2\n[sampling]\nmax_tokens = 48\n')
+    job = subprocess.Popen([*RECOT, "synth", "run", str(config), "--ray", "2", "--no-progress", "--json"],
+                           stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    killed, deadline = [], time.monotonic() + 240
+    while job.poll() is None and not killed and time.monotonic() < deadline:
+        if any(journal_rows(tmp_path / "out" / f"shard-{i}-of-2") >= 8 for i in range(2)):
+            for process in psutil.process_iter(["pid", "cmdline"]):
+                if any("ray::_run_shard" in part for part in process.info["cmdline"] or []):
+                    os.kill(process.info["pid"], signal.SIGKILL)
+                    killed.append(process.info["pid"])
+        time.sleep(0.2)
+    out, err = job.communicate(timeout=600)
+    assert killed and job.returncode == 0, err[-2000:]
+    report = json.loads(out)
+    assert report["planned"] == 80 and report["ok"] + sum(report["rejected"].values()) == 80 and not report["unanswered"]

@@ -219,3 +219,60 @@ def test_dry_run_sends_nothing_and_counts_what_a_run_would_send(sample_path, tmp
     again = dry_run(cfg)  # half answered: the rest is expected at the answers' mean length
     assert again["cached"] == 15 and again["to_send"] == 15
     assert again["by_task"]["r1_relation"]["completion_tokens_expected"] == round(15 * report.completion_tokens / 15) > 0
+
+
+@pytest.mark.parametrize("model", ["cut500", "cut429"])
+def test_a_cut_reply_followed_by_transient_failures_stays_unanswered_for_the_rerun(sample_path, tmp_path, instant_server, model):
+    """The last word decides: a request whose unusable reply was followed by 500s or 429s is not a permanent
+    bad_reply; it stays unanswered (exit 1 on the command line) and the next run asks again."""
+    report = run_synth(http_config(sample_path, tmp_path, instant_server.url, model, max_retries=2), progress=False)
+    assert not report.rejected and sum(report.unanswered.values()) == 30 and not report.complete
+    again = run_synth(http_config(sample_path, tmp_path, instant_server.url, "ok"), progress=False)
+    assert again.complete and again.sent == 30 and again.ok == 30
+
+
+def test_a_dropped_connection_is_named_as_one(sample_path, tmp_path, instant_server):
+    report = run_synth(http_config(sample_path, tmp_path, instant_server.url, "drop", max_retries=1, timeout_s=60), progress=False)
+    assert sum(report.unanswered.values()) == 30
+    assert all("connection dropped" in why and "Timeout" not in why for why in report.unanswered), report.unanswered
+
+
+def test_a_repeated_prompt_whose_first_copy_ends_unanswered_is_not_sent_again_in_the_run(tmp_path):
+    """The journal's promise holds for unanswered outcomes too: one run sends a prompt once, its repeats share the
+    outcome, and they stay unanswered for the next run to ask."""
+    from recot.synth.answering import AnswerStats, answer
+    from recot.synth.journal import Journal
+    from recot.synth.parse import parse_response
+    from recot.teachers.base import Request, Response
+
+    class Unreachable:
+        kind, model, sent = "unreachable", "none", 0
+
+        def generate(self, requests):
+            for request in requests:  # answers each request before the next one is read, as a slow server would
+                self.sent += 1
+                yield Response(request.key, error="no answer (connection dropped)", retryable=True)
+
+        def close(self) -> None:
+            pass
+
+    def request(key: str) -> Request:
+        return Request(key, "r1_relation", [{"role": "user", "content": key}], {}, 0, 0, 0.0, 1.0, 8)
+
+    teacher, stats = Unreachable(), AnswerStats()
+    answer(teacher, Journal(tmp_path / "journal.sqlite"), [request("a"), request("b"), request("a"), request("a")],
+           lambda req, resp: (parse_response(resp, None), None), stats)
+    assert teacher.sent == 2 and stats.sent == 2 and stats.shared == 2
+    assert sum(stats.unanswered.values()) == 4 and stats.balanced
+
+
+def test_dry_run_counts_a_repeated_prompt_once_and_writes_nothing(sample_path, tmp_path, instant_server):
+    """With one history item per blind prompt, many users share a prompt: the dry run's to_send is what a run sends."""
+    from recot.synth.job import dry_run
+
+    cfg = config(sample_path, tmp_path / "out", tasks=["r3_cot_blind"], limit=300, max_history=1,
+                 teacher=OpenAITeacherConfig(model="cot", base_urls=[instant_server.url], backoff_s=0.01))
+    plan = dry_run(cfg)
+    assert not (tmp_path / "out").exists()
+    report = run_synth(cfg, progress=False)
+    assert plan["to_send"] == report.sent < plan["requests"] == report.planned

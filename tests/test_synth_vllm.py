@@ -187,3 +187,12 @@ def test_dry_run_counts_prompt_tokens_as_the_server_does(sample_path, tiny_model
     report = run_synth(cfg, progress=False)
     assert plan["tokens_counted_with"] == f"tokenizer {tiny_model}" and plan["to_send"] == report.sent == 10
     assert plan["prompt_tokens"] == report.prompt_tokens  # the teacher's own tokenizer and chat template
+
+
+def test_the_vllm_teacher_starts_no_engine_when_nothing_is_left_to_ask(tmp_path):
+    """A rerun whose every answer is in the journal hands the teacher no request: no model is loaded (here the model
+    folder does not even exist, so building the engine would fail)."""
+    from recot.teachers.vllm_engine import VLLMTeacher
+
+    teacher = VLLMTeacher(str(tmp_path / "no-such-model"))
+    assert list(teacher.generate(iter(()))) == [] and teacher._llm is None

@@ -24,10 +24,12 @@ def curate() -> None:
 @click.argument("traces", nargs=-1, required=True, type=click.Path(path_type=Path))
 @click.option("--dataset", type=click.Path(exists=True, path_type=Path), help="Dataset whose catalog the rules check SIDs against.")
 @click.option("--domain", help="The dataset's domain (default: its folder name); export mixes CoT per domain.")
+@click.option("--lenient", is_flag=True, help="Load --dataset as a lenient synthesis did: bad records set aside, not fatal.")
 @store_option
 @json_option
-def ingest(traces: tuple[Path, ...], dataset: Path | None, domain: str | None, store: Path, as_json: bool) -> None:
-    """Add traces.parquet files (glob them for shards); rows already in the store are skipped."""
+def ingest(traces: tuple[Path, ...], dataset: Path | None, domain: str | None, lenient: bool, store: Path, as_json: bool) -> None:
+    """Add traces.parquet files (glob them for shards); rows already in the store are skipped. Without --dataset the
+    store takes the catalog synthesis wrote beside the traces. The one command that creates a store."""
     from recot.curation.store import Store, check_traces_file
     from recot.data.loaders import load_dataset
 
@@ -36,7 +38,7 @@ def ingest(traces: tuple[Path, ...], dataset: Path | None, domain: str | None, s
     with Store(store) as db:
         payload: dict[str, Any] = {}
         if dataset is not None:
-            data = load_dataset(dataset)
+            data = load_dataset(dataset, lenient=lenient)
             payload["catalog_items"] = db.load_catalog(data.catalog, domain or dataset.name, data.item_domains())
         payload["files"] = [asdict(db.ingest(path)) for path in traces]
     emit(payload, as_json, f"ingest into {store}")
@@ -137,17 +139,18 @@ def report(examples: int, store: Path, as_json: bool) -> None:
 @click.option("--dataset", type=click.Path(exists=True, path_type=Path), help="The traces' dataset: drops rows that leak evaluation targets.")
 @click.option("--cot-ratio", type=float, help="Share of R3 SFT rows that keep their CoT.")
 @click.option("--overwrite", is_flag=True, help="Replace an existing export.")
+@click.option("--lenient", is_flag=True, help="Load --dataset as a lenient synthesis did: bad records set aside, not fatal.")
 @store_option
 @json_option
 def export_cmd(name: str, out: Path, config: Path | None, dataset: Path | None, cot_ratio: float | None, overwrite: bool,
-               store: Path, as_json: bool) -> None:
+               lenient: bool, store: Path, as_json: bool) -> None:
     """Export the kept traces as NAME: Hugging Face parquet datasets for TRL, verl and LlamaFactory, and a data card."""
     from recot.config import load_config
     from recot.curation.export import ExportConfig, export
     from recot.curation.store import Store
 
     settings = load_config(ExportConfig, config, {"name": name, "out": out, "dataset": dataset, "cot_ratio": cot_ratio,
-                                                  "overwrite": overwrite or None})
+                                                  "overwrite": overwrite or None, "lenient": lenient or None})
     with Store(store) as db:
         card = export(db, settings)
     emit({"out": str(out), "formats": card["formats"], "decontamination": card["decontamination"]}, as_json, f"export {name}")

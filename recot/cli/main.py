@@ -69,7 +69,7 @@ class RecotGroup(click.Group):
 
             from recot.cli.common import console
 
-            console.print(f"[bold red]error:[/] {escape(str(exc))}", markup=True, highlight=False)
+            console.print(f"[bold red]error:[/] {escape(str(exc))}", markup=True, highlight=False, soft_wrap=True)
             sys.exit(2)
 
 

@@ -2,16 +2,14 @@
 
 from __future__ import annotations
 
-import contextlib
 import json
-import sys
 from pathlib import Path
 
 import click
 from rich.table import Table
 from rich.text import Text
 
-from recot.cli.common import console, json_option, stdout
+from recot.cli.common import console, json_option, report_only_on_stdout, stdout
 
 
 @click.command("run")
@@ -25,7 +23,7 @@ def run_cmd(config: Path, out: Path | None, no_progress: bool, as_json: bool) ->
 
     from recot.runs.pipeline import load_pipeline, run_pipeline
 
-    with contextlib.redirect_stdout(sys.stderr):  # trainers print their logs: stdout is for the report
+    with report_only_on_stdout():  # trainers print their logs: stdout is for the report
         results = run_pipeline(load_pipeline(config, {"out": out}), progress=not no_progress,
                                log=lambda line: console.print(line, highlight=False))
     if as_json:

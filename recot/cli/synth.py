@@ -6,8 +6,9 @@ import sys
 from pathlib import Path
 
 import click
+from rich.markup import escape
 
-from recot.cli.common import console, emit, json_option, lenient_option, report_option, save_rejects
+from recot.cli.common import console, emit, json_option, lenient_option, report_only_on_stdout, report_option, save_rejects
 from recot.errors import DataError
 from recot.formats.sid import SidDialect
 from recot.teachers.batch_files import OPENAI_MAX_BYTES, OPENAI_MAX_REQUESTS
@@ -76,7 +77,7 @@ def sid_build(path: Path, out: Path, config: Path | None, levels: int | None, co
     if embeddings:
         vectors = load_embeddings(embeddings, ids)
     else:
-        console.print(f"embedding {len(catalog)} items ({fields}) with {model or 'all-MiniLM-L6-v2 (bundled)'}")
+        console.print(f"embedding {len(catalog)} items ({escape(fields)}) with {escape(model or 'all-MiniLM-L6-v2 (bundled)')}")
         vectors = embed_texts(catalog.text(fields.split(",")).to_list(), model, progress=not as_json)
     try:
         built = build_sids(vectors, settings)
@@ -104,8 +105,10 @@ def sid_build(path: Path, out: Path, config: Path | None, levels: int | None, co
 def sid_convert(source: Path, example: str, out: Path, column: str, lenient: bool, report: Path | None, as_json: bool) -> None:
     """Rewrite a SID file (MiniOneRec sids.json, parquet, csv, jsonl) in another dialect."""
     from recot.data.sid_files import convert_sid_file
+    from recot.formats.sid import parse_sid
 
-    count, rejects = convert_sid_file(source, out, SidDialect.detect(example), column, lenient)
+    codes, dialect = parse_sid(example)
+    count, rejects = convert_sid_file(source, out, dialect, column, lenient, levels=len(codes))
     payload = {"out": str(out), "converted": count, "rejects": rejects.height,
                "rejects_file": save_rejects(rejects, report, out.with_name(out.stem + "-rejects.csv"))}
     emit(payload, as_json, "SID convert")
@@ -144,16 +147,17 @@ def synth_run(config: Path, shard: str, out: Path | None, limit: int | None, no_
     if settings.teacher.kind == "rules":
         console.print("[yellow]teacher: rules, the deterministic non-LLM baseline.[/] For an LLM set \\[teacher] "
                       "kind = \"vllm\" with model = \"PATH\", or kind = \"openai\" with base_urls and model.")
-    if ray_shards:
-        from recot.synth.on_ray import run_on_ray
+    with report_only_on_stdout():
+        if ray_shards:
+            from recot.synth.on_ray import run_on_ray
 
-        report = run_on_ray(settings, ray_shards, ray_address, gpus_per_shard, progress=not no_progress)
-    else:
-        report = job.run_synth(settings, part, progress=not no_progress)
+            report = run_on_ray(settings, ray_shards, ray_address, gpus_per_shard, progress=not no_progress)
+        else:
+            report = job.run_synth(settings, part, progress=not no_progress)
     emit(asdict(report), as_json, "synthesis")
     if report.dataset_rejects:
         console.print(f"[yellow]{sum(report.dataset_rejects.values())} bad dataset records skipped; written with their "
-                      f"reasons to {Path(report.out) / 'dataset-rejects.csv'}[/]")
+                      f"reasons to {escape(str(Path(report.out) / 'dataset-rejects.csv'))}[/]")
     if not report.balanced:
         console.print(f"[red]counts do not add up:[/] planned {report.planned}, ok {report.ok}, rejected "
                       f"{sum(report.rejected.values())}, unanswered {sum(report.unanswered.values())}; this is a recot bug, please report it")
@@ -211,7 +215,7 @@ def synth_batch_read(config: Path, files: tuple[Path, ...], shard: str, as_json:
     report, unknown = read_batch(load_synth_config(config), list(files), _shard(shard))
     emit(asdict(report) | {"unknown_ids": len(unknown)}, as_json, "batch import")
     if unknown:
-        console.print(f"[red]{len(unknown)} ids in the files are no request of this job[/] (e.g. {unknown[0]}); they were "
+        console.print(f"[red]{len(unknown)} ids in the files are no request of this job[/] (e.g. {escape(unknown[0])}); they were "
                       "not imported: check that the files belong to this job and config")
     if not report.balanced or unknown:
         sys.exit(1)

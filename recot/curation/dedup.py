@@ -33,6 +33,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from recot.curation.store import Store
 from recot.errors import DataError
 from recot.formats.student import sql_text
+from recot.formats.text import plain_text
 from recot.io import frame_of
 
 _MIX = np.uint64(0x9E3779B97F4A7C15)
@@ -355,7 +356,7 @@ class _Sketches:
             keys.truncate(self.bands * n * 8)
             start = 0
             for batch in store.stream(_ORDERED_SQL, batch_rows):
-                frame = frame_of(batch)
+                frame = frame_of(batch).with_columns(plain_text(pl.col("text")))  # twins that read the same are the same
                 grams = shingles(frame["text"], config.ngram, config.seed)
                 grams.h.tofile(grams_file)
                 sizes.append(grams.sizes)

@@ -63,7 +63,9 @@ class ExportConfig(BaseModel):
     cot_ratio: float | dict[str, float] = Field(1.0, description="share of R3 SFT rows that keep their CoT: one share, "
                                                  "or one per domain with '*' for the others")
     valid_share: float = Field(0.05, ge=0, lt=1, description="share of users held out as the validation split")
-    dataset: Path | None = Field(None, description="the dataset the traces came from: enables decontamination")
+    dataset: Path | None = Field(None, description="the dataset the traces came from: enables decontamination and the "
+                                 "next-item rows evaluation reads")
+    lenient: bool = Field(False, description="load the dataset as synthesis did with lenient = true: bad records set aside")
     slate_prompt: bool = Field(False, description="slate traces' student prompt lists their candidates (a ranking task); "
                                "false: next-item generation with the CoT, like the other R3 rows")
     min_judge: float | None = Field(None, description="R3 rows need a judge score at least this high")
@@ -153,7 +155,7 @@ def _held_out(store: Store, config: ExportConfig, spec: SplitSpec) -> Split | No
         return None
     from recot.data.loaders import load_dataset
 
-    split = spec.build(load_dataset(config.dataset).sequences())
+    split = spec.build(load_dataset(config.dataset, lenient=config.lenient).sequences())
     evaluation = split.samples.filter(pl.col("part") != "train").select("user_id", "target").collect().to_arrow()  # noqa: F841 - DuckDB reads it by name
     cutoffs = split.cutoffs().collect().to_arrow()  # noqa: F841 - DuckDB reads it by name
     store.con.execute("CREATE OR REPLACE TEMP TABLE evaluation AS SELECT * FROM evaluation")

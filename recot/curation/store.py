@@ -22,14 +22,14 @@ import polars as pl
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from recot.data.catalog import Catalog
+from recot.data.catalog import CATALOG_FILE, Catalog
 from recot.errors import DataError
 from recot.formats.sid import DEFAULT_DIALECT, SidDialect
 from recot.formats.splits import SPLIT_FILE, SplitSpec
 from recot.formats.student import sql_text
 from recot.formats.tasks import TASKS, TASKS_FILE, builtin_declarations
+from recot.formats.traces import TRACES_SCHEMA
 from recot.io import frame_of
-from recot.synth.journal import OUTPUT_SCHEMA
 
 SCHEMA_VERSION = 5
 # Tables rewritten in bulk (verdicts, scores, dup_clusters) carry no key: an index costs 3.5 s per
@@ -53,7 +53,7 @@ MIGRATIONS = {
 }
 PROVENANCE = ("request_hash", "task", "status", "template", "template_hash", "teacher", "model", "params", "created_at")
 REQUIRED = (*PROVENANCE, "subject_id", "sample", "output", "text")
-_TRACE_COLUMNS = [f.name for f in OUTPUT_SCHEMA]
+_TRACE_COLUMNS = [f.name for f in TRACES_SCHEMA]
 SCORE_SCHEMA = pa.schema([("trace_id", pa.string()), ("name", pa.string()), ("value", pa.float64()), ("provenance", pa.string())])
 
 
@@ -69,7 +69,7 @@ TABLES = f"""
 CREATE TABLE IF NOT EXISTS meta (name VARCHAR PRIMARY KEY, value VARCHAR);
 CREATE TABLE IF NOT EXISTS traces (
     trace_id VARCHAR PRIMARY KEY, source VARCHAR, ingested_at TIMESTAMP DEFAULT current_timestamp,
-    {', '.join(f'"{f.name}" {_duck_type(f.type)}' for f in OUTPUT_SCHEMA)}
+    {', '.join(f'"{f.name}" {_duck_type(f.type)}' for f in TRACES_SCHEMA)}
 );
 CREATE TABLE IF NOT EXISTS catalog (item_id VARCHAR PRIMARY KEY, sid_text VARCHAR, title VARCHAR, brand VARCHAR, domain VARCHAR);
 CREATE TABLE IF NOT EXISTS verdicts (trace_id VARCHAR, rule VARCHAR, passed BOOLEAN, reason VARCHAR, detail VARCHAR);
@@ -238,6 +238,15 @@ class Store:
                             f"{recorded.model_dump()}", "curate traces of different splits in separate stores")
         self.set_meta("split", spec.model_dump_json())
 
+    def _record_catalog(self, source: Path) -> None:
+        """A store without a catalog takes the one synthesis wrote beside ``source`` (the records lenient loading kept);
+        a catalog loaded from the dataset is left as it is."""
+        found = source.parent / CATALOG_FILE
+        if self.scalar("SELECT count(*) FROM catalog") or not found.exists():
+            return
+        frame = pl.read_parquet(found)
+        self.load_catalog(Catalog.from_sid_text(frame), item_domains=dict(zip(frame["item_id"], frame["domain"])))
+
     def _declare(self, declarations: list[dict], replace: bool = False, source: Path | None = None) -> None:
         """Record task declarations; a user task declared differently before is refused (its traces would be
         curated by two sets of rules)."""
@@ -267,6 +276,7 @@ class Store:
         synthesised on (``split.json`` beside it) is recorded for export and evaluation."""
         check_traces_file(source)
         missing_provenance = " OR ".join(f'"{c}" IS NULL' for c in PROVENANCE)
+        self._record_catalog(source)
         with self.transaction():
             self._record_split(source)
             self._record_tasks(source)

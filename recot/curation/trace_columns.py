@@ -18,6 +18,7 @@ import pyarrow.parquet as pq
 from recot.curation.store import Store
 from recot.formats.cot import reasoning_expr
 from recot.formats.student import history_line, sql_text
+from recot.formats.text import plain_text
 from recot.io import frame_of
 
 WORD_RE = r"[a-z0-9]+"
@@ -50,7 +51,7 @@ def trace_columns(store: Store, columns: Sequence[str] = COLUMNS, name: str = "t
         return pl.element().replace_strict(catalog["item_id"], catalog[column], default=default)
 
     history = pl.col("history")
-    think = reasoning_expr(pl.col("text"))
+    think = plain_text(reasoning_expr(pl.col("text")))
     built = {
         "history_sids": history.list.eval(through("sid_text")),
         "lines": history.list.eval(history_line(pl.int_range(1, pl.len() + 1), through("sid_text"), through("title"))).list.join("\n"),

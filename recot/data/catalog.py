@@ -11,6 +11,7 @@ import polars as pl
 
 from recot.data.rejects import rejects_from
 from recot.formats.sid import DEFAULT_DIALECT, SidDialect, parse_sid_values
+from recot.formats.text import plain_text
 
 ITEM_SCHEMA: dict[str, pl.DataType] = {
     "item_id": pl.Utf8(),
@@ -22,6 +23,12 @@ ITEM_SCHEMA: dict[str, pl.DataType] = {
     "sid": pl.List(pl.Int32()),
 }
 TEXT_FIELDS = ("title", "brand")
+# Item text reaches people, templates, rules and the model, so it is made safe once, at load (normalise_text):
+# plain text (recot.formats.text: NFKC without zero-width characters), so twins compare equal in every rule;
+# angle brackets become single guillemets, so no title can write a SID token or close the think block (only
+# the catalog's own SIDs parse as SIDs); titles are cut to MAX_TITLE_CHARS, as prompts cut descriptions.
+MAX_TITLE_CHARS = 300
+_ITEM_TEXT = ("title", "description", "brand")
 # The catalog slice an export hands to training and evaluation: item_id, sid_text, title, brand, domain.
 CATALOG_FILE = "catalog.parquet"
 
@@ -36,6 +43,7 @@ class Catalog:
 
     items: pl.DataFrame
     dialect: SidDialect = field(default=DEFAULT_DIALECT)
+    text_edits: dict[str, int] = field(default_factory=dict)  # what loading changed in item text (normalise_text), per kind
 
     def __post_init__(self) -> None:
         missing = set(ITEM_SCHEMA) - set(self.items.columns)
@@ -120,7 +128,7 @@ class Catalog:
         new = pl.DataFrame({"item_id": list(item_ids), "sid": codes.astype(np.int32).tolist()},
                            schema={"item_id": pl.Utf8, "sid": pl.List(pl.Int32)})
         items = self.items.drop("sid").join(new, on="item_id", how="left", maintain_order="left")
-        return Catalog(items.select(list(ITEM_SCHEMA)), dialect or self.dialect)
+        return Catalog(items.select(list(ITEM_SCHEMA)), dialect or self.dialect, self.text_edits)
 
     def text(self, fields: Sequence[str] = TEXT_FIELDS, max_chars: int = 1000) -> pl.Series:
         """One text per item for embedding: the chosen fields joined, empty ones skipped."""
@@ -130,9 +138,24 @@ class Catalog:
         ).to_series().alias("text")
 
 
-def validate_items(frame: pl.DataFrame, file: str, location: pl.Expr) -> tuple[pl.DataFrame, pl.DataFrame]:
+def normalise_text(items: pl.DataFrame) -> tuple[pl.DataFrame, dict[str, int]]:
+    """Item text made safe for every stage (see MAX_TITLE_CHARS above); returns the items and how many of them had
+    their text normalised, their angle brackets neutralised, their title cut."""
+    safe = {c: plain_text(pl.col(c)) for c in _ITEM_TEXT}
+    bracketed = {c: e.str.replace_all("<", "\u2039", literal=True).str.replace_all(">", "\u203a", literal=True) for c, e in safe.items()}
+    title = bracketed["title"]
+    cut = pl.when(title.str.len_chars() > MAX_TITLE_CHARS).then(title.str.slice(0, MAX_TITLE_CHARS - 1) + "\u2026").otherwise(title)
+    counted = items.select(
+        normalised=pl.any_horizontal([safe[c].ne_missing(pl.col(c)) for c in _ITEM_TEXT]).sum(),
+        brackets_neutralised=pl.any_horizontal([bracketed[c].ne_missing(safe[c]) for c in _ITEM_TEXT]).sum(),
+        titles_cut=(title.str.len_chars() > MAX_TITLE_CHARS).sum())
+    edits = {name: int(value) for name, value in counted.row(0, named=True).items() if value}
+    return items.with_columns(cut.alias("title"), bracketed["description"].alias("description"), bracketed["brand"].alias("brand")), edits
+
+
+def validate_items(frame: pl.DataFrame, file: str, location: pl.Expr) -> tuple[pl.DataFrame, pl.DataFrame, dict[str, int]]:
     """Split raw item rows into good rows and rejects (missing id, duplicate id, bad SID length); good rows
-    have their titles and brands on one line.
+    have their text made safe (:func:`normalise_text`, whose counts come third) and their titles and brands on one line.
 
     ``frame`` has the catalog columns plus ``_row``; ``location`` renders ``_row`` for messages.
     """
@@ -159,6 +182,6 @@ def validate_items(frame: pl.DataFrame, file: str, location: pl.Expr) -> tuple[p
     rejects = rejects_from(bad.with_columns(_record=pl.col("item_id")), file, details)
     # titles and brands are one-line fields (numbered histories, the CoT, review fields): runs of white space,
     # newlines included, become one space here, once, for every stage
-    good = checked.filter(pl.col("_reason").is_null()).select(list(ITEM_SCHEMA)).with_columns(
-        pl.col(*TEXT_FIELDS).str.replace_all(r"\s+", " ").str.strip_chars())
-    return good, rejects
+    good, edits = normalise_text(checked.filter(pl.col("_reason").is_null()).select(list(ITEM_SCHEMA)))
+    good = good.with_columns(pl.col(*TEXT_FIELDS).str.replace_all(r"\s+", " ").str.strip_chars())
+    return good, rejects, edits

@@ -73,14 +73,17 @@ def load_dataset(path: str | Path, lenient: bool = False) -> Dataset:
     if path.is_dir():
         return load_minionerec(path, lenient)
     if path.suffix in {".toml", ".yaml", ".yml"}:
-        config = load_config(DatasetConfig, path)
-        return load_from_config(config.model_copy(update={"name": config.name or path.stem}), path.parent, lenient)
+        config = load_config(DatasetConfig, path)  # resolves the file's relative paths from its folder, once
+        return load_from_config(config.model_copy(update={"name": config.name or path.stem}), lenient=lenient)
     raise DataError(path, "not a dataset", "pass a MiniOneRec folder (items.json, sids.json, *.csv) or a dataset config file")
 
 
-def load_from_config(config: DatasetConfig, base_dir: Path, lenient: bool = False) -> Dataset:
-    items_src = config.items.model_copy(update={"path": base_dir / config.items.path})
-    events_src = config.interactions.model_copy(update={"path": base_dir / config.interactions.path})
+def load_from_config(config: DatasetConfig, base_dir: Path | None = None, lenient: bool = False) -> Dataset:
+    """A dataset from its config; ``base_dir`` resolves relative table paths (None: they are resolved already, as
+    :func:`recot.config.load_config` does for a config file)."""
+    base = base_dir or Path()
+    items_src = config.items.model_copy(update={"path": base / config.items.path})
+    events_src = config.interactions.model_copy(update={"path": base / config.interactions.path})
     catalog, item_rejects = load_items(items_src, lenient)
     interactions, event_rejects = scan_interactions(events_src, catalog.items["item_id"], lenient)
     bounds = {k: v for k, v in (("valid_start", config.valid_start), ("test_start", config.test_start)) if v is not None}
@@ -88,9 +91,11 @@ def load_from_config(config: DatasetConfig, base_dir: Path, lenient: bool = Fals
                    pl.concat([item_rejects, event_rejects]), "epoch_seconds", bounds)
 
 
-def _mapped(lf: pl.LazyFrame, source: TableSource, known: dict[str, pl.DataType], required: tuple[str, ...]) -> pl.LazyFrame:
-    """Rename source columns to recot names, failing with the available columns if one is missing."""
-    available = lf.collect_schema().names()
+def _mapped(lf: pl.LazyFrame, source: TableSource, known: dict[str, pl.DataType], required: tuple[str, ...],
+            fix: str | None = None) -> pl.LazyFrame:
+    """Rename source columns to recot names, failing with the file's own columns if one is missing; ``fix`` replaces
+    the advice to map the column in a dataset config (a MiniOneRec file has no config)."""
+    available = [c for c in lf.collect_schema().names() if c != "_row"]  # _row is recot's line number, not the file's
     unknown = set(source.columns) - set(known)
     if unknown:
         raise DataError(source.path, f"column mapping names unknown fields {sorted(unknown)}",
@@ -99,10 +104,11 @@ def _mapped(lf: pl.LazyFrame, source: TableSource, known: dict[str, pl.DataType]
     missing = [name for name in required if name not in rename.values()]
     if missing:
         name = missing[0]
+        wanted = source.columns.get(name, name)
         raise DataError(
             source.path,
-            f"missing column {source.columns.get(name, name)!r} for {name!r}; the file has {available[:12]}",
-            f"rename the column, or map it in the dataset config: columns = {{ {name} = \"<your column>\" }}",
+            f"missing column {wanted!r}" + (f" (recot's {name!r})" if wanted != name else "") + f"; the file has {available[:12]}",
+            fix or f"rename the column, or map it in the dataset config: columns = {{ {name} = \"<your column>\" }}",
         )
     return lf.select("_row", *[pl.col(src).alias(dst) for src, dst in rename.items()])
 
@@ -123,11 +129,11 @@ def load_items(source: TableSource, lenient: bool = False) -> tuple[Catalog, pl.
     frame = raw.with_columns(
         [pl.lit(None, dtype=dt).alias(c) for c, dt in ITEM_SCHEMA.items() if c not in raw.columns]
     ).with_columns([pl.col(c).cast(dt) for c, dt in ITEM_SCHEMA.items()])
-    good, rejects = validate_items(frame, str(source.path), row_location(source.path))
+    good, rejects, edits = validate_items(frame, str(source.path), row_location(source.path))
     rejects = settle(pl.concat([sid_rejects, rejects]), lenient, "fix or remove the listed item rows")
     if good.is_empty():
         raise DataError(source.path, "no usable items", "check the column mapping and the file's content")
-    return Catalog(good, dialect), rejects
+    return Catalog(good, dialect, edits), rejects
 
 
 def _parse_sid_column(raw: pl.DataFrame, path: Path, location: pl.Expr) -> tuple[pl.DataFrame, pl.DataFrame, SidDialect]:
@@ -252,12 +258,14 @@ def _minionerec_catalog(items_path: Path, sids_path: Path, lenient: bool) -> tup
         schema=REJECT_SCHEMA,
     )
     frame = pl.DataFrame(rows, schema={**ITEM_SCHEMA, "_row": pl.Int64})
-    good, rejects = validate_items(frame, str(items_path), pl.format("record '{}'", pl.col("item_id")))
+    good, rejects, edits = validate_items(frame, str(items_path), pl.format("record '{}'", pl.col("item_id")))
+    # a SID's shape is sids.json's, whichever check found it wrong
+    rejects = rejects.with_columns(file=pl.when(pl.col("reason") == "sid_level_mismatch").then(pl.lit(str(sids_path))).otherwise("file"))
     rejects = settle(pl.concat([bad, rejects]), lenient, "fix or remove the listed items")
     if len(parsed.dialects) > 1:
         raise DataError(sids_path, f"SIDs mix dialects {sorted(map(str, parsed.dialects))}",
                         "convert them to one dialect first (recot sid convert)")
-    return Catalog(good, parsed.dialect), rejects
+    return Catalog(good, parsed.dialect, edits), rejects
 
 
 def _minionerec_windows(path: Path, period: int, catalog: Catalog, dropped: set[str],
@@ -265,7 +273,8 @@ def _minionerec_windows(path: Path, period: int, catalog: Catalog, dropped: set[
     """One period's windows; ``dropped``: item ids rejected from the catalog (lenient mode), named as such."""
     source = TableSource(path=path)
     need: dict[str, pl.DataType] = {"user_id": pl.Utf8(), "history_item_id": pl.Utf8(), "item_id": pl.Utf8(), "item_sid": pl.Utf8()}
-    raw = _mapped(scan_table(path, lenient), source, need, ("user_id", "history_item_id", "item_id", "item_sid")).collect()
+    raw = _mapped(scan_table(path, lenient), source, need, ("user_id", "history_item_id", "item_id", "item_sid"),
+                  "a MiniOneRec CSV has the columns user_id, history_item_id, item_id and item_sid: restore the missing one").collect()
     known = catalog.items["item_id"].implode()
     sid_of = catalog.items.select("item_id", _cat_sid=catalog.sid_text())
     checked = (

@@ -28,8 +28,11 @@ def write_sid_build(out_dir: Path, catalog: Catalog, report: dict) -> None:
         (tmp / "report.json").write_text(json.dumps(report, indent=2), encoding="utf-8")
 
 
-def convert_sid_file(source: Path, target: Path, to: SidDialect, column: str = "sid", lenient: bool = False) -> tuple[int, pl.DataFrame]:
-    """Rewrite every SID of ``source`` in dialect ``to``; returns (converted count, rejects).
+def convert_sid_file(source: Path, target: Path, to: SidDialect, column: str = "sid", lenient: bool = False,
+                     levels: int | None = None) -> tuple[int, pl.DataFrame]:
+    """Rewrite every SID of ``source`` in dialect ``to``; returns (converted count, rejects). ``levels`` is how many the
+    example of the dialect shows: an example with fewer levels than the SIDs names only the dialect (prefix, markers),
+    one with more promises levels the SIDs do not have and is refused (converting never adds or drops a code).
 
     A ``.json`` file is a MiniOneRec mapping ``{item_id: [tokens]}`` (or ``{item_id: "sid"}``) and
     keeps its shape; a table keeps its columns with ``column`` rewritten. An empty SID is rejected
@@ -53,6 +56,11 @@ def convert_sid_file(source: Path, target: Path, to: SidDialect, column: str = "
         _loc=location, _record=record, _reason=pl.lit("malformed_sid"))
     rejects = settle(rejects_from(bad, str(source), {}), lenient, "fix the listed SIDs")
     good = flagged.filter(pl.col("_detail").is_null())
+    found = sorted(set(good["_codes"].list.len().to_list()))
+    if levels is not None and found and levels > max(found):
+        raise DataError(source, f"its SIDs have {max(found)} levels, the example given has {levels}",
+                        f"give an example SID with at most {max(found)} levels in the target dialect: converting changes how "
+                        "codes are written, never how many there are")
     with atomic_path(target) as tmp:
         if source.suffix == ".json":
             out = {key: to.token_list(codes) if is_list else to.format(codes)

@@ -36,4 +36,5 @@ def summarize(ds: Dataset) -> dict:
             **ds.catalog.collision_summary(),
         },
         "rejects": dict(ds.rejects.group_by("reason").len().sort("reason").iter_rows()),
+        "text_edits": ds.catalog.text_edits,  # items whose text loading made safe: normalised, brackets neutralised, titles cut
     }

@@ -90,6 +90,7 @@ class PipelineConfig(BaseModel):
         data = dict(data)
         data["synth"] = {**data.get("synth", {}), "dataset": data["dataset"], "out": out / "synth"}
         data["export"] = {"name": "pipeline", **data.get("export", {}), "out": out / "export", "dataset": data["dataset"],
+                          "lenient": bool(data["synth"].get("lenient", False)),
                           "overwrite": True}
         return data
 
@@ -253,7 +254,7 @@ class Pipeline:
         from recot.curation.store import Store
         from recot.data.loaders import load_dataset
 
-        dataset = load_dataset(self.config.dataset)
+        dataset = load_dataset(self.config.dataset, lenient=self.config.synth.lenient)  # the records synthesis set aside stay aside
         with atomic_path(self.store_path) as tmp:
             with Store(tmp) as db:
                 db.load_catalog(dataset.catalog, self.config.domain or self.config.dataset.name, dataset.item_domains())

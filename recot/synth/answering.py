@@ -122,6 +122,7 @@ def answer(teacher: Teacher, journal: Journal, requests: Iterable[Request], pars
                 stats.completion_tokens += response.completion_tokens
                 if response.retryable:
                     outcome = ("unanswered", response.error)
+                    received[response.key] = outcome  # a repeat later in this run shares it: never sent twice in one run
                 else:
                     parsed, text = parse(request, response)
                     outcome = ("ok", None) if parsed.status == "ok" else ("rejected", parsed.reason)

@@ -12,6 +12,7 @@ import fcntl
 import itertools
 import json
 import sqlite3
+import tempfile
 import time
 from collections import Counter
 from collections.abc import Callable, Iterator
@@ -27,6 +28,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 
 from recot.config import load_config
 from recot.cost import Price, spent, token_counter, tokens_by_task
+from recot.data.catalog import CATALOG_FILE
 from recot.data.loaders import Dataset, load_dataset
 from recot.errors import DataError
 from recot.formats.profiles import DomainProfile, ProfileBook, get_profile
@@ -148,7 +150,7 @@ def finish_report(report: JobReport, out: Path, price: Price | None) -> JobRepor
 def dry_run(config: SynthConfig, shard: Shard = Shard()) -> dict[str, Any]:
     """Plan the job and say what it would send, without sending: requests per task (and how many the
     journal already answers), prompt tokens, completion tokens at most and as expected, and the cost
-    at ``config.price``. It writes only the plan (``OUT/.work/``, ``OUT/refused.parquet``)."""
+    at ``config.price``. It writes nothing into the output folder (the plan goes to a scratch folder)."""
     return _Job(config, shard, job_dir(config, shard), None).dry_run()
 
 
@@ -239,8 +241,9 @@ class _Job:
         self.task_of = {task.name: task for task in self.tasks}
         self.items = ItemView(self.dataset.catalog)
 
-    def _plan(self) -> list[tuple[Task, Path]]:
-        """Write each task's subjects to parquet and the refused samples next to the output."""
+    def _plan(self, keep_refused: bool = True) -> list[tuple[Task, Path]]:
+        """Write each task's subjects to parquet (in ``self.work``) and, with ``keep_refused``, the refused samples next to
+        the output."""
         planned, refused = [], []
         for task in self.tasks:
             subjects, bad = plan_subjects(task, self.dataset.catalog, self.split, self.config.part, self.config.limit)
@@ -253,6 +256,8 @@ class _Job:
             planned.append((task, path))
         refused_frame = pl.concat(refused, how="diagonal_relaxed")
         self.report.refused_samples = dict(Counter(refused_frame["reason"].to_list()))
+        if not keep_refused:
+            return planned
         with atomic_path(self.out / "refused.parquet") as tmp:
             refused_frame.with_columns(detail=pl.col("reason").replace_strict(CUTOFF_REASONS, default=None)).write_parquet(tmp)
         return planned
@@ -295,6 +300,7 @@ class _Job:
             self.report.rows = journal.export(read_plan(self.work / "plan.tsv"), self.out / "traces.parquet")
             self.split_spec.save(self.out)
             save_declarations(self.tasks, self.personas, self.out)
+            self._save_catalog()
             self._save_dataset_rejects()
         finally:
             journal.close()
@@ -308,8 +314,12 @@ class _Job:
         return finish_report(self.report, self.out, self.config.price)
 
     def dry_run(self) -> dict[str, Any]:
-        self.work.mkdir(parents=True, exist_ok=True)
-        planned = self._plan()
+        """What a run would send, planned in a scratch folder: a dry run writes nothing into the output folder."""
+        with tempfile.TemporaryDirectory(prefix="recot-dry-run-") as scratch:
+            self.work = Path(scratch)
+            return self._dry_run(self._plan(keep_refused=False))
+
+    def _dry_run(self, planned: list[tuple[Task, Path]]) -> dict[str, Any]:
         counted_with, count = token_counter(self._tokenizer())
         journal = self.out / "journal.sqlite"
         reader = sqlite3.connect(f"file:{journal}?mode=ro", uri=True) if journal.exists() else None
@@ -323,8 +333,11 @@ class _Job:
             stream = iter_requests(task, path, library, self.items, self.profiles, identity, self.config.sampling, self.shard, slates)
             while chunk := list(itertools.islice(stream, 512)):
                 answered = Journal.answered(reader, [r.key for r in chunk]) if reader else {}
-                fresh = [r for r in chunk if r.key not in answered and r.key not in seen]
-                seen.update(r.key for r in fresh)
+                fresh = []
+                for r in chunk:  # a prompt repeated inside one chunk is sent once, as a run sends it
+                    if r.key not in answered and r.key not in seen:
+                        seen.add(r.key)
+                        fresh.append(r)
                 totals.update(requests=len(chunk), cached=len(chunk) - len(fresh), to_send=len(fresh),
                               prompt_tokens=sum(count([r.messages for r in fresh])))
             totals["completion_tokens_max"] = totals["to_send"] * self.config.sampling.max_tokens
@@ -339,6 +352,15 @@ class _Job:
         if self.config.price:
             plan["cost_at_most"] = self.config.price.costs(plan["prompt_tokens"], plan["completion_tokens_max"])
         return plan
+
+    def _save_catalog(self) -> None:
+        """The catalog the job used (after lenient loading set records aside), beside the traces: curation checks SIDs
+        against it without reopening the dataset, so the decisions made here hold downstream."""
+        catalog, domains = self.dataset.catalog, self.dataset.item_domains()
+        frame = catalog.items.select("item_id", "title", "brand").with_columns(
+            sid_text=catalog.sid_text(), domain=pl.col("item_id").replace_strict(domains, default=self.dataset.name, return_dtype=pl.Utf8))
+        with atomic_path(self.out / CATALOG_FILE) as tmp:
+            frame.write_parquet(tmp)
 
     def _library(self) -> PromptLibrary:
         """The bundled templates, the config's folder over them, and the templates user tasks bring."""

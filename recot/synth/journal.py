@@ -24,6 +24,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from recot.errors import DataError
+from recot.formats.traces import SUBJECT_FIELDS, TRACES_SCHEMA
 from recot.io import atomic_path
 from recot.synth.parse import Parsed
 from recot.teachers.base import Request, Response
@@ -38,22 +39,6 @@ _DDL = f"""
 CREATE TABLE IF NOT EXISTS meta (name TEXT PRIMARY KEY, value TEXT);
 CREATE TABLE IF NOT EXISTS answers ({', '.join(c + (' TEXT PRIMARY KEY' if c == 'key' else '') for c in COLUMNS)});
 """
-# The output parquet: the subject is spread into columns, the rest keeps the journal's names.
-OUTPUT_SCHEMA = pa.schema([
-    ("request_hash", pa.string()), ("task", pa.string()), ("subject_id", pa.string()), ("user_id", pa.string()),
-    ("part", pa.string()), ("history", pa.list_(pa.string())), ("history_ts", pa.list_(pa.int64())),
-    ("target", pa.string()), ("target_ts", pa.int64()), ("cutoff_ts", pa.int64()), ("items", pa.list_(pa.string())),
-    ("popular_rank", pa.int32()),
-    ("sample", pa.int32()), ("seed", pa.int64()), ("status", pa.string()), ("reason", pa.string()),
-    ("detail", pa.string()), ("output", pa.string()), ("text", pa.string()), ("raw", pa.string()),
-    ("finish_reason", pa.string()), ("prompt_tokens", pa.int64()), ("completion_tokens", pa.int64()),
-    ("latency_s", pa.float64()), ("messages", pa.string()), ("template", pa.string()),
-    ("template_version", pa.int32()), ("template_hash", pa.string()), ("teacher", pa.string()),
-    ("model", pa.string()), ("params", pa.string()), ("created_at", pa.string()),
-])
-# items: the subject item(s) of R0/R1, the candidate slate (in the order shown) of slate tasks;
-# popular_rank: a slate target's rank by training popularity among its candidates (the most-popular baseline)
-_SUBJECT_FIELDS = ("user_id", "part", "history", "history_ts", "target", "target_ts", "cutoff_ts", "items", "popular_rank")
 
 
 def connect(path: Path) -> sqlite3.Connection:
@@ -111,9 +96,9 @@ class Journal:
         cursor = self.con.execute(
             f"SELECT w.subject, {', '.join('a.' + c for c in COLUMNS)} FROM wanted w JOIN answers a USING (key) ORDER BY w.ord")
         written = 0
-        with atomic_path(target) as tmp, pq.ParquetWriter(tmp, OUTPUT_SCHEMA) as writer:
+        with atomic_path(target) as tmp, pq.ParquetWriter(tmp, TRACES_SCHEMA) as writer:
             for rows in iter(lambda: cursor.fetchmany(chunk_rows), []):
-                writer.write_table(pa.Table.from_pylist([_output_row(r) for r in rows], schema=OUTPUT_SCHEMA))
+                writer.write_table(pa.Table.from_pylist([_output_row(r) for r in rows], schema=TRACES_SCHEMA))
                 written += len(rows)
         return written
 
@@ -137,7 +122,7 @@ def _output_row(row: tuple) -> dict[str, Any]:
     subject = json.loads(row[0])
     record["request_hash"] = record.pop("key")
     record["subject_id"] = subject["id"]
-    record.update({f: subject.get(f) for f in _SUBJECT_FIELDS})
+    record.update({f: subject.get(f) for f in SUBJECT_FIELDS})
     return record
 
 

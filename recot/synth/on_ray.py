@@ -14,6 +14,8 @@ small actor.
 
 from __future__ import annotations
 
+import logging
+import os
 import shutil
 import time
 from collections import Counter
@@ -21,16 +23,18 @@ from dataclasses import fields
 from pathlib import Path
 from typing import Any
 
+import polars as pl
 import pyarrow.parquet as pq
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
+from recot.data.catalog import CATALOG_FILE
 from recot.errors import DataError
 from recot.formats.splits import SPLIT_FILE
 from recot.formats.tasks import TASKS_FILE
+from recot.formats.traces import TRACES_SCHEMA
 from recot.io import atomic_path
 from recot.synth.job import JobReport, SynthConfig, finish_report, job_dir, run_synth
-from recot.synth.journal import OUTPUT_SCHEMA
 from recot.synth.requests import Shard
 
 _COUNTS = ("planned", "cached", "shared", "sent", "ok", "prompt_tokens", "completion_tokens", "retries", "rows")
@@ -48,8 +52,24 @@ def run_on_ray(config: SynthConfig, shards: int, address: str | None = None, gpu
     if shards < 1:
         raise DataError("shards", f"{shards} shards", "run at least one shard")
     config = _absolute(config)
-    if not ray.is_initialized():
-        ray.init(address=address, include_dashboard=False, log_to_driver=False)
+    owned = not ray.is_initialized()  # a cluster connection this call made is closed by it, so Ray's messages end here
+    if owned:
+        _check_reachable(address or os.environ.get("RAY_ADDRESS"))
+        try:
+            ray.init(address=address, include_dashboard=False, log_to_driver=False, logging_level=logging.ERROR)
+        except (ConnectionError, RuntimeError, ValueError) as exc:
+            raise DataError(address or os.environ.get("RAY_ADDRESS", "ray"), f"cannot connect to the Ray cluster ({_first_line(exc)})",
+                            "start it (ray start --head) or check --ray-address / RAY_ADDRESS; leave both unset for a local "
+                            "cluster") from None
+    try:
+        return _run_shards(ray, config, shards, gpus_per_shard, cpus_per_shard, max_retries, progress)
+    finally:
+        if owned:
+            ray.shutdown()
+
+
+def _run_shards(ray, config: SynthConfig, shards: int, gpus_per_shard: float, cpus_per_shard: float, max_retries: int,
+                progress: bool) -> JobReport:
     tracker = ray.remote(_Tracker).options(num_cpus=0).remote()
     task = ray.remote(_run_shard).options(num_cpus=cpus_per_shard, num_gpus=gpus_per_shard, max_retries=max_retries,
                                           retry_exceptions=False)
@@ -70,12 +90,12 @@ def run_on_ray(config: SynthConfig, shards: int, address: str | None = None, gpu
 def merge_shards(config: SynthConfig, shards: int, reports: list[JobReport], seconds: float) -> JobReport:
     """One ``traces.parquet`` (shard order), the split and task declarations, and the summed report in ``config.out``."""
     folders = [job_dir(config, Shard(i, shards)) for i in range(shards)]
-    for name in (SPLIT_FILE, TASKS_FILE):
-        texts = {(folder / name).read_text() for folder in folders}
-        if len(texts) != 1:
+    for name in (SPLIT_FILE, TASKS_FILE, CATALOG_FILE):
+        contents = [pl.read_parquet(folder / name) if name == CATALOG_FILE else (folder / name).read_text() for folder in folders]
+        if any(not _same(contents[0], other) for other in contents[1:]):
             raise DataError(config.out, f"the shards wrote different {name} files", "rerun the shards with one config")
         shutil.copy(folders[0] / name, config.out / name)
-    with atomic_path(config.out / "traces.parquet") as tmp, pq.ParquetWriter(tmp, OUTPUT_SCHEMA) as writer:
+    with atomic_path(config.out / "traces.parquet") as tmp, pq.ParquetWriter(tmp, TRACES_SCHEMA) as writer:
         for folder in folders:
             for batch in pq.ParquetFile(folder / "traces.parquet").iter_batches(batch_size=5000):
                 writer.write_batch(batch)
@@ -113,3 +133,26 @@ class _Tracker:
 
     def totals(self) -> tuple[int, int]:
         return sum(s for s, _ in self.shards.values()), sum(p for _, p in self.shards.values())
+
+
+def _first_line(exc: BaseException) -> str:
+    return (str(exc).strip().splitlines() or [type(exc).__name__])[0][:200]
+
+
+def _check_reachable(address: str | None, timeout_s: float = 5.0) -> None:
+    """A named error at once for a cluster address nothing answers at (Ray itself retries for minutes, printing a
+    warning every few seconds); ``auto``, ``local`` or no address start or find a cluster on this machine."""
+    import socket
+
+    if not address or address in ("auto", "local"):
+        return
+    host, _, port = address.removeprefix("ray://").rpartition(":")
+    try:
+        socket.create_connection((host or "127.0.0.1", int(port)), timeout=timeout_s).close()
+    except (OSError, ValueError) as exc:
+        raise DataError(address, f"cannot connect to the Ray cluster ({exc})", "start it (ray start --head) or check "
+                        "--ray-address / RAY_ADDRESS; leave both unset for a local cluster") from None
+
+
+def _same(a: pl.DataFrame | str, b: pl.DataFrame | str) -> bool:
+    return bool(a.equals(b)) if isinstance(a, pl.DataFrame) and isinstance(b, pl.DataFrame) else a == b

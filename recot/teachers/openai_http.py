@@ -202,11 +202,12 @@ class OpenAITeacher:
                         out.put(Response(request.key, error=f"HTTP {exc.status_code}: {_short(exc)}"))
                         return
                     throttled = throttled or exc.status_code == 429
-                    failure = f"HTTP {exc.status_code}"
+                    # the last word decides: an unusable reply followed by a transient failure is worth asking again
+                    failure, bad_reply = f"HTTP {exc.status_code}", None
                 except (openai.APIConnectionError, openai.APITimeoutError) as exc:
                     # out of the rotation for a while: an endpoint that refuses at once would otherwise look least busy
                     endpoint.down_until = time.monotonic() + max(DOWN_S, self._delay(attempt))
-                    failure, bad_reply = type(exc).__name__, None
+                    failure, bad_reply = _connection_failure(exc, time.perf_counter() - started, self.timeout_s), None
                 except Exception as exc:  # noqa: BLE001 - an HTTP 200 whose body is no chat completion
                     failure = bad_reply = f"{type(exc).__name__}: {_short(exc)}"
                 else:
@@ -250,6 +251,18 @@ def _response(key: str, reply: Any, latency: float) -> Response:
     usage = reply.usage
     return Response(key, choice.message.content, choice.finish_reason, getattr(choice.message, "refusal", None),
                     usage.prompt_tokens if usage else 0, usage.completion_tokens if usage else 0, latency)
+
+
+def _connection_failure(exc: Exception, seconds: float, timeout_s: float) -> str:
+    """What went wrong on the wire, in words: the aiohttp transport reports a connection the server closed without a
+    reply as a timeout, so a "timeout" well inside the time limit is named a dropped connection."""
+    import openai
+
+    if isinstance(exc, openai.APITimeoutError) and seconds < 0.9 * timeout_s:
+        return f"connection dropped without a reply after {seconds:.1f} s"
+    if isinstance(exc, openai.APITimeoutError):
+        return f"no reply within the {timeout_s:g} s timeout"
+    return f"connection failed ({_short(exc)})"
 
 
 def _short(exc: Exception) -> str:

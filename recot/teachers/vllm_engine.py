@@ -85,8 +85,10 @@ class VLLMTeacher:
         """Answers in request order. A prompt that leaves no room in the engine's context (``max_model_len``)
         is not sent: it becomes a ``prompt_too_long`` rejection, so one long history cannot abort the job."""
         stream = iter(requests)
-        context = self.llm.llm_engine.model_config.max_model_len
         while batch := list(itertools.islice(stream, self.batch_size)):
+            # the engine starts with the first request that needs an answer: a rerun whose answers are all in the
+            # journal (or a Ray shard with nothing left) loads no model
+            context = self.llm.llm_engine.model_config.max_model_len
             lengths = self.prompt_lengths(batch)
             fits = [r for r, n in zip(batch, lengths) if n < context]
             started = time.perf_counter()

@@ -12,6 +12,8 @@ every way a real one does. The requested model name picks the behaviour:
     cutbody    HTTP 200, a JSON body cut in half       textplain  HTTP 200, a text/plain body
     html       HTTP 200, an HTML page labelled JSON    nochoices  HTTP 200, a completion with no choices
     shaky      every 2nd reply is a cut body (retried), else ok
+    cut500     a prompt's first attempt gets a cut body, its later ones HTTP 500 (cut429: HTTP 429)
+    drop       the connection is closed without a reply
     cot        a schema-valid R3 trace citing purchase #1 that answers the prompt's last SID
 
 ``GET /stats`` returns how many chat requests each model name received.
@@ -41,6 +43,7 @@ def _trace(prompt: str) -> str:
                        "answer": sids[-1] if sids else "?"})
 _counter = itertools.count(1)
 _received: Counter = Counter()
+_attempts: Counter = Counter()  # per (model, prompt): how often it was asked
 
 
 def _completion(model: str, content: str | None, finish: str = "stop", refusal: str | None = None) -> dict:
@@ -57,7 +60,15 @@ async def chat(request: web.Request) -> web.Response:
     model = body.get("model", "ok")
     n = next(_counter)
     _received[model] += 1
-    if model == "cutbody" or (model == "shaky" and _received[model] % 2 == 0):
+    _attempts[model, json.dumps(body.get("messages"))] += 1
+    if model in ("cut500", "cut429") and _attempts[model, json.dumps(body.get("messages"))] > 1:
+        status = 500 if model == "cut500" else 429
+        return web.json_response({"error": {"message": "upstream failed"}}, status=status)
+    if model == "drop":
+        assert request.transport is not None
+        request.transport.close()
+        return web.Response()
+    if model in ("cutbody", "cut500", "cut429") or (model == "shaky" and _received[model] % 2 == 0):
         text = json.dumps(_completion(model, ANSWER))
         return web.Response(text=text[: len(text) // 2], content_type="application/json")
     if model == "textplain":

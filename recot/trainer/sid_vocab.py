@@ -13,11 +13,12 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
+import polars as pl
 import torch
 
 from recot.formats.cot import THINK_CLOSE, THINK_OPEN
 
-if TYPE_CHECKING:  # the trainer runs on GPU machines that need not have the data stack
+if TYPE_CHECKING:
     from recot.data.catalog import Catalog
 
 THINK_MARKERS = (THINK_OPEN, THINK_CLOSE)
@@ -40,30 +41,54 @@ def add_sid_vocabulary(model, tokenizer, catalog: Catalog, batch_size: int = 512
         return tokenizer.convert_tokens_to_ids(vocabulary)
     embeddings = model.get_input_embeddings().weight
     with torch.no_grad():
-        titles = catalog.items["title"].fill_null("").to_list()
-        item_vectors = torch.zeros(len(titles), embeddings.shape[1], dtype=torch.float32)
-        for start in range(0, len(titles), batch_size):
-            batch = tokenizer(titles[start:start + batch_size], add_special_tokens=False)["input_ids"]
-            for offset, ids in enumerate(batch):
-                ids = [i for i in ids if i < old_size] or [tokenizer.pad_token_id or 0]
-                item_vectors[start + offset] = embeddings[ids].float().mean(0)
-        sums = torch.zeros(len(tokenizer), embeddings.shape[1])
-        counts = torch.zeros(len(tokenizer))
-        for vector, sid in zip(item_vectors, catalog.sid_text().to_list()):
-            if sid is None:
-                continue
-            ids = tokenizer(sid, add_special_tokens=False)["input_ids"]
-            sums[ids] += vector
-            counts[ids] += 1
-        new_ids = tokenizer.convert_tokens_to_ids(tokens)
-        fallback = item_vectors.mean(0)
-        for token_id in new_ids:
-            vector = sums[token_id] / counts[token_id] if counts[token_id] else fallback
-            embeddings[token_id] = vector.to(embeddings.dtype)
-            head = model.get_output_embeddings()
-            if head is not None and head.weight.data_ptr() != embeddings.data_ptr():
-                head.weight[token_id] = vector.to(head.weight.dtype)
+        item_vectors = _title_vectors(tokenizer, embeddings[:old_size], catalog, batch_size)
+        # every item with a SID adds its title vector to each of its SID's tokens (levels, markers): one scatter
+        rows, token_ids = _sid_token_ids(tokenizer, catalog)
+        sums = torch.zeros(len(tokenizer), embeddings.shape[1]).index_add_(0, token_ids, item_vectors[rows])
+        counts = torch.bincount(token_ids, minlength=len(tokenizer)).float()
+        new_ids = torch.tensor(tokenizer.convert_tokens_to_ids(tokens))
+        vectors = torch.where(counts[new_ids, None] > 0, sums[new_ids] / counts[new_ids, None].clamp(min=1), item_vectors.mean(0))
+        embeddings[new_ids] = vectors.to(embeddings.dtype)
+        head = model.get_output_embeddings()
+        if head is not None and head.weight.data_ptr() != embeddings.data_ptr():
+            head.weight[new_ids] = vectors.to(head.weight.dtype)
     return tokenizer.convert_tokens_to_ids(vocabulary)
+
+
+def _title_vectors(tokenizer, known: torch.Tensor, catalog: Catalog, batch_size: int) -> torch.Tensor:
+    """Each item's mean input embedding over its title's tokens (the pad token's for an empty title)."""
+    titles = catalog.items["title"].fill_null("").to_list()
+    sums = torch.zeros(len(titles), known.shape[1])
+    counts = torch.zeros(len(titles))
+    for start in range(0, len(titles), batch_size):
+        batch = tokenizer(titles[start:start + batch_size], add_special_tokens=False)["input_ids"]
+        ids = torch.tensor([i for row in batch for i in row], dtype=torch.long)
+        items = torch.repeat_interleave(torch.arange(start, start + len(batch)), torch.tensor([len(row) for row in batch]))
+        keep = ids < known.shape[0]
+        sums.index_add_(0, items[keep], known[ids[keep]].float())
+        counts.index_add_(0, items[keep], torch.ones(int(keep.sum())))
+    empty = counts == 0
+    sums[empty] = known[tokenizer.pad_token_id or 0].float()
+    return sums / counts.clamp(min=1)[:, None]
+
+
+def _sid_token_ids(tokenizer, catalog: Catalog) -> tuple[torch.Tensor, torch.Tensor]:
+    """(item row, token id) for every token of every item's SID: each level's code token, and the dialect's markers."""
+    with_sid = catalog.items.with_row_index("row").filter(pl.col("sid").is_not_null())
+    levels, dialect = catalog.levels or 0, catalog.dialect
+    rows = torch.tensor(with_sid["row"].to_numpy().astype("int64"))
+    codes = torch.tensor(with_sid["sid"].list.to_array(levels).to_numpy().astype("int64")) if levels else torch.zeros(0, 0)
+    pairs_rows, pairs_ids = [], []
+    for level, size in enumerate(catalog.codebook_sizes):
+        lookup = torch.tensor(tokenizer.convert_tokens_to_ids([dialect.token(level, code) for code in range(size)]))
+        pairs_rows.append(rows)
+        pairs_ids.append(lookup[codes[:, level]])
+    for marker in (dialect.begin, dialect.end) if dialect.begin and dialect.end else ():
+        pairs_rows.append(rows)
+        pairs_ids.append(torch.full_like(rows, tokenizer.convert_tokens_to_ids(marker)))
+    if not pairs_rows:
+        return torch.zeros(0, dtype=torch.long), torch.zeros(0, dtype=torch.long)
+    return torch.cat(pairs_rows), torch.cat(pairs_ids)
 
 
 def freeze_for_warmup(model, token_ids: Sequence[int]) -> None:
