@@ -155,4 +155,6 @@ def _check_reachable(address: str | None, timeout_s: float = 5.0) -> None:
 
 
 def _same(a: pl.DataFrame | str, b: pl.DataFrame | str) -> bool:
-    return bool(a.equals(b)) if isinstance(a, pl.DataFrame) and isinstance(b, pl.DataFrame) else a == b
+    if isinstance(a, pl.DataFrame) and isinstance(b, pl.DataFrame):
+        return bool(a.equals(b))
+    return a == b
