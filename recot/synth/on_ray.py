@@ -157,4 +157,4 @@ def _check_reachable(address: str | None, timeout_s: float = 5.0) -> None:
 def _same(a: pl.DataFrame | str, b: pl.DataFrame | str) -> bool:
     if isinstance(a, pl.DataFrame) and isinstance(b, pl.DataFrame):
         return bool(a.equals(b))
-    return a == b
+    return isinstance(a, str) and isinstance(b, str) and a == b
