@@ -12,7 +12,7 @@ import click
 from recot.cli.common import console, emit, json_option, stdout
 
 store_option = click.option("--store", type=click.Path(dir_okay=False, path_type=Path), default=Path("out/curation.duckdb"),
-                            show_default=True, help="The DuckDB curation store (created on first use).")
+                            show_default=True, help="The DuckDB curation store (`curate ingest` creates it; the rest read it).")
 
 
 @click.group("curate")
@@ -35,8 +35,9 @@ def ingest(traces: tuple[Path, ...], dataset: Path | None, domain: str | None, l
 
     for path in traces:  # every input is checked before the store is touched: a failed command changes nothing
         check_traces_file(path)
+    created = not store.exists()
     with Store(store) as db:
-        payload: dict[str, Any] = {}
+        payload: dict[str, Any] = {"store": f"{'created' if created else 'added to'} {store}"}
         if dataset is not None:
             data = load_dataset(dataset, lenient=lenient)
             payload["catalog_items"] = db.load_catalog(data.catalog, domain or dataset.name, data.item_domains())
@@ -55,7 +56,7 @@ def rules(config: Path | None, store: Path, as_json: bool) -> None:
     from recot.curation.store import Store
 
     settings = load_config(RulesConfig, config)
-    with Store(store) as db:
+    with Store.existing(store) as db:
         if not db.scalar("SELECT count(*) FROM catalog"):
             console.print("[yellow]the store has no catalog: SID and leakage rules see no items;[/] ingest with --dataset")
         emit(run_rules(db, settings), as_json, "failed per rule")
@@ -71,7 +72,7 @@ def dedup(threshold: float | None, store: Path, as_json: bool) -> None:
     from recot.curation.store import Store
 
     config = DedupConfig(**({"threshold": threshold} if threshold else {}))
-    with Store(store) as db:
+    with Store.existing(store) as db:
         emit(run_dedup(db, config), as_json, "duplicates")
 
 
@@ -87,7 +88,7 @@ def judge(config: Path | None, store: Path, as_json: bool) -> None:
     from recot.curation.store import Store
 
     settings = load_config(JudgeConfig, config)
-    with Store(store) as db:
+    with Store.existing(store) as db:
         emit(run_judge(db, settings), as_json, "judge")
 
 
@@ -104,7 +105,7 @@ def usefulness(scorer: str, batch_size: int, store: Path, as_json: bool) -> None
     from recot.curation.store import Store
     from recot.curation.usefulness import run_usefulness
 
-    with Store(store) as db:
+    with Store.existing(store) as db:
         emit(run_usefulness(db, scorer, batch_size), as_json, "usefulness")
 
 
@@ -117,7 +118,7 @@ def report(examples: int, store: Path, as_json: bool) -> None:
     from recot.curation.report import funnel
     from recot.curation.store import Store
 
-    with Store(store) as db:
+    with Store.existing(store) as db:
         result = funnel(db, examples)
     if as_json:
         click.echo(json.dumps(result, indent=2))
@@ -151,7 +152,7 @@ def export_cmd(name: str, out: Path, config: Path | None, dataset: Path | None, 
 
     settings = load_config(ExportConfig, config, {"name": name, "out": out, "dataset": dataset, "cot_ratio": cot_ratio,
                                                   "overwrite": overwrite or None, "lenient": lenient or None})
-    with Store(store) as db:
+    with Store.existing(store) as db:
         card = export(db, settings)
     emit({"out": str(out), "formats": card["formats"], "decontamination": card["decontamination"]}, as_json, f"export {name}")
 
@@ -186,7 +187,7 @@ def review_push(dataset: str, config: Path | None, store: Path, as_json: bool, *
     from recot.curation.store import Store
 
     settings = load_config(ReviewConfig, config, {"dataset": dataset, **overrides})
-    with Store(store) as db:
+    with Store.existing(store) as db:
         emit(push(db, settings), as_json, f"review push {dataset}")
 
 
@@ -200,5 +201,5 @@ def review_pull(dataset: str, config: Path | None, store: Path, as_json: bool, *
     from recot.curation.store import Store
 
     settings = load_config(ReviewConfig, config, {"dataset": dataset, **overrides})
-    with Store(store) as db:
+    with Store.existing(store) as db:
         emit(pull(db, settings), as_json, f"review pull {dataset}")

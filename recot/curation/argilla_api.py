@@ -26,6 +26,10 @@ class ReviewError(DataError):
         super().__init__("argilla", problem, fix)
 
 
+class ReviewForbidden(ReviewError):
+    """The key's user may not make this call (a role question: an annotator's or admin's key on an owner's endpoint)."""
+
+
 class Argilla:
     """One Argilla server as one user (the API key's owner)."""
 
@@ -83,6 +87,16 @@ class Argilla:
         found = [d for d in self.call("GET", "/me/datasets")["items"] if d["name"] == name and d["workspace_id"] == workspace_id]
         return found[0] if found else None
 
+    def usernames(self, workspace_id: str) -> dict[str, str]:
+        """User id -> username of the workspace's users: the server's user list for an owner, the workspace's for an admin
+        (Argilla lets only owners list every user); ids stand for names where neither may be read."""
+        for path in ("/users", f"/workspaces/{workspace_id}/users"):
+            try:
+                return {u["id"]: u["username"] for u in self.call("GET", path)["items"]}
+            except ReviewForbidden:
+                continue
+        return {}
+
     def records(self, dataset_id: str, page: int = 1000) -> Iterator[dict]:
         """Every record with its responses (discards without values included), page by page."""
         offset = 0
@@ -99,7 +113,7 @@ def _check_status(response: httpx.Response, method: str, path: str, url: str) ->
     if response.status_code == 401:
         raise ReviewError(f"Argilla at {url} refused the API key", f"set {KEY_ENV} to a valid key of that server")
     if response.status_code == 403:
-        raise ReviewError(f"the API key's user may not {method} {path}", "use the key of an owner or admin of the workspace")
+        raise ReviewForbidden(f"the API key's user may not {method} {path}", "use the key of an owner or admin of the workspace")
     if response.status_code >= 400:
         raise ReviewError(f"Argilla answered {response.status_code} to {method} {path}: {response.text[:300]}",
                           "check the server log; settings sent by recot are in curation/review.py")

@@ -44,7 +44,7 @@ from recot.curation.store import TASK_COLUMNS, Store
 from recot.curation.trace_columns import trace_columns
 from recot.data.catalog import CATALOG_FILE
 from recot.errors import DataError
-from recot.formats.cot import think_block_sql
+from recot.formats.cot import COT_PATTERN, think_block_sql
 from recot.formats.splits import Split, SplitSpec
 from recot.formats.student import ASK_DIRECT, ASK_PICK_DIRECT, ASK_PICK_THINK, ASK_THINK, prompt_sql, sql_text, student_sql, with_slate_sql
 from recot.formats.tasks import TASKS_FILE
@@ -134,12 +134,13 @@ def _rows_sql(config: ExportConfig, students: dict[str, str]) -> str:
                tc.sid_text AS target_sid, coalesce(tc.domain, i1.domain, lc.domain) AS domain,
                CASE WHEN md5_number(coalesce(k.user_id, k.subject_id)) % 1000 < {share} THEN 'validation' ELSE 'train' END AS split,
                md5_number(k.trace_id) % 1000 < {config.ratio_sql("coalesce(tc.domain, i1.domain, lc.domain)")} AS with_cot,
-               i1.sid_text AS sid1, i1.title AS title1, i2.sid_text AS sid2, i2.title AS title2, {leak} AS leak
+               i1.sid_text AS sid1, i1.title AS title1, i2.sid_text AS sid2, i2.title AS title2, {leak} AS leak,
+               k.task NOT IN {COT} OR regexp_full_match(k.text, '{COT_PATTERN}') AS layout_ok
         FROM kept k LEFT JOIN trace_columns hs USING (trace_id) LEFT JOIN slates sl USING (trace_id)
              LEFT JOIN catalog tc ON tc.item_id = k.target
              LEFT JOIN catalog i1 ON i1.item_id = k.items[1] LEFT JOIN catalog i2 ON i2.item_id = k.items[2]
              LEFT JOIN catalog lc ON lc.item_id = k.history[-1])
-    SELECT trace_id, task, cot, domain, split, user_id, target, target_sid, history, history_sids, with_cot, leak,
+    SELECT trace_id, task, cot, domain, split, user_id, target, target_sid, history, history_sids, with_cot, leak, layout_ok,
         CASE WHEN cot THEN {prompt_sql("lines", ask)} {declared} END AS prompt,
         {prompt_sql("lines", f"CASE WHEN ranks_slate THEN {sql_text(ASK_PICK_THINK)} ELSE {sql_text(ASK_THINK)} END")} AS grpo_prompt,
         CASE WHEN cot THEN
@@ -192,11 +193,12 @@ SPLITS = ("train", "validation")
 _ROW_GROUP = 1 << 17
 
 
-def _partition(store: Store, rows_sql: str) -> tuple[list[Path], int]:
+def _partition(store: Store, rows_sql: str) -> tuple[list[Path], int, int]:
     """The rows of ``rows_sql`` written once to parquet partitioned by the trace id's first hex digit (the joins
     in the order written, the kept traces probing: DuckDB's reordering builds its hash table on the traces, which
     does not spill); the view ``export_rows`` over those that leak nothing, with ``grpo_pick``. Returns the
-    partitions in digit order and how many rows leaked."""
+    partitions in digit order, how many rows leaked, and how many R3 rows are not in the CoT layout (a correction or an
+    edit made outside recot's checks): every row written is re-checked, none is written broken."""
     folder = store.spill("export")
     shutil.rmtree(folder, ignore_errors=True)
     folder.mkdir()
@@ -212,18 +214,20 @@ def _partition(store: Store, rows_sql: str) -> tuple[list[Path], int]:
     every = f"(SELECT * FROM ({rows_sql}) LIMIT 0)" if not parts else \
         f"read_parquet({sql_text(str(folder / '*' / '*.parquet'))}, hive_partitioning = false)"
     dropped = store.scalar(f"SELECT count(*) FROM {every} WHERE leak")
+    broken = store.scalar(f"SELECT count(*) FROM {every} WHERE NOT leak AND NOT layout_ok")
     # the one R3 row per user and target the prompt-only set takes, whether or not its SFT row keeps the CoT:
     # the GRPO set does not depend on cot_ratio
     store.con.execute(f"""CREATE OR REPLACE TEMP TABLE grpo_picks AS
-                          SELECT min(trace_id) AS trace_id FROM {every} WHERE cot AND NOT leak GROUP BY split, user_id, target""")
+                          SELECT min(trace_id) AS trace_id FROM {every} WHERE cot AND NOT leak AND layout_ok GROUP BY split, user_id, target""")
     store.con.execute(f"CREATE OR REPLACE TEMP VIEW export_rows AS {_exported(every)}")
-    return parts, dropped
+    return parts, dropped, broken
 
 
 def _exported(rows: str, digit: str = "") -> str:
     """The rows of the relation ``rows`` (those whose trace id starts with ``digit``) that leak nothing, with ``grpo_pick``."""
     picks = f"(SELECT trace_id FROM grpo_picks WHERE starts_with(trace_id, '{digit}'))"  # the join builds on this partition's picks
-    return f"SELECT r.*, g.trace_id IS NOT NULL AS grpo_pick FROM {rows} r LEFT JOIN {picks} g USING (trace_id) WHERE NOT r.leak"
+    return (f"SELECT r.*, g.trace_id IS NOT NULL AS grpo_pick FROM {rows} r LEFT JOIN {picks} g USING (trace_id) "
+            "WHERE NOT r.leak AND r.layout_ok")
 
 
 def _write_formats(store: Store, parts: list[Path], formats: list[Format], out: Path) -> dict[str, dict[str, int]]:
@@ -271,14 +275,14 @@ def export(store: Store, config: ExportConfig) -> dict:
     trace_columns(store, ("history_sids", "lines"))
     split = _held_out(store, config, spec)
     students = dict(store.con.execute("SELECT task, student FROM tasks WHERE NOT cot").fetchall())
-    parts, dropped = _partition(store, _rows_sql(config, students))
+    parts, dropped, broken = _partition(store, _rows_sql(config, students))
     with atomic_path(config.out) as tmp:
         tmp.mkdir(parents=True)
         for name in config.formats:
             (tmp / name).mkdir()
         counts = _write_formats(store, parts, config.formats, tmp)
         next_item = _hand_off(store, spec, split, tmp)
-        card = _card(store, config, counts, dropped, next_item)
+        card = _card(store, config, counts, dropped, broken, next_item)
         (tmp / "data_card.json").write_text(json.dumps(card, indent=2) + "\n")
         (tmp / "README.md").write_text(_card_markdown(card, config))
         cards = tmp / "data_cards"
@@ -288,7 +292,7 @@ def export(store: Store, config: ExportConfig) -> dict:
     return card
 
 
-def _card(store: Store, config: ExportConfig, counts: dict, dropped: int, next_item: dict[str, int]) -> dict:
+def _card(store: Store, config: ExportConfig, counts: dict, dropped: int, broken: int, next_item: dict[str, int]) -> dict:
     provenance = store.con.execute("""
         SELECT DISTINCT template, template_hash, teacher, model FROM traces SEMI JOIN export_rows USING (trace_id)
         ORDER BY ALL""").fetchall()
@@ -312,6 +316,7 @@ def _card(store: Store, config: ExportConfig, counts: dict, dropped: int, next_i
         "decontamination": {"dataset": str(config.dataset) if config.dataset else None, "rows_dropped": dropped,
                             "split": spec.model_dump() if spec else None, "split_source": "recorded at synthesis"},
         "next_item": next_item,
+        "not_in_cot_layout": broken,  # R3 rows left out because their text is not in the CoT layout
         "funnel": stages,
         "rules_config": json.loads(rules[0][0]) if rules else None,
         "templates_and_teachers": [dict(zip(("template", "template_hash", "teacher", "model"), row)) for row in provenance],

@@ -1,16 +1,22 @@
 """Human review in Argilla: push curated traces, pull the responses back, turn them into decisions.
 
-Push renders each selected trace for a reviewer (the history as numbered items with titles, the
-persona, interests and transition sections, the answer item with its title), asks four questions
-(quality 1-5, accept or reject, which module is wrong, a correction), attaches metadata for the
-UI's filters and the LLM judge's score as a suggestion. The record's external id is the trace id
+Push renders each selected trace for a reviewer as plain text, so SIDs show as written (the history as
+numbered items with SID and title, the persona, every interest with the purchases it cites, the
+transition, the answer item with its SID and title), asks four questions (quality 1-5, accept or reject,
+which module is wrong, a correction, pre-filled with the trace's reasoning so a fix is an edit), and
+attaches metadata to filter and sort by: task, domain, persona, the failed rules, EHR and cov_rate, the
+LLM judge's score and delta_ll. The judge's score is metadata, not a suggestion: a suggestion pre-selects
+the rating, and a reviewer who leaves it would submit the judge's score as their own. The record's external id is the trace id
 and each pushed record's content hash is kept in the store, so pushing twice sends nothing and a
 changed trace is updated in place; a batch counts as pushed only after the server accepted it.
 
 Pull reads every response (reviewer, status submitted / discarded / draft, values) into
-``reviews`` and applies a policy: ``majority`` (more accepts than rejects) or ``any_reject``; the
-latest submitted correction replaces the trace's reasoning, with its reviewer. Export then drops
-rejected traces and uses corrected reasoning.
+``reviews`` and applies a policy: ``majority`` (more accepts than rejects) or ``any_reject``. The
+latest submitted correction, normalised (blank lines and trailing blanks, typed think markers), is put
+in the CoT layout and held to the rules a teacher's trace is held to (:func:`recot.curation.rules.check_texts`):
+one that passes replaces the trace's reasoning, with its reviewer; one that fails is kept with its reason
+(``correction_error``) and leaves the trace pending, never exported as written. Export then drops rejected
+traces and uses corrected reasoning.
 """
 
 from __future__ import annotations
@@ -24,17 +30,24 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from recot.curation.argilla_api import Argilla, ReviewError
 from recot.curation.report import KEPT_SQL
+from recot.curation.rules import check_texts
 from recot.curation.store import Store
 from recot.curation.trace_columns import trace_columns
-from recot.formats.cot import THINK_CLOSE, THINK_OPEN, answer_sql
+from recot.formats.cot import THINK_CLOSE, THINK_OPEN, answer_sql, reasoning_sql
 from recot.io import frame_of
 
 MODULES = ("persona", "interests", "transition", "answer")
-GUIDELINES = """Each record is one chain of thought a teacher model wrote for a user's next purchase.
-Read the history, then judge the reasoning: is the persona supported by the items, are the interests
-grounded in the cited purchases, does the transition follow, is the answer a plausible next item?
-Rate the quality 1-5, accept or reject, tick the modules that are wrong, and write a corrected
-reasoning (the text between <think> and </think>) when a small fix would make it right."""
+GUIDELINES = """Each record is one chain of thought a teacher model wrote for a user's next purchase. Items are
+shown as their semantic ID (`<a_12><b_3><c_77>`) and title; `#3` in the reasoning cites the third purchase.
+
+1. Read the history, then judge the reasoning: is the persona supported by the items, are the interests
+   grounded in the purchases they cite, does the transition follow, is the answer a plausible next item?
+2. Rate the quality 1-5 (nothing is pre-selected; the judge model's score is in the metadata), accept or
+   reject, and tick the modules that are wrong.
+3. The correction box holds the trace's reasoning (the text between `<think>` and `</think>`): edit it
+   when a small fix would make it right, keeping its lines `Persona: ...`, `Interests:` with numbered
+   interests citing `#k`, and `Transition: ...`. A correction is checked by the same rules as the
+   teacher's trace; one that fails them is not used."""
 
 FIELDS = [("history", "Purchase history"), ("persona", "Persona"), ("interests", "Interests"),
           ("transition", "Transition"), ("answer", "Answer")]
@@ -48,8 +61,8 @@ QUESTIONS: list[dict[str, Any]] = [
     {"name": "correction", "title": "Corrected reasoning (optional)", "required": False,
      "settings": {"type": "text", "use_markdown": False}},
 ]
-METADATA = {"task": "terms", "domain": "terms", "persona": "terms", "judge": "float", "delta_ll": "float",
-            "cluster_size": "integer", "template_version": "integer"}
+METADATA = {"task": "terms", "domain": "terms", "persona": "terms", "failed_rules": "terms", "ehr": "float", "cov_rate": "float",
+            "judge": "float", "delta_ll": "float", "cluster_size": "integer", "template_version": "integer"}
 
 
 class ReviewConfig(BaseModel):
@@ -68,33 +81,35 @@ def _settings_sql(config: ReviewConfig) -> str:
     """One row per selected trace: the rendered fields and the metadata (reads ``trace_columns``)."""
     return f"""
         WITH sel AS (SELECT * FROM ({KEPT_SQL}) WHERE {config.where}),
-        sc AS (SELECT trace_id, max(value) FILTER (WHERE name = 'judge') AS judge,
-                      max(value) FILTER (WHERE name = 'delta_ll') AS delta_ll FROM scores GROUP BY trace_id),
+        sc AS (SELECT trace_id, max(value) FILTER (WHERE name = 'judge') AS judge, max(value) FILTER (WHERE name = 'delta_ll') AS delta_ll,
+                      max(value) FILTER (WHERE name = 'ehr') AS ehr, max(value) FILTER (WHERE name = 'cov_rate') AS cov_rate
+               FROM scores GROUP BY trace_id),
+        failed AS (SELECT trace_id, list(DISTINCT rule ORDER BY rule) AS failed_rules FROM verdicts WHERE NOT passed GROUP BY trace_id),
         titles AS (SELECT sid_text, min(title) AS title FROM catalog GROUP BY sid_text)  -- a SID may name several items
         SELECT s.trace_id, coalesce(h.lines, '(no history)') AS history,
                coalesce(nullif(regexp_extract(s.text, 'Persona: ([^\\n]*)', 1), ''), '-') AS persona,
-               coalesce(nullif(trim(regexp_extract(s.text, 'Interests:\\n(.*?)\\nTransition:', 1)), ''), '-') AS interests,
+               coalesce(nullif(trim(regexp_extract(s.text, '(?s)Interests:\\n(.*?)\\nTransition:', 1)), ''), '-') AS interests,
                coalesce(nullif(regexp_extract(s.text, 'Transition: ([^\\n]*)', 1), ''), '-') AS transition,
                coalesce(json_extract_string(s.output, '$.answer'), '-') || ' ' || coalesce(ac.title, '(not in the catalog)') AS answer,
                s.task, coalesce(tc.domain, '-') AS domain, json_extract_string(s.output, '$.persona.prototype') AS persona_name,
-               sc.judge, sc.delta_ll, coalesce(d.size, 1) AS cluster_size, s.template_version
+               sc.judge, sc.delta_ll, sc.ehr, sc.cov_rate, coalesce(f.failed_rules, ['none']) AS failed_rules,
+               coalesce(d.size, 1) AS cluster_size, s.template_version, {reasoning_sql("s.text")} AS reasoning
         FROM sel s LEFT JOIN trace_columns h USING (trace_id) LEFT JOIN sc USING (trace_id) LEFT JOIN dup_clusters d USING (trace_id)
+             LEFT JOIN failed f USING (trace_id)
              LEFT JOIN catalog tc ON tc.item_id = s.target
              LEFT JOIN titles ac ON ac.sid_text = json_extract_string(s.output, '$.answer')
         ORDER BY s.trace_id"""
 
 
-def _items(rows: pl.DataFrame, quality_id: str) -> list[dict]:
+def _items(rows: pl.DataFrame, correction_id: str) -> list[dict]:
+    """Argilla records: the fields, the metadata, and the trace's own reasoning as the correction's starting text."""
     items = []
     for row in rows.iter_rows(named=True):
-        metadata = {"task": row["task"], "domain": row["domain"], "persona": row["persona_name"] or "-",
-                    "judge": row["judge"], "delta_ll": row["delta_ll"], "cluster_size": row["cluster_size"],
-                    "template_version": row["template_version"]}
+        metadata = {name: row[name] for name in METADATA if name != "persona"} | {"persona": row["persona_name"] or "-"}
         item = {"external_id": row["trace_id"], "fields": {name: row[name] for name, _ in FIELDS},
                 "metadata": {k: v for k, v in metadata.items() if v is not None}}
-        if row["judge"] is not None:
-            item["suggestions"] = [{"question_id": quality_id, "value": int(min(5, max(1, round(row["judge"])))),
-                                    "agent": "recot-judge"}]
+        if row["reasoning"].strip():
+            item["suggestions"] = [{"question_id": correction_id, "value": row["reasoning"].strip(), "agent": "recot: the trace's reasoning"}]
         items.append(item)
     return items
 
@@ -109,19 +124,28 @@ def _finish_draft(api: Argilla, dataset_id: str) -> None:
     base = f"/datasets/{dataset_id}"
     have = {f["name"] for f in api.call("GET", f"{base}/fields")["items"]}
     for name, title in FIELDS:
-        if name not in have:
+        if name not in have:  # plain text: markdown would take a SID such as <a_12><b_3> for an HTML tag and hide it
             api.call("POST", f"{base}/fields",
-                     json={"name": name, "title": title, "required": True, "settings": {"type": "text", "use_markdown": True}})
+                     json={"name": name, "title": title, "required": True, "settings": {"type": "text", "use_markdown": False}})
     have = {q["name"] for q in api.call("GET", f"{base}/questions")["items"]}
     for question in QUESTIONS:
         if question["name"] not in have:
             api.call("POST", f"{base}/questions", json=question)
-    have = {m["name"] for m in api.call("GET", f"/me{base}/metadata-properties")["items"]}
+    _add_metadata_properties(api, dataset_id)
+    try:
+        api.call("PUT", f"{base}/publish")
+    except ReviewError:
+        if api.call("GET", base).get("status") != "ready":  # a retried publish whose first reply was lost: already done
+            raise
+
+
+def _add_metadata_properties(api: Argilla, dataset_id: str) -> None:
+    """The metadata properties recot fills that the dataset lacks (a dataset made by an older recot gains the new ones)."""
+    have = {m["name"] for m in api.call("GET", f"/me/datasets/{dataset_id}/metadata-properties")["items"]}
     for name, kind in METADATA.items():
         if name not in have:
-            api.call("POST", f"{base}/metadata-properties",
+            api.call("POST", f"/datasets/{dataset_id}/metadata-properties",
                      json={"name": name, "title": name, "settings": {"type": kind}, "visible_for_annotators": True})
-    api.call("PUT", f"{base}/publish")
 
 
 def _ensure_dataset(api: Argilla, config: ReviewConfig) -> tuple[str, dict[str, str]]:
@@ -134,6 +158,8 @@ def _ensure_dataset(api: Argilla, config: ReviewConfig) -> tuple[str, dict[str, 
             "distribution": {"strategy": "overlap", "min_submitted": config.reviews_per_record}})
     if found.get("status") == "draft":  # new, or left half set up by a push that was cut off: finish it
         _finish_draft(api, found["id"])
+    else:
+        _add_metadata_properties(api, found["id"])
     fields = {(f["name"], f["settings"]["type"]) for f in api.call("GET", f"/datasets/{found['id']}/fields")["items"]}
     questions = api.call("GET", f"/datasets/{found['id']}/questions")["items"]
     want_fields = {(name, "text") for name, _ in FIELDS}
@@ -153,7 +179,7 @@ def push(store: Store, config: ReviewConfig, api: Argilla | None = None) -> dict
     dataset_id, questions = _ensure_dataset(api, config)
     trace_columns(store, ("lines",))
     rows = frame_of(store.con.sql(_settings_sql(config)).to_arrow_table())
-    items = _items(rows, questions["quality"])
+    items = _items(rows, questions["correction"])
     hashes = [_content_hash(item) for item in items]
     pushed = dict(store.con.execute("SELECT trace_id, content_hash FROM review_pushes WHERE dataset = ?",
                                     [config.dataset]).fetchall())
@@ -179,7 +205,7 @@ def pull(store: Store, config: ReviewConfig, api: Argilla | None = None) -> dict
     found = api.find_dataset(config.dataset, api.workspace_id(config.workspace))
     if found is None:
         raise ReviewError(f"no Argilla dataset {config.dataset!r} in workspace {config.workspace!r}", "push it first: recot review push")
-    users = {u["id"]: u["username"] for u in api.call("GET", "/users")["items"]}
+    users = api.usernames(found["workspace_id"])
     rows = [{"dataset": config.dataset, "trace_id": record["external_id"], "reviewer": users.get(r["user_id"], r["user_id"]),
              "status": r["status"], "quality": _value(r.get("values"), "quality"), "verdict": _value(r.get("values"), "verdict"),
              "wrong_modules": _value(r.get("values"), "wrong_modules"), "correction": _value(r.get("values"), "correction"),
@@ -202,7 +228,7 @@ def pull(store: Store, config: ReviewConfig, api: Argilla | None = None) -> dict
 
 def _decide(store: Store, config: ReviewConfig) -> None:
     """This dataset's decisions, one per pushed trace; other review datasets' decisions are left alone (export
-    combines them, see :data:`recot.curation.report.REVIEWED_SQL`)."""
+    combines them, see :data:`recot.curation.report.REVIEWED_SQL`). Each latest correction is checked (:func:`_check_corrections`)."""
     rule = ("CASE WHEN accepts > rejects THEN 'accept' WHEN rejects > accepts THEN 'reject' ELSE 'pending' END"
             if config.policy == "majority" else
             "CASE WHEN rejects > 0 THEN 'reject' WHEN accepts > 0 THEN 'accept' ELSE 'pending' END")
@@ -217,16 +243,51 @@ def _decide(store: Store, config: ReviewConfig) -> None:
                          max(updated_at) AS corrected_at
                   FROM reviews WHERE dataset = ? AND status = 'submitted' AND nullif(trim(correction), '') IS NOT NULL
                   GROUP BY trace_id)
-        SELECT ?, trace_id, {rule}, accepts, rejects, '{config.policy}',
-               CASE WHEN correction IS NOT NULL THEN
-                   '{THINK_OPEN}' || chr(10) || trim(replace(replace(correction, '{THINK_OPEN}', ''), '{THINK_CLOSE}', ''))
-                   || chr(10) || '{THINK_CLOSE}'
-                   || chr(10) || coalesce(json_extract_string(output, '$.answer'), {answer_sql('text')}) END,
-               reviewer, corrected_at
-        FROM (SELECT p.trace_id, t.output, t.text, coalesce(v.accepts, 0) AS accepts, coalesce(v.rejects, 0) AS rejects,
+        SELECT ?, trace_id, {rule}, accepts, rejects, '{config.policy}', correction, reviewer, corrected_at
+        FROM (SELECT p.trace_id, coalesce(v.accepts, 0) AS accepts, coalesce(v.rejects, 0) AS rejects,
                      f.correction, f.reviewer, f.corrected_at
-              FROM review_pushes p JOIN traces t USING (trace_id) LEFT JOIN votes v USING (trace_id) LEFT JOIN fixes f USING (trace_id)
+              FROM review_pushes p LEFT JOIN votes v USING (trace_id) LEFT JOIN fixes f USING (trace_id)
               WHERE p.dataset = ?)""", [config.dataset, config.dataset, config.dataset, config.dataset])
+    _check_corrections(store, config.dataset)
+
+
+def normalise_correction(text: str) -> str:
+    """A reviewer's reasoning as the CoT layout writes it: the think markers they typed removed, Windows line ends,
+    trailing blanks, blank lines and the editor's final newline gone."""
+    text = text.replace("\r\n", "\n").replace("\r", "\n").replace(THINK_OPEN, "").replace(THINK_CLOSE, "")
+    return "\n".join(line.rstrip() for line in text.strip().split("\n") if line.strip())
+
+
+def _check_corrections(store: Store, dataset: str) -> None:
+    """Turn each raw correction into a trace text (the think block and the trace's answer) and hold it to the rules:
+    one that fails keeps its text and reason and leaves the trace pending; one equal to the trace's reasoning is no
+    correction (the box starts with it)."""
+    rows = store.con.execute(f"""
+        SELECT d.trace_id, d.corrected_text, {reasoning_sql("t.text")},
+               coalesce(json_extract_string(t.output, '$.answer'), {answer_sql("t.text")})
+        FROM review_decisions d JOIN traces t USING (trace_id) WHERE d.dataset = ? AND d.corrected_text IS NOT NULL""",
+                             [dataset]).fetchall()
+    texts = {}
+    for trace_id, raw, reasoning, answer in rows:
+        fixed = normalise_correction(raw)
+        texts[trace_id] = None if fixed == normalise_correction(reasoning) else f"{THINK_OPEN}\n{fixed}\n{THINK_CLOSE}\n{answer}"
+    corrected = pl.DataFrame({"trace_id": list(texts), "text": list(texts.values())}, schema={"trace_id": pl.Utf8, "text": pl.Utf8})
+    store.con.register("corrections", corrected.to_arrow())
+    try:
+        failures = check_texts(store, "SELECT * FROM corrections WHERE text IS NOT NULL")
+        errors = pl.DataFrame([(t, f"{rule}: {reason}" + (f" ({detail})" if detail else "")) for t, rule, reason, detail in failures],
+                              schema={"trace_id": pl.Utf8, "error": pl.Utf8}, orient="row")
+        store.con.register("refused", errors.group_by("trace_id").agg(pl.col("error").str.join("; ")).to_arrow())
+        store.con.execute("""
+            UPDATE review_decisions d SET corrected_text = c.text, correction_error = r.error,
+                   decision = CASE WHEN r.error IS NOT NULL AND d.decision = 'accept' THEN 'pending' ELSE d.decision END,
+                   corrected_by = CASE WHEN c.text IS NULL THEN NULL ELSE d.corrected_by END,
+                   corrected_at = CASE WHEN c.text IS NULL THEN NULL ELSE d.corrected_at END
+            FROM corrections c LEFT JOIN refused r USING (trace_id)
+            WHERE d.dataset = ? AND d.trace_id = c.trace_id""", [dataset])
+    finally:
+        store.con.unregister("corrections")
+        store.con.unregister("refused")
 
 
 def agreement(store: Store, dataset: str) -> dict[str, float | int | None]:

@@ -272,6 +272,10 @@ RULES: dict[str, Callable[[RulesConfig, str], str]] = {
 }
 
 
+# rules that judge the teacher's answer or the sample, not the text: a correction of the reasoning cannot change them
+ANSWER_RULES = frozenset({"schema_valid", "future", "blind_hit"})
+
+
 def run_rules(store: Store, config: RulesConfig = RulesConfig()) -> dict[str, int]:
     """Recompute every enabled rule's verdicts (and the grounding scores); returns failures per rule."""
     failed: dict[str, int] = {}
@@ -294,3 +298,29 @@ def run_rules(store: Store, config: RulesConfig = RulesConfig()) -> dict[str, in
             SELECT trace_id, 'ehr', ehr, '{"rule": "grounding"}' FROM grounding
             UNION ALL SELECT trace_id, 'cov_rate', cov_rate, '{"rule": "grounding"}' FROM grounding""")
     return failed
+
+
+def check_texts(store: Store, relation: str, config: RulesConfig | None = None) -> list[tuple[str, str, str, str]]:
+    """Every enabled rule on the store's traces with their text replaced by ``relation`` (``trace_id``, ``text``): a
+    reviewer's correction is held to the rules a teacher's trace is. Returns the failures ``(trace_id, rule, reason,
+    detail)``; nothing is written (verdicts, scores and the traces stay as they are). ``config``: the rules the store
+    last ran (``rules_config``), else the defaults."""
+    if config is None:
+        recorded = store.meta("rules_config")
+        config = RulesConfig.model_validate_json(recorded) if recorded else RulesConfig()
+    sid_re, database = store.sid_pattern(), store.scalar("SELECT current_database()")
+    # the temp schema is searched first: for this block, `traces` is the store's traces with the texts to check
+    store.con.execute(f"""CREATE OR REPLACE TEMP VIEW traces AS SELECT t.* REPLACE (c.text AS text)
+                          FROM "{database}".main.traces t JOIN ({relation}) c USING (trace_id)""")
+    try:
+        trace_columns(store, ("history_sids", "history_titles", "history_brands", "think_words"))
+        store.con.execute(f"CREATE OR REPLACE TEMP TABLE grounding AS {_grounding_table(sid_re)}")
+        failures = []
+        for name, rule in RULES.items():
+            if getattr(config, name).enabled and name not in ANSWER_RULES:
+                failures += store.con.execute(f"""SELECT q.trace_id, '{name}', q.reason, q.detail
+                    FROM ({rule(config, sid_re)}) AS q(trace_id, passed, reason, detail) WHERE NOT q.passed""").fetchall()
+        return failures
+    finally:
+        store.con.execute("DROP VIEW IF EXISTS temp.main.traces")
+        store.con.execute("DROP TABLE IF EXISTS temp.main.grounding")

@@ -31,7 +31,7 @@ from recot.formats.tasks import TASKS, TASKS_FILE, builtin_declarations
 from recot.formats.traces import TRACES_SCHEMA
 from recot.io import frame_of
 
-SCHEMA_VERSION = 5
+SCHEMA_VERSION = 6
 # Tables rewritten in bulk (verdicts, scores, dup_clusters) carry no key: an index costs 3.5 s per
 # million inserted rows (x12 rules at 1M traces), and their writers delete before they insert.
 _UNKEYED = ("verdicts", "scores", "dup_clusters")
@@ -50,6 +50,7 @@ MIGRATIONS = {
                    USING (trace_id);
           DROP TABLE review_decisions; ALTER TABLE review_decisions_v4 RENAME TO review_decisions""",
     4: "ALTER TABLE traces ADD COLUMN IF NOT EXISTS popular_rank INTEGER",  # slate tasks' most-popular baseline
+    5: "ALTER TABLE review_decisions ADD COLUMN IF NOT EXISTS correction_error VARCHAR",  # a correction the rules refused
 }
 PROVENANCE = ("request_hash", "task", "status", "template", "template_hash", "teacher", "model", "params", "created_at")
 REQUIRED = (*PROVENANCE, "subject_id", "sample", "output", "text")
@@ -83,7 +84,7 @@ CREATE TABLE IF NOT EXISTS reviews (
 );
 CREATE TABLE IF NOT EXISTS review_decisions (
     dataset VARCHAR, trace_id VARCHAR, decision VARCHAR, accepts INTEGER, rejects INTEGER, policy VARCHAR,
-    corrected_text VARCHAR, corrected_by VARCHAR, corrected_at TIMESTAMP, PRIMARY KEY (dataset, trace_id)
+    corrected_text VARCHAR, corrected_by VARCHAR, corrected_at TIMESTAMP, correction_error VARCHAR, PRIMARY KEY (dataset, trace_id)
 );
 CREATE TABLE IF NOT EXISTS ingest_rejects (source VARCHAR, location VARCHAR, record VARCHAR, reason VARCHAR, detail VARCHAR);
 CREATE TABLE IF NOT EXISTS tasks (task VARCHAR PRIMARY KEY, source VARCHAR, cot BOOLEAN, shows_target BOOLEAN, slate BOOLEAN,
@@ -137,6 +138,15 @@ class Store:
             raise DataError(self.path, f"store schema version {found}, this recot uses version {SCHEMA_VERSION}",
                             "curate into a new store (traces re-ingest from their parquet files), or use the recot that made it")
         self._declare(builtin_declarations(), replace=True)  # the bundled tasks as this recot declares them
+
+    @classmethod
+    def existing(cls, path: str | Path, memory_limit: str | None = None) -> Store:
+        """The store at ``path``, which must exist: every step after ingest reads a store, and a mistyped path must not
+        quietly become a new, empty one."""
+        if not Path(path).is_file():
+            raise DataError(path, "no curation store here", "check --store (the path `recot curate ingest` created), or "
+                            "create one: recot curate ingest TRACES --store PATH")
+        return cls(path, memory_limit)
 
     def _version(self) -> int | None:
         has_meta = self.con.execute(

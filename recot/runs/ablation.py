@@ -62,7 +62,7 @@ def run_ablation(config: AblationConfig) -> list[dict[str, Any]]:
     from recot.runs.stages import train_stage
 
     config.out.mkdir(parents=True, exist_ok=True)
-    with Store(config.store) as store:  # every export carries the store's split: each ratio is evaluated on the same rows
+    with Store.existing(config.store) as store:  # every export carries the store's split: each ratio is evaluated on the same rows
         exports = {}
         for ratio in config.ratios:
             folder = config.out / f"cot-{ratio:g}" / "export"

@@ -89,15 +89,21 @@ def plan_subjects(task: Task, catalog: Catalog, split: Split, part: str, limit: 
 
 
 class ItemView:
-    """Item fields a prompt shows, by item id (built once per job)."""
+    """Item fields a prompt shows, by item id (built once per job), and each item's candidate line: a slate prompt
+    shows 20 of them, so they are written once per item, not once per request."""
 
     def __init__(self, catalog: Catalog) -> None:
         frame = catalog.items.select("item_id", "title", "brand", "description", "categories").with_columns(
             sid=catalog.sid_text())
         self._items = {row["item_id"]: row for row in frame.iter_rows(named=True)}
+        self._lines = {row["item_id"]: f"- {row['sid']} {row['title']}\n" for row in self._items.values()}
 
     def __getitem__(self, item_id: str) -> dict[str, Any]:
         return self._items[item_id]
+
+    def candidate_lines(self, item_ids: list[str]) -> str:
+        """The slate as a prompt lists it: ``- SID title`` per candidate, in the order shown."""
+        return "".join(self._lines[i] for i in item_ids)
 
 
 def iter_requests(task: Task, subjects: Path, library: PromptLibrary, items: ItemView, profiles: ProfileBook,
@@ -127,8 +133,9 @@ def iter_requests(task: Task, subjects: Path, library: PromptLibrary, items: Ite
             asked = schemas[profile.name]
             if slate is not None:
                 subject |= {"items": slate.items, "popular_rank": slate.popular_rank, "top_k": top_k}
-                variables |= {"slate": [items[i] for i in slate.items], "top_k": top_k}
-                asked = constrain_to_slate(asked, [v["sid"] for v in variables["slate"]], top_k)
+                candidates = [items[i] for i in slate.items]
+                variables |= {"slate": candidates, "slate_lines": items.candidate_lines(slate.items), "top_k": top_k}
+                asked = constrain_to_slate(asked, [v["sid"] for v in candidates], top_k)
             prompt = library.render(task.name, **variables)
             for sample in range(sampling.n):
                 yield build_request(prompt, asked, teacher, sampling, sample, subject)

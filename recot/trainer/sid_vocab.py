@@ -33,7 +33,8 @@ def add_sid_vocabulary(model, tokenizer, catalog: Catalog, batch_size: int = 512
     """Add the SID tokens to ``tokenizer`` and ``model`` and initialise the new ones from item titles
     (tokens already known keep their embedding). Returns the ids of the whole SID vocabulary."""
     vocabulary = sid_vocabulary(catalog)
-    tokens = [t for t in vocabulary if t not in tokenizer.get_vocab()]
+    known = tokenizer.get_vocab()
+    tokens = [t for t in vocabulary if t not in known]
     old_size = len(tokenizer)
     tokenizer.add_tokens(tokens, special_tokens=False)
     model.resize_token_embeddings(len(tokenizer))
