@@ -29,7 +29,8 @@ def test_every_task_has_a_versioned_template_with_a_known_schema(sample):
         "r1_relation": {"first": history[0], "second": history[1]},
         "r2_interests": {"history": history},
         "r3_cot_blind": {"history": history, "personas": ECOMMERCE_PERSONAS},
-        "r3_cot_slate": {"history": history, "personas": ECOMMERCE_PERSONAS, "slate": history[::-1], "top_k": 2},
+        "r3_cot_slate": {"history": history, "personas": ECOMMERCE_PERSONAS, "slate": history[::-1], "top_k": 2,
+                         "slate_lines": "".join(f"- {it['sid']} {it['title']}\n" for it in history[::-1])},
         "r3_cot_hindsight": {"history": history[:3], "target": history[3], "personas": ECOMMERCE_PERSONAS},
         "judge": {"history": history, "trace": "<think>...</think>"},
     }

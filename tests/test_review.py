@@ -240,3 +240,98 @@ def test_review_commands(argilla, store, tmp_path):
     assert done.returncode == 0 and json.loads(done.stdout)["decisions"] == {"pending": 12}
     done = subprocess.run([*cli, "pull", _name("missing"), "--store", str(tmp_path / "c.duckdb")], capture_output=True, text=True)
     assert done.returncode == 2 and "push it first" in done.stdout + done.stderr
+
+
+def test_the_record_shows_sids_titles_every_interest_and_triage_metadata(argilla, store):
+    """What a reviewer sees, as the server holds it: plain-text fields (a SID is not taken for an HTML tag), each item
+    as SID and title, every interest of a multi-interest trace, failed rules and grounding to filter by, the judge's
+    score as metadata (no pre-selected rating) and the correction box starting from the trace's reasoning."""
+    config = ReviewConfig(dataset=_name("view"))
+    with Argilla() as api:
+        push(store, config, api)
+        dataset = api.find_dataset(config.dataset, api.workspace_id("argilla"))["id"]
+        fields = {f["name"]: f["settings"] for f in api.call("GET", f"/datasets/{dataset}/fields")["items"]}
+        questions = {q["id"]: q["name"] for q in api.call("GET", f"/datasets/{dataset}/questions")["items"]}
+        records = api.call("GET", f"/datasets/{dataset}/records", params={"include": ["suggestions"], "limit": 100})["items"]
+        metadata = {m["name"] for m in api.call("GET", f"/me/datasets/{dataset}/metadata-properties")["items"]}
+    assert all(not settings["use_markdown"] for settings in fields.values())
+    texts = dict(store.con.execute("SELECT trace_id, text FROM traces").fetchall())
+    multi = [r for r in records if texts[r["external_id"]].count(" (from #") > 1]
+    assert multi, "the sample should hold traces with several interests"
+    for record in multi:
+        assert record["fields"]["interests"] != "-" and record["fields"]["interests"].count("\n") >= 1
+    for record in records:
+        assert "1. <a_" in record["fields"]["history"] and record["fields"]["answer"].startswith("<a_")
+        assert {"failed_rules", "ehr", "cov_rate", "judge"} <= set(record["metadata"])
+        suggested = {questions[s["question_id"]]: s["value"] for s in record.get("suggestions") or []}
+        assert "quality" not in suggested
+        assert suggested["correction"].startswith("Persona: ") and "</think>" not in suggested["correction"]
+    assert {"failed_rules", "ehr", "cov_rate"} <= metadata
+
+
+def test_a_correction_is_normalised_and_held_to_the_rules(argilla, store, tmp_path):
+    """A fix typed in the UI (the editor's newline, Windows line ends) becomes the trace's reasoning in the CoT layout;
+    free text in the correction box is refused with its reason and never becomes a training completion; a correction
+    left as the box started is no correction."""
+    config = ReviewConfig(dataset=_name("fix"))
+    with Argilla() as api:
+        push(store, config, api)
+        workspace = api.workspace_id("argilla")
+        records = sorted(api.records(api.find_dataset(config.dataset, workspace)["id"]), key=lambda r: r["external_id"])
+        alice = _reviewer(api, workspace)
+        good = "Persona: a careful buyer\r\nInterests:\r\n1. tape (from #1)   \r\n\r\nTransition: #1 tape -> interest 1. more tape\r\n"
+        _answer(alice, records[0]["id"], "submitted", quality=4, verdict="accept", correction=good)
+        _answer(alice, records[1]["id"], "submitted", quality=4, verdict="accept", correction="looks fine to me, maybe shorter")
+        reasoning = store.scalar("SELECT text FROM traces WHERE trace_id = ?", [records[2]["external_id"]])
+        unchanged = reasoning.split("</think>")[0].removeprefix("<think>").strip() + "\n"
+        _answer(alice, records[2]["id"], "submitted", quality=5, verdict="accept", correction=unchanged)
+        pull(store, config, api)
+    first, second, third = (r["external_id"] for r in records[:3])
+    decisions = {row[0]: row[1:] for row in store.con.execute(
+        "SELECT trace_id, decision, correction_error, corrected_text, corrected_by FROM review_decisions").fetchall()}
+    assert decisions[first][0] == "accept" and decisions[first][1] is None
+    assert decisions[first][2].startswith("<think>\nPersona: a careful buyer\nInterests:\n1. tape (from #1)\nTransition: ")
+    assert decisions[second][0] == "pending" and "cot_format" in decisions[second][1]
+    assert decisions[third][0] == "accept" and decisions[third][2] is None and decisions[third][3] is None
+    export(store, ExportConfig(name="fixed", out=tmp_path / "export", formats=["sft"], valid_share=0.0))
+    sft = pl.read_parquet(tmp_path / "export" / "sft" / "train.parquet")
+    completions = dict(zip(sft["trace_id"], (m[1]["content"] for m in sft["messages"])))
+    assert completions[first].startswith("<think>\nPersona: a careful buyer\n")
+    assert "looks fine to me" not in " ".join(completions.values())
+    assert completions[second] == texts_of(store, second)
+
+
+def texts_of(store, trace_id: str) -> str:
+    return store.scalar("SELECT text FROM traces WHERE trace_id = ?", [trace_id])
+
+
+def test_an_admins_key_pulls_and_a_lost_publish_reply_is_done(argilla, store):
+    from recot.curation.review import _finish_draft
+
+    config = ReviewConfig(dataset=_name("admin"))
+    with Argilla() as api:
+        push(store, config, api)
+        workspace = api.workspace_id("argilla")
+        name = _name("adm")
+        admin = api.call("POST", "/users", json={"first_name": name, "username": name, "role": "admin", "password": "12345678"})
+        api.call("POST", f"/workspaces/{workspace}/users", json={"user_id": admin["id"]})
+        dataset = api.find_dataset(config.dataset, workspace)["id"]
+        _finish_draft(api, dataset)  # a retried publish (its first reply lost) finds the dataset published: done
+        alice = _reviewer(api, workspace)
+        first = sorted(api.records(dataset), key=lambda r: r["external_id"])[0]
+        _answer(alice, first["id"], "submitted", quality=4, verdict="reject")
+    with Argilla(api_key=admin["api_key"]) as as_admin:
+        report = pull(store, config, as_admin)
+    assert report["decisions"]["reject"] == 1
+    assert store.scalar("SELECT reviewer FROM reviews WHERE dataset = ?", [config.dataset]).startswith("rev-")
+
+
+def test_a_mistyped_store_is_an_error_for_every_command_but_ingest(tmp_path):
+    import subprocess
+
+    missing = tmp_path / "nope.duckdb"
+    for command in (["curate", "report"], ["curate", "rules"], ["review", "push", "x"], ["review", "pull", "x"],
+                    ["export", "x", "--out", str(tmp_path / "x")]):
+        done = subprocess.run([*RECOT, *command, "--store", str(missing)], capture_output=True, text=True)
+        assert done.returncode == 2 and "no curation store here" in done.stderr and "recot curate ingest" in done.stderr, command
+    assert not missing.exists()

@@ -109,7 +109,7 @@ def _items(rows: pl.DataFrame, correction_id: str) -> list[dict]:
         item = {"external_id": row["trace_id"], "fields": {name: row[name] for name, _ in FIELDS},
                 "metadata": {k: v for k, v in metadata.items() if v is not None}}
         if row["reasoning"].strip():
-            item["suggestions"] = [{"question_id": correction_id, "value": row["reasoning"].strip(), "agent": "recot: the trace's reasoning"}]
+            item["suggestions"] = [{"question_id": correction_id, "value": row["reasoning"].strip(), "agent": "recot-trace-reasoning"}]
         items.append(item)
     return items
 
