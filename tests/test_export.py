@@ -128,7 +128,7 @@ def test_cot_share_per_domain(sample_path, sample, tmp_path):
         store.load_catalog(parts, "parts")
         store.ingest(tmp_path / "synth" / "traces.parquet")
         card = export(store, ExportConfig(name="mix", out=tmp_path / "mix", formats=["sft"], cot_ratio={"tools": 0.0, "*": 0.6}))
-    sft = pl.read_parquet(tmp_path / "mix" / "sft" / "train.parquet").filter(pl.col("task").str.starts_with("r3_"))
+    sft = pl.read_parquet(tmp_path / "mix" / "sft" / "train-*.parquet").filter(pl.col("task").str.starts_with("r3_"))
     shares = dict(sft.group_by("domain").agg(pl.col("with_cot").mean()).iter_rows())
     thinking = sft.filter(pl.col("messages").list.last().struct.field("content").str.contains("<think>"))
     assert set(shares) == {"tools", "parts"} and shares["tools"] == 0.0 and abs(shares["parts"] - 0.6) < 0.1

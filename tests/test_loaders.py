@@ -273,7 +273,7 @@ def test_item_text_that_looks_like_markup_travels_through_curation_and_export(sa
         failed = dict(store.con.execute("SELECT reason, count(*) FROM verdicts WHERE NOT passed GROUP BY ALL").fetchall())
         assert not {"unknown_sid", "hallucinated_items", "cot_format"} & set(failed), failed
         export(store, ExportConfig(name="x", out=tmp_path / "x", formats=["sft"], valid_share=0.0))
-    sft = pl.read_parquet(tmp_path / "x" / "sft" / "train.parquet")
+    sft = pl.read_parquet(tmp_path / "x" / "sft" / "train-*.parquet")
     completions = [m[1]["content"] for m in sft["messages"]]
     assert completions and all(c.count("</think>") == 1 and "\nTransition: " in c for c in completions)
 

@@ -111,7 +111,7 @@ def test_grpo_rows_do_not_depend_on_the_cot_ratio(curated, tmp_path):
     rows = {}
     for ratio in (0.0, 0.5, 1.0):
         export(store, ExportConfig(name="r", out=tmp_path / str(ratio), cot_ratio=ratio, formats=["grpo", "sft"]))
-        rows[ratio] = pl.read_parquet(tmp_path / str(ratio) / "grpo" / "train.parquet").sort("user_id", "target")
+        rows[ratio] = pl.read_parquet(tmp_path / str(ratio) / "grpo" / "train-*.parquet").sort("user_id", "target")
     assert rows[0.0].height > 0
     assert rows[0.0].equals(rows[0.5]) and rows[0.0].equals(rows[1.0])
 
@@ -125,7 +125,7 @@ def test_training_reads_exactly_the_export_it_is_given(curated, tiny_model, tmp_
     seen = []
     for out, selection in ((tmp_path / "a" / "export", None), (tmp_path / "a" / "export", 2), (tmp_path / "b" / "export", 1)):
         export(store, ExportConfig(name="x", out=out, formats=["sft"], top_k_per_user=selection, overwrite=True))
-        written = pl.read_parquet(out / "sft" / "train.parquet").height
+        written = pl.read_parquet(out / "sft" / "train-*.parquet").height
         config = load_config(RecSFTConfig, overrides=dict(model_path=str(tiny_model), dataset_path=str(out),
                                                           output_dir=str(tmp_path / "model"), max_steps=1,
                                                           per_device_train_batch_size=2, report_to="none",
@@ -195,7 +195,7 @@ def test_non_default_dialects_end_to_end(example, sample_path, tmp_path):
     assert with_sids == answered, (with_sids, answered)  # every answer names a SID the rules can see
     assert failed["sid_validity"] == 0 and failed["grounding"] == 0 and failed["cot_format"] == 0, failed
     assert mentioned > 0  # grounding found the history's SIDs in the reasoning
-    grpo = pl.read_parquet(tmp_path / "out" / "export" / "grpo" / "train.parquet")
+    grpo = pl.read_parquet(tmp_path / "out" / "export" / "grpo" / "train-*.parquet")
     assert grpo["target_sid"].str.contains(SidDialect.detect(example).pattern(3)).all()
     report = json.loads((tmp_path / "out" / "eval" / "report.json").read_text())
     assert report["direct"]["sid_validity"] == 1.0 and report["think"]["sid_validity"] == 1.0

@@ -88,7 +88,7 @@ def test_push_review_pull_decide_and_export(argilla, store, tmp_path):
     assert agreement["wrong_modules_jaccard"] == pytest.approx((1 + 0.5 + 1) / 3)
     pull(store, config, Argilla())  # back to the majority policy
     export(store, ExportConfig(name="reviewed", out=tmp_path / "export", formats=["sft"], valid_share=0.0))
-    sft = pl.read_parquet(tmp_path / "export" / "sft" / "train.parquet")
+    sft = pl.read_parquet(tmp_path / "export" / "sft" / "train-*.parquet")
     assert names[1] not in sft["trace_id"].to_list() and sft.height == 11
     corrected = sft.filter(pl.col("trace_id") == names[0])["messages"][0][1]["content"]
     assert "a careful buyer" in corrected and corrected.startswith("<think>\nPersona: a careful buyer")
@@ -121,7 +121,7 @@ def test_two_review_datasets_keep_their_own_decisions(argilla, store, tmp_path):
     assert kept == {first.dataset: 12, second.dataset: 12}  # the second pull left the first's decisions alone
     original = dict(store.con.execute("SELECT trace_id, text FROM traces").fetchall())
     export(store, ExportConfig(name="both", out=tmp_path / "export", formats=["sft"], valid_share=0.0))
-    sft = pl.read_parquet(tmp_path / "export" / "sft" / "train.parquet")
+    sft = pl.read_parquet(tmp_path / "export" / "sft" / "train-*.parquet")
     text = {row["trace_id"]: row["messages"][1]["content"] for row in sft.iter_rows(named=True)}
     assert a not in text  # rejected in the first dataset, accepted in the second: the reject holds
     assert "from the second review" in text[b]
@@ -294,7 +294,7 @@ def test_a_correction_is_normalised_and_held_to_the_rules(argilla, store, tmp_pa
     assert decisions[second][0] == "pending" and "cot_format" in decisions[second][1]
     assert decisions[third][0] == "accept" and decisions[third][2] is None and decisions[third][3] is None
     export(store, ExportConfig(name="fixed", out=tmp_path / "export", formats=["sft"], valid_share=0.0))
-    sft = pl.read_parquet(tmp_path / "export" / "sft" / "train.parquet")
+    sft = pl.read_parquet(tmp_path / "export" / "sft" / "train-*.parquet")
     completions = dict(zip(sft["trace_id"], (m[1]["content"] for m in sft["messages"])))
     assert completions[first].startswith("<think>\nPersona: a careful buyer\n")
     assert "looks fine to me" not in " ".join(completions.values())

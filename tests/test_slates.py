@@ -141,7 +141,7 @@ def test_funnel_reports_slate_accuracy_against_chance_and_most_popular(slate_run
     assert accuracy["chance"] == pytest.approx(2 / 12, abs=1e-4)
     assert accuracy["most_popular"] == pytest.approx(sum(r <= 2 for _, _, r in rows) / 300, abs=1e-4)
     assert accuracy["accuracy"] > 1.5 * accuracy["chance"]  # the rules teacher's heuristics beat guessing
-    sft = pl.read_parquet(tmp_path / "export" / "sft" / "train.parquet")
+    sft = pl.read_parquet(tmp_path / "export" / "sft" / "train-*.parquet")
     prompt, completion = sft["messages"][0][0]["content"], sft["messages"][0][1]["content"]
     assert SLATE_HEAD in prompt and prompt.endswith(ASK_PICK_THINK) and prompt.count("\n- ") == 12
     assert completion.startswith("<think>")

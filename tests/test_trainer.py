@@ -129,7 +129,7 @@ def test_export_and_trainer_build_the_same_prompt(sample_path, sample, tmp_path)
         store.ingest(tmp_path / "s" / "traces.parquet")
         export(store, ExportConfig(name="p", out=tmp_path / "p", formats=["prompt_completion"], cot_ratio=0.0))
         keys = pl.from_arrow(store.con.sql("SELECT trace_id, user_id, target, len(history) AS n FROM traces").to_arrow_table())
-    exported = pl.read_parquet(tmp_path / "p" / "prompt_completion" / "train.parquet").join(keys, on="trace_id")
+    exported = pl.read_parquet(tmp_path / "p" / "prompt_completion" / "train-*.parquet").join(keys, on="trace_id")
     built = next_item_rows(choose_split(sample, "auto", 10), sample.catalog, "train").with_columns(n=pl.col("history_sids").list.len())
     both = exported.join(built, on=["user_id", "target", "n"], suffix="_trainer")  # a user may buy one item twice
     assert both.height > 0

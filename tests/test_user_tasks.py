@@ -96,7 +96,7 @@ def test_a_users_tasks_run_through_synthesis_curation_and_export(acme, sample_pa
         assert set(failed) <= {"blind_hit"}  # answering the last history item rarely hits the next one
         run_rules(store, RulesConfig(blind_hit=BlindHitRule(enabled=False)))
         export(store, ExportConfig(name="acme", out=tmp_path / "export", formats=["sft"], valid_share=0.0))
-    sft = pl.read_parquet(tmp_path / "export" / "sft" / "train.parquet")
+    sft = pl.read_parquet(tmp_path / "export" / "sft" / "train-*.parquet")
     by_task = {task: messages for task, messages in zip(sft["task"], sft["messages"])}
     fit_prompt = by_task["acme_fit"][0]["content"]
     assert fit_prompt.startswith("Does <a_") and " go with <a_" in fit_prompt and fit_prompt.endswith("?")

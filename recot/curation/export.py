@@ -24,6 +24,7 @@ the student prompt) that evaluation reads.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import shutil
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -44,7 +45,7 @@ from recot.curation.store import TASK_COLUMNS, Store
 from recot.curation.trace_columns import trace_columns
 from recot.data.catalog import CATALOG_FILE
 from recot.errors import DataError
-from recot.formats.cot import COT_PATTERN, think_block_sql
+from recot.formats.cot import COT_PATTERN, THINK_CLOSE, think_block_sql
 from recot.formats.splits import Split, SplitSpec
 from recot.formats.student import ASK_DIRECT, ASK_PICK_DIRECT, ASK_PICK_THINK, ASK_THINK, prompt_sql, sql_text, student_sql, with_slate_sql
 from recot.formats.tasks import TASKS_FILE
@@ -71,7 +72,10 @@ class ExportConfig(BaseModel):
     min_judge: float | None = Field(None, description="R3 rows need a judge score at least this high")
     min_delta_ll: float | None = Field(None, description="R3 rows need a delta_ll at least this high")
     top_k_per_user: int | None = Field(None, ge=1, description="keep each user's best k rows per task (judge, then delta_ll)")
-    license: str = Field("other", description="the license in the dataset card")
+    license: str = Field("other", description="the license in the dataset card (an SPDX-style id, or other)")
+    license_name: str = Field("source-dataset-terms", description="with license other: a slug naming the terms")
+    license_link: str = Field("LICENSE.md", description="with license other: where the terms are (the export writes LICENSE.md "
+                              "from source when this is the default)")
     source: str = Field("see the input dataset's card", description="where the data came from, for the card")
     overwrite: bool = Field(False, description="replace an existing, non-empty export folder")
     price: Price | None = Field(None, description="the teacher's price per million tokens: the card gives what the store's traces cost")
@@ -175,6 +179,7 @@ def _hand_off(store: Store, spec: SplitSpec, split: Split | None, out: Path) -> 
     return write_next_item(split, store.catalog(), out / NEXT_ITEM) if split is not None else {}
 
 
+VERL_SOURCE = "recot/next_item"  # the data_source of every verl row: recot.trainer.verl_reward scores it
 _FORMAT_SQL: dict[str, str] = {  # over one partition's rows of a split: {split} and verl's {index} (its first row's index)
     "sft": """SELECT [{{'role': 'user', 'content': prompt}}, {{'role': 'assistant', 'content': completion}}] AS messages,
                      task, domain, with_cot, trace_id FROM export_part WHERE split = '{split}'""",
@@ -182,12 +187,16 @@ _FORMAT_SQL: dict[str, str] = {  # over one partition's rows of a split: {split}
                                    task, domain, with_cot, trace_id FROM export_part WHERE split = '{split}'""",
     "grpo": """SELECT [{{'role': 'user', 'content': grpo_prompt}}] AS prompt, target_sid, target, history, history_sids, user_id, domain
                FROM export_part WHERE split = '{split}' AND grpo_pick""",
-    "verl": """SELECT 'recot/' || task AS data_source, [{{'role': 'user', 'content': prompt}}] AS prompt, 'recommendation' AS ability,
-                      {{'style': 'rule', 'ground_truth': coalesce(target_sid, completion)}} AS reward_model,
-                      {{'split': split, 'index': row_number() OVER () - 1 + {index}, 'trace_id': trace_id}} AS extra_info
-               FROM export_part WHERE split = '{split}'""",
-    "sharegpt": """SELECT [{{'from': 'human', 'value': prompt}}, {{'from': 'gpt', 'value': completion}}] AS conversations, task
-                   FROM export_part WHERE split = '{split}'""",
+    # verl: the RL set, as the grpo format: one thinking prompt per (user, target), the target SID as ground truth
+    "verl": f"""SELECT '{VERL_SOURCE}' AS data_source, [{{{{'role': 'user', 'content': grpo_prompt}}}}] AS prompt,
+                       'recommendation' AS ability, {{{{'style': 'rule', 'ground_truth': target_sid}}}} AS reward_model,
+                       {{{{'split': split, 'index': row_number() OVER () - 1 + {{index}}, 'trace_id': trace_id, 'user_id': user_id,
+                          'target': target, 'target_sid': target_sid, 'history': history, 'history_sids': history_sids}}}} AS extra_info
+                FROM export_part WHERE split = '{{split}}' AND grpo_pick""",
+    # LlamaFactory's reasoning templates close the thought with a blank line ("\n</think>\n\n")
+    "sharegpt": f"""SELECT [{{{{'from': 'human', 'value': prompt}}}},
+                            {{{{'from': 'gpt', 'value': replace(completion, '\n{THINK_CLOSE}\n', '\n{THINK_CLOSE}\n\n')}}}}] AS conversations, task
+                    FROM export_part WHERE split = '{{split}}'""",
 }
 SPLITS = ("train", "validation")
 _ROW_GROUP = 1 << 17
@@ -261,7 +270,19 @@ def _write_formats(store: Store, parts: list[Path], formats: list[Format], out: 
         for writer in writers.values():
             writer.close()
         store.con.execute("DROP TABLE IF EXISTS export_part")
+    for written in writers:
+        _fingerprint_name(out / written[0] / f"{written[1]}.parquet")
     return counts
+
+
+def _fingerprint_name(path: Path) -> Path:
+    """``split.parquet`` renamed ``split-<content hash>.parquet``: an export that changes rows changes its file names,
+    so ``datasets.load_dataset(EXPORT, name=...)`` (whose cache follows the data files) never serves the old rows."""
+    digest = hashlib.sha256()
+    with path.open("rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return path.rename(path.with_name(f"{path.stem}-{digest.hexdigest()[:12]}{path.suffix}"))
 
 
 def export(store: Store, config: ExportConfig) -> dict:
@@ -283,6 +304,13 @@ def export(store: Store, config: ExportConfig) -> dict:
         counts = _write_formats(store, parts, config.formats, tmp)
         next_item = _hand_off(store, spec, split, tmp)
         card = _card(store, config, counts, dropped, broken, next_item)
+        card["files"] = {name: {p.name.split("-")[0]: f"{name}/{p.name}" for p in sorted((tmp / name).glob("*.parquet"))}
+                         for name in config.formats}
+        if "sharegpt" in card["files"]:
+            (tmp / "dataset_info.json").write_text(json.dumps(_llamafactory_info(config.name, card["files"]["sharegpt"]), indent=2) + "\n")
+        if config.license == "other" and config.license_link == "LICENSE.md":
+            (tmp / "LICENSE.md").write_text(f"# Terms of {config.name}\n\nThe rows are derived from: {config.source}.\n"
+                                            "Its license and terms of use apply to this export as a whole.\n")
         (tmp / "data_card.json").write_text(json.dumps(card, indent=2) + "\n")
         (tmp / "README.md").write_text(_card_markdown(card, config))
         cards = tmp / "data_cards"
@@ -325,13 +353,27 @@ def _card(store: Store, config: ExportConfig, counts: dict, dropped: int, broken
     }
 
 
+def _llamafactory_info(name: str, files: dict[str, str]) -> dict:
+    """LlamaFactory's dataset_info.json: one entry per split of the sharegpt format (train and validation apart, so
+    pointing LlamaFactory at the folder never mixes them)."""
+    entry = {"formatting": "sharegpt", "columns": {"messages": "conversations"},
+             "tags": {"role_tag": "from", "content_tag": "value", "user_tag": "human", "assistant_tag": "gpt"}}
+    return {f"{name}_{split}": {"file_name": path, **entry} for split, path in files.items()}
+
+
+def _size(rows: int) -> str:
+    return "n<1K" if rows < 1000 else "1K<n<10K" if rows < 10_000 else "10K<n<100K" if rows < 100_000 else "100K<n<1M" if rows < 10**6 else "n>1M"
+
+
 def _card_markdown(card: dict, config: ExportConfig) -> str:
+    """The dataset card: its YAML header names every format as a config of its files (``sft`` the default one)."""
+    default = "sft" if "sft" in config.formats else config.formats[0]
     configs = "".join(
-        f"- config_name: {name}\n  data_files:\n" + "".join(
-            f"  - split: {part}\n    path: {name}/{part}.parquet\n" for part, rows in card["formats"][name].items() if rows)
+        f"- config_name: {name}\n" + ("  default: true\n" if name == default else "") + "  data_files:\n" + "".join(
+            f"  - split: {part}\n    path: {path}\n" for part, path in card["files"][name].items())
         for name in config.formats)
-    total = sum(sum(parts.values()) for parts in card["formats"].values())
-    size = "n<1K" if total < 1000 else "1K<n<10K" if total < 10_000 else "10K<n<100K" if total < 100_000 else "n>100K"
+    size = _size(sum(card["formats"][default].values()))  # the default config's rows; each config's are in the table
+    terms = f"license_name: {config.license_name}\nlicense_link: {config.license_link}\n" if config.license == "other" else ""
     rows = "\n".join(f"| {name} | {parts['train']} | {parts['validation']} |" for name, parts in card["formats"].items())
     teachers = "\n".join(f"- {t['template']} ({t['template_hash']}) by {t['teacher']}:{t['model']}" for t in card["templates_and_teachers"])
     rules = "\n".join(f"| {rule} | {c['checked']} | {c['failed']} |" for rule, c in card["funnel"]["rules"].items())
@@ -340,7 +382,7 @@ def _card_markdown(card: dict, config: ExportConfig) -> str:
     cost = f"Cost at the configured price: {card['teacher_cost']['live']} (batch: {card['teacher_cost']['batch']}).\n" if card["teacher_cost"] else ""
     return f"""---
 license: {card['license']}
-task_categories:
+{terms}task_categories:
 - text-generation
 tags:
 - recommendation

@@ -29,9 +29,11 @@ def load_export(path: str | Path, name: str):
     import pyarrow.parquet as pq
 
     folder = Path(path) / name
-    files = {part: folder / f"{part}.parquet" for part in ("train", "validation") if (folder / f"{part}.parquet").exists()}
+    # train-<content hash>.parquet (train.parquet from an export of recot before content-named files)
+    files = {part: found[0] for part in ("train", "validation")
+             if (found := sorted(folder.glob(f"{part}-*.parquet")) or sorted(folder.glob(f"{part}.parquet")))}
     if "train" not in files:
-        raise DataError(folder, f"no {name}/train.parquet here",
+        raise DataError(folder, f"no {name}/train-*.parquet here",
                         f"point at a folder written by `recot export` with the {name!r} format (and training rows)")
     return datasets.DatasetDict({part: datasets.Dataset(pq.read_table(file)) for part, file in files.items()})
 
