@@ -3,9 +3,10 @@
 verl calls ``compute_score(data_source, solution_str, ground_truth, extra_info)`` for each response when its config
 names this file (it imports recot's rewards, which need neither torch nor TRL)::
 
-    custom_reward_function:
-      path: <site-packages>/recot/trainer/verl_reward.py   # python -c "import recot.trainer.verl_reward as m; print(m.__file__)"
-      name: compute_score
+    reward:
+      custom_reward_function:
+        path: <site-packages>/recot/trainer/verl_reward.py   # python -c "import recot.trainer.verl_reward as m; print(m.__file__)"
+        name: compute_score
     data:
       train_files: EXPORT/verl/train-<hash>.parquet
       val_files: EXPORT/verl/validation-<hash>.parquet
