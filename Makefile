@@ -41,6 +41,9 @@ demo: install
 test: install
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/mypy
+	# the review UI test drives Debian's Chromium (it skips, saying so, where Chromium cannot be installed)
+	command -v chromium >/dev/null || apt-get install -y -q chromium >/dev/null 2>&1 \
+		|| { apt-get update -q >/dev/null && apt-get install -y -q chromium >/dev/null 2>&1; } || echo "chromium could not be installed"
 	scripts/smoke_core.sh $(DIST)/recot-*.whl
 	$(VENV)/bin/pytest -q -p no:cacheprovider
 

@@ -26,9 +26,19 @@ install() {
   fi
 }
 
-up() {  # start one process in the background, its pid in $STATE/NAME.pid
+alive() {  # alive NAME: its pid file names a running process (a pid file of a dead one is removed)
+  local file="$STATE/$1.pid"
+  [ -f "$file" ] || return 1
+  local state; state=$(ps -o stat= -p "$(cat "$file")" 2>/dev/null || true)
+  if [ -n "$state" ] && [ "${state:0:1}" != Z ]; then return 0; fi  # a zombie (no init reaps it here) is dead
+  rm -f "$file"
+  return 1
+}
+
+up() {  # up NAME COMMAND...: start it in a process group of its own (pid = group id in $STATE/NAME.pid), unless it runs
   local name=$1; shift
-  "$@" >"$STATE/$name.log" 2>&1 &
+  if alive "$name"; then echo "argilla.sh: $name already runs (pid $(cat "$STATE/$name.pid"))"; return 0; fi
+  setsid "$@" >"$STATE/$name.log" 2>&1 < /dev/null &
   echo $! >"$STATE/$name.pid"
 }
 
@@ -39,25 +49,33 @@ wait_for() {  # wait_for SECONDS WHAT COMMAND...
   return 1
 }
 
-start() {
+start() {  # idempotent: starts what does not run (after a crash: only what died), cleans dead pid files
   install
-  if status >/dev/null 2>&1; then echo "Argilla already answers at http://127.0.0.1:$PORT"; return 0; fi
   mkdir -p "$STATE/home" "$STATE/search"
+  if status >/dev/null 2>&1 && alive worker; then echo "Argilla already answers at http://127.0.0.1:$PORT"; return 0; fi
   up redis redis-server --bind 127.0.0.1 --port "$REDIS_PORT" --save '' --appendonly no
   local engine; engine=$(ls "$VENV"/lib/python3*/site-packages/noida_db/noida-db)
   up search "$engine" start --host 127.0.0.1 --only elasticsearch --elasticsearch-port "$ES_PORT" --data-dir "$STATE/search"
   wait_for 60 "the search engine" curl -sf "http://127.0.0.1:$ES_PORT"
-  "$VENV/bin/python" -m argilla_server database migrate >"$STATE/migrate.log" 2>&1
-  "$VENV/bin/python" -m argilla_server database users create_default --quiet >>"$STATE/migrate.log" 2>&1 || true
+  if ! alive server; then
+    "$VENV/bin/python" -m argilla_server database migrate >"$STATE/migrate.log" 2>&1
+    "$VENV/bin/python" -m argilla_server database users create_default --quiet >>"$STATE/migrate.log" 2>&1 || true
+  fi
   up server "$VENV/bin/python" -m argilla_server start --host 127.0.0.1 --port "$PORT"
   up worker "$VENV/bin/python" -m argilla_server worker --num-workers 1
   wait_for 120 "the Argilla server" status
   echo "Argilla at http://127.0.0.1:$PORT (owner argilla / 1234, API key $API_KEY)"
 }
 
-stop() {
+stop() {  # every process group start made: TERM, then KILL what is left after 15 s
+  local name pid
   for name in worker server search redis; do
-    if [ -f "$STATE/$name.pid" ]; then kill "$(cat "$STATE/$name.pid")" 2>/dev/null || true; rm -f "$STATE/$name.pid"; fi
+    [ -f "$STATE/$name.pid" ] || continue
+    pid=$(cat "$STATE/$name.pid")
+    kill -TERM -- "-$pid" 2>/dev/null || true
+    for _ in $(seq 15); do kill -0 -- "-$pid" 2>/dev/null || break; sleep 1; done
+    kill -KILL -- "-$pid" 2>/dev/null || true
+    rm -f "$STATE/$name.pid"
   done
 }
 

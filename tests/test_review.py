@@ -6,6 +6,7 @@ import http.server
 import socket
 import threading
 import time
+from pathlib import Path
 
 import httpx
 import polars as pl
@@ -243,8 +244,8 @@ def test_review_commands(argilla, store, tmp_path):
 
 
 def test_the_record_shows_sids_titles_every_interest_and_triage_metadata(argilla, store):
-    """What a reviewer sees, as the server holds it: plain-text fields (a SID is not taken for an HTML tag), each item
-    as SID and title, every interest of a multi-interest trace, failed rules and grounding to filter by, the judge's
+    """What a reviewer sees, as the server holds it: markdown fields with every SID in a code span (a bare SID is an HTML
+    tag to Argilla, and vanishes; tests/test_review_ui.py looks at the screen), each item as SID and title, every interest of a multi-interest trace, failed rules and grounding to filter by, the judge's
     score as metadata (no pre-selected rating) and the correction box starting from the trace's reasoning."""
     config = ReviewConfig(dataset=_name("view"))
     with Argilla() as api:
@@ -254,14 +255,14 @@ def test_the_record_shows_sids_titles_every_interest_and_triage_metadata(argilla
         questions = {q["id"]: q["name"] for q in api.call("GET", f"/datasets/{dataset}/questions")["items"]}
         records = api.call("GET", f"/datasets/{dataset}/records", params={"include": ["suggestions"], "limit": 100})["items"]
         metadata = {m["name"] for m in api.call("GET", f"/me/datasets/{dataset}/metadata-properties")["items"]}
-    assert all(not settings["use_markdown"] for settings in fields.values())
+    assert all(settings["use_markdown"] for settings in fields.values())
     texts = dict(store.con.execute("SELECT trace_id, text FROM traces").fetchall())
     multi = [r for r in records if texts[r["external_id"]].count(" (from #") > 1]
     assert multi, "the sample should hold traces with several interests"
     for record in multi:
         assert record["fields"]["interests"] != "-" and record["fields"]["interests"].count("\n") >= 1
     for record in records:
-        assert "1. <a_" in record["fields"]["history"] and record["fields"]["answer"].startswith("<a_")
+        assert "1. `<a_" in record["fields"]["history"] and record["fields"]["answer"].startswith("`<a_")
         assert {"failed_rules", "ehr", "cov_rate", "judge"} <= set(record["metadata"])
         suggested = {questions[s["question_id"]]: s["value"] for s in record.get("suggestions") or []}
         assert "quality" not in suggested
@@ -335,3 +336,47 @@ def test_a_mistyped_store_is_an_error_for_every_command_but_ingest(tmp_path):
         done = subprocess.run([*RECOT, *command, "--store", str(missing)], capture_output=True, text=True)
         assert done.returncode == 2 and "no curation store here" in done.stderr and "recot curate ingest" in done.stderr, command
     assert not missing.exists()
+
+
+def _running(pid: int) -> bool:
+    """The process exists and is not a zombie (nothing reaps orphans in a container)."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().split(") ")[1][0] != "Z"
+    except (FileNotFoundError, IndexError):
+        return False
+
+
+def test_the_argilla_script_starts_what_died_and_stop_ends_everything(tmp_path):
+    """`scripts/argilla.sh start` twice starts nothing twice; after the server crashes, start brings back only the
+    server (pid files never point at dead processes, one worker); stop ends every process it started."""
+    import os
+    import signal
+    import subprocess
+
+    script = Path(__file__).resolve().parent.parent / "scripts" / "argilla.sh"
+    env = {**os.environ, "ARGILLA_STATE": str(tmp_path / "state"), "ARGILLA_PORT": "6921", "ARGILLA_ES_PORT": "9221",
+           "ARGILLA_REDIS_PORT": "6401"}
+
+    def run(command: str) -> subprocess.CompletedProcess:
+        return subprocess.run([str(script), command], capture_output=True, text=True, env=env, timeout=600)
+
+    def pids() -> dict[str, int]:
+        return {f.stem: int(f.read_text()) for f in (tmp_path / "state").glob("*.pid")}
+
+    try:
+        assert run("start").returncode == 0
+        first = pids()
+        assert set(first) == {"redis", "search", "server", "worker"} and all(_running(p) for p in first.values())
+        again = run("start")
+        assert again.returncode == 0 and "already answers" in again.stdout and pids() == first
+        os.kill(first["server"], signal.SIGKILL)
+        restarted = run("start")
+        assert restarted.returncode == 0, restarted.stderr
+        after = pids()
+        assert after["server"] != first["server"] and {k: v for k, v in after.items() if k != "server"} == \
+            {k: v for k, v in first.items() if k != "server"}
+        assert all(_running(p) for p in after.values())
+    finally:
+        stopped = run("stop")
+    assert stopped.returncode == 0 and not pids()
+    assert not any(_running(p) for p in {**first, **after}.values())

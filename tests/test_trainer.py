@@ -270,8 +270,11 @@ def test_recipe_experts_per_domain_then_distillation(sid_model, sample, sample_p
         export(store, ExportConfig(name="r", out=tmp_path / "export", formats=["grpo"], valid_share=0.0))
     tiny = {"max_steps": 1, "per_device_train_batch_size": 2, "use_cpu": True, "bf16": False}
     config = RecipeConfig(base_model=str(path), export=tmp_path / "export", out=tmp_path / "recipe", unify="distill",
-                          rewards=["diversity", "format"],  # diversity varies between random rollouts (3 groups): the experts move
+                          # beam groups rank distinct SIDs and the slate-rank penalty scores each by its place, so every group
+                          # has a spread to learn from whatever the random model prefers: the experts move
+                          rewards=["slate_rank", "format"],
                           grpo={**tiny, "max_steps": 3, "per_device_train_batch_size": 4, "num_generations": 4, "num_candidates": 4,
+                                "rollout": "beam", "reasoning": False,
                                 "max_reasoning_tokens": 8,
                                 "max_completion_length": 12, "learning_rate": 1e-2},
                           distill={**tiny, "max_completion_length": 6, "learning_rate": 1e-2})

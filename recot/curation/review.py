@@ -1,6 +1,7 @@
 """Human review in Argilla: push curated traces, pull the responses back, turn them into decisions.
 
-Push renders each selected trace for a reviewer as plain text, so SIDs show as written (the history as
+Push renders each selected trace for a reviewer in markdown with every SID in a code span, so SIDs show as
+written (Argilla renders field text as HTML, plain or not, and a bare ``<a_12>`` is a tag it drops): the history as
 numbered items with SID and title, the persona, every interest with the purchases it cites, the
 transition, the answer item with its SID and title), asks four questions (quality 1-5, accept or reject,
 which module is wrong, a correction, pre-filled with the trace's reasoning so a fix is an edit), and
@@ -23,6 +24,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 from typing import Any, Literal
 
 import polars as pl
@@ -101,12 +103,29 @@ def _settings_sql(config: ReviewConfig) -> str:
         ORDER BY s.trace_id"""
 
 
-def _items(rows: pl.DataFrame, correction_id: str) -> list[dict]:
+_MARKDOWN_SPECIAL = re.compile(r"([\\`*_\[\]<>#|])")
+
+
+def markdown_text(text: str, sid_pattern: str) -> str:
+    """``text`` for an Argilla markdown field, shown as written: each SID in a code span (as HTML, ``<a_12><b_3>``
+    would be a tag, and Argilla drops it even from plain-text fields), markdown's special characters escaped elsewhere,
+    and each line its own line."""
+    lines = []
+    for line in text.split("\n"):
+        parts, last = [], 0
+        for found in re.finditer(sid_pattern, line):
+            parts += [_MARKDOWN_SPECIAL.sub(r"\\\1", line[last:found.start()]), f"`{found.group(0)}`"]
+            last = found.end()
+        lines.append("".join(parts) + _MARKDOWN_SPECIAL.sub(r"\\\1", line[last:]) + "  ")  # two spaces: a line break
+    return "\n".join(lines).rstrip()
+
+
+def _items(rows: pl.DataFrame, correction_id: str, sid_pattern: str) -> list[dict]:
     """Argilla records: the fields, the metadata, and the trace's own reasoning as the correction's starting text."""
     items = []
     for row in rows.iter_rows(named=True):
         metadata = {name: row[name] for name in METADATA if name != "persona"} | {"persona": row["persona_name"] or "-"}
-        item = {"external_id": row["trace_id"], "fields": {name: row[name] for name, _ in FIELDS},
+        item = {"external_id": row["trace_id"], "fields": {name: markdown_text(row[name], sid_pattern) for name, _ in FIELDS},
                 "metadata": {k: v for k, v in metadata.items() if v is not None}}
         if row["reasoning"].strip():
             item["suggestions"] = [{"question_id": correction_id, "value": row["reasoning"].strip(), "agent": "recot-trace-reasoning"}]
@@ -124,9 +143,9 @@ def _finish_draft(api: Argilla, dataset_id: str) -> None:
     base = f"/datasets/{dataset_id}"
     have = {f["name"] for f in api.call("GET", f"{base}/fields")["items"]}
     for name, title in FIELDS:
-        if name not in have:  # plain text: markdown would take a SID such as <a_12><b_3> for an HTML tag and hide it
+        if name not in have:  # markdown, with every SID in a code span (markdown_text): shown as written
             api.call("POST", f"{base}/fields",
-                     json={"name": name, "title": title, "required": True, "settings": {"type": "text", "use_markdown": False}})
+                     json={"name": name, "title": title, "required": True, "settings": {"type": "text", "use_markdown": True}})
     have = {q["name"] for q in api.call("GET", f"{base}/questions")["items"]}
     for question in QUESTIONS:
         if question["name"] not in have:
@@ -179,7 +198,7 @@ def push(store: Store, config: ReviewConfig, api: Argilla | None = None) -> dict
     dataset_id, questions = _ensure_dataset(api, config)
     trace_columns(store, ("lines",))
     rows = frame_of(store.con.sql(_settings_sql(config)).to_arrow_table())
-    items = _items(rows, questions["correction"])
+    items = _items(rows, questions["correction"], store.sid_pattern())
     hashes = [_content_hash(item) for item in items]
     pushed = dict(store.con.execute("SELECT trace_id, content_hash FROM review_pushes WHERE dataset = ?",
                                     [config.dataset]).fetchall())
