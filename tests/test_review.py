@@ -245,8 +245,9 @@ def test_review_commands(argilla, store, tmp_path):
 
 def test_the_record_shows_sids_titles_every_interest_and_triage_metadata(argilla, store):
     """What a reviewer sees, as the server holds it: markdown fields with every SID in a code span (a bare SID is an HTML
-    tag to Argilla, and vanishes; tests/test_review_ui.py looks at the screen), each item as SID and title, every interest of a multi-interest trace, failed rules and grounding to filter by, the judge's
-    score as metadata (no pre-selected rating) and the correction box starting from the trace's reasoning."""
+    tag to Argilla, and vanishes; tests/test_review_ui.py looks at the screen), each item as SID and title, every
+    interest of a multi-interest trace, failed rules and grounding to filter by, the judge's score as metadata (no
+    pre-selected rating) and the correction box starting from the trace's reasoning."""
     config = ReviewConfig(dataset=_name("view"))
     with Argilla() as api:
         push(store, config, api)
