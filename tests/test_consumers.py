@@ -119,3 +119,70 @@ print(json.dumps({{"rows": len(rows), "sources": sorted({{r["data_source"] for r
     pairs = [(e["user_id"], e["target"]) for e in seen["extra"]]
     assert len(pairs) == len(set(pairs)) and all(len(e["history"]) == len(e["history_sids"]) > 0 for e in seen["extra"])
     assert seen["hit"]["score"] == 4.0 and seen["hit"]["exact_hit"] == 1.0 and seen["miss"]["score"] == 0.0
+
+
+# LlamaFactory 0.9.3 in its own venv: 0.9.4+ imports torchaudio, which has no build for this CPU torch, and its
+# pins (transformers 4.5x) clash with ours. Built once into .venv-llamafactory, as Argilla's server has its own.
+LLAMAFACTORY_STACK = ["torch==2.13.0", "transformers==4.52.4", "datasets==3.6.0", "peft==0.15.2", "trl==0.9.6", "accelerate==1.7.0",
+                      "omegaconf", "sentencepiece", "tiktoken", "protobuf", "fire", "scipy", "einops", "numpy>=2,<2.3"]
+ROOT = Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture(scope="session")
+def llamafactory_python() -> Path:
+    venv = ROOT / ".venv-llamafactory"
+    if not (venv / ".installed").exists():
+        steps = [["python3", "-m", "venv", str(venv)],
+                 [str(venv / "bin" / "pip"), "install", "-q", "-c", str(ROOT / "scripts" / "constraints-cpu.txt"), *LLAMAFACTORY_STACK],
+                 [str(venv / "bin" / "pip"), "install", "-q", "--no-deps", "llamafactory==0.9.3"]]
+        for step in steps:
+            done = subprocess.run(step, capture_output=True, text=True)
+            if done.returncode:
+                pytest.skip(f"LlamaFactory's environment could not be built here ({' '.join(step[:4])}): {done.stderr[-300:]}")
+        (venv / ".installed").touch()
+    return venv / "bin" / "python"
+
+
+def test_llamafactory_loads_the_export_with_its_own_get_dataset(exported, tiny_model, llamafactory_python, tmp_path):
+    """LlamaFactory's own loader on the export's dataset_info.json: train and validation apart, and its qwen3 reasoning
+    template's remove_thought leaves the SID alone (the thought is written as its templates expect)."""
+    import shutil
+
+    model = tmp_path / "model"  # transformers 4 names the tokenizer class differently: the same files, its name for them
+    shutil.copytree(tiny_model, model)
+    settings = json.loads((model / "tokenizer_config.json").read_text())
+    (model / "tokenizer_config.json").write_text(json.dumps(settings | {"tokenizer_class": "PreTrainedTokenizerFast"}))
+    probe = f"""
+import json
+from llamafactory.data import get_dataset, get_template_and_fix_tokenizer
+from llamafactory.hparams import get_train_args
+from llamafactory.model import load_tokenizer
+model_args, data_args, training_args, _, _ = get_train_args(dict(
+    stage="sft", model_name_or_path={str(model)!r}, dataset="shop_train", eval_dataset="shop_validation",
+    dataset_dir={str(exported)!r}, template="qwen3", output_dir={str(tmp_path / "out")!r}, do_train=True, cutoff_len=1024,
+    overwrite_cache=True, report_to="none", enable_thinking=False, preprocessing_num_workers=1))
+tokenizer = load_tokenizer(model_args)
+template = get_template_and_fix_tokenizer(tokenizer["tokenizer"], data_args)
+module = get_dataset(template, model_args, data_args, training_args, "sft", **tokenizer)
+print(json.dumps({{"train": len(module["train_dataset"]), "eval": len(module["eval_dataset"]), "thought": template.thought_words}}))
+"""
+    env = {**os.environ, "DISABLE_VERSION_CHECK": "1", "HF_HUB_OFFLINE": "1", "PYTHONPATH": ""}
+    done = subprocess.run([str(llamafactory_python), "-c", probe], capture_output=True, text=True, env=env, cwd=tmp_path)
+    assert done.returncode == 0, done.stderr[-3000:]
+    seen = json.loads(done.stdout.strip().splitlines()[-1])
+    card = json.loads((exported / "data_card.json").read_text())["formats"]["sharegpt"]
+    assert (seen["train"], seen["eval"]) == (card["train"], card["validation"])  # validation never merged into train
+    info = json.loads((exported / "dataset_info.json").read_text())
+    answers = [c[1]["value"] for c in pl.read_parquet(exported / info["shop_train"]["file_name"])["conversations"]]
+    check = """
+import json, sys
+from llamafactory.data.template import TEMPLATES
+template = TEMPLATES["qwen3"]
+print(json.dumps([template.remove_thought(a) for a in json.load(sys.stdin)]))
+"""
+    done = subprocess.run([str(llamafactory_python), "-c", check], input=json.dumps(answers), capture_output=True, text=True, env=env)
+    assert done.returncode == 0, done.stderr[-3000:]
+    removed = json.loads(done.stdout.strip().splitlines()[-1])
+    assert any(a.startswith("<think>") for a in answers)
+    for answer, left in zip(answers, removed):
+        assert left.strip() == answer.split("</think>")[-1].strip() and "<think>" not in left
