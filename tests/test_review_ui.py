@@ -60,6 +60,7 @@ def test_a_reviewer_reads_edits_accepts_and_rejects_in_the_browser(argilla, chro
         page.wait_for_url(re.compile(r".*(?<!sign-in)$"), timeout=30_000)
         page.goto(f"{argilla}/dataset/{dataset}/annotation-mode")
         page.wait_for_selector("text=Purchase history", timeout=30_000)
+        page.locator("label[for=verdict_accept]").wait_for(timeout=30_000)
         shown = page.inner_text("body")
         page.locator("label[for=quality_4]").click()
         page.locator("label[for=verdict_accept]").click()
@@ -72,26 +73,23 @@ def test_a_reviewer_reads_edits_accepts_and_rejects_in_the_browser(argilla, chro
             page.keyboard.type(line)
         page.get_by_role("button", name=re.compile("Submit")).click()
         page.wait_for_selector("text=2 of 12", timeout=30_000)
+        page.locator("label[for=verdict_reject]").wait_for(timeout=30_000)
         page.locator("label[for=quality_2]").click()
         page.locator("label[for=verdict_reject]").click()
         page.get_by_role("button", name=re.compile("Submit")).click()
         page.wait_for_selector("text=3 of 12", timeout=30_000)
         browser.close()
-    texts = dict(store.con.execute("SELECT trace_id, text FROM traces").fetchall())
-    titles = dict(store.con.execute("SELECT sid_text, title FROM catalog").fetchall())
-    # the record on the screen: the one whose every SID (history and answer) is visible as written
-    on_screen = [trace for trace, record in records.items()
-                 if all(sid in shown for sid in re.findall(ANY_SID_PATTERN, record["fields"]["history"] + record["fields"]["answer"]))]
-    assert len(on_screen) == 1, "the shown record's SIDs are not all visible"
-    first = on_screen[0]
-    assert all(titles[sid] in shown for sid in re.findall(ANY_SID_PATTERN, records[first]["fields"]["history"]))
-    interests = re.search(r"Interests:\n(.*?)\nTransition:", texts[first], re.S).group(1).splitlines()
-    assert interests and all(line.split(". ", 1)[1] in shown for line in interests)  # every interest, not "-"
     with Argilla() as api:
         report = pull(store, config, api)
     assert report["decisions"] == {"accept": 1, "reject": 1, "pending": 10}
     accepted, rejected = (store.scalar("SELECT trace_id FROM review_decisions WHERE decision = ?", [d]) for d in ("accept", "reject"))
-    assert accepted == first
+    # the first record on the screen (the one accepted there): every SID as written, every title, every interest
+    titles = dict(store.con.execute("SELECT sid_text, title FROM catalog").fetchall())
+    sids = re.findall(ANY_SID_PATTERN, records[accepted]["fields"]["history"] + records[accepted]["fields"]["answer"])
+    assert sids and all(sid in shown and titles[sid] in shown for sid in sids)
+    text = store.scalar("SELECT text FROM traces WHERE trace_id = ?", [accepted])
+    interests = re.search(r"Interests:\n(.*?)\nTransition:", text, re.S).group(1).splitlines()
+    assert interests and all(line.split(". ", 1)[1] in shown for line in interests)  # every interest, not "-"
     export(store, ExportConfig(name="ui", out=tmp_path / "export", formats=["sft"], valid_share=0.0))
     sft = pl.read_parquet(tmp_path / "export" / "sft" / "train-*.parquet")
     completions = dict(zip(sft["trace_id"], (m[1]["content"] for m in sft["messages"])))
