@@ -47,7 +47,17 @@ from recot.data.catalog import CATALOG_FILE
 from recot.errors import DataError
 from recot.formats.cot import COT_PATTERN, THINK_CLOSE, think_block_sql
 from recot.formats.splits import Split, SplitSpec
-from recot.formats.student import ASK_DIRECT, ASK_PICK_DIRECT, ASK_PICK_THINK, ASK_THINK, prompt_sql, sql_text, student_sql, with_slate_sql
+from recot.formats.student import (
+    ASK_DIRECT,
+    ASK_PICK_DIRECT,
+    ASK_PICK_THINK,
+    ASK_THINK,
+    VERL_SOURCE,
+    prompt_sql,
+    sql_text,
+    student_sql,
+    with_slate_sql,
+)
 from recot.formats.tasks import TASKS_FILE
 from recot.io import atomic_path
 
@@ -179,7 +189,6 @@ def _hand_off(store: Store, spec: SplitSpec, split: Split | None, out: Path) -> 
     return write_next_item(split, store.catalog(), out / NEXT_ITEM) if split is not None else {}
 
 
-VERL_SOURCE = "recot/next_item"  # the data_source of every verl row: recot.trainer.verl_reward scores it
 _FORMAT_SQL: dict[str, str] = {  # over one partition's rows of a split: {split} and verl's {index} (its first row's index)
     "sft": """SELECT [{{'role': 'user', 'content': prompt}}, {{'role': 'assistant', 'content': completion}}] AS messages,
                      task, domain, with_cot, trace_id FROM export_part WHERE split = '{split}'""",

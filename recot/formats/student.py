@@ -19,6 +19,8 @@ import polars as pl
 HISTORY_HEAD = "A user's purchases, oldest first:"
 ASK_THINK = "Think through the persona, the interests and the transition, then answer with the next item's semantic ID."
 ASK_DIRECT = "Answer with the next item's semantic ID."
+# the data_source of every RL row recot exports for verl, and what recot.trainer.verl_reward scores
+VERL_SOURCE = "recot/next_item"
 SLATE_HEAD = "Candidates for the next purchase:"
 ASK_PICK_THINK = ("Think through the persona, the interests and the transition, then answer with the semantic ID of the "
                   "candidate the user buys next.")

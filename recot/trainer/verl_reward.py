@@ -22,17 +22,17 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
+from recot.formats.student import VERL_SOURCE
 from recot.trainer.rewards import exact_hit, format_reward, prefix_match, rank_reward
 
-DATA_SOURCE = "recot/next_item"  # recot.curation.export.VERL_SOURCE
 PARTS: dict[str, Callable[..., list[float]]] = {"exact_hit": exact_hit, "prefix_match": prefix_match, "rank": rank_reward, "format": format_reward}
 
 
 def compute_score(data_source: str, solution_str: str, ground_truth: str, extra_info: dict[str, Any] | None = None,
                   **_: Any) -> dict[str, float]:
     """``{"score": ..., "exact_hit", "prefix_match", "rank", "format"}`` of one response to a recot next-item prompt."""
-    if data_source != DATA_SOURCE:
-        raise ValueError(f"recot's verl reward scores {DATA_SOURCE!r} rows, not {data_source!r}: route other data sources "
+    if data_source != VERL_SOURCE:
+        raise ValueError(f"recot's verl reward scores {VERL_SOURCE!r} rows, not {data_source!r}: route other data sources "
                          "to their own reward function")
     parts = {name: reward([solution_str], target_sid=[ground_truth])[0] for name, reward in PARTS.items()}
     return {"score": sum(parts.values()), **parts}
