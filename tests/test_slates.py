@@ -4,6 +4,7 @@ chance and most-popular, and the slate student prompt in the export."""
 
 from __future__ import annotations
 
+import hashlib
 import json
 
 import numpy as np
@@ -16,11 +17,17 @@ from recot.curation.report import funnel
 from recot.curation.rules import run_rules
 from recot.curation.store import Store
 from recot.data.catalog import ITEM_SCHEMA, Catalog
+from recot.formats.profiles import PROFILES, ProfileBook
 from recot.formats.schemas import constrain_to_slate, slate_trace_model
+from recot.formats.splits import SplitSpec
 from recot.formats.student import ASK_PICK_THINK, SLATE_HEAD
+from recot.formats.tasks import get_task
 from recot.synth.job import SynthConfig, run_synth
 from recot.synth.parse import Parsed, off_slate
+from recot.synth.prompts import PromptLibrary
+from recot.synth.requests import ItemView, iter_requests, plan_subjects
 from recot.synth.slates import SlateConfig, SlateSampler
+from recot.teachers import Sampling
 
 
 def hand_catalog(n: int = 40) -> Catalog:
@@ -102,6 +109,24 @@ def test_schema_names_only_the_slate_and_the_parse_holds_to_it():
     assert off_slate(ok, ["<a_1>", "<a_2>"], 2).reason == "off_slate"
     assert off_slate(ok, ["<a_1>", "<a_9>"], 3).reason == "off_slate"  # two picks where three were asked
     assert off_slate(ok, ["<a_1>", "<a_9>"], 2) is ok
+
+
+def test_each_request_key_is_the_hash_of_the_whole_request_written_at_once(sample, tmp_path):
+    """Planning writes a schema's JSON once per profile and splices each slate's SIDs in: the keys (what
+    the journal and the output are keyed by) stay those of the whole payload dumped in one piece."""
+    split = SplitSpec.choose(sample.boundaries, "auto", 10).build(sample.sequences())
+    slates = SlateSampler(SlateConfig(size=12, top_k=3, samplers={"popularity": 1, "prefix": 1}), sample.catalog, split.part("train"))
+    for name, sampler in (("r3_cot_slate", slates), ("r3_cot_blind", None), ("r0_caption", None)):
+        subjects, _ = plan_subjects(get_task(name), sample.catalog, split, "train", 40)
+        path = tmp_path / f"{name}.parquet"
+        subjects.sink_parquet(path)
+        requests = list(iter_requests(get_task(name), path, PromptLibrary(), ItemView(sample.catalog), ProfileBook(PROFILES["ecommerce"]),
+                                      ("rules", "rules-v1"), Sampling(n=2), slates=sampler))
+        assert len(requests) == 80 and len({r.key for r in requests}) == 80
+        for r in requests:
+            whole = {"teacher": "rules", "model": "rules-v1", "messages": r.messages, "schema": r.schema,
+                     "template": r.template["hash"], "sample": r.sample, "sampling": Sampling(n=2).model_dump(exclude={"n"}) | {"seed": r.seed}}
+            assert r.key == hashlib.sha256(json.dumps(whole, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
 
 
 @pytest.fixture(scope="module")

@@ -24,12 +24,14 @@ from recot.formats.splits import Split
 from recot.formats.tasks import Task
 from recot.synth.prompts import PromptLibrary, RenderedPrompt
 from recot.synth.slates import SlateSampler
-from recot.teachers.base import Request, Sampling, request_key
+from recot.teachers.base import Request, Sampling, canonical_json, request_key
 
 CUTOFF_REASONS = {
     "history_not_before_target": "a history event is at or after the sample's own target time",
     "after_cutoff": "training material would include an event at or after the user's cut-off (the first held-out event)",
 }
+_SLATE = "\x00slate\x00"  # stands for a slate's SIDs in a profile's schema JSON; no SID holds a NUL
+_SLATE_JSON = canonical_json([_SLATE])
 
 
 @dataclass(frozen=True)
@@ -97,9 +99,18 @@ class ItemView:
             sid=catalog.sid_text())
         self._items = {row["item_id"]: row for row in frame.iter_rows(named=True)}
         self._lines = {row["item_id"]: f"- {row['sid']} {row['title']}\n" for row in self._items.values()}
+        self._sids = {row["item_id"]: row["sid"] for row in self._items.values()}
 
     def __getitem__(self, item_id: str) -> dict[str, Any]:
         return self._items[item_id]
+
+    def rows(self, item_ids: list[str]) -> list[dict[str, Any]]:
+        """The items' fields, in order (one C-level pass: a slate asks for 20 per request)."""
+        return list(map(self._items.__getitem__, item_ids))
+
+    def sids(self, item_ids: list[str]) -> list[str]:
+        """The items' SIDs as text, in order."""
+        return list(map(self._sids.__getitem__, item_ids))
 
     def candidate_lines(self, item_ids: list[str]) -> str:
         """The slate as a prompt lists it: ``- SID title`` per candidate, in the order shown."""
@@ -117,7 +128,7 @@ def iter_requests(task: Task, subjects: Path, library: PromptLibrary, items: Ite
     if task.slate and slates is None:
         raise ValueError(f"task {task.name} needs a slate sampler")
     top_k = slates.config.top_k if slates is not None else 0
-    schemas: dict[str, dict[str, Any]] = {}  # per profile: its personas shape the schema
+    schemas: dict[str, tuple[dict[str, Any], str]] = {}  # per profile (its personas shape the schema): dict and JSON
     shown: dict[str, dict[str, Any]] = {}  # per profile: the template variable, dumped once
     for batch in pq.ParquetFile(subjects).iter_batches(batch_size=batch_rows):
         rows = [row for row in batch.to_pylist() if shard.owns(row["subject_id"])]
@@ -127,24 +138,27 @@ def iter_requests(task: Task, subjects: Path, library: PromptLibrary, items: Ite
         for row, slate in zip(rows, drawn):
             profile = profiles.of(row["target"] if task.source == "samples" else row["items"][0])
             if profile.name not in schemas:
-                schemas[profile.name] = task.schema(profile.personas).model_json_schema()
+                schema = task.schema(profile.personas).model_json_schema()
+                schemas[profile.name] = schema, canonical_json(constrain_to_slate(schema, [_SLATE], top_k) if task.slate else schema)
                 shown[profile.name] = profile.model_dump() | {"personas": list(profile.personas)}
             variables, subject = _variables(task, row, items, shown[profile.name])
-            asked = schemas[profile.name]
+            asked, asked_json = schemas[profile.name]
             if slate is not None:
                 subject |= {"items": slate.items, "popular_rank": slate.popular_rank, "top_k": top_k}
-                candidates = [items[i] for i in slate.items]
-                variables |= {"slate": candidates, "slate_lines": items.candidate_lines(slate.items), "top_k": top_k}
-                asked = constrain_to_slate(asked, [v["sid"] for v in candidates], top_k)
+                sids = items.sids(slate.items)
+                variables |= {"slate": items.rows(slate.items), "slate_lines": items.candidate_lines(slate.items), "top_k": top_k}
+                asked = constrain_to_slate(asked, sids, top_k)
+                asked_json = asked_json.replace(_SLATE_JSON, canonical_json(list(dict.fromkeys(sids))))
             prompt = library.render(task.name, **variables)
             for sample in range(sampling.n):
-                yield build_request(prompt, asked, teacher, sampling, sample, subject)
+                yield build_request(prompt, asked, teacher, sampling, sample, subject, asked_json)
 
 
 def build_request(prompt: RenderedPrompt, schema: dict[str, Any], teacher: tuple[str, str], sampling: Sampling,
-                  sample: int, subject: dict[str, Any]) -> Request:
-    """The request for sample ``sample`` of a rendered prompt, keyed by the hash of what decides its answer."""
-    key = request_key(*teacher, prompt.messages, schema, prompt.template_hash, sampling, sample)
+                  sample: int, subject: dict[str, Any], schema_json: str | None = None) -> Request:
+    """The request for sample ``sample`` of a rendered prompt, keyed by the hash of what decides its answer
+    (``schema_json``: the schema's canonical JSON, when the caller has it)."""
+    key = request_key(*teacher, prompt.messages, schema, prompt.template_hash, sampling, sample, schema_json)
     template = {"name": prompt.template, "version": prompt.template_version, "hash": prompt.template_hash}
     return Request(key, prompt.task, prompt.messages, schema, sample, sampling.seed + sample,
                    sampling.temperature, sampling.top_p, sampling.max_tokens, subject, template)

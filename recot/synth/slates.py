@@ -102,7 +102,7 @@ class SlateSampler:
         self.popularity = np.zeros(items.height, dtype=np.int64)
         self.popularity[counts["i"].to_numpy()] = counts["n"].to_numpy()
         self._cumulative = np.cumsum(self.popularity + 1)  # +1: never-bought items stay drawable
-        hard = config.size * _HARD_POOL
+        places = dict(self._quotas)  # a ranked pool is read up to its sampler's places x _HARD_POOL: keep no more
         if "prefix" in config.samplers:
             prefixes = items.select(pl.col("sid").list.head(config.prefix_levels)).to_series()
             group = prefixes.rank("dense").to_numpy().astype(np.int64) - 1
@@ -110,9 +110,9 @@ class SlateSampler:
             sizes = np.bincount(group)
             self._group, self._group_start, self._group_size = group, np.cumsum(sizes) - sizes, sizes
         if "cooccurrence" in config.samplers:
-            self._follow_ptr, self._follow = self._cooccurrence_table(train, index, hard)
+            self._follow_ptr, self._follow = self._cooccurrence_table(train, index, max(1, places.get("cooccurrence", 0) * _HARD_POOL))
         if "embedding" in config.samplers:
-            self._neighbours = _neighbours(self._embeddings(catalog, work), hard)
+            self._neighbours = _neighbours(self._embeddings(catalog, work), max(1, places.get("embedding", 0) * _HARD_POOL))
 
     def draw(self, subject_id: str, history: list[str], target: str) -> Slate:
         """The slate of one sample (see :meth:`draw_batch`)."""

@@ -119,12 +119,23 @@ class UnsupportedTask(DataError):
                          f"choose a teacher that can: {', '.join(able) or 'none is registered'}")
 
 
+def canonical_json(value: Any) -> str:
+    """The one JSON text of a value that request keys hash: sorted keys, no spaces."""
+    return json.dumps(value, sort_keys=True, separators=(",", ":"))
+
+
 def request_key(teacher_kind: str, model: str, messages: list[dict[str, str]], schema: dict[str, Any],
-                template_hash: str, sampling: Sampling, sample: int) -> str:
-    """Content hash of what determines an answer: canonical JSON, never ``str()`` or pickles of objects."""
-    payload = {
-        "teacher": teacher_kind, "model": model, "messages": messages, "schema": schema,
-        "template": template_hash, "sample": sample,
-        "sampling": sampling.model_dump(exclude={"n"}) | {"seed": sampling.seed + sample},
+                template_hash: str, sampling: Sampling, sample: int, schema_json: str | None = None) -> str:
+    """Content hash of what determines an answer: canonical JSON, never ``str()`` or pickles of objects.
+
+    ``schema_json``, when given, must be ``canonical_json(schema)``: a job that asks many requests with
+    one schema (or one schema up to a slate's SIDs) serialises it once. Sorted-key JSON is compositional,
+    so the payload is written part by part and the text is byte-identical to dumping it whole."""
+    parts = {
+        "messages": canonical_json(messages), "model": canonical_json(model), "sample": canonical_json(sample),
+        "sampling": canonical_json(sampling.model_dump(exclude={"n"}) | {"seed": sampling.seed + sample}),
+        "schema": canonical_json(schema) if schema_json is None else schema_json,
+        "teacher": canonical_json(teacher_kind), "template": canonical_json(template_hash),
     }
-    return hashlib.sha256(json.dumps(payload, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
+    text = "{" + ",".join(f'"{name}":{part}' for name, part in sorted(parts.items())) + "}"
+    return hashlib.sha256(text.encode()).hexdigest()
