@@ -10,7 +10,9 @@ always end with the real next item's SID. Formats:
 - ``prompt_completion``: TRL's conversational prompt/completion pair of the same rows;
 - ``grpo``: prompt-only R3 rows with ``target_sid``, ``target``, ``history``, ``history_sids`` for rewards;
 - ``verl``: ``data_source``, ``prompt``, ``ability``, ``reward_model`` {style, ground_truth}, ``extra_info``;
-- ``sharegpt``: LlamaFactory's ``conversations`` (from human / gpt).
+- ``sharegpt``: LlamaFactory's ``conversations`` (from human / gpt);
+- ``align``: itemic alignment rows (:mod:`recot.formats.align`): SID <-> text pairs, R1 relations, behaviour
+  documents of the training split, item text; written by default when ``dataset`` is set (it needs the events).
 
 Selection: ``min_judge`` and ``min_delta_ll`` thresholds on R3 rows, and ``top_k_per_user`` (best
 rows per user and task by judge score, then delta_ll). With ``dataset`` set, rows that would leak an evaluation target (the same user and target as a
@@ -31,19 +33,21 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from datetime import UTC, datetime
 from itertools import product
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 import polars as pl
 import pyarrow.parquet as pq
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from recot.cost import Price, spent
+from recot.curation.align import ALIGN, align_rows, write_align
 from recot.curation.next_item import NEXT_ITEM, write_next_item
 from recot.curation.report import KEPT_SQL, funnel
 from recot.curation.rules import COT, SLATE
 from recot.curation.store import TASK_COLUMNS, Store
 from recot.curation.trace_columns import trace_columns
 from recot.data.catalog import CATALOG_FILE
+from recot.data.loaders import Dataset, load_dataset
 from recot.errors import DataError
 from recot.formats.cot import COT_PATTERN, THINK_CLOSE, think_block_sql
 from recot.formats.splits import Split, SplitSpec
@@ -59,17 +63,18 @@ from recot.formats.student import (
     with_slate_sql,
 )
 from recot.formats.tasks import TASKS_FILE
-from recot.io import atomic_path
+from recot.io import atomic_path, frame_of
 
-Format = Literal["sft", "prompt_completion", "grpo", "verl", "sharegpt"]
-FORMATS: tuple[Format, ...] = ("sft", "prompt_completion", "grpo", "verl", "sharegpt")
+Format = Literal["sft", "prompt_completion", "grpo", "verl", "sharegpt", "align"]
+FORMATS: tuple[Format, ...] = ("sft", "prompt_completion", "grpo", "verl", "sharegpt", "align")
 
 
 class ExportConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
     name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$", description="the dataset's name (its card is data_cards/NAME.md)")
     out: Path = Field(description="the export folder, written atomically")
-    formats: list[Format] = Field(list(FORMATS), description="sft, prompt_completion, grpo, verl, sharegpt")
+    formats: list[Format] = Field(description="sft, prompt_completion, grpo, verl, sharegpt, align (default: all; align "
+                                  "only with dataset set)")
     tasks: list[str] | None = Field(None, description="export only these tasks' traces (default: every task)")
     cot_ratio: float | dict[str, float] = Field(1.0, description="share of R3 SFT rows that keep their CoT: one share, "
                                                  "or one per domain with '*' for the others")
@@ -89,6 +94,22 @@ class ExportConfig(BaseModel):
     source: str = Field("see the input dataset's card", description="where the data came from, for the card")
     overwrite: bool = Field(False, description="replace an existing, non-empty export folder")
     price: Price | None = Field(None, description="the teacher's price per million tokens: the card gives what the store's traces cost")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _default_formats(cls, data: Any) -> Any:
+        """Every format by default, align when the dataset (its events and item text) is given."""
+        if isinstance(data, dict) and data.get("formats") is None:
+            data = {**data, "formats": [f for f in FORMATS if f != ALIGN or data.get("dataset") is not None]}
+        return data
+
+    @model_validator(mode="after")
+    def _align_needs_dataset(self) -> ExportConfig:
+        """Align asked for without the dataset is an error, not an export that silently lacks it."""
+        if ALIGN in self.formats and self.dataset is None:
+            raise ValueError("the align format needs dataset (its behaviour documents and item text come from it): "
+                             "set dataset, or leave align out of formats")
+        return self
 
     @field_validator("cot_ratio")
     @classmethod
@@ -155,6 +176,7 @@ def _rows_sql(config: ExportConfig, students: dict[str, str]) -> str:
              LEFT JOIN catalog i1 ON i1.item_id = k.items[1] LEFT JOIN catalog i2 ON i2.item_id = k.items[2]
              LEFT JOIN catalog lc ON lc.item_id = k.history[-1])
     SELECT trace_id, task, cot, domain, split, user_id, target, target_sid, history, history_sids, with_cot, leak, layout_ok,
+        sid1, sid2,
         CASE WHEN cot THEN {prompt_sql("lines", ask)} {declared} END AS prompt,
         {prompt_sql("lines", f"CASE WHEN ranks_slate THEN {sql_text(ASK_PICK_THINK)} ELSE {sql_text(ASK_THINK)} END")} AS grpo_prompt,
         CASE WHEN cot THEN
@@ -163,19 +185,27 @@ def _rows_sql(config: ExportConfig, students: dict[str, str]) -> str:
     FROM base"""
 
 
-def _held_out(store: Store, config: ExportConfig, spec: SplitSpec) -> Split | None:
+def _held_out(store: Store, dataset: Dataset | None, spec: SplitSpec) -> Split | None:
     """The store's split over the dataset's sequences (None without ``dataset``), and the temp tables
     ``evaluation`` (user, target of every valid/test sample) and ``cutoffs`` that decontamination reads."""
-    if config.dataset is None:
+    if dataset is None:
         return None
-    from recot.data.loaders import load_dataset
-
-    split = spec.build(load_dataset(config.dataset, lenient=config.lenient).sequences())
+    split = spec.build(dataset.sequences())
     evaluation = split.samples.filter(pl.col("part") != "train").select("user_id", "target").collect().to_arrow()  # noqa: F841 - DuckDB reads it by name
     cutoffs = split.cutoffs().collect().to_arrow()  # noqa: F841 - DuckDB reads it by name
     store.con.execute("CREATE OR REPLACE TEMP TABLE evaluation AS SELECT * FROM evaluation")
     store.con.execute("CREATE OR REPLACE TEMP TABLE cutoffs AS SELECT * FROM cutoffs")
     return split
+
+
+def _align(store: Store, dataset: Dataset, split: Split, folder: Path) -> tuple[dict[str, int], dict[str, dict[str, int]]]:
+    """The align format from the catalog's SIDs (as the export hands them off), the dataset's text and events, and the
+    kept R1 relations that leak nothing; returns its rows per split and per kind."""
+    sids = frame_of(store.con.sql("SELECT item_id, sid_text FROM catalog").to_arrow_table())
+    relations = frame_of(store.con.sql("""SELECT sid1, sid2, completion, split FROM export_rows
+                                          WHERE task = 'r1_relation' AND sid1 IS NOT NULL AND sid2 IS NOT NULL
+                                          ORDER BY trace_id""").to_arrow_table())
+    return write_align(align_rows(dataset.catalog, sids, dataset.sequences(), split, relations), folder)
 
 
 def _hand_off(store: Store, spec: SplitSpec, split: Split | None, out: Path) -> dict[str, int]:
@@ -303,18 +333,26 @@ def export(store: Store, config: ExportConfig) -> dict:
         raise DataError(store.path, "the store records no split, so the export could not tell training from evaluation rows",
                         "ingest the traces with the split.json that `recot synth run` wrote beside them")
     trace_columns(store, ("history_sids", "lines"))
-    split = _held_out(store, config, spec)
+    dataset = load_dataset(config.dataset, lenient=config.lenient) if config.dataset is not None else None
+    split = _held_out(store, dataset, spec)
     students = dict(store.con.execute("SELECT task, student FROM tasks WHERE NOT cot").fetchall())
     parts, dropped, broken = _partition(store, _rows_sql(config, students))
+    traced = [name for name in config.formats if name != ALIGN]
     with atomic_path(config.out) as tmp:
         tmp.mkdir(parents=True)
-        for name in config.formats:
+        for name in traced:
             (tmp / name).mkdir()
-        counts = _write_formats(store, parts, config.formats, tmp)
+        counts = _write_formats(store, parts, traced, tmp)
+        aligned: dict[str, dict[str, int]] = {}
+        if ALIGN in config.formats:
+            assert dataset is not None and split is not None  # ExportConfig refuses align without the dataset
+            counts[ALIGN], aligned = _align(store, dataset, split, tmp / ALIGN)
+            for file in sorted((tmp / ALIGN).glob("*.parquet")):
+                _fingerprint_name(file)
         next_item = _hand_off(store, spec, split, tmp)
-        card = _card(store, config, counts, dropped, broken, next_item)
-        card["files"] = {name: {p.name.split("-")[0]: f"{name}/{p.name}" for p in sorted((tmp / name).glob("*.parquet"))}
-                         for name in config.formats}
+        files: dict[str, dict[str, str]] = {name: {p.name.split("-")[0]: f"{name}/{p.name}" for p in sorted((tmp / name).glob("*.parquet"))}
+                 for name in config.formats}
+        card = _card(store, config, counts, dropped, broken, next_item, files, aligned)
         if "sharegpt" in card["files"]:
             (tmp / "dataset_info.json").write_text(json.dumps(_llamafactory_info(config.name, card["files"]["sharegpt"]), indent=2) + "\n")
         if config.license == "other" and config.license_link == "LICENSE.md":
@@ -329,7 +367,8 @@ def export(store: Store, config: ExportConfig) -> dict:
     return card
 
 
-def _card(store: Store, config: ExportConfig, counts: dict, dropped: int, broken: int, next_item: dict[str, int]) -> dict:
+def _card(store: Store, config: ExportConfig, counts: dict, dropped: int, broken: int, next_item: dict[str, int],
+          files: dict[str, dict[str, str]], aligned: dict[str, dict[str, int]]) -> dict:
     provenance = store.con.execute("""
         SELECT DISTINCT template, template_hash, teacher, model FROM traces SEMI JOIN export_rows USING (trace_id)
         ORDER BY ALL""").fetchall()
@@ -353,6 +392,8 @@ def _card(store: Store, config: ExportConfig, counts: dict, dropped: int, broken
         "decontamination": {"dataset": str(config.dataset) if config.dataset else None, "rows_dropped": dropped,
                             "split": spec.model_dump() if spec else None, "split_source": "recorded at synthesis"},
         "next_item": next_item,
+        "align": aligned,  # rows per kind and split of the align format (empty when it was not written)
+        "files": files,
         "not_in_cot_layout": broken,  # R3 rows left out because their text is not in the CoT layout
         "funnel": stages,
         "rules_config": json.loads(rules[0][0]) if rules else None,
