@@ -8,11 +8,15 @@ template marks generations; prompt/completion rows train on the completion.
 
 from __future__ import annotations
 
+import shutil
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import torch
+from transformers import EarlyStoppingCallback
 from trl import SFTConfig, SFTTrainer
+
+from recot.errors import DataError
 
 
 @dataclass
@@ -31,9 +35,19 @@ class RecSFTConfig(SFTConfig):
     fused_lm_head: bool | None = field(default=None, metadata={
         "help": "TRL's tiled fused LM head for the loss; None: only where its Triton kernel runs (CUDA). On a CPU its "
                 "torch fallback takes about half of a step (bench/bench_sft_overhead.py)"})
+    num_train_epochs: float = field(default=10.0, metadata={
+        "help": "the most epochs: with early stopping, training ends when validation loss stops improving"})
+    early_stopping_patience: int | None = field(default=2, metadata={
+        "help": "stop after this many epochs without a lower validation loss and keep the best epoch's model (the "
+                "export's validation split, never test); None or 0: train every epoch asked for"})
 
     def __post_init__(self) -> None:
         fit_to_machine(self)
+        if self.early_stopping_patience:
+            # the best epoch is chosen on validation loss: evaluate and checkpoint every epoch, load the best at the end
+            self.eval_strategy = self.save_strategy = "epoch"
+            self.load_best_model_at_end, self.metric_for_best_model, self.greater_is_better = True, "eval_loss", False
+            self.save_total_limit = 1
         super().__post_init__()
 
 
@@ -118,15 +132,38 @@ def train_sft(config: RecSFTConfig, train_dataset=None, eval_dataset=None, callb
         loaded = load_export(config.dataset_path, config.dataset_config or "sft")
         train_dataset, eval_dataset = loaded["train"], loaded.get("validation")
     if config.embedding_warmup_steps and sid_ids:
-        warm = replace(config, max_steps=config.embedding_warmup_steps, output_dir=str(Path(str(config.output_dir)) / "warmup"),
-                       save_strategy="no", eval_strategy="no")
+        warm = fixed_length(config, max_steps=config.embedding_warmup_steps, output_dir=str(Path(str(config.output_dir)) / "warmup"))
         freeze_for_warmup(model, sid_ids)
         RecSFTTrainer(model=model, args=warm, train_dataset=train_dataset, processing_class=tokenizer).train()
         for parameter in model.parameters():
             parameter.requires_grad_(True)
+    callbacks = list(callbacks or [])
+    if config.early_stopping_patience and eval_dataset is None:
+        if config.max_steps <= 0:  # the length would be num_train_epochs' maximum, chosen by nothing
+            raise DataError(config.dataset_path or "[sft]", "early stopping needs a validation split and this data has none",
+                            "export with valid_share > 0, or set early_stopping_patience = 0 and choose num_train_epochs")
+        config = fixed_length(config)  # max_steps says how long
+    if config.early_stopping_patience:
+        callbacks.append(EarlyStoppingCallback(config.early_stopping_patience))
     trainer = RecSFTTrainer(model=model, args=config, train_dataset=train_dataset, eval_dataset=eval_dataset,
                          processing_class=tokenizer, peft_config=_lora(config) if config.lora_r else None, callbacks=callbacks)
     trainer.train(resume_from_checkpoint=config.resume_from_checkpoint)
     trainer.save_model(config.output_dir)
     tokenizer.save_pretrained(str(config.output_dir))
+    if config.early_stopping_patience:  # the best epoch's weights are the saved model: its checkpoints have done their work
+        for checkpoint in Path(str(config.output_dir)).glob("checkpoint-*"):
+            shutil.rmtree(checkpoint)
     return trainer
+
+
+def fixed_length(config: RecSFTConfig, **changes) -> RecSFTConfig:
+    """``config`` (with ``changes``) trained for its max_steps or num_train_epochs, without evaluation or early stopping."""
+    return replace(config, early_stopping_patience=0, eval_strategy="no", save_strategy="no", load_best_model_at_end=False,
+                   **changes)
+
+
+def chosen_epoch(trainer) -> float | None:
+    """The epoch whose model training kept: the best validation loss under early stopping, else the last."""
+    if trainer.state.best_metric is None:
+        return trainer.state.epoch
+    return next((e["epoch"] for e in trainer.state.log_history if e.get("eval_loss") == trainer.state.best_metric), None)
