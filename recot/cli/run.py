@@ -54,6 +54,7 @@ CONFIGS = {
     "rules": "recot.curation.rules:RulesConfig", "judge": "recot.curation.judge:JudgeConfig",
     "dedup": "recot.curation.dedup:DedupConfig", "review": "recot.curation.review:ReviewConfig",
     "export": "recot.curation.export:ExportConfig", "sft": "recot.trainer.sft:RecSFTConfig",
+    "align": "recot.trainer.align:RecAlignConfig", "pretrain": "recot.trainer.align:RecPretrainConfig",
     "grpo": "recot.trainer.grpo:RecGRPOConfig", "recipe": "recot.runs.recipe:RecipeConfig",
     "eval": "recot.trainer.evaluate:EvalConfig", "ablation": "recot.runs.ablation:AblationConfig",
 }

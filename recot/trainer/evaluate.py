@@ -27,12 +27,17 @@ from recot.trainer.trie import SidTrie
 def recommend(model, tokenizer, prompts: Sequence[list[dict]], trie: SidTrie | None, k: int = 10,
               batch_size: int = 16) -> Ranking:
     """Top-``k`` SIDs per conversational prompt by beam search (constrained when ``trie`` is given)."""
+    texts = [tokenizer.apply_chat_template(p, tokenize=False, add_generation_prompt=True) for p in prompts]
+    return rank_texts(model, tokenizer, texts, trie, k, batch_size)
+
+
+def rank_texts(model, tokenizer, texts: Sequence[str], trie: SidTrie | None, k: int = 10, batch_size: int = 16) -> Ranking:
+    """Top-``k`` SIDs per prompt text (already in the model's template, or plain text) by beam search."""
     tokenizer.padding_side = "left"
     ranked, cost = [], []
     model.eval()
-    for start in range(0, len(prompts), batch_size):
-        texts = [tokenizer.apply_chat_template(p, tokenize=False, add_generation_prompt=True) for p in prompts[start:start + batch_size]]
-        batch = tokenizer(texts, return_tensors="pt", padding=True, add_special_tokens=False).to(model.device)
+    for start in range(0, len(texts), batch_size):
+        batch = tokenizer(list(texts[start:start + batch_size]), return_tensors="pt", padding=True, add_special_tokens=False).to(model.device)
         width = batch["input_ids"].shape[1]
         with torch.no_grad():
             out = model.generate(**batch, num_beams=k, num_return_sequences=k, do_sample=False, early_stopping=True,
@@ -40,7 +45,7 @@ def recommend(model, tokenizer, prompts: Sequence[list[dict]], trie: SidTrie | N
                                  prefix_allowed_tokens_fn=trie.prefix_allowed_tokens_fn(width) if trie else None)
         decoded = tokenizer.batch_decode(out[:, width:], skip_special_tokens=True)
         lengths = (out[:, width:] != tokenizer.pad_token_id).sum(1).tolist()
-        for row in range(len(texts)):
+        for row in range(batch["input_ids"].shape[0]):
             answers = [answer_sid(text) for text in decoded[row * k:(row + 1) * k]]
             ranked.append(list(dict.fromkeys(a for a in answers if a)))
             cost.append(lengths[row * k])

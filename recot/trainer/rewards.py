@@ -13,6 +13,7 @@ import re
 from collections.abc import Sequence
 
 from recot.formats.cot import COMPLETION_PATTERN, split_think
+from recot.formats.grounding import grounding
 from recot.formats.sid import ANY_SID_PATTERN, sid_codes
 
 _SID = re.compile(ANY_SID_PATTERN)  # completions of any dialect: the target SID says which one is right
@@ -103,5 +104,16 @@ def format_reward(completions, **_) -> list[float]:
     return [float(_FORMAT.fullmatch(completion_text(c).strip()) is not None) for c in completions]
 
 
+def grounding_reward(completions, history_sids, **_) -> list[float]:
+    """The reasoning's grounding in its history: its cov_rate, zero when it names any item outside the history (EHR > 0).
+    A completion without reasoning gets 0: there is nothing grounded to reward."""
+    out = []
+    for completion, history in zip(completions, history_sids):
+        reasoning = split_think(completion_text(completion))[0]
+        ehr, cov = grounding(reasoning, history) if reasoning.strip() else (0.0, 0.0)
+        out.append(cov if ehr == 0 else 0.0)
+    return out
+
+
 REWARDS = {"exact_hit": exact_hit, "prefix_match": prefix_match, "rank": rank_reward, "slate_rank": slate_rank_penalty, "coverage": coverage_reward,
-           "diversity": diversity_reward, "format": format_reward}
+           "diversity": diversity_reward, "format": format_reward, "grounding": grounding_reward}
