@@ -1,11 +1,13 @@
-"""Think vs no-think on the full Industrial set with the rules teacher's hindsight traces (issue 16 §4).
+"""The source designs' grid on the full Industrial set: alignment x CoT ratio x (SFT, GRPO with reasoning) (issue 25).
 
-Synthesises R3 hindsight traces for ``--samples`` training samples (rules teacher), curates them
-(rules), builds a small random model (hidden 128, 2 layers, a BPE on the titles), and runs
-``recot train ablation`` at CoT ratios 0, 0.5 and 1: SFT from the same base, each evaluated with
-and without reasoning on the same ``--eval-rows`` test rows, with most-popular on those rows as the
-baseline of the run. The rules teacher's reasoning is a baseline, not an LLM's: the point is the
-machinery and an honest first number. The table lands in OUT/ablation.md.
+Synthesises R3 hindsight and R1 relation traces for ``--samples`` training samples (rules teacher), curates
+them (rules), builds a small random model (hidden 128, 2 layers, a BPE on the titles) and pre-trains it on
+the catalog's item text (``recot train pretrain``: a stand-in for a pretrained LLM, none can be downloaded
+here), then runs ``recot train ablation`` with the alignment axis: every cell from that base, SFT stopping
+on validation loss, GRPO with reasoning, each model evaluated with and without reasoning on the same
+``--eval-rows`` test rows against the reference cell (no alignment, ratio 0, SFT, direct) by a paired
+bootstrap, and probed for perception. Most-popular on those rows is the baseline of the run. The rules
+teacher's reasoning is a baseline, not an LLM's. The table lands in OUT/ablation/ablation.md.
 """
 
 from __future__ import annotations
@@ -24,23 +26,30 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--samples", type=int, default=3000, help="training samples synthesised (hindsight traces)")
     parser.add_argument("--eval-rows", type=int, default=300)
-    parser.add_argument("--epochs", type=float, default=2.0)
+    parser.add_argument("--max-epochs", type=float, default=5.0, help="SFT's most epochs (early stopping on validation loss)")
+    parser.add_argument("--align-epochs", type=float, default=3.0, help="alignment's and pre-training's most epochs")
     parser.add_argument("--reasoning-tokens", type=int, default=256, help="think mode's budget (the rules teacher writes ~195)")
-    parser.add_argument("--grpo-steps", type=int, default=0, help="GRPO steps after each SFT (0: none)")
-    parser.add_argument("--out", type=Path, default=ROOT / "bench" / ".data" / "ablation")
+    parser.add_argument("--grpo-steps", type=int, default=30, help="GRPO steps with reasoning after each SFT (0: none)")
+    parser.add_argument("--ratios", type=float, nargs="+", default=[0.0, 1.0])
+    parser.add_argument("--no-align", action="store_true", help="leave the alignment axis out")
+    parser.add_argument("--out", type=Path, default=ROOT / "bench" / ".data" / "grid")
     args = parser.parse_args()
     if not (INDUSTRIAL / "items.json").exists():
         sys.exit(f"needs the full Industrial set at {INDUSTRIAL}")
+    from recot.curation.export import ExportConfig, export
     from recot.curation.rules import run_rules
     from recot.curation.store import Store
     from recot.data.loaders import load_dataset
     from recot.runs.ablation import AblationConfig, run_ablation
+    from recot.runs.stages import train_stage
     from recot.synth.job import SynthConfig, run_synth
+    from recot.trainer.sft import chosen_epoch
     from recot.trainer.tiny_model import build_tiny_model
 
     started = time.perf_counter()
     args.out.mkdir(parents=True, exist_ok=True)
-    run_synth(SynthConfig(dataset=INDUSTRIAL, out=args.out / "synth", tasks=["r3_cot_hindsight"], limit=args.samples), progress=False)
+    tasks = ["r3_cot_hindsight", "r1_relation"]
+    run_synth(SynthConfig(dataset=INDUSTRIAL, out=args.out / "synth", tasks=tasks, limit=args.samples), progress=False)
     dataset = load_dataset(INDUSTRIAL)
     store_path = args.out / "curation.duckdb"
     store_path.unlink(missing_ok=True)
@@ -48,19 +57,28 @@ def main() -> None:
         store.load_catalog(dataset.catalog)
         store.ingest(args.out / "synth" / "traces.parquet")
         run_rules(store)
-    base = args.out / "base-model"
-    if not (base / "config.json").exists():
-        build_tiny_model(base, dataset.catalog.items["title"].to_list(), hidden_size=128, layers=2)
-    grpo = ({"max_steps": args.grpo_steps, "per_device_train_batch_size": 8, "num_generations": 4, "num_candidates": 4,
-             "max_completion_length": 64} if args.grpo_steps else None)
-    config = AblationConfig(store=store_path, dataset=INDUSTRIAL, base_model=str(base), out=args.out / "ablation",
-                            sft={"num_train_epochs": args.epochs, "per_device_train_batch_size": 16, "learning_rate": 2e-3,
-                                 "max_length": 512, "embedding_warmup_steps": 20},
-                            grpo=grpo, eval={"part": "test", "limit": args.eval_rows, "samples": 2, "max_reasoning_tokens": args.reasoning_tokens,
-                                             "baselines": ["most_popular"], "bootstrap": 1000})
+        export(store, ExportConfig(name="item-text", out=args.out / "text-export", dataset=INDUSTRIAL, formats=["align"], overwrite=True))
+    tiny, base = args.out / "tiny-model", args.out / "pretrained"
+    if not (tiny / "config.json").exists():
+        build_tiny_model(tiny, dataset.catalog.items["title"].to_list(), hidden_size=128, layers=2)
+    lm = {"per_device_train_batch_size": 32, "learning_rate": 2e-3, "max_length": 256, "num_train_epochs": args.align_epochs,
+          "early_stopping_patience": 1, "lr_scheduler_type": "cosine"}
+    began = time.perf_counter()
+    pretrained = train_stage("pretrain", lm, tiny, args.out / "text-export", base)
+    print(f"pre-training on item text: epoch {chosen_epoch(pretrained)}, {time.perf_counter() - began:.0f} s")
+    config = AblationConfig(store=store_path, dataset=INDUSTRIAL, base_model=str(base), out=args.out / "ablation", ratios=args.ratios,
+                            tasks=tasks, align=None if args.no_align else {**lm, "probe_items": 100}, probe_items=100,
+                            sft={"num_train_epochs": args.max_epochs, "early_stopping_patience": 1, "per_device_train_batch_size": 16,
+                                 "learning_rate": 2e-3, "max_length": 512, "embedding_warmup_steps": 20},
+                            grpo=({"max_steps": args.grpo_steps, "per_device_train_batch_size": 8, "num_generations": 4,
+                                   "num_candidates": 4, "max_reasoning_tokens": 64, "max_completion_length": 80, "learning_rate": 3e-5,
+                                   "rewards": ["exact_hit", "prefix_match", "format", "grounding"]} if args.grpo_steps else None),
+                            eval={"part": "test", "limit": args.eval_rows, "samples": 1, "max_reasoning_tokens": args.reasoning_tokens,
+                                  "baselines": ["most_popular"], "bootstrap": 1000})
     table = run_ablation(config)
     print((args.out / "ablation" / "ablation.md").read_text())
-    popular = json.loads((args.out / "ablation" / "cot-0" / "eval-sft" / "report.json").read_text())["most_popular"]
+    reference = next(r for r in table if r["align"] == "none" and r["stage"] == "sft")
+    popular = json.loads((Path(reference["eval_out"]) / "report.json").read_text())["most_popular"]
     print(f"most popular on the same rows: Recall@10 {popular['recall@10']:.4f} {popular['ci95']['recall@10']}, "
           f"NDCG@10 {popular['ndcg@10']:.4f}")
     print(f"{len(table)} rows, {time.perf_counter() - started:.0f} s in all")

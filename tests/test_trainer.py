@@ -18,6 +18,7 @@ from recot.trainer.rewards import (
     diversity_reward,
     exact_hit,
     format_reward,
+    grounding_reward,
     prefix_match,
     rank_reward,
     slate_rank_penalty,
@@ -43,6 +44,11 @@ def test_rewards_on_hand_made_cases():
     beam = ["<a_9><b_9><c_9>", T, "<a_1><b_2><c_8>"]
     assert slate_rank_penalty(beam, [T] * 3, candidates=[beam] * 3) == pytest.approx([-1.0, 0.0, -1 / math.log2(4)])
     assert slate_rank_penalty(["no answer"], [T], candidates=[beam]) == pytest.approx([-1 / math.log2(5)])
+    # grounding: the history cited (#k or its SID), nothing named outside it
+    history = [["<a_1><b_1><c_1>", "<a_2><b_2><c_2>"]] * 4
+    reasoned = ["<think>\nafter #1 and <a_2><b_2><c_2>\n</think>\n" + T, "<think>\nafter #2\n</think>\n" + T,
+                "<think>\n#1 then <a_7><b_7><c_7>\n</think>\n" + T, T]
+    assert grounding_reward(reasoned, history) == pytest.approx([1.0, 0.5, 0.0, 0.0])
 
 
 def test_ranking_metrics_against_hand_computed_values():
