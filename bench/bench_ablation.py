@@ -22,18 +22,24 @@ ROOT = Path(__file__).resolve().parent.parent
 INDUSTRIAL = ROOT.parent / "shared" / "data" / "amazon18-industrial"
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--samples", type=int, default=3000, help="training samples synthesised (hindsight traces)")
+    parser.add_argument("--samples", type=int, default=2000, help="training samples synthesised (hindsight traces)")
     parser.add_argument("--eval-rows", type=int, default=300)
-    parser.add_argument("--max-epochs", type=float, default=5.0, help="SFT's most epochs (early stopping on validation loss)")
-    parser.add_argument("--align-epochs", type=float, default=3.0, help="alignment's and pre-training's most epochs")
+    parser.add_argument("--max-epochs", type=float, default=4.0, help="SFT's most epochs (early stopping on validation loss)")
+    parser.add_argument("--align-epochs", type=float, default=2.0, help="alignment's and pre-training's most epochs")
     parser.add_argument("--reasoning-tokens", type=int, default=256, help="think mode's budget (the rules teacher writes ~195)")
-    parser.add_argument("--grpo-steps", type=int, default=30, help="GRPO steps with reasoning after each SFT (0: none)")
+    parser.add_argument("--grpo-steps", type=int, default=20, help="GRPO steps with reasoning after each SFT (0: none)")
     parser.add_argument("--ratios", type=float, nargs="+", default=[0.0, 1.0])
     parser.add_argument("--no-align", action="store_true", help="leave the alignment axis out")
+    parser.add_argument("--hidden", type=int, default=128, help="the model's width (head dimension: hidden / 2)")
+    parser.add_argument("--layers", type=int, default=2)
+    parser.add_argument("--vocab", type=int, default=2000, help="the BPE's size before the SID tokens")
+    parser.add_argument("--engine", choices=["transformers", "vllm"], default="transformers",
+                        help="what decodes evaluation and GRPO rollouts (vllm: on a GPU)")
+    parser.add_argument("--batch", type=int, default=16, help="SFT batch (align and pre-training use twice this)")
     parser.add_argument("--out", type=Path, default=ROOT / "bench" / ".data" / "grid")
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
     if not (INDUSTRIAL / "items.json").exists():
         sys.exit(f"needs the full Industrial set at {INDUSTRIAL}")
     from recot.curation.export import ExportConfig, export
@@ -60,21 +66,24 @@ def main() -> None:
         export(store, ExportConfig(name="item-text", out=args.out / "text-export", dataset=INDUSTRIAL, formats=["align"], overwrite=True))
     tiny, base = args.out / "tiny-model", args.out / "pretrained"
     if not (tiny / "config.json").exists():
-        build_tiny_model(tiny, dataset.catalog.items["title"].to_list(), hidden_size=128, layers=2)
-    lm = {"per_device_train_batch_size": 32, "learning_rate": 2e-3, "max_length": 256, "num_train_epochs": args.align_epochs,
+        build_tiny_model(tiny, dataset.catalog.items["title"].to_list(), hidden_size=args.hidden, layers=args.layers, vocab_size=args.vocab)
+    lm = {"per_device_train_batch_size": 2 * args.batch, "learning_rate": 2e-3, "max_length": 128, "num_train_epochs": args.align_epochs,
           "early_stopping_patience": 1, "lr_scheduler_type": "cosine"}
     began = time.perf_counter()
     pretrained = train_stage("pretrain", lm, tiny, args.out / "text-export", base)
     print(f"pre-training on item text: epoch {chosen_epoch(pretrained)}, {time.perf_counter() - began:.0f} s")
     config = AblationConfig(store=store_path, dataset=INDUSTRIAL, base_model=str(base), out=args.out / "ablation", ratios=args.ratios,
-                            tasks=tasks, align=None if args.no_align else {**lm, "probe_items": 100}, probe_items=100,
-                            sft={"num_train_epochs": args.max_epochs, "early_stopping_patience": 1, "per_device_train_batch_size": 16,
+                            tasks=tasks, probe_items=100,
+                            align=None if args.no_align else {**lm, "probe_items": 100,  # item text: pre-training's
+                                                              "kinds": ["sid_to_text", "text_to_sid", "relation", "behaviour"]},
+                            sft={"num_train_epochs": args.max_epochs, "early_stopping_patience": 1, "per_device_train_batch_size": args.batch,
                                  "learning_rate": 2e-3, "max_length": 512, "embedding_warmup_steps": 20},
                             grpo=({"max_steps": args.grpo_steps, "per_device_train_batch_size": 8, "num_generations": 4,
                                    "num_candidates": 4, "max_reasoning_tokens": 64, "max_completion_length": 80, "learning_rate": 3e-5,
-                                   "rewards": ["exact_hit", "prefix_match", "format", "grounding"]} if args.grpo_steps else None),
+                                   "rewards": ["exact_hit", "prefix_match", "format", "grounding"], "rollout_engine": args.engine}
+                                  if args.grpo_steps else None),
                             eval={"part": "test", "limit": args.eval_rows, "samples": 1, "max_reasoning_tokens": args.reasoning_tokens,
-                                  "baselines": ["most_popular"], "bootstrap": 1000})
+                                  "baselines": ["most_popular"], "bootstrap": 1000, "engine": args.engine})
     table = run_ablation(config)
     print((args.out / "ablation" / "ablation.md").read_text())
     reference = next(r for r in table if r["align"] == "none" and r["stage"] == "sft")

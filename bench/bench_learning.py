@@ -37,7 +37,7 @@ def main(epochs: float, retrain: bool, grpo: dict) -> None:
     from recot.formats.splits import SplitSpec
     from recot.trainer.data import export_rows
     from recot.trainer.evaluate import EvalConfig, evaluate
-    from recot.trainer.sft import RecSFTConfig, train_sft
+    from recot.trainer.sft import RecSFTConfig, chosen_epoch, train_sft
     from recot.trainer.sid_vocab import sid_vocabulary
     from recot.trainer.tiny_model import build_tiny_model
 
@@ -55,12 +55,14 @@ def main(epochs: float, retrain: bool, grpo: dict) -> None:
     base = build_tiny_model(WORK / "init", catalog.items["title"].to_list(), sid_vocabulary(catalog), vocab_size=4000)
     config = RecSFTConfig(output_dir=str(WORK / "sft"), model_path=str(base), num_train_epochs=epochs,
                           per_device_train_batch_size=32, learning_rate=1e-3, lr_scheduler_type="cosine", warmup_steps=50,
-                          logging_steps=50, save_strategy="no", report_to="none", use_cpu=True, bf16=False, max_length=384, disable_tqdm=True)
-    train_s, final_loss = None, None
+                          logging_steps=50, report_to="none", use_cpu=True, bf16=False, max_length=384, disable_tqdm=True)
+    train_s, final_loss, epoch = None, None, None
     if retrain or not (WORK / "sft" / "model.safetensors").exists():
         started = time.perf_counter()
-        trainer = train_sft(config, datasets.Dataset.from_polars(train.select("prompt", "completion")))
-        train_s, final_loss = time.perf_counter() - started, trainer.state.log_history[-1].get("train_loss")
+        # the length is chosen on the valid part's loss (early stopping), never on test
+        valid = export_rows(HAND_OFF, "valid").select("prompt", "completion")
+        trainer = train_sft(config, datasets.Dataset.from_polars(train.select("prompt", "completion")), datasets.Dataset.from_polars(valid))
+        train_s, final_loss, epoch = time.perf_counter() - started, trainer.state.log_history[-1].get("train_loss"), chosen_epoch(trainer)
 
     def scored(model: Path, part: str, **settings) -> dict:
         """Every row of ``part``, ranked by ``model`` (bootstrap 95% intervals)."""
@@ -70,7 +72,7 @@ def main(epochs: float, retrain: bool, grpo: dict) -> None:
     started = time.perf_counter()
     report = scored(WORK / "sft", "test")  # with the sequential baselines learnt from the same training samples
     methods = {"sft": report["direct"], **{name: report[name] for name in ("most_popular", "transition", "sasrec")}}
-    print(json.dumps({"train_rows": train.height, "test_rows": report["rows"], "epochs": epochs, "train_s": train_s,
+    print(json.dumps({"train_rows": train.height, "test_rows": report["rows"], "max_epochs": epochs, "epoch_chosen": epoch, "train_s": train_s,
                       "eval_s": round(time.perf_counter() - started, 1), "final_loss": final_loss, **methods}, indent=1), flush=True)
     for name, metrics in methods.items():
         low, high = metrics["ci95"]["recall@10"]
@@ -113,7 +115,7 @@ if __name__ == "__main__":
     import argparse
 
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--epochs", type=float, default=6.0, help="SFT epochs")
+    parser.add_argument("--epochs", type=float, default=10.0, help="SFT epochs at most (early stopping on the valid part's loss)")
     parser.add_argument("--retrain", action="store_true", help="train SFT again even when a checkpoint is kept")
     parser.add_argument("--grpo-steps", type=int, default=0, help="GRPO optimiser steps after SFT (0: none)")
     parser.add_argument("--grpo-prompts", type=int, default=16, help="prompts per optimiser step (a multiple of 64 / generations)")

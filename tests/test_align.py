@@ -36,6 +36,7 @@ def aligned(sample_path, sample, tmp_path_factory):
 def test_align_is_written_by_default_with_the_dataset_and_refused_without(aligned, tmp_path):
     out, card = aligned
     assert "align" in card["files"] and card["formats"]["align"]["train"] > 0
+    assert f"behaviour {card['align']['behaviour']['train']} / 0" in (out / "README.md").read_text()
     assert "align" not in ExportConfig(name="x", out=tmp_path).formats
     with pytest.raises(ValidationError, match="align format needs dataset"):
         ExportConfig(name="x", out=tmp_path, formats=["sft", "align"])
@@ -160,8 +161,9 @@ def test_pretrain_align_sft_grpo_eval_chained_through_the_installed_cli(aligned,
     run("grpo", f'model_path = "{tmp_path / "sft"}"\ndataset_path = "{out}"\noutput_dir = "{tmp_path / "grpo"}"\nmax_steps = 1\n'
                 'num_generations = 4\nnum_candidates = 2\nmax_reasoning_tokens = 8\nmax_completion_length = 24\n'
                 'rewards = ["exact_hit", "format", "grounding"]\n')
-    done = subprocess.run([*RECOT, "eval", "--model", str(tmp_path / "grpo"), "--export", str(out), "--limit", "4", "--k", "3",
-                           "--out", str(tmp_path / "eval"), "--json"], capture_output=True, text=True)
+    (tmp_path / "eval.toml").write_text('baselines = ["most_popular"]\n')
+    done = subprocess.run([*RECOT, "eval", "--config", str(tmp_path / "eval.toml"), "--model", str(tmp_path / "grpo"), "--export",
+                           str(out), "--limit", "4", "--k", "3", "--out", str(tmp_path / "eval"), "--json"], capture_output=True, text=True)
     assert done.returncode == 0, done.stderr[-3000:]
     report = json.loads(done.stdout)
     assert report["rows"] == 4 and report["direct"]["sid_validity"] == 1.0 and "think" in report

@@ -160,6 +160,15 @@ name = "t"
 cot_ratio = 0.5
 """
 TRAIN = """[tiny_model]
+[pretrain]
+max_steps = 1
+per_device_train_batch_size = 4
+max_length = 128
+[align]
+max_steps = 1
+per_device_train_batch_size = 4
+max_length = 128
+probe_items = 2
 [sft]
 max_steps = 2
 per_device_train_batch_size = 4
@@ -181,7 +190,7 @@ max_reasoning_tokens = 8
 
 @pytest.mark.parametrize("example", ["<item_a_1><item_b_2><item_c_3>", "<|sid_begin|><s_a_1><s_b_2><s_c_3><|sid_end|>"])
 def test_non_default_dialects_end_to_end(example, sample_path, tmp_path):
-    """synth -> curate -> export -> sft -> grpo -> eval on the sample rewritten in another SID dialect."""
+    """synth -> curate -> export -> pretrain -> align -> sft -> grpo -> eval on the sample rewritten in another SID dialect."""
     dataset = _dialect_copy(sample_path, tmp_path / "data", example)
     config = _write(tmp_path / "p.toml", PIPELINE.format(dataset=dataset, out=tmp_path / "out", limit=40, templates="") + TRAIN)
     results = {r.name: r for r in run_pipeline(load_pipeline(config), progress=False, log=lambda _: None)}
@@ -201,6 +210,12 @@ def test_non_default_dialects_end_to_end(example, sample_path, tmp_path):
     assert report["direct"]["sid_validity"] == 1.0 and report["think"]["sid_validity"] == 1.0
     assert report["split"] == SplitSpec.load(tmp_path / "out" / "synth").model_dump()
     assert [r.status for r in results.values()] == ["ran"] * len(results)
+    chain = [(name, results[name].summary["from"]) for name in ("pretrain", "align", "sft", "grpo")]
+    assert chain == [("pretrain", str(tmp_path / "out" / "base-model")), ("align", str(tmp_path / "out" / "pretrain")),
+                     ("sft", str(tmp_path / "out" / "align")), ("grpo", str(tmp_path / "out" / "sft"))]
+    assert results["align"].summary["probe"]["train"]["items"] == 2  # the probe, in the dialect's SIDs
+    aligned = pl.read_parquet(tmp_path / "out" / "export" / "align" / "train-*.parquet").filter(pl.col("kind") == "text_to_sid")
+    assert aligned["completion"].str.contains(SidDialect.detect(example).pattern(3)).all()
 
 
 def test_run_twice_does_nothing_and_a_changed_template_reruns_what_follows(sample_path, tmp_path):
@@ -237,6 +252,7 @@ def test_every_example_config_loads(tmp_path):
     from recot.runs.ablation import AblationConfig
     from recot.runs.pipeline import PipelineConfig
     from recot.runs.recipe import RecipeConfig
+    from recot.trainer.align import RecAlignConfig, RecPretrainConfig
     from recot.trainer.evaluate import EvalConfig
     from recot.trainer.grpo import RecGRPOConfig
     from recot.trainer.sft import RecSFTConfig
@@ -244,7 +260,8 @@ def test_every_example_config_loads(tmp_path):
     examples = Path(__file__).resolve().parent.parent / "examples"
     kinds = {"synth-demo.toml": SynthConfig, "pipeline-demo.toml": PipelineConfig, "rules.toml": RulesConfig,
              "judge.toml": JudgeConfig, "sft.toml": RecSFTConfig, "grpo.toml": RecGRPOConfig, "recipe.toml": RecipeConfig,
-             "eval.toml": EvalConfig, "ablation.toml": AblationConfig}
+             "eval.toml": EvalConfig, "ablation.toml": AblationConfig, "pretrain.toml": RecPretrainConfig,
+             "align.toml": RecAlignConfig}
     overrides = {"export.toml": {"name": "x", "out": tmp_path}}
     kinds["export.toml"] = ExportConfig
     assert {p.name for p in examples.glob("*.toml")} == set(kinds)

@@ -312,8 +312,11 @@ report_to = "none"\nsave_strategy = "no"\nmax_length = 384\n""")
     cli = RECOT
     done = subprocess.run([*cli, "train", "sft", str(tmp_path / "sft.toml"), "--json"], capture_output=True, text=True)
     assert done.returncode == 0, done.stderr[-2000:]
-    done = subprocess.run([*cli, "eval", "--model", str(tmp_path / "model"), "--export", str(tmp_path / "export"), "--limit", "4",
-                           "--k", "3", "--out", str(tmp_path / "eval"), "--json"], capture_output=True, text=True)
+    assert json.loads(done.stdout)["output_dir"] == str(tmp_path / "model")  # stdout holds the report alone
+    (tmp_path / "eval.toml").write_text("[sasrec]\nepochs = 2\n")  # every baseline, SASRec trained briefly
+    done = subprocess.run([*cli, "eval", "--config", str(tmp_path / "eval.toml"), "--model", str(tmp_path / "model"), "--export",
+                           str(tmp_path / "export"), "--limit", "4", "--k", "3", "--out", str(tmp_path / "eval"), "--json"],
+                          capture_output=True, text=True)
     assert done.returncode == 0, done.stderr[-2000:]
     report = json.loads((tmp_path / "eval" / "report.json").read_text())
     assert report["rows"] == 4 and report["direct"]["sid_validity"] == 1.0 and report["think"]["sid_validity"] == 1.0
@@ -323,7 +326,8 @@ report_to = "none"\nsave_strategy = "no"\nmax_length = 384\n""")
         assert 0 <= low <= report[method]["recall@3"] <= high <= 1, method
     assert (tmp_path / "eval" / "report.png").stat().st_size > 1000
     # the untrained start on the same rows: the trained model's report carries the paired difference from it
-    common = ["--export", str(tmp_path / "export"), "--k", "3", "--no-think", "--json"]
+    (tmp_path / "model-only.toml").write_text("baselines = []\n")
+    common = ["--config", str(tmp_path / "model-only.toml"), "--export", str(tmp_path / "export"), "--k", "3", "--no-think", "--json"]
     done = subprocess.run([*cli, "eval", "--model", str(path), "--limit", "4", "--out", str(tmp_path / "start"), *common],
                           capture_output=True, text=True)
     assert done.returncode == 0, done.stderr[-2000:]

@@ -403,6 +403,14 @@ def _card(store: Store, config: ExportConfig, counts: dict, dropped: int, broken
     }
 
 
+def _align_markdown(kinds: dict[str, dict[str, int]]) -> str:
+    """The align format's rows per kind (train / validation: the held-out items), for the card."""
+    if not kinds:
+        return ""
+    counted = ", ".join(f"{kind} {parts['train']} / {parts['validation']}" for kind, parts in kinds.items())
+    return f"\nAlignment rows per kind (train / validation, the held-out items): {counted}."
+
+
 def _llamafactory_info(name: str, files: dict[str, str]) -> dict:
     """LlamaFactory's dataset_info.json: one entry per split of the sharegpt format (train and validation apart, so
     pointing LlamaFactory at the folder never mixes them)."""
@@ -455,7 +463,7 @@ Source: {card['source']}. The JSON twin of this card is `data_card.json`.
 Rows per task: {json.dumps(card['by_task'])}. R3 training rows with CoT, per domain:
 {json.dumps(card['r3_with_cot_by_domain'])} (configured share: {json.dumps(card['cot_ratio'])}); users held out
 for validation: {card['valid_share']:.0%}. Decontamination: {card['decontamination']['rows_dropped']} rows dropped
-(dataset: {card['decontamination']['dataset']}).
+(dataset: {card['decontamination']['dataset']}).{_align_markdown(card['align'])}
 
 ## Funnel
 

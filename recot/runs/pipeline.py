@@ -7,7 +7,11 @@ stage's own config file: ``[synth]`` is a SynthConfig, ``[rules]`` a RulesConfig
 checkpoints, the split), so no stage re-derives an earlier decision. Stages, in order:
 
     synth -> curate (fresh store: ingest + rules) -> judge -> dedup -> review -> export
-          -> tiny_model -> sft -> grpo -> eval
+          -> tiny_model -> pretrain -> align -> sft -> grpo -> unify -> eval
+
+The training stages are the source designs' recipe as one chain, each from the checkpoint of the one before:
+pre-training on item text (a stand-in for a pretrained LLM), itemic alignment on the export's align rows,
+reasoning SFT at the export's CoT ratio, GRPO with reasoning, and specialise-then-unify across domains.
 
 A stage without its table is left out (``synth``, ``curate`` and ``export`` always run). Each stage's
 fingerprint hashes its settings, the content of the files it reads from outside (dataset, templates, base
@@ -40,6 +44,7 @@ from recot.curation.review import ReviewConfig
 from recot.curation.rules import RulesConfig
 from recot.errors import DataError, require
 from recot.io import atomic_path
+from recot.runs.stages import TrainKind
 from recot.synth.job import SynthConfig
 from recot.synth.prompts import PromptLibrary
 
@@ -75,8 +80,15 @@ class PipelineConfig(BaseModel):
     export: ExportConfig = Field(description="[export]: name, formats, cot_ratio, selection (out and dataset are the pipeline's)")
     base_model: str | None = Field(None, description="the model SFT starts from (a folder or hub id); or [tiny_model]")
     tiny_model: TinyModelConfig | None = Field(None, description="[tiny_model]: build a small random base model")
+    pretrain: dict[str, Any] | None = Field(None, description="[pretrain]: RecPretrainConfig settings: causal LM on the export's "
+                                            "item text, from the base model")
+    align: dict[str, Any] | None = Field(None, description="[align]: RecAlignConfig settings: itemic alignment on the export's "
+                                         "align rows, from the pre-trained (or base) model; writes the perception probe")
     sft: dict[str, Any] | None = Field(None, description="[sft]: RecSFTConfig settings (model, data and output paths are the pipeline's)")
     grpo: dict[str, Any] | None = Field(None, description="[grpo]: RecGRPOConfig settings, from the SFT checkpoint")
+    unify: dict[str, Any] | None = Field(None, description="[unify]: RecipeConfig settings but the paths (domains, unify, "
+                                         "rft_samples, rewards, grpo, sft, distill): GRPO experts per domain from the last "
+                                         "checkpoint, then one model; evaluation reads the unified model")
     eval: dict[str, Any] | None = Field(None, description="[eval]: EvalConfig settings (model, export and out are the "
                                         "pipeline's): the last trained model and the baselines on the export's held-out rows")
 
@@ -97,18 +109,28 @@ class PipelineConfig(BaseModel):
     @model_validator(mode="after")
     def _trainer_settings(self) -> PipelineConfig:
         """Check the trainer tables now, not after synthesis and curation have run."""
+        if self.sft is None and (self.pretrain is not None or self.align is not None):
+            raise ValueError("[pretrain] and [align] lead into SFT: add an [sft] table")
         if self.sft is not None and not (self.base_model or self.tiny_model):
             raise ValueError("[sft] needs a model to start from: set base_model, or add a [tiny_model] table")
         if self.grpo is not None and self.sft is None:
             raise ValueError("[grpo] starts from the SFT checkpoint: add an [sft] table")
-        if self.sft is not None or self.grpo is not None:
-            require("train", "torch", "transformers", "trl", "datasets", needed_for="the pipeline's [sft] and [grpo] stages")
+        if self.unify is not None and self.sft is None:
+            raise ValueError("[unify] starts from the last trained checkpoint: add an [sft] table")
+        if self.align is not None and "align" not in self.export.formats or self.pretrain is not None and "align" not in self.export.formats:
+            raise ValueError("[pretrain] and [align] read the export's align format: add align to [export] formats")
+        if self.sft is not None:
+            require("train", "torch", "transformers", "trl", "datasets", needed_for="the pipeline's training stages")
+            from recot.runs.recipe import RecipeConfig
+            from recot.trainer.align import RecAlignConfig, RecPretrainConfig
             from recot.trainer.grpo import RecGRPOConfig
             from recot.trainer.sft import RecSFTConfig
 
-            for name, kind in (("sft", RecSFTConfig), ("grpo", RecGRPOConfig)):
+            for name, kind in (("pretrain", RecPretrainConfig), ("align", RecAlignConfig), ("sft", RecSFTConfig), ("grpo", RecGRPOConfig)):
                 if getattr(self, name) is not None:
                     check_stage(kind, getattr(self, name), name, output_dir=str(self.out / name))
+            if self.unify is not None:
+                RecipeConfig(**{**self.unify, "base_model": str(self.out / "sft"), "export": self.out / "export", "out": self.out / "unify"})
         if self.eval is not None:
             from recot.trainer.evaluate import EvalConfig
 
@@ -118,7 +140,11 @@ class PipelineConfig(BaseModel):
     def _eval_fixed(self, trained: str) -> dict[str, Any]:
         """What the pipeline decides for evaluation: the model it trained and the export it trained on (whose held-out
         rows, catalog and split evaluation reads)."""
-        return {"model": self.out / trained, "export": self.out / "export", "out": self.out / "eval"}
+        return {"model": self.model_dir(trained), "export": self.out / "export", "out": self.out / "eval"}
+
+    def model_dir(self, stage: str) -> Path:
+        """Where a training stage's model is (the unify stage's is its unified model)."""
+        return self.out / "unify" / "unified" if stage == "unify" else self.out / stage
 
 
 def load_pipeline(path: Path, overrides: dict[str, Any] | None = None) -> PipelineConfig:
@@ -193,7 +219,7 @@ class Pipeline:
         return [Path(model)] if model and Path(model).exists() else []
 
     def _model_dir(self, name: str) -> Path:
-        return self.out / name
+        return self.config.model_dir(name)
 
     def _stages(self) -> list[Stage]:
         c = self.config
@@ -225,12 +251,23 @@ class Pipeline:
                                 after=["export"]))
             base = ["tiny_model"]
         base_inputs = [Path(c.base_model)] if c.base_model and Path(c.base_model).exists() else []
-        stages.append(Stage("sft", partial(self._run_sft, c.sft), {"sft": c.sft, "base_model": c.base_model}, [self._model_dir("sft")],
-                            base_inputs, ["export", *base]))
+        start = c.base_model or self._model_dir("base-model")
+        for name in ("pretrain", "align", "sft"):  # each from the checkpoint before it
+            settings = getattr(c, name)
+            if settings is None:
+                continue
+            stages.append(Stage(name, partial(self._run_train, name, settings, start), {name: settings, "base_model": c.base_model},
+                                [self._model_dir(name)], base_inputs, ["export", *base]))
+            start, base = self._model_dir(name), [name]
         trained = "sft"
         if c.grpo is not None:
-            stages.append(Stage("grpo", partial(self._run_grpo, c.grpo), c.grpo, [self._model_dir("grpo")], after=["sft", "export"]))
+            stages.append(Stage("grpo", partial(self._run_train, "grpo", c.grpo, self._model_dir("sft")), c.grpo,
+                                [self._model_dir("grpo")], after=["sft", "export"]))
             trained = "grpo"
+        if c.unify is not None:
+            stages.append(Stage("unify", partial(self._run_unify, c.unify, trained), c.unify, [self._model_dir("unify")],
+                                after=[trained, "export"]))
+            trained = "unify"
         if c.eval is not None:
             stages.append(Stage("eval", partial(self._run_eval, c.eval, trained), {"eval": c.eval, "model": trained},
                                 [self.out / "eval" / "report.json"], after=[trained, "export"]))
@@ -302,23 +339,29 @@ class Pipeline:
                              hidden_size=settings.hidden_size, layers=settings.layers, seed=settings.seed)
         return {"model": str(target), "hidden_size": settings.hidden_size, "layers": settings.layers}
 
-    def _run_sft(self, settings: dict[str, Any]) -> dict[str, Any]:
+    def _run_train(self, kind: TrainKind, settings: dict[str, Any], start: str | Path) -> dict[str, Any]:
         from recot.runs.stages import train_stage
+        from recot.trainer.probe import PROBE_FILE
+        from recot.trainer.sft import chosen_epoch
 
-        target = self._model_dir("sft")
-        trainer = train_stage("sft", settings, self.config.base_model or self._model_dir("base-model"), self.out / "export", target)
-        losses = [entry["loss"] for entry in trainer.state.log_history if "loss" in entry]
-        return {"model": str(target), "steps": trainer.state.global_step, "first_loss": losses[0] if losses else None,
-                "last_loss": losses[-1] if losses else None}
+        target = self._model_dir(kind)
+        trainer = train_stage(kind, settings, start, self.out / "export", target)
+        history = trainer.state.log_history
+        losses, rewards = [e["loss"] for e in history if "loss" in e], [e["reward"] for e in history if "reward" in e]
+        summary: dict[str, Any] = {"model": str(target), "from": str(start), "steps": trainer.state.global_step}
+        if kind == "grpo":
+            return summary | {"mean_reward_first": rewards[0] if rewards else None, "mean_reward_last": rewards[-1] if rewards else None}
+        summary |= {"epoch": chosen_epoch(trainer), "best_eval_loss": trainer.state.best_metric,
+                    "first_loss": losses[0] if losses else None, "last_loss": losses[-1] if losses else None}
+        if (target / PROBE_FILE).exists():
+            summary["probe"] = json.loads((target / PROBE_FILE).read_text())
+        return summary
 
-    def _run_grpo(self, settings: dict[str, Any]) -> dict[str, Any]:
-        from recot.runs.stages import train_stage
+    def _run_unify(self, settings: dict[str, Any], trained: str) -> dict[str, Any]:
+        from recot.runs.recipe import RecipeConfig, run_recipe
 
-        target = self._model_dir("grpo")
-        trainer = train_stage("grpo", settings, self._model_dir("sft"), self.out / "export", target)
-        rewards = [entry["reward"] for entry in trainer.state.log_history if "reward" in entry]
-        return {"model": str(target), "steps": trainer.state.global_step,
-                "mean_reward_first": rewards[0] if rewards else None, "mean_reward_last": rewards[-1] if rewards else None}
+        return run_recipe(RecipeConfig(**{**settings, "base_model": str(self._model_dir(trained)), "export": self.out / "export",
+                                          "out": self.out / "unify"}))
 
     def _run_eval(self, settings: dict[str, Any], trained: str) -> dict[str, Any]:
         from recot.trainer.evaluate import EvalConfig, evaluate

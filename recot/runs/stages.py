@@ -11,6 +11,7 @@ from typing import Any, Literal, TypeVar
 from recot.config import load_config
 
 C = TypeVar("C")
+TrainKind = Literal["pretrain", "align", "sft", "grpo"]
 # a stage inside a run writes no checkpoints and reports nowhere unless its table asks
 STAGE_DEFAULTS = {"report_to": "none", "save_strategy": "no"}
 
@@ -20,7 +21,7 @@ def stage_config(kind: type[C], settings: dict[str, Any], **fixed: Any) -> C:
     return load_config(kind, overrides={**STAGE_DEFAULTS, **settings, **fixed})
 
 
-def train_stage(kind: Literal["pretrain", "align", "sft", "grpo"], settings: dict[str, Any], model_path: str | Path, export: Path,
+def train_stage(kind: TrainKind, settings: dict[str, Any], model_path: str | Path, export: Path,
                 output_dir: Path):
     """Train from ``model_path`` on the export at ``export`` (its rows and, but for pre-training, its catalog's SIDs) into a
     fresh ``output_dir``. Returns the trainer."""
