@@ -9,23 +9,16 @@ import json
 
 import pytest
 
-from recot.curation.rules import run_rules
-from recot.curation.store import Store
-from recot.synth.job import SynthConfig, run_synth
+from recot.testing import curated_store
 
 pytest.importorskip("trl")
 
 
-def test_grid_over_alignment_cot_ratio_and_stage(sample_path, sample, tiny_model, tmp_path):
+def test_grid_over_alignment_cot_ratio_and_stage(sample_path, tiny_model, tmp_path):
     from recot.runs.ablation import AblationConfig, run_ablation
 
-    run_synth(SynthConfig(dataset=sample_path, out=tmp_path / "synth", tasks=["r3_cot_hindsight", "r1_relation"], limit=48),
-              progress=False)
-    with Store(tmp_path / "c.duckdb") as store:
-        store.load_catalog(sample.catalog)
-        store.ingest(tmp_path / "synth" / "traces.parquet")
-        run_rules(store)
-    config = AblationConfig(store=tmp_path / "c.duckdb", dataset=sample_path, base_model=str(tiny_model), out=tmp_path / "ablation",
+    store = curated_store(sample_path, tmp_path, ["r3_cot_hindsight", "r1_relation"], 48)
+    config = AblationConfig(store=store, dataset=sample_path, base_model=str(tiny_model), out=tmp_path / "ablation",
                             ratios=[1.0, 0.0], tasks=["r3_cot_hindsight", "r1_relation"], probe_items=3,
                             align={"max_steps": 2, "per_device_train_batch_size": 8, "max_length": 256},
                             sft={"max_steps": 2, "per_device_train_batch_size": 8, "max_length": 384},

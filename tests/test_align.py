@@ -11,24 +11,18 @@ import pytest
 from pydantic import ValidationError
 
 from recot.curation.export import ExportConfig, export
-from recot.curation.rules import run_rules
 from recot.curation.store import Store
 from recot.formats.align import held_out, sid_to_text_prompt, text_to_sid_prompt
 from recot.formats.splits import SplitSpec
-from recot.synth.job import SynthConfig, run_synth
+from recot.testing import curated_store
 
 datasets = pytest.importorskip("datasets")
 
 
 @pytest.fixture(scope="module")
-def aligned(sample_path, sample, tmp_path_factory):
+def aligned(sample_path, tmp_path_factory):
     work = tmp_path_factory.mktemp("align")
-    run_synth(SynthConfig(dataset=sample_path, out=work / "synth", tasks=["r1_relation", "r3_cot_hindsight"], limit=150),
-              progress=False)
-    with Store(work / "c.duckdb") as store:
-        store.load_catalog(sample.catalog)
-        store.ingest(work / "synth" / "traces.parquet")
-        run_rules(store)
+    with Store(curated_store(sample_path, work, ["r1_relation", "r3_cot_hindsight"], 150)) as store:
         card = export(store, ExportConfig(name="aligned", out=work / "export", dataset=sample_path, cot_ratio=1.0))
     return work / "export", card
 

@@ -8,7 +8,8 @@
 - :class:`recot.testing.fault_proxy.FaultProxy`: a loopback proxy that injects 429, 503, dropped
   connections, cut bodies, text bodies and empty choices in front of a real server;
 - :data:`RECOT`: the installed ``recot`` command, for driving the CLI as a user does;
-- :func:`journal_rows`: how many answers a job folder's journal holds, read while the job writes.
+- :func:`journal_rows`: how many answers a job folder's journal holds, read while the job writes;
+- :func:`curated_store`: a store of rules-teacher traces of a dataset, ingested and checked by the rules.
 """
 
 import sqlite3
@@ -25,3 +26,19 @@ def journal_rows(folder: Path) -> int:
             return con.execute("SELECT count(*) FROM answers").fetchone()[0]
     except sqlite3.OperationalError:
         return 0
+
+
+def curated_store(dataset: Path, work: Path, tasks: list[str], limit: int) -> Path:
+    """Synthesise ``tasks`` for ``limit`` subjects of ``dataset`` with the rules teacher into ``work/synth``, then a store
+    (``work/curation.duckdb``) with the dataset's catalog, the traces and the rules' verdicts; returns the store."""
+    from recot.curation.rules import run_rules
+    from recot.curation.store import Store
+    from recot.data.loaders import load_dataset
+    from recot.synth.job import SynthConfig, run_synth
+
+    run_synth(SynthConfig(dataset=dataset, out=work / "synth", tasks=tasks, limit=limit), progress=False)
+    with Store(work / "curation.duckdb") as store:
+        store.load_catalog(load_dataset(dataset).catalog)
+        store.ingest(work / "synth" / "traces.parquet")
+        run_rules(store)
+    return work / "curation.duckdb"
