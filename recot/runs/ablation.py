@@ -84,15 +84,19 @@ def run_ablation(config: AblationConfig) -> list[dict[str, Any]]:
                                               tasks=config.tasks, formats=formats, overwrite=True))
             exports[ratio] = (folder, card["formats"]["sft"]["train"])
     starts, summary = _bases(config, exports[config.ratios[0]][0])
-    table = []
+    table: list[dict[str, Any]] = []
     for arm in config.arms():
         for ratio, (folder, rows) in exports.items():
             table += _cell(config, arm, starts[arm], ratio, folder, rows)
-    _compare(table, config)
-    (config.out / "ablation.json").write_text(json.dumps({"bases": summary, "table": table}, indent=1) + "\n")
-    (config.out / "ablation.md").write_text(_markdown(table, summary))
+            _compare(table, config)  # the reference cell is the first one run
+            _write(config.out, table, summary)  # after every cell: a grid stopped part-way keeps what it measured
     _plot(table, config.out / "ablation.png")
     return table
+
+
+def _write(out: Path, table: list[dict[str, Any]], summary: dict[str, Any]) -> None:
+    (out / "ablation.json").write_text(json.dumps({"bases": summary, "table": table}, indent=1) + "\n")
+    (out / "ablation.md").write_text(_markdown(table, summary))
 
 
 def _bases(config: AblationConfig, export: Path) -> tuple[dict[str, str | Path], dict[str, Any]]:
