@@ -54,7 +54,8 @@ def align_splits(config: RecAlignConfig):
     if not len(chosen["train"]):
         raise DataError(config.dataset_path, f"the align format has no training rows of kinds {sorted(kinds)}",
                         "export with the dataset set (and R1 traces for relations), or choose other kinds")
-    return chosen["train"], chosen.get("validation") if len(chosen.get("validation") or []) else None
+    validation = chosen.get("validation")
+    return chosen["train"], validation if validation is not None and len(validation) else None
 
 
 def train_align(config: RecAlignConfig) -> RecSFTTrainer:
