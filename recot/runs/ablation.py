@@ -16,11 +16,14 @@ from __future__ import annotations
 import json
 import time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from recot.config import check_stage
+
+if TYPE_CHECKING:
+    from recot.trainer.evaluate import EvalConfig
 
 ARMS = ("none", "align")  # the alignment axis
 
@@ -67,6 +70,12 @@ class AblationConfig(BaseModel):
 
     def arms(self) -> tuple[str, ...]:
         return ARMS if self.align is not None else ARMS[:1]
+
+    def eval_settings(self, model: Path, export: Path, out: Path) -> EvalConfig:
+        """The EvalConfig of one cell's evaluation (both modes, on the same rows as every other cell)."""
+        from recot.trainer.evaluate import EvalConfig
+
+        return EvalConfig(**{**self.eval, "model": model, "export": export, "out": out, "think": True})
 
 
 def run_ablation(config: AblationConfig) -> list[dict[str, Any]]:
@@ -142,11 +151,11 @@ def _cell(config: AblationConfig, arm: str, start: str | Path, ratio: float, exp
 
 def _evaluated(config: AblationConfig, model: Path, export: Path, row: dict[str, Any]) -> list[dict[str, Any]]:
     """Two table rows for one model, without and with reasoning, on the same evaluation rows, with its probe."""
-    from recot.trainer.evaluate import EvalConfig, evaluate
+    from recot.trainer.evaluate import evaluate
 
     started = time.perf_counter()
     out = model.parent / f"eval-{row['stage']}"
-    settings = EvalConfig(**{**config.eval, "model": model, "export": export, "out": out, "think": True})
+    settings = config.eval_settings(model, export, out)
     report = evaluate(settings)
     probe = _probe(model, export, config.probe_items) if config.probe_items else None
     row = row | {"eval_s": round(time.perf_counter() - started, 1), "eval_rows": report["rows"], "eval_out": str(out), "probe": probe}
@@ -179,19 +188,21 @@ def _read_probe(model: Path) -> dict[str, Any] | None:
 
 def _compare(table: list[dict[str, Any]], config: AblationConfig) -> None:
     """Each row's difference from the reference cell (no alignment, the lowest ratio, after SFT, direct) on the same
-    rows, with a paired bootstrap 95% interval, under ``vs_reference``."""
+    rows, with a paired bootstrap 95% interval, under ``vs_reference``; rows compared before keep theirs."""
     import numpy as np
 
     from recot.trainer.evaluate import paired_difference
 
     reference = next(r for r in table if r["align"] == "none" and r["cot_ratio"] == config.ratios[0] and r["stage"] == "sft"
                      and r["mode"] == "direct")
-    ranks = {out: json.loads((Path(out) / "ranks.json").read_text()) for out in {r["eval_out"] for r in table}}
+    settings = config.eval_settings(config.out, config.out, config.out)
+    new = [row for row in table if "vs_reference" not in row]
+    ranks = {out: json.loads((Path(out) / "ranks.json").read_text()) for out in {r["eval_out"] for r in [reference, *new]}}
     base = np.array(ranks[reference["eval_out"]]["direct"], dtype=np.int64)
-    k = config.eval.get("k", 10)
-    for row in table:
+    k = settings.k
+    for row in new:
         other = np.array(ranks[row["eval_out"]][row["mode"]], dtype=np.int64)
-        difference = paired_difference(base, other, [k], config.eval.get("bootstrap", 1000))
+        difference = paired_difference(base, other, [k], settings.bootstrap)
         row["vs_reference"] = {name: difference[name] for name in (f"recall@{k}", f"ndcg@{k}")}
 
 

@@ -117,7 +117,7 @@ class PipelineConfig(BaseModel):
             raise ValueError("[grpo] starts from the SFT checkpoint: add an [sft] table")
         if self.unify is not None and self.sft is None:
             raise ValueError("[unify] starts from the last trained checkpoint: add an [sft] table")
-        if self.align is not None and "align" not in self.export.formats or self.pretrain is not None and "align" not in self.export.formats:
+        if (self.align is not None or self.pretrain is not None) and "align" not in self.export.formats:
             raise ValueError("[pretrain] and [align] read the export's align format: add align to [export] formats")
         if self.sft is not None:
             require("train", "torch", "transformers", "trl", "datasets", needed_for="the pipeline's training stages")
