@@ -20,7 +20,7 @@ config_argument = click.argument("config", type=click.Path(exists=True, dir_okay
 
 @click.group()
 def train() -> None:
-    """Train on curated exports: SFT, GRPO, the specialise-then-unify recipe, or the think vs no-think ablation."""
+    """Train on curated exports: pre-training, alignment, SFT, GRPO, the specialise-then-unify recipe, or the ablation grid."""
 
 
 @train.command("pretrain")
