@@ -80,6 +80,22 @@ def test_hard_samplers_draw_what_they_promise():
     assert {int(i[1:]) % 4 for i in near.draw("s", ["i0"], "i27").items} == {3}
 
 
+def test_embedding_neighbours_are_kept_for_the_jobs_reruns(tmp_path, monkeypatch):
+    """The neighbour table is quadratic in the catalog: a rerun reads it from the work folder, and draws the same slates."""
+    import recot.synth.slates as slates
+
+    catalog = hand_catalog()
+    vectors = np.random.default_rng(1).normal(size=(40, 8)).astype(np.float32)
+    config = SlateConfig(size=6, samplers={"embedding": 1}, embeddings=_save(vectors))
+    first = SlateSampler(config, catalog, train([]), work=tmp_path).draw("s", ["i0"], "i27")
+    assert len(list(tmp_path.glob("item-neighbours-*.npy"))) == 1 and not list(tmp_path.glob("*.partial"))
+    monkeypatch.setattr(slates, "_neighbours", lambda *a: pytest.fail("the table was built again"))
+    assert SlateSampler(config, catalog, train([]), work=tmp_path).draw("s", ["i0"], "i27") == first
+    other = SlateConfig(size=6, samplers={"embedding": 1}, embeddings=_save(vectors[::-1].copy()))
+    with pytest.raises(pytest.fail.Exception):  # other embeddings: another table
+        SlateSampler(other, catalog, train([]), work=tmp_path)
+
+
 def _save(vectors: np.ndarray):
     import tempfile
     from pathlib import Path

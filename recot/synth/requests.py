@@ -11,6 +11,7 @@ from __future__ import annotations
 import zlib
 from collections.abc import Iterator
 from dataclasses import dataclass
+from json.encoder import encode_basestring_ascii as _json_string  # json.dumps' own string encoder
 from pathlib import Path
 from typing import Any
 
@@ -90,31 +91,36 @@ def plan_subjects(task: Task, catalog: Catalog, split: Split, part: str, limit: 
     return (subjects.head(limit) if limit else subjects), refused
 
 
+@dataclass(frozen=True)
+class SlateView:
+    """What a slate prompt and its schema need of the candidates, in the order shown."""
+
+    rows: list[dict[str, Any]]  # the items' fields (the template's ``slate``)
+    sids: list[str]  # their SIDs as text
+    lines: str  # ``- SID title`` per candidate (the template's ``slate_lines``)
+    sids_json: str  # canonical JSON of the distinct SIDs, in order (the schema's enum)
+
+
 class ItemView:
-    """Item fields a prompt shows, by item id (built once per job), and each item's candidate line: a slate prompt
-    shows 20 of them, so they are written once per item, not once per request."""
+    """Item fields a prompt shows, by item id (built once per job), and each item's candidate line and SID JSON: a
+    slate prompt shows 20 of them, so they are written once per item, not once per request."""
 
     def __init__(self, catalog: Catalog) -> None:
         frame = catalog.items.select("item_id", "title", "brand", "description", "categories").with_columns(
             sid=catalog.sid_text())
         self._items = {row["item_id"]: row for row in frame.iter_rows(named=True)}
-        self._lines = {row["item_id"]: f"- {row['sid']} {row['title']}\n" for row in self._items.values()}
-        self._sids = {row["item_id"]: row["sid"] for row in self._items.values()}
+        # per item: fields, SID, candidate line, and the SID as a JSON string (canonical_json of a list of strings is
+        # "[" + the strings' JSON joined by "," + "]", so a slate's enum is spliced from these)
+        self._slate = {item_id: (row, row["sid"], f"- {row['sid']} {row['title']}\n", _json_string(row["sid"] or ""))
+                       for item_id, row in self._items.items()}
 
     def __getitem__(self, item_id: str) -> dict[str, Any]:
         return self._items[item_id]
 
-    def rows(self, item_ids: list[str]) -> list[dict[str, Any]]:
-        """The items' fields, in order (one C-level pass: a slate asks for 20 per request)."""
-        return list(map(self._items.__getitem__, item_ids))
-
-    def sids(self, item_ids: list[str]) -> list[str]:
-        """The items' SIDs as text, in order."""
-        return list(map(self._sids.__getitem__, item_ids))
-
-    def candidate_lines(self, item_ids: list[str]) -> str:
-        """The slate as a prompt lists it: ``- SID title`` per candidate, in the order shown."""
-        return "".join(self._lines[i] for i in item_ids)
+    def slate(self, item_ids: list[str]) -> SlateView:
+        """The candidates' fields, SIDs, prompt lines and enum JSON, in one pass over the slate."""
+        rows, sids, lines, json_sids = zip(*map(self._slate.__getitem__, item_ids))
+        return SlateView(list(rows), list(sids), "".join(lines), "[" + ",".join(dict.fromkeys(json_sids)) + "]")
 
 
 def iter_requests(task: Task, subjects: Path, library: PromptLibrary, items: ItemView, profiles: ProfileBook,
@@ -145,10 +151,10 @@ def iter_requests(task: Task, subjects: Path, library: PromptLibrary, items: Ite
             asked, asked_json = schemas[profile.name]
             if slate is not None:
                 subject |= {"items": slate.items, "popular_rank": slate.popular_rank, "top_k": top_k}
-                sids = items.sids(slate.items)
-                variables |= {"slate": items.rows(slate.items), "slate_lines": items.candidate_lines(slate.items), "top_k": top_k}
-                asked = constrain_to_slate(asked, sids, top_k)
-                asked_json = asked_json.replace(_SLATE_JSON, canonical_json(list(dict.fromkeys(sids))))
+                view = items.slate(slate.items)
+                variables |= {"slate": view.rows, "slate_lines": view.lines, "top_k": top_k}
+                asked = constrain_to_slate(asked, view.sids, top_k)
+                asked_json = asked_json.replace(_SLATE_JSON, view.sids_json)
             prompt = library.render(task.name, **variables)
             for sample in range(sampling.n):
                 yield build_request(prompt, asked, teacher, sampling, sample, subject, asked_json)

@@ -15,13 +15,16 @@ sampler whose pool runs dry leaves its places to the next ones, then to uniform)
 
 Popularity and co-occurrence count training samples only, which lie before every user's cut-off.
 Negatives are never the target or an item of the history. The tables are built once per job and
-grow with the catalog, not with the number of samples; each slate is drawn from a generator seeded
+grow with the catalog, not with the number of samples (the embedding neighbours, quadratic in the catalog,
+are kept in the job's work folder for its reruns); each slate is drawn from a generator seeded
 by the job's seed and the sample's id, so a rerun (or another shard) draws the same slate.
 """
 
 from __future__ import annotations
 
 import hashlib
+import os
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
@@ -112,7 +115,9 @@ class SlateSampler:
         if "cooccurrence" in config.samplers:
             self._follow_ptr, self._follow = self._cooccurrence_table(train, index, max(1, places.get("cooccurrence", 0) * _HARD_POOL))
         if "embedding" in config.samplers:
-            self._neighbours = _neighbours(self._embeddings(catalog, work), max(1, places.get("embedding", 0) * _HARD_POOL))
+            vectors, keep = self._embeddings(catalog, work), max(1, places.get("embedding", 0) * _HARD_POOL)
+            digest = hashlib.sha256(np.ascontiguousarray(vectors, dtype=np.float32).data).hexdigest()[:16]
+            self._neighbours = _cached(work, f"item-neighbours-{digest}-{keep}", lambda: _neighbours(vectors, keep))
 
     def draw(self, subject_id: str, history: list[str], target: str) -> Slate:
         """The slate of one sample (see :meth:`draw_batch`)."""
@@ -158,7 +163,7 @@ class SlateSampler:
         slates = np.concatenate([negatives, t[:, None]], axis=1)
         order = np.argsort(_uniforms(keys, offset, size), axis=1)
         slates = np.take_along_axis(slates, order, axis=1)
-        return [Slate(self.ids[row].tolist(), rank) for row, rank in zip(slates, self._popular_rank(slates, t))]
+        return [Slate(items, rank) for items, rank in zip(self.ids[slates].tolist(), self._popular_rank(slates, t))]
 
     def _popular_rank(self, slates: np.ndarray, t: np.ndarray) -> list[int]:
         pop, target_pop = self.popularity[slates], self.popularity[t][:, None]
@@ -230,14 +235,24 @@ class SlateSampler:
             return load_embeddings(self.config.embeddings, catalog.items["item_id"])[with_sid]
         texts = catalog.text().to_list()
         digest = hashlib.sha256("\n".join(catalog.items["item_id"].to_list() + texts).encode()).hexdigest()[:16]
-        cached = work / f"item-embeddings-{digest}.npy" if work else None
-        if cached and cached.exists():
-            return np.load(cached)[with_sid]
-        vectors = embed_texts(texts)
-        if cached:
-            cached.parent.mkdir(parents=True, exist_ok=True)
-            np.save(cached, vectors)
-        return vectors[with_sid]
+        return _cached(work, f"item-embeddings-{digest}", lambda: embed_texts(texts))[with_sid]
+
+
+def _cached(work: Path | None, name: str, build: Callable[[], np.ndarray]) -> np.ndarray:
+    """``build()``, saved as ``work/name.npy`` and read from there on the job's reruns (written under a temporary
+    name first: a killed job leaves no half-written table)."""
+    if work is None:
+        return build()
+    path = work / f"{name}.npy"
+    if path.exists():
+        return np.load(path)
+    array = build()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    partial = path.with_suffix(f".{os.getpid()}.partial")
+    with partial.open("wb") as handle:
+        np.save(handle, array)
+    partial.replace(path)
+    return array
 
 
 def _uniforms(keys: np.ndarray, offset: int, count: int) -> np.ndarray:
