@@ -152,9 +152,10 @@ def test_pretrain_align_sft_grpo_eval_chained_through_the_installed_cli(aligned,
     sft = run("sft", f'model_path = "{tmp_path / "aligned"}"\ndataset_path = "{out}"\nsid_catalog = "{out}"\n'
                      f'output_dir = "{tmp_path / "sft"}"\nnum_train_epochs = 2\nearly_stopping_patience = 1\nmax_length = 384\n')
     assert sft["epoch"] in (1, 2) and sft["best_eval_loss"] > 0
-    run("grpo", f'model_path = "{tmp_path / "sft"}"\ndataset_path = "{out}"\noutput_dir = "{tmp_path / "grpo"}"\nmax_steps = 1\n'
+    grpo = run("grpo", f'model_path = "{tmp_path / "sft"}"\ndataset_path = "{out}"\noutput_dir = "{tmp_path / "grpo"}"\nmax_steps = 1\n'
                 'num_generations = 4\nnum_candidates = 2\nmax_reasoning_tokens = 8\nmax_completion_length = 24\n'
                 'rewards = ["exact_hit", "format", "grounding"]\n')
+    assert grpo["logged_steps"] == 1 and ("fix" in grpo) == (grpo["steps_without_reward_spread"] == 1)
     (tmp_path / "eval.toml").write_text('baselines = ["most_popular"]\n')
     done = subprocess.run([*RECOT, "eval", "--config", str(tmp_path / "eval.toml"), "--model", str(tmp_path / "grpo"), "--export",
                            str(out), "--limit", "4", "--k", "3", "--out", str(tmp_path / "eval"), "--json"], capture_output=True, text=True)

@@ -13,6 +13,7 @@ import torch
 from recot.testing import RECOT
 from recot.trainer.baselines import most_popular
 from recot.trainer.evaluate import ranking_metrics, recommend
+from recot.trainer.grpo import learning_signal
 from recot.trainer.rewards import (
     coverage_reward,
     diversity_reward,
@@ -181,7 +182,7 @@ def test_sft_steps_with_embedding_warmup(sid_model, sample, sample_path, tmp_pat
     assert (tmp_path / "sft" / "warmup").exists() and (tmp_path / "sft" / "model.safetensors").exists()
 
 
-def _grpo_trainer(sid_model, sample, tmp_path, callbacks=(), extra_rewards=(), **settings):
+def _grpo_trainer(sid_model, sample, tmp_path, callbacks=(), extra_rewards=(), rewards=None, **settings):
     """Two GRPO steps' trainer on the tiny model over 8 think prompts, 4 rollouts each, K = 3; with the
     policy and the catalog's SIDs."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -202,7 +203,7 @@ def _grpo_trainer(sid_model, sample, tmp_path, callbacks=(), extra_rewards=(), *
         return [-len(c[0]["content"]) / 100 for c in completions]
 
     trainer = RecGRPOTrainer(model=model, args=config, trie=SidTrie.from_sids(tokenizer, valid), processing_class=tokenizer,
-                             reward_funcs=[prefix_match, rank_reward, format_reward, brevity, *extra_rewards], callbacks=list(callbacks),
+                             reward_funcs=rewards or [prefix_match, rank_reward, format_reward, brevity, *extra_rewards], callbacks=list(callbacks),
                              train_dataset=datasets.Dataset.from_polars(rows.select("prompt", "target_sid")))
     return trainer, model, valid
 
@@ -216,6 +217,17 @@ def test_grpo_steps_with_two_stage_constrained_rollouts(sid_model, sample, tmp_p
     assert logged and all(math.isfinite(h["loss"]) for h in logged)
     assert any("rollout_hit_rate" in key for key in logged[0]), logged[0].keys()
     assert logged[0]["rewards/format_reward/mean"] == 1.0 and not torch.equal(before, _weights(model))
+    assert learning_signal(trainer) == {"logged_steps": 2, "steps_without_reward_spread": 0}
+
+
+def test_grpo_says_when_no_group_had_a_reward_spread(sid_model, sample, tmp_path):
+    """A reward every rollout earns alike gives zero advantages: the policy does not move, and the report says so."""
+    trainer, model, _ = _grpo_trainer(sid_model, sample, tmp_path, rewards=[format_reward])
+    before = _weights(model)
+    trainer.train()
+    signal = learning_signal(trainer)
+    assert signal["steps_without_reward_spread"] == signal["logged_steps"] == 2 and "temperature" in signal["fix"]
+    assert torch.equal(before, _weights(model))
 
 
 def test_grpo_beam_groups_rank_distinct_sids(sid_model, sample, tmp_path):

@@ -75,11 +75,11 @@ def sft(config: Path, as_json: bool) -> None:
 @json_option
 def grpo(config: Path, as_json: bool) -> None:
     """GRPO with two-stage constrained rollouts (RecGRPOConfig: model_path, dataset_path, sid_catalog, rewards, TRL's GRPOConfig)."""
-    from recot.trainer.grpo import RecGRPOConfig, train_grpo
+    from recot.trainer.grpo import RecGRPOConfig, learning_signal, train_grpo
 
     with report_only_on_stdout():
         trainer = train_grpo(load_config(RecGRPOConfig, config))
-    emit({"output_dir": trainer.args.output_dir, "steps": trainer.state.global_step}, as_json, "grpo")
+    emit({"output_dir": trainer.args.output_dir, "steps": trainer.state.global_step} | learning_signal(trainer), as_json, "grpo")
 
 
 @train.command("recipe")

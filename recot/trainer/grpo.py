@@ -174,6 +174,20 @@ class RecGRPOTrainer(GRPOTrainer):
             self.epsilon_low, self.epsilon_high = low, high
 
 
+def learning_signal(trainer: GRPOTrainer) -> dict[str, object]:
+    """How many logged steps had a reward spread to learn from. On a step where every group's rewards are equal
+    (TRL's ``frac_reward_zero_std`` is 1) every advantage is zero and the policy does not move; a run made only of
+    such steps trained nothing, and ``fix`` says what usually gives a group its spread."""
+    steps = [entry for entry in trainer.state.log_history if "frac_reward_zero_std" in entry]
+    silent = sum(float(entry["frac_reward_zero_std"]) >= 1.0 for entry in steps)
+    report: dict[str, object] = {"logged_steps": len(steps), "steps_without_reward_spread": silent}
+    if steps and silent == len(steps):
+        report["fix"] = ("no group ever had a reward spread, so GRPO trained nothing: lower temperature (a weak policy's "
+                         "sampled reasoning may leave the CoT format), raise max_reasoning_tokens to the CoT's length, raise "
+                         "num_generations, or add rewards that vary within a group (prefix_match, grounding)")
+    return report
+
+
 def train_grpo(config: RecGRPOConfig, train_dataset=None) -> RecGRPOTrainer:
     """GRPO from ``model_path`` on the export's ``grpo`` rows (or ``train_dataset``); saves to ``output_dir``."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
