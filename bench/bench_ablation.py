@@ -22,21 +22,46 @@ ROOT = Path(__file__).resolve().parent.parent
 INDUSTRIAL = ROOT.parent / "shared" / "data" / "amazon18-industrial"
 
 
-def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--samples", type=int, default=2000, help="training samples synthesised (hindsight and relation traces)")
+def grpo_settings(args: argparse.Namespace) -> dict:
+    """GRPO with reasoning: the reasoning budget is evaluation's, so the rollouts can finish their CoT; sampling is cool
+    enough that a small model's reasoning stays in the CoT format (at temperature 1 a 2-layer policy writes noise that
+    names items outside the history, every grounding reward is 0 and no group has a spread to learn from)."""
+    return {"max_steps": args.grpo_steps, "per_device_train_batch_size": 2 * args.grpo_generations,
+            "num_generations": args.grpo_generations, "num_candidates": 4, "temperature": args.grpo_temperature,
+            "max_reasoning_tokens": args.reasoning_tokens, "max_completion_length": args.reasoning_tokens + 16,
+            "learning_rate": args.grpo_lr, "logging_steps": 1,
+            "rewards": ["exact_hit", "prefix_match", "format", "grounding"], "rollout_engine": args.engine}
+
+
+def eval_settings(args: argparse.Namespace) -> dict:
+    """Every cell's evaluation: the same seeded test rows, with and without reasoning."""
+    return {"part": "test", "limit": args.eval_rows, "samples": 1, "max_reasoning_tokens": args.reasoning_tokens,
+            "baselines": ["most_popular"], "bootstrap": 1000, "engine": args.engine}
+
+
+def add_shared_arguments(parser: argparse.ArgumentParser) -> None:
+    """The settings bench_grpo_reasoning.py must share with the grid it continues."""
     parser.add_argument("--eval-rows", type=int, default=200)
-    parser.add_argument("--max-epochs", type=float, default=3.0, help="SFT's most epochs (early stopping on validation loss)")
-    parser.add_argument("--align-epochs", type=float, default=2.0, help="alignment's and pre-training's most epochs")
     parser.add_argument("--reasoning-tokens", type=int, default=256, help="think mode's budget (the rules teacher writes ~195)")
     parser.add_argument("--grpo-steps", type=int, default=20, help="GRPO steps with reasoning after each SFT (0: none)")
+    parser.add_argument("--grpo-generations", type=int, default=4, help="GRPO's group: rollouts sampled per prompt")
+    parser.add_argument("--grpo-temperature", type=float, default=0.3, help="the rollouts' sampling temperature")
+    parser.add_argument("--grpo-lr", type=float, default=3e-5)
+    parser.add_argument("--engine", choices=["transformers", "vllm"], default="transformers",
+                        help="what decodes evaluation and GRPO rollouts (vllm: on a GPU)")
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    add_shared_arguments(parser)
+    parser.add_argument("--samples", type=int, default=2000, help="training samples synthesised (hindsight and relation traces)")
+    parser.add_argument("--max-epochs", type=float, default=3.0, help="SFT's most epochs (early stopping on validation loss)")
+    parser.add_argument("--align-epochs", type=float, default=2.0, help="alignment's and pre-training's most epochs")
     parser.add_argument("--ratios", type=float, nargs="+", default=[0.0, 1.0])
     parser.add_argument("--no-align", action="store_true", help="leave the alignment axis out")
     parser.add_argument("--hidden", type=int, default=128, help="the model's width (head dimension: hidden / 2)")
     parser.add_argument("--layers", type=int, default=2)
     parser.add_argument("--vocab", type=int, default=2000, help="the BPE's size before the SID tokens")
-    parser.add_argument("--engine", choices=["transformers", "vllm"], default="transformers",
-                        help="what decodes evaluation and GRPO rollouts (vllm: on a GPU)")
     parser.add_argument("--batch", type=int, default=16, help="SFT batch (align and pre-training use twice this)")
     parser.add_argument("--out", type=Path, default=ROOT / "bench" / ".data" / "grid")
     args = parser.parse_args(argv)
@@ -79,12 +104,7 @@ def main(argv: list[str] | None = None) -> None:
                                                               "kinds": ["sid_to_text", "text_to_sid", "relation", "behaviour"]},
                             sft={"num_train_epochs": args.max_epochs, "early_stopping_patience": 1, "per_device_train_batch_size": args.batch,
                                  "learning_rate": 2e-3, "max_length": 512, "embedding_warmup_steps": 20},
-                            grpo=({"max_steps": args.grpo_steps, "per_device_train_batch_size": 8, "num_generations": 4,
-                                   "num_candidates": 4, "max_reasoning_tokens": 64, "max_completion_length": 80, "learning_rate": 3e-5,
-                                   "rewards": ["exact_hit", "prefix_match", "format", "grounding"], "rollout_engine": args.engine}
-                                  if args.grpo_steps else None),
-                            eval={"part": "test", "limit": args.eval_rows, "samples": 1, "max_reasoning_tokens": args.reasoning_tokens,
-                                  "baselines": ["most_popular"], "bootstrap": 1000, "engine": args.engine})
+                            grpo=grpo_settings(args) if args.grpo_steps else None, eval=eval_settings(args))
     table = run_ablation(config)
     print((args.out / "ablation" / "ablation.md").read_text())
     reference = next(r for r in table if r["align"] == "none" and r["stage"] == "sft")
