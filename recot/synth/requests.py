@@ -15,6 +15,7 @@ from json.encoder import encode_basestring_ascii as _json_string  # json.dumps' 
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import polars as pl
 import pyarrow.parquet as pq
 
@@ -24,7 +25,7 @@ from recot.formats.schemas import constrain_to_slate
 from recot.formats.splits import Split
 from recot.formats.tasks import Task
 from recot.synth.prompts import PromptLibrary, RenderedPrompt
-from recot.synth.slates import SlateSampler
+from recot.synth.slates import Slate, SlateSampler
 from recot.teachers.base import Request, Sampling, canonical_json, request_key
 
 CUTOFF_REASONS = {
@@ -109,18 +110,28 @@ class ItemView:
         frame = catalog.items.select("item_id", "title", "brand", "description", "categories").with_columns(
             sid=catalog.sid_text())
         self._items = {row["item_id"]: row for row in frame.iter_rows(named=True)}
-        # per item: fields, SID, candidate line, and the SID as a JSON string (canonical_json of a list of strings is
-        # "[" + the strings' JSON joined by "," + "]", so a slate's enum is spliced from these)
-        self._slate = {item_id: (row, row["sid"], f"- {row['sid']} {row['title']}\n", _json_string(row["sid"] or ""))
-                       for item_id, row in self._items.items()}
+        self._position = {item_id: i for i, item_id in enumerate(self._items)}
+        # per item, in catalog order: fields, SID, candidate line, and the SID as a JSON string (canonical_json of a
+        # list of strings is "[" + the strings' JSON joined by "," + "]", so a slate's enum is spliced from these)
+        self._rows = np.empty(len(self._items), dtype=object)
+        self._rows[:] = list(self._items.values())
+        self._sids = np.array([row["sid"] for row in self._items.values()], dtype=object)
+        self._lines = np.array([f"- {row['sid']} {row['title']}\n" for row in self._items.values()], dtype=object)
+        self._json = np.array([_json_string(row["sid"] or "") for row in self._items.values()], dtype=object)
 
     def __getitem__(self, item_id: str) -> dict[str, Any]:
         return self._items[item_id]
 
-    def slate(self, item_ids: list[str]) -> SlateView:
-        """The candidates' fields, SIDs, prompt lines and enum JSON, in one pass over the slate."""
-        rows, sids, lines, json_sids = zip(*map(self._slate.__getitem__, item_ids))
-        return SlateView(list(rows), list(sids), "".join(lines), "[" + ",".join(dict.fromkeys(json_sids)) + "]")
+    def slates(self, slates: list[list[str]]) -> list[SlateView]:
+        """Each slate's fields, SIDs, prompt lines and enum JSON (a batch of equal-sized slates at once: numpy picks
+        the per-item strings, so a request pays for two joins)."""
+        if not slates:
+            return []
+        flat = [item_id for slate in slates for item_id in slate]
+        at = np.fromiter(map(self._position.__getitem__, flat), dtype=np.int64, count=len(flat)).reshape(len(slates), -1)
+        lines = ["".join(row) for row in self._lines[at].tolist()]
+        enums = ["[" + ",".join(dict.fromkeys(row)) + "]" for row in self._json[at].tolist()]
+        return list(map(SlateView, self._rows[at].tolist(), self._sids[at].tolist(), lines, enums))
 
 
 def iter_requests(task: Task, subjects: Path, library: PromptLibrary, items: ItemView, profiles: ProfileBook,
@@ -138,10 +149,12 @@ def iter_requests(task: Task, subjects: Path, library: PromptLibrary, items: Ite
     shown: dict[str, dict[str, Any]] = {}  # per profile: the template variable, dumped once
     for batch in pq.ParquetFile(subjects).iter_batches(batch_size=batch_rows):
         rows = [row for row in batch.to_pylist() if shard.owns(row["subject_id"])]
-        drawn = (slates.draw_batch(  # type: ignore[union-attr]  # a slate task has its sampler (checked above)
-                 [r["subject_id"] for r in rows], [r["history"] for r in rows], [r["target"] for r in rows])
-                 if task.slate and rows else [None] * len(rows))
-        for row, slate in zip(rows, drawn):
+        slated: list[tuple[Slate, SlateView] | None] = [None] * len(rows)
+        if task.slate and rows:
+            drawn = slates.draw_batch(  # type: ignore[union-attr]  # a slate task has its sampler (checked above)
+                [r["subject_id"] for r in rows], [r["history"] for r in rows], [r["target"] for r in rows])
+            slated = list(zip(drawn, items.slates([slate.items for slate in drawn])))
+        for row, pair in zip(rows, slated):
             profile = profiles.of(row["target"] if task.source == "samples" else row["items"][0])
             if profile.name not in schemas:
                 schema = task.schema(profile.personas).model_json_schema()
@@ -149,9 +162,9 @@ def iter_requests(task: Task, subjects: Path, library: PromptLibrary, items: Ite
                 shown[profile.name] = profile.model_dump() | {"personas": list(profile.personas)}
             variables, subject = _variables(task, row, items, shown[profile.name])
             asked, asked_json = schemas[profile.name]
-            if slate is not None:
+            if pair is not None:
+                slate, view = pair
                 subject |= {"items": slate.items, "popular_rank": slate.popular_rank, "top_k": top_k}
-                view = items.slate(slate.items)
                 variables |= {"slate": view.rows, "slate_lines": view.lines, "top_k": top_k}
                 asked = constrain_to_slate(asked, view.sids, top_k)
                 asked_json = asked_json.replace(_SLATE_JSON, view.sids_json)

@@ -138,17 +138,40 @@ class SlateSampler:
         for row, items in enumerate(recent):
             history[row, : len(items)] = items
         lengths = np.array([len(r) for r in recent], dtype=np.int64)
-        proposals, owed, chosen = [], np.zeros(len(t), dtype=np.int64), []
-        offset = 0
         spare = max(self.max_history, width)  # room for proposals that fall on the history
-        for name, places in self._quotas:
-            count = (places + size) * 2 + spare if name == "uniform" else places * 3 + spare + 2
+        counts = [(places + size) * 2 + spare if name == "uniform" else places * 3 + spare + 2 for name, places in self._quotas]
+        # the samplers but uniform first, for every row; uniform (last) fills only rows they left short, so it is
+        # drawn for those rows alone: a row's proposals and picks are the same either way
+        negatives = np.empty((len(t), size - 1), dtype=np.int64)
+        candidates, chosen, owed = self._choose(t, history, lengths, keys, counts[:-1])
+        full = owed == 0
+        negatives[full] = candidates[full][chosen[full]].reshape(-1, size - 1)
+        if not full.all():
+            short = np.flatnonzero(~full)
+            candidates, chosen, owed = self._choose(t[short], history[short], lengths[short], keys[short], counts)
+            if owed.any():
+                self._fill(candidates, chosen, owed, t[short], history[short], keys[short])
+            negatives[short] = candidates[chosen].reshape(-1, size - 1)
+        offset = sum(counts)
+        slates = np.concatenate([negatives, t[:, None]], axis=1)
+        order = np.argsort(_uniforms(keys, offset, size), axis=1)
+        slates = np.take_along_axis(slates, order, axis=1)
+        return [Slate(items, rank) for items, rank in zip(self.ids[slates].tolist(), self._popular_rank(slates, t))]
+
+    def _choose(self, t: np.ndarray, history: np.ndarray, lengths: np.ndarray, keys: np.ndarray,
+                counts: list[int]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """The first ``len(counts)`` samplers' proposals (``counts`` uniforms each, in order along each row's stream),
+        which of them each row takes, and how many places each row still lacks. A proposal is valid when it is not the
+        target, not in the history and not proposed earlier in its row; a sampler takes its first valid ones, up to its
+        places plus what earlier samplers could not fill."""
+        proposals, offset = [], 0
+        for (name, places), count in zip(self._quotas, counts):
             proposals.append(getattr(self, "_" + name)(t, history, lengths, _uniforms(keys, offset, count), places))
             offset += count
         candidates = np.concatenate(proposals, axis=1)
         valid = (candidates >= 0) & (candidates != t[:, None]) & ~_repeats(candidates)
         valid &= ~(candidates[:, :, None] == history[:, None, :]).any(axis=2)
-        start = 0
+        chosen, owed, start = [], np.zeros(len(t), dtype=np.int64), 0
         for (_, places), block in zip(self._quotas, proposals):
             ok = valid[:, start:start + block.shape[1]]
             want = places + owed
@@ -156,14 +179,7 @@ class SlateSampler:
             chosen.append(taken)
             owed = want - taken.sum(axis=1)
             start += block.shape[1]
-        chosen_mask = np.concatenate(chosen, axis=1)
-        if owed.any():
-            self._fill(candidates, chosen_mask, owed, t, history, keys)
-        negatives = candidates[chosen_mask].reshape(len(t), size - 1)
-        slates = np.concatenate([negatives, t[:, None]], axis=1)
-        order = np.argsort(_uniforms(keys, offset, size), axis=1)
-        slates = np.take_along_axis(slates, order, axis=1)
-        return [Slate(items, rank) for items, rank in zip(self.ids[slates].tolist(), self._popular_rank(slates, t))]
+        return candidates, np.concatenate(chosen, axis=1), owed
 
     def _popular_rank(self, slates: np.ndarray, t: np.ndarray) -> list[int]:
         pop, target_pop = self.popularity[slates], self.popularity[t][:, None]
