@@ -23,7 +23,7 @@ def test_grid_over_alignment_cot_ratio_and_stage(sample_path, tiny_model, tmp_pa
                             align={"max_steps": 2, "per_device_train_batch_size": 8, "max_length": 256},
                             sft={"max_steps": 2, "per_device_train_batch_size": 8, "max_length": 384},
                             grpo={"max_steps": 1, "per_device_train_batch_size": 4, "num_generations": 4, "num_candidates": 2,
-                                  "max_completion_length": 24},
+                                  "max_completion_length": 24, "logging_steps": 1},
                             eval={"limit": 6, "k": 3, "samples": 1, "max_reasoning_tokens": 12, "baselines": [], "bootstrap": 20})
     table = run_ablation(config)
     assert [(r["align"], r["cot_ratio"], r["stage"], r["mode"]) for r in table] == [
@@ -47,3 +47,6 @@ def test_grid_over_alignment_cot_ratio_and_stage(sample_path, tiny_model, tmp_pa
     markdown = (tmp_path / "ablation" / "ablation.md").read_text()
     assert markdown.count("\n| ") == len(table) and (tmp_path / "ablation" / "ablation.png").stat().st_size > 0
     assert "Aligned base:" in markdown
+    signals = [r["grpo_signal"] for r in table if r["stage"] == "sft+grpo"]
+    assert all(s["logged_steps"] == 1 for s in signals)  # what GRPO had to learn from, and a note when it had nothing
+    assert ("GRPO (" in markdown) == any(s["steps_without_reward_spread"] for s in signals)

@@ -142,10 +142,13 @@ def _cell(config: AblationConfig, arm: str, start: str | Path, ratio: float, exp
     table = _evaluated(config, sft_dir, export, cell | {"stage": "sft", "train_tokens_per_sample": round(per_sample, 1),
                                                       "train_s": round(trained_s, 1)})
     if config.grpo is not None:
+        from recot.trainer.grpo import learning_signal
+
         grpo_dir, started = folder / "grpo", time.perf_counter()
-        train_stage("grpo", config.grpo, sft_dir, export, grpo_dir)
+        signal = learning_signal(train_stage("grpo", config.grpo, sft_dir, export, grpo_dir))
         table += _evaluated(config, grpo_dir, export, cell | {"stage": "sft+grpo", "train_tokens_per_sample": None,
-                                                            "train_s": round(trained_s + time.perf_counter() - started, 1)})
+                                                            "train_s": round(trained_s + time.perf_counter() - started, 1),
+                                                            "grpo_signal": signal})
     return table
 
 
@@ -240,6 +243,11 @@ def _markdown(table: list[dict[str, Any]], summary: dict[str, Any]) -> str:
     if "align" in summary:
         notes.append(f"Aligned base: {_probe_cell(summary['align']['probe'])}, epoch {summary['align']['epoch']:.2g}, "
                      f"{summary['align']['train_s']} s.")
+    for r in table:  # GRPO that had nothing to learn from says so: its rows equal SFT's for a reason
+        signal = r.get("grpo_signal")
+        if r["mode"] == "direct" and signal and signal["steps_without_reward_spread"]:
+            notes.append(f"GRPO ({r['align']}, ratio {r['cot_ratio']:g}): no reward spread on {signal['steps_without_reward_spread']} "
+                         f"of {signal['logged_steps']} logged steps" + (f"; {signal['fix']}." if "fix" in signal else "."))
     return "\n".join(lines) + "\n" + ("\n" + "\n".join(notes) + "\n" if notes else "")
 
 
