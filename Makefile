@@ -45,7 +45,7 @@ test: install
 	command -v chromium >/dev/null || apt-get install -y -q chromium >/dev/null 2>&1 \
 		|| { apt-get update -q >/dev/null && apt-get install -y -q chromium >/dev/null 2>&1; } || echo "chromium could not be installed"
 	scripts/smoke_core.sh $(DIST)/recot-*.whl
-	$(VENV)/bin/pytest -q -p no:cacheprovider
+	$(VENV)/bin/pytest -q -p no:cacheprovider -n 2 --dist loadgroup
 
 bench: install
 	$(PY) bench/bench_load.py

@@ -15,6 +15,19 @@ SAMPLE = ROOT / "examples" / "amazon18-industrial-sample"
 FULL = ROOT.parent / "shared" / "data" / "amazon18-industrial"
 
 
+# modules whose tests share one server: Argilla listens on a fixed port and one of its tests restarts it; the
+# vLLM server fixture is started once per worker
+SHARED_SERVER = {"test_review": "argilla", "test_review_ui": "argilla", "test_synth_vllm": "vllm", "test_on_ray": "vllm"}
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """`make test` runs two pytest-xdist workers (``--dist loadgroup``): a module's tests stay on one worker, so its
+    module fixtures are built once, and the modules that share a server run on the same worker."""
+    for item in items:
+        module = Path(item.nodeid.split("::")[0]).stem
+        item.add_marker(pytest.mark.xdist_group(SHARED_SERVER.get(module, module)))
+
+
 @pytest.fixture(scope="session")
 def sample_path() -> Path:
     return SAMPLE
