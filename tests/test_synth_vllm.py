@@ -97,7 +97,7 @@ def test_sigkill_then_resume_loses_and_repeats_nothing(sample_path, tmp_path, vl
 
 
 def test_server_restarted_mid_job(sample_path, tmp_path, vllm_server):
-    cfg = SynthConfig(dataset=sample_path, out=tmp_path, tasks=["r1_relation"], limit=120, commit_rows=4,
+    cfg = SynthConfig(dataset=sample_path, out=tmp_path, tasks=["r1_relation"], limit=60, commit_rows=4,
                       teacher=OpenAITeacherConfig(model="teacher", base_urls=[vllm_server.url], concurrency=2,
                                             max_retries=200, backoff_cap_s=4),
                       sampling=Sampling(max_tokens=48))
@@ -111,7 +111,7 @@ def test_server_restarted_mid_job(sample_path, tmp_path, vllm_server):
     vllm_server.start()  # on a busy 2-core machine this can take longer than 30 retries' backoff: the budget spans it
     job.join(timeout=900)
     report = result["report"]
-    assert report.complete and report.rows == 120 and report.retries > 0
+    assert report.complete and report.rows == 60 and report.retries > 0
 
 
 def test_a_prompt_longer_than_the_context_is_rejected_and_the_rest_answered(tiny_model):
