@@ -42,6 +42,19 @@ def store(sample_path, sample, tmp_path):
         yield db
 
 
+def _rendered(page, records: dict) -> str:
+    """The page's text once the record on screen has rendered its history and answer (the fields render one by one,
+    later on a busy machine): every SID of some pushed record is shown, or 30 s have passed (the asserts then say what
+    is missing)."""
+    expected = [re.findall(ANY_SID_PATTERN, r["fields"]["history"] + r["fields"]["answer"]) for r in records.values()]
+    deadline = time.monotonic() + 30
+    while True:
+        shown = page.inner_text("body")
+        if any(sids and all(sid in shown for sid in sids) for sids in expected) or time.monotonic() > deadline:
+            return shown
+        time.sleep(0.5)
+
+
 def test_a_reviewer_reads_edits_accepts_and_rejects_in_the_browser(argilla, chromium, store, tmp_path):
     from playwright.sync_api import sync_playwright
 
@@ -61,7 +74,7 @@ def test_a_reviewer_reads_edits_accepts_and_rejects_in_the_browser(argilla, chro
         page.goto(f"{argilla}/dataset/{dataset}/annotation-mode")
         page.wait_for_selector("text=Purchase history", timeout=30_000)
         page.locator("label[for=verdict_accept]").wait_for(timeout=30_000)
-        shown = page.inner_text("body")
+        shown = _rendered(page, records)
         page.locator("label[for=quality_4]").click()
         page.locator("label[for=verdict_accept]").click()
         page.locator("#contentId").click()  # the correction box, filled with the trace's reasoning
