@@ -47,18 +47,19 @@ def main() -> None:
         trainer = train_stage("grpo", grpo_settings(args), sft / "sft", export, args.out / arm / "grpo")
         trained = time.perf_counter() - started
         out = args.out / arm / "eval"
-        evaluate(EvalConfig(**eval_settings(args), model=args.out / arm / "grpo", export=export, out=out, think=True))
+        settings = EvalConfig(**eval_settings(args), model=args.out / arm / "grpo", export=export, out=out, think=True)
+        evaluate(settings)
         after = json.loads((out / "ranks.json").read_text())
-        k = 10
+        k = settings.k
         for mode in ("direct", "think"):
             base, new = (np.array(r[mode], dtype=np.int64) for r in (before, after))
-            versus_sft = paired_difference(base, new, [k])
-            versus_direct = paired_difference(np.array(after["direct"], dtype=np.int64), new, [k])
+            versus_sft = paired_difference(base, new, [k], settings.bootstrap)
+            versus_direct = paired_difference(np.array(after["direct"], dtype=np.int64), new, [k], settings.bootstrap)
             rows.append({"arm": arm, "mode": mode, "sft_recall": float(per_row_metrics(base, [k])[f"recall@{k}"].mean()),
                          "grpo_recall": float(per_row_metrics(new, [k])[f"recall@{k}"].mean()), "vs_sft": versus_sft[f"recall@{k}"],
                          "vs_sft_ndcg": versus_sft[f"ndcg@{k}"], "vs_direct": versus_direct[f"recall@{k}"]})
         print(json.dumps({"arm": arm, "grpo_s": round(trained), "signal": signal(trainer.state.log_history)}))
-    print(f"{'arm':<6} {'mode':<7} {'SFT R@10':>9} {'GRPO R@10':>10} {'GRPO - SFT (paired 95%)':>30} "
+    print(f"{'arm':<6} {'mode':<7} {'SFT R@K':>9} {'GRPO R@K':>10} {'GRPO - SFT (paired 95%)':>30} "
           f"{'NDCG GRPO - SFT':>30} {'think - direct':>30}")
     for r in rows:
         cell = [f"{d['difference']:+.4f} ({d['ci95'][0]:+.4f} to {d['ci95'][1]:+.4f})" for d in (r["vs_sft"], r["vs_sft_ndcg"], r["vs_direct"])]

@@ -11,7 +11,6 @@ from __future__ import annotations
 import zlib
 from collections.abc import Iterator
 from dataclasses import dataclass
-from json.encoder import encode_basestring_ascii as _json_string  # json.dumps' own string encoder
 from pathlib import Path
 from typing import Any
 
@@ -117,7 +116,7 @@ class ItemView:
         self._rows[:] = list(self._items.values())
         self._sids = np.array([row["sid"] for row in self._items.values()], dtype=object)
         self._lines = np.array([f"- {row['sid']} {row['title']}\n" for row in self._items.values()], dtype=object)
-        self._json = np.array([_json_string(row["sid"] or "") for row in self._items.values()], dtype=object)
+        self._json = np.array([canonical_json(row["sid"] or "") for row in self._items.values()], dtype=object)
 
     def __getitem__(self, item_id: str) -> dict[str, Any]:
         return self._items[item_id]
