@@ -17,8 +17,9 @@ from recot.curation.report import funnel
 from recot.curation.rules import run_rules
 from recot.curation.store import Store
 from recot.data.catalog import ITEM_SCHEMA, Catalog
+from recot.errors import DataError
 from recot.formats.profiles import PROFILES, ProfileBook
-from recot.formats.schemas import constrain_to_slate, slate_trace_model
+from recot.formats.schemas import slate_constraint, slate_trace_model
 from recot.formats.splits import SplitSpec
 from recot.formats.student import ASK_PICK_THINK, SLATE_HEAD
 from recot.formats.tasks import get_task
@@ -61,6 +62,11 @@ def test_a_slate_holds_the_target_once_never_the_history_and_is_reproducible():
     assert sampler.draw("u1@5", ["i0", "i1", "i2"], "i15") == slate
     # the same slate in a batch beside a longer history (as in another shard's batch)
     assert sampler.draw_batch(["u9@1", "u1@5"], [[f"i{k}" for k in range(20, 29)], ["i0", "i1", "i2"]], ["i3", "i15"])[1] == slate
+    # history items without a SID are passed over: they take no place and move no other item's
+    assert sampler.draw_batch(["u1@5", "u2@5"], [["x", "i0", "y", "i1", "i2", "z"], ["w"] * 30], ["i15", "i3"])[0] == slate
+    with pytest.raises(DataError, match="has no SID") as refused:
+        sampler.draw_batch(["u1@5", "u2@7"], [["i0"], ["i1"]], ["i15", "gone"])
+    assert refused.value.file == "u2@7"  # the sample named, so the user can find it
     orders = {tuple(sampler.draw(f"u{k}@5", ["i0"], "i15").items) for k in range(20)}
     assert len(orders) > 15  # each sample its own draw, the target at different places
     assert len({s.index("i15") for s in orders}) > 5
@@ -115,10 +121,12 @@ def test_popular_rank_counts_training_popularity_only():
 
 
 def test_schema_names_only_the_slate_and_the_parse_holds_to_it():
-    schema = constrain_to_slate(slate_trace_model().model_json_schema(), ["<a_1>", "<a_2>", "<a_3>"], top_k=2)
+    schema = slate_constraint(slate_trace_model().model_json_schema(), top_k=2)(["<a_1>", "<a_2>", "<a_3>", "<a_2>"])
     assert schema["properties"]["answer"]["enum"] == ["<a_1>", "<a_2>", "<a_3>"]
     assert schema["properties"]["alternatives"]["minItems"] == 1 and "alternatives" in schema["required"]
-    assert "alternatives" not in constrain_to_slate(slate_trace_model().model_json_schema(), ["<a_1>"], top_k=1)["properties"]
+    assert schema["properties"]["alternatives"]["items"]["enum"] == ["<a_1>", "<a_2>", "<a_3>"]  # a repeated SID once
+    assert list(schema["properties"])[-2:] == ["answer", "alternatives"]  # in the model's order: decoding follows it
+    assert "alternatives" not in slate_constraint(slate_trace_model().model_json_schema(), top_k=1)(["<a_1>"])["properties"]
     trace = {"persona": {"prototype": "student", "evidence": "e"}, "interests": [{"name": "n", "evidence": [1]}],
              "transition": {"recent": "r", "follows": 1, "reasoning": "x"}, "answer": "<a_1>", "alternatives": ["<a_9>"]}
     ok = Parsed("ok", None, None, slate_trace_model().model_validate(trace))

@@ -7,6 +7,7 @@ a listed prototype.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from functools import lru_cache
 from typing import Literal
 
@@ -97,24 +98,30 @@ def cot_trace_model(personas: tuple[str, ...] = ECOMMERCE_PERSONAS) -> type[Base
 def slate_trace_model(personas: tuple[str, ...] = ECOMMERCE_PERSONAS) -> type[BaseModel]:
     """R3 over a candidate slate: the CoT trace, its ``answer`` the picked candidate's SID, and for a ranked
     top-k the next ``alternatives`` in order. Each request's JSON schema narrows both to its slate
-    (:func:`constrain_to_slate`); the job checks the same after parsing, whatever the teacher's decoding."""
+    (:func:`slate_constraint`); the job checks the same after parsing, whatever the teacher's decoding."""
     return create_model(
         "SlateTrace", __base__=cot_trace_model(personas),
         alternatives=(list[str], Field(default_factory=list, max_length=99, description="the next candidates' SIDs, best first")),
     )
 
 
-def constrain_to_slate(schema: dict, sids: list[str], top_k: int) -> dict:
-    """``schema`` (a :func:`slate_trace_model` JSON schema) with the answer, and ``top_k - 1`` distinct
-    alternatives, restricted to the slate's SIDs: structured outputs can then only name a candidate."""
-    properties = dict(schema["properties"])
-    properties["answer"] = {**properties["answer"], "enum": list(dict.fromkeys(sids))}
-    required = [name for name in schema.get("required", []) if name != "alternatives"]
-    if top_k > 1:
-        properties["alternatives"] = {"type": "array", "items": {"type": "string", "enum": list(dict.fromkeys(sids))},
-                                      "minItems": top_k - 1, "maxItems": top_k - 1,
-                                      "description": f"the next {top_k - 1} candidates' SIDs, best first, none repeated"}
-        required.append("alternatives")
-    else:
+def slate_constraint(schema: dict, top_k: int) -> Callable[[list[str]], dict]:
+    """A function from a slate's SIDs to ``schema`` (a :func:`slate_trace_model` JSON schema) with the answer, and
+    ``top_k - 1`` distinct alternatives, restricted to them: structured outputs can then only name a candidate. What
+    does not depend on the slate is built here once; a job calls the function once per request."""
+    properties = dict(schema["properties"])  # the answer and alternatives keep their places: decoding follows the order
+    if top_k == 1:
         properties.pop("alternatives", None)
-    return {**schema, "properties": properties, "required": required}
+    answer = properties["answer"]
+    required = [name for name in schema.get("required", ()) if name != "alternatives"] + (["alternatives"] if top_k > 1 else [])
+    described = f"the next {top_k - 1} candidates' SIDs, best first, none repeated"
+
+    def constrain(sids: list[str]) -> dict:
+        enum = list(dict.fromkeys(sids))
+        shown = {**properties, "answer": {**answer, "enum": enum}}
+        if top_k > 1:
+            shown["alternatives"] = {"type": "array", "items": {"type": "string", "enum": enum[:]},
+                                     "minItems": top_k - 1, "maxItems": top_k - 1, "description": described}
+        return {**schema, "properties": shown, "required": required[:]}
+
+    return constrain

@@ -9,8 +9,9 @@ before anything is rendered, and kept with their reason.
 from __future__ import annotations
 
 import zlib
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from functools import cached_property
 from pathlib import Path
 from typing import Any
 
@@ -20,11 +21,11 @@ import pyarrow.parquet as pq
 
 from recot.data.catalog import Catalog
 from recot.formats.profiles import ProfileBook
-from recot.formats.schemas import constrain_to_slate
+from recot.formats.schemas import slate_constraint
 from recot.formats.splits import Split
 from recot.formats.tasks import Task
 from recot.synth.prompts import PromptLibrary, RenderedPrompt
-from recot.synth.slates import Slate, SlateSampler
+from recot.synth.slates import SlateSampler
 from recot.teachers.base import Request, Sampling, canonical_json, request_key
 
 CUTOFF_REASONS = {
@@ -109,28 +110,30 @@ class ItemView:
         frame = catalog.items.select("item_id", "title", "brand", "description", "categories").with_columns(
             sid=catalog.sid_text())
         self._items = {row["item_id"]: row for row in frame.iter_rows(named=True)}
-        self._position = {item_id: i for i, item_id in enumerate(self._items)}
-        # per item, in catalog order: fields, SID, candidate line, and the SID as a JSON string (canonical_json of a
-        # list of strings is "[" + the strings' JSON joined by "," + "]", so a slate's enum is spliced from these)
-        self._rows = np.empty(len(self._items), dtype=object)
-        self._rows[:] = list(self._items.values())
-        self._sids = np.array([row["sid"] for row in self._items.values()], dtype=object)
-        self._lines = np.array([f"- {row['sid']} {row['title']}\n" for row in self._items.values()], dtype=object)
-        self._json = np.array([canonical_json(row["sid"] or "") for row in self._items.values()], dtype=object)
 
     def __getitem__(self, item_id: str) -> dict[str, Any]:
         return self._items[item_id]
 
-    def slates(self, slates: list[list[str]]) -> list[SlateView]:
-        """Each slate's fields, SIDs, prompt lines and enum JSON (a batch of equal-sized slates at once: numpy picks
-        the per-item strings, so a request pays for two joins)."""
-        if not slates:
-            return []
-        flat = [item_id for slate in slates for item_id in slate]
-        at = np.fromiter(map(self._position.__getitem__, flat), dtype=np.int64, count=len(flat)).reshape(len(slates), -1)
-        lines = ["".join(row) for row in self._lines[at].tolist()]
-        enums = ["[" + ",".join(dict.fromkeys(row)) + "]" for row in self._json[at].tolist()]
-        return list(map(SlateView, self._rows[at].tolist(), self._sids[at].tolist(), lines, enums))
+    def slates(self, rows: np.ndarray) -> list[SlateView]:
+        """Each slate's fields, SIDs, prompt lines and enum JSON, for a batch of slates given as the candidates' catalog
+        rows (samples x size, as :class:`SlateBatch` has them): numpy picks the per-item strings, so a request pays for
+        two joins."""
+        fields, sids, lines, json = self._candidates
+        joined = ["".join(row) for row in lines[rows].tolist()]
+        enums = ["[" + ",".join(dict.fromkeys(row)) + "]" for row in json[rows].tolist()]
+        return list(map(SlateView, fields[rows].tolist(), sids[rows].tolist(), joined, enums))
+
+    @cached_property
+    def _candidates(self) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+        """Per item, in catalog row order: fields, SID, candidate line, and the SID as a JSON string (canonical_json of
+        a list of strings is "[" + the strings' JSON joined by "," + "]", so a slate's enum is spliced from these).
+        Written on the first slate: other tasks never read them."""
+        items = list(self._items.values())
+        fields = np.empty(len(items), dtype=object)
+        fields[:] = items
+        return (fields, np.array([item["sid"] for item in items], dtype=object),
+                np.array([f"- {item['sid']} {item['title']}\n" for item in items], dtype=object),
+                np.array([canonical_json(item["sid"] or "") for item in items], dtype=object))
 
 
 def iter_requests(task: Task, subjects: Path, library: PromptLibrary, items: ItemView, profiles: ProfileBook,
@@ -144,29 +147,33 @@ def iter_requests(task: Task, subjects: Path, library: PromptLibrary, items: Ite
     if task.slate and slates is None:
         raise ValueError(f"task {task.name} needs a slate sampler")
     top_k = slates.config.top_k if slates is not None else 0
-    schemas: dict[str, tuple[dict[str, Any], str]] = {}  # per profile (its personas shape the schema): dict and JSON
+    # per profile (its personas shape the schema): the schema, its JSON cut where a slate's SIDs go (one piece without
+    # a slate), and for a slate task the function that narrows the schema to a slate
+    schemas: dict[str, tuple[dict[str, Any], list[str], Callable[[list[str]], dict[str, Any]] | None]] = {}
     shown: dict[str, dict[str, Any]] = {}  # per profile: the template variable, dumped once
     for batch in pq.ParquetFile(subjects).iter_batches(batch_size=batch_rows):
         rows = [row for row in batch.to_pylist() if shard.owns(row["subject_id"])]
-        slated: list[tuple[Slate, SlateView] | None] = [None] * len(rows)
+        slated: list[tuple[list[str], int, SlateView] | None] = [None] * len(rows)
         if task.slate and rows:
             drawn = slates.draw_batch(  # type: ignore[union-attr]  # a slate task has its sampler (checked above)
                 [r["subject_id"] for r in rows], [r["history"] for r in rows], [r["target"] for r in rows])
-            slated = list(zip(drawn, items.slates([slate.items for slate in drawn])))
+            slated = list(zip(drawn.items, drawn.popular_rank, items.slates(drawn.rows)))
         for row, pair in zip(rows, slated):
             profile = profiles.of(row["target"] if task.source == "samples" else row["items"][0])
             if profile.name not in schemas:
                 schema = task.schema(profile.personas).model_json_schema()
-                schemas[profile.name] = schema, canonical_json(constrain_to_slate(schema, [_SLATE], top_k) if task.slate else schema)
+                constrain = slate_constraint(schema, top_k) if task.slate else None
+                schemas[profile.name] = schema, canonical_json(constrain([_SLATE]) if constrain else schema).split(_SLATE_JSON), constrain
                 shown[profile.name] = profile.model_dump() | {"personas": list(profile.personas)}
             variables, subject = _variables(task, row, items, shown[profile.name])
-            asked, asked_json = schemas[profile.name]
-            if pair is not None:
-                slate, view = pair
-                subject |= {"items": slate.items, "popular_rank": slate.popular_rank, "top_k": top_k}
+            asked, cut, constrain = schemas[profile.name]
+            asked_json = cut[0]
+            if pair is not None and constrain is not None:  # both or neither: a slate task
+                candidates, popular_rank, view = pair
+                subject |= {"items": candidates, "popular_rank": popular_rank, "top_k": top_k}
                 variables |= {"slate": view.rows, "slate_lines": view.lines, "top_k": top_k}
-                asked = constrain_to_slate(asked, view.sids, top_k)
-                asked_json = asked_json.replace(_SLATE_JSON, view.sids_json)
+                asked = constrain(view.sids)
+                asked_json = view.sids_json.join(cut)
             prompt = library.render(task.name, **variables)
             for sample in range(sampling.n):
                 yield build_request(prompt, asked, teacher, sampling, sample, subject, asked_json)

@@ -24,8 +24,9 @@ from __future__ import annotations
 
 import hashlib
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
+from itertools import chain, repeat
 from pathlib import Path
 from typing import Literal
 
@@ -79,6 +80,21 @@ class Slate:
     popular_rank: int  # the target's rank by training popularity among the candidates (1 = most popular; ties in shown order)
 
 
+@dataclass(frozen=True)
+class SlateBatch:
+    """The slates of a batch of samples, in sample order; ``batch[i]`` is sample i's :class:`Slate`."""
+
+    items: list[list[str]]  # per sample, the item ids in shown order
+    popular_rank: list[int]
+    rows: np.ndarray  # (samples x size) the candidates' rows in the catalog: what per-item text is picked by
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def __getitem__(self, i: int) -> Slate:
+        return Slate(self.items[i], self.popular_rank[i])
+
+
 class SlateSampler:
     """Draws slates for one job from the catalog (items with a SID) and the training samples.
 
@@ -94,13 +110,16 @@ class SlateSampler:
         self.config = config
         self.max_history = max_history  # sizes each sampler's proposals: a sample's random numbers never depend on its batch
         self._quotas = [*config.quotas(), ("uniform", 0)]  # uniform last: it takes what the others could not fill
-        items = catalog.items.filter(pl.col("sid").is_not_null()).select("item_id", "sid")
+        with_sid = catalog.items["sid"].is_not_null()
+        items = catalog.items.filter(with_sid).select("item_id", "sid")
         if items.height < config.size:
             raise DataError("slate", f"size = {config.size} but the catalog has {items.height} items with a SID",
                             "lower slate.size")
         self.ids = np.array(items["item_id"].to_list(), dtype=object)
+        self._catalog_row = np.flatnonzero(with_sid.to_numpy())  # sampler index -> catalog row
         self.index = {item_id: i for i, item_id in enumerate(items["item_id"].to_list())}
         index = pl.DataFrame({"item_id": items["item_id"], "i": np.arange(items.height)})
+        train = train.select("history", "target").collect().lazy()  # the split is windowed once for both tables
         counts = train.group_by("target").agg(n=pl.len()).collect().join(index, left_on="target", right_on="item_id")
         self.popularity = np.zeros(items.height, dtype=np.int64)
         self.popularity[counts["i"].to_numpy()] = counts["n"].to_numpy()
@@ -116,29 +135,25 @@ class SlateSampler:
             self._follow_ptr, self._follow = self._cooccurrence_table(train, index, max(1, places.get("cooccurrence", 0) * _HARD_POOL))
         if "embedding" in config.samplers:
             vectors, keep = self._embeddings(catalog, work), max(1, places.get("embedding", 0) * _HARD_POOL)
-            digest = hashlib.sha256(np.ascontiguousarray(vectors, dtype=np.float32).data).hexdigest()[:16]
-            self._neighbours = _cached(work, f"item-neighbours-{digest}-{keep}", lambda: _neighbours(vectors, keep))
+            self._neighbours = _cached(work, lambda: f"item-neighbours-{_digest(np.ascontiguousarray(vectors, dtype=np.float32).data)}-{keep}",
+                                       lambda: _neighbours(vectors, keep))
 
     def draw(self, subject_id: str, history: list[str], target: str) -> Slate:
         """The slate of one sample (see :meth:`draw_batch`)."""
         return self.draw_batch([subject_id], [history], [target])[0]
 
-    def draw_batch(self, subject_ids: list[str], histories: list[list[str]], targets: list[str]) -> list[Slate]:
+    def draw_batch(self, subject_ids: list[str], histories: list[list[str]], targets: list[str]) -> SlateBatch:
         """One slate per sample: reproducible from the job's seed and each ``subject_id``."""
         size = self.config.size
         keys = np.array([int.from_bytes(hashlib.blake2b(f"{self.config.seed}|{s}".encode(), digest_size=8).digest(), "little")
                          for s in subject_ids], dtype=np.uint64)
-        missing = next((s for s, x in zip(subject_ids, targets) if x not in self.index), None)
-        if missing is not None:
-            raise DataError(missing, "the sample's next item has no SID, so it cannot be a candidate", "build SIDs for every item")
-        t = np.array([self.index[x] for x in targets], dtype=np.int64)
-        recent = [[self.index[h] for h in reversed(hist) if h in self.index] for hist in histories]
-        width = max(1, max(map(len, recent)))
-        history = np.full((len(t), width), -1, dtype=np.int64)  # most recent first, -1 padded
-        for row, items in enumerate(recent):
-            history[row, : len(items)] = items
-        lengths = np.array([len(r) for r in recent], dtype=np.int64)
-        spare = max(self.max_history, width)  # room for proposals that fall on the history
+        t = self._indices(targets)
+        if (t < 0).any():
+            raise DataError(subject_ids[int(np.argmax(t < 0))], "the sample's next item has no SID, so it cannot be a candidate",
+                            "build SIDs for every item")
+        history = self._recent_first(histories)
+        lengths = (history >= 0).sum(axis=1)
+        spare = max(self.max_history, history.shape[1])  # room for proposals that fall on the history
         counts = [(places + size) * 2 + spare if name == "uniform" else places * 3 + spare + 2 for name, places in self._quotas]
         # the samplers but uniform first, for every row; uniform (last) fills only rows they left short, so it is
         # drawn for those rows alone: a row's proposals and picks are the same either way
@@ -156,7 +171,20 @@ class SlateSampler:
         slates = np.concatenate([negatives, t[:, None]], axis=1)
         order = np.argsort(_uniforms(keys, offset, size), axis=1)
         slates = np.take_along_axis(slates, order, axis=1)
-        return [Slate(items, rank) for items, rank in zip(self.ids[slates].tolist(), self._popular_rank(slates, t))]
+        return SlateBatch(self.ids[slates].tolist(), self._popular_rank(slates, t), self._catalog_row[slates])
+
+    def _indices(self, item_ids: Iterable[str], count: int = -1) -> np.ndarray:
+        """The items' indices in the sampler, -1 for an item without a SID."""
+        return np.fromiter(map(self.index.get, item_ids, repeat(-1)), dtype=np.int64, count=count)
+
+    def _recent_first(self, histories: list[list[str]]) -> np.ndarray:
+        """The histories' items that have a SID, most recent first, one row per history, -1 padded to the longest."""
+        sizes = np.fromiter(map(len, histories), dtype=np.int64, count=len(histories))
+        flat = self._indices(chain.from_iterable(histories), int(sizes.sum()))
+        grid = np.full((len(histories), max(1, int(sizes.max(initial=0)))), -1, dtype=np.int64)
+        grid[np.repeat(np.arange(len(histories)), sizes), np.repeat(np.cumsum(sizes), sizes) - 1 - np.arange(len(flat))] = flat
+        grid = np.take_along_axis(grid, np.argsort(grid < 0, axis=1, kind="stable"), axis=1)  # items without a SID leave no gap
+        return grid[:, : max(1, int((grid >= 0).sum(axis=1).max(initial=0)))]
 
     def _choose(self, t: np.ndarray, history: np.ndarray, lengths: np.ndarray, keys: np.ndarray,
                 counts: list[int]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -169,8 +197,8 @@ class SlateSampler:
             proposals.append(getattr(self, "_" + name)(t, history, lengths, _uniforms(keys, offset, count), places))
             offset += count
         candidates = np.concatenate(proposals, axis=1)
-        valid = (candidates >= 0) & (candidates != t[:, None]) & ~_repeats(candidates)
-        valid &= ~(candidates[:, :, None] == history[:, None, :]).any(axis=2)
+        seen = 1 + history.shape[1]  # the target and the history stand before the proposals: repeating them is invalid
+        valid = (candidates >= 0) & ~_repeats(np.concatenate([t[:, None], history, candidates], axis=1))[:, seen:]
         chosen, owed, start = [], np.zeros(len(t), dtype=np.int64), 0
         for (_, places), block in zip(self._quotas, proposals):
             ok = valid[:, start:start + block.shape[1]]
@@ -250,16 +278,16 @@ class SlateSampler:
         if self.config.embeddings:
             return load_embeddings(self.config.embeddings, catalog.items["item_id"])[with_sid]
         texts = catalog.text().to_list()
-        digest = hashlib.sha256("\n".join(catalog.items["item_id"].to_list() + texts).encode()).hexdigest()[:16]
-        return _cached(work, f"item-embeddings-{digest}", lambda: embed_texts(texts))[with_sid]
+        return _cached(work, lambda: "item-embeddings-" + _digest("\n".join(catalog.items["item_id"].to_list() + texts).encode()),
+                       lambda: embed_texts(texts))[with_sid]
 
 
-def _cached(work: Path | None, name: str, build: Callable[[], np.ndarray]) -> np.ndarray:
-    """``build()``, saved as ``work/name.npy`` and read from there on the job's reruns (written under a temporary
-    name first: a killed job leaves no half-written table)."""
+def _cached(work: Path | None, name: Callable[[], str], build: Callable[[], np.ndarray]) -> np.ndarray:
+    """``build()``, saved as ``work/{name()}.npy`` and read from there on the job's reruns (written under a temporary
+    name first: a killed job leaves no half-written table). ``name`` hashes the inputs, so it runs only with a work folder."""
     if work is None:
         return build()
-    path = work / f"{name}.npy"
+    path = work / f"{name()}.npy"
     if path.exists():
         return np.load(path)
     array = build()
@@ -269,6 +297,10 @@ def _cached(work: Path | None, name: str, build: Callable[[], np.ndarray]) -> np
         np.save(handle, array)
     partial.replace(path)
     return array
+
+
+def _digest(data: bytes | memoryview) -> str:
+    return hashlib.sha256(data).hexdigest()[:16]
 
 
 def _uniforms(keys: np.ndarray, offset: int, count: int) -> np.ndarray:
@@ -281,19 +313,19 @@ def _uniforms(keys: np.ndarray, offset: int, count: int) -> np.ndarray:
     return (z >> np.uint64(11)).astype(np.float64) / float(1 << 53)
 
 
-def _repeats(candidates: np.ndarray) -> np.ndarray:
-    """True where a row repeats a value proposed earlier in that row."""
-    order = np.argsort(candidates, axis=1, kind="stable")
-    ranked = np.take_along_axis(candidates, order, axis=1)
-    repeat = np.zeros_like(ranked, dtype=bool)
-    repeat[:, 1:] = ranked[:, 1:] == ranked[:, :-1]
-    out = np.empty_like(repeat)
-    np.put_along_axis(out, order, repeat, axis=1)
+def _repeats(values: np.ndarray) -> np.ndarray:
+    """True where a row repeats a value that stands earlier in that row (values >= -1, rows sorted once: each cell's
+    value and column are packed in one integer, so equal values sort by column)."""
+    width = values.shape[1]
+    ranked = np.sort(values * width + np.arange(width), axis=1)
+    rows, at = np.nonzero(ranked[:, 1:] // width == ranked[:, :-1] // width)
+    out = np.zeros(values.shape, dtype=bool)
+    out[rows, ranked[rows, at + 1] % width] = True
     return out
 
 
-def _neighbours(vectors: np.ndarray, keep: int, chunk: int = 2048) -> np.ndarray:
-    """Each item's ``keep`` nearest other items by cosine similarity, nearest first (rows in chunks)."""
+def _neighbours(vectors: np.ndarray, keep: int, chunk: int = 512) -> np.ndarray:
+    """Each item's ``keep`` nearest other items by cosine similarity, nearest first (rows in chunks of 512: the fastest here)."""
     unit = vectors / np.maximum(np.linalg.norm(vectors, axis=1, keepdims=True), 1e-12)
     keep = min(keep, len(unit) - 1)
     out = np.empty((len(unit), keep), dtype=np.int64)
