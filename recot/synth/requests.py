@@ -13,7 +13,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 import polars as pl
@@ -92,9 +92,9 @@ def plan_subjects(task: Task, catalog: Catalog, split: Split, part: str, limit: 
     return (subjects.head(limit) if limit else subjects), refused
 
 
-@dataclass(frozen=True)
-class SlateView:
-    """What a slate prompt and its schema need of the candidates, in the order shown."""
+class SlateView(NamedTuple):
+    """What a slate prompt and its schema need of the candidates, in the order shown (a tuple: a job makes one per
+    request, and a frozen dataclass costs four times as much to build)."""
 
     rows: list[dict[str, Any]]  # the items' fields (the template's ``slate``)
     sids: list[str]  # their SIDs as text
