@@ -88,9 +88,6 @@ class SlateBatch:
     popular_rank: list[int]
     rows: np.ndarray  # (samples x size) the candidates' rows in the catalog: what per-item text is picked by
 
-    def __len__(self) -> int:
-        return len(self.items)
-
     def __getitem__(self, i: int) -> Slate:
         return Slate(self.items[i], self.popular_rank[i])
 
@@ -151,8 +148,7 @@ class SlateSampler:
         if (t < 0).any():
             raise DataError(subject_ids[int(np.argmax(t < 0))], "the sample's next item has no SID, so it cannot be a candidate",
                             "build SIDs for every item")
-        history = self._recent_first(histories)
-        lengths = (history >= 0).sum(axis=1)
+        history, lengths = self._recent_first(histories)
         spare = max(self.max_history, history.shape[1])  # room for proposals that fall on the history
         counts = [(places + size) * 2 + spare if name == "uniform" else places * 3 + spare + 2 for name, places in self._quotas]
         # the samplers but uniform first, for every row; uniform (last) fills only rows they left short, so it is
@@ -177,14 +173,16 @@ class SlateSampler:
         """The items' indices in the sampler, -1 for an item without a SID."""
         return np.fromiter(map(self.index.get, item_ids, repeat(-1)), dtype=np.int64, count=count)
 
-    def _recent_first(self, histories: list[list[str]]) -> np.ndarray:
-        """The histories' items that have a SID, most recent first, one row per history, -1 padded to the longest."""
+    def _recent_first(self, histories: list[list[str]]) -> tuple[np.ndarray, np.ndarray]:
+        """The histories' items that have a SID, most recent first, one row per history, -1 padded to the longest;
+        and how many each row holds."""
         sizes = np.fromiter(map(len, histories), dtype=np.int64, count=len(histories))
         flat = self._indices(chain.from_iterable(histories), int(sizes.sum()))
         grid = np.full((len(histories), max(1, int(sizes.max(initial=0)))), -1, dtype=np.int64)
         grid[np.repeat(np.arange(len(histories)), sizes), np.repeat(np.cumsum(sizes), sizes) - 1 - np.arange(len(flat))] = flat
         grid = np.take_along_axis(grid, np.argsort(grid < 0, axis=1, kind="stable"), axis=1)  # items without a SID leave no gap
-        return grid[:, : max(1, int((grid >= 0).sum(axis=1).max(initial=0)))]
+        lengths = (grid >= 0).sum(axis=1)
+        return grid[:, : max(1, int(lengths.max(initial=0)))], lengths
 
     def _choose(self, t: np.ndarray, history: np.ndarray, lengths: np.ndarray, keys: np.ndarray,
                 counts: list[int]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
