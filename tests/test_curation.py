@@ -101,6 +101,41 @@ def test_crafted_traces_trip_their_rule(store, traces, tmp_path, task, rule, rea
     assert (passed, got) == (False, reason)
 
 
+HOSTILE_EVIDENCE = [1666881701329709, 123456789012345678901234567890, -1, 0, 1.5, "2", None, [1], {}, True]
+
+
+def test_hostile_values_in_an_output_fail_their_rule_never_the_run(store, traces, tmp_path):
+    """A teacher's output is untrusted: every field a rule reads, written with the wrong type or range (a timestamp as
+    evidence, integers past 64 bits, floats, strings, nulls, nested arrays, empty objects), fails that rule with its
+    reason; the other traces keep their verdicts."""
+    rows = pl.read_parquet(traces)
+    base = rows.filter(pl.col("task") == "r3_cot_hindsight").row(0, named=True)
+    output = json.loads(base["output"])
+    hostile = [("interests", "evidence_out_of_range", output | {"interests": [{"name": "x", "evidence": [e]}]}) for e in HOSTILE_EVIDENCE]
+    hostile += [("interests", "evidence_out_of_range", output | {"interests": [{"name": "x", "evidence": e}]}) for e in (None, {}, [], "1")]
+    hostile += [("interests", "evidence_out_of_range", output | {"interests": [{"name": "x"}]}),
+                ("interests", "evidence_out_of_range", output | {"interests": [None]}),
+                ("interests", "interest_count", output | {"interests": []}),
+                ("interests", "schema_invalid", output | {"interests": {}}),
+                ("interests", "schema_invalid", output | {"interests": "many"}),
+                ("persona", "persona_unknown", output | {"persona": "bargain hunter"}),
+                ("persona", "persona_unknown", output | {"persona": {"prototype": 7}}),
+                ("sid_validity", "answer_not_sid", output | {"answer": None}),
+                ("sid_validity", "answer_not_sid", output | {"answer": 1666881701329709}),
+                ("sid_validity", "answer_not_sid", output | {"answer": {"sid": "<a_1>"}})]
+    crafted = [base | {"subject_id": f"{base['subject_id']}#hostile{i}", "output": json.dumps(o)} for i, (_, _, o) in enumerate(hostile)]
+    pl.concat([rows, pl.DataFrame(crafted, schema=rows.schema)]).write_parquet(tmp_path / "hostile.parquet")
+    store.ingest(tmp_path / "hostile.parquet")
+    run_rules(store)
+    for row, (rule, reason, o) in zip(crafted, hostile):
+        passed, got, detail = verdict(store, trace_id_of(store, row), rule)
+        assert (passed, got) == (False, reason), (o, detail)
+    assert store.scalar("SELECT count(*) FROM verdicts WHERE passed IS NULL") == 0
+    untouched = store.scalar("SELECT count(*) FROM verdicts v JOIN traces t USING (trace_id) WHERE t.subject_id NOT LIKE '%#hostile%' "
+                             "AND v.rule IN ('interests', 'persona', 'sid_validity') AND NOT v.passed")
+    assert untouched == 0
+
+
 @pytest.mark.parametrize(("leak", "reason"), [("sid", "leak_sid"), ("title", "leak_title_ngram"), ("word", "leak_token")])
 def test_hindsight_leaks_are_caught(store, traces, tmp_path, sample, leak, reason):
     items = sample.catalog.items.with_columns(sid_text=sample.catalog.sid_text())

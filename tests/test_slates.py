@@ -19,7 +19,8 @@ from recot.curation.store import Store
 from recot.data.catalog import ITEM_SCHEMA, Catalog
 from recot.errors import DataError
 from recot.formats.profiles import PROFILES, ProfileBook
-from recot.formats.schemas import slate_constraint, slate_trace_model
+from recot.formats.request_schemas import choice_constraint
+from recot.formats.schemas import slate_trace_model
 from recot.formats.splits import SplitSpec
 from recot.formats.student import ASK_PICK_THINK, SLATE_HEAD
 from recot.formats.tasks import get_task
@@ -121,12 +122,12 @@ def test_popular_rank_counts_training_popularity_only():
 
 
 def test_schema_names_only_the_slate_and_the_parse_holds_to_it():
-    schema = slate_constraint(slate_trace_model().model_json_schema(), top_k=2)(["<a_1>", "<a_2>", "<a_3>", "<a_2>"])
+    schema = choice_constraint(slate_trace_model().model_json_schema(), top_k=2)(["<a_1>", "<a_2>", "<a_3>", "<a_2>"])
     assert schema["properties"]["answer"]["enum"] == ["<a_1>", "<a_2>", "<a_3>"]
     assert schema["properties"]["alternatives"]["minItems"] == 1 and "alternatives" in schema["required"]
     assert schema["properties"]["alternatives"]["items"]["enum"] == ["<a_1>", "<a_2>", "<a_3>"]  # a repeated SID once
     assert list(schema["properties"])[-2:] == ["answer", "alternatives"]  # in the model's order: decoding follows it
-    assert "alternatives" not in slate_constraint(slate_trace_model().model_json_schema(), top_k=1)(["<a_1>"])["properties"]
+    assert "alternatives" not in choice_constraint(slate_trace_model().model_json_schema(), top_k=1)(["<a_1>"])["properties"]
     trace = {"persona": {"prototype": "student", "evidence": "e"}, "interests": [{"name": "n", "evidence": [1]}],
              "transition": {"recent": "r", "follows": 1, "reasoning": "x"}, "answer": "<a_1>", "alternatives": ["<a_9>"]}
     ok = Parsed("ok", None, None, slate_trace_model().model_validate(trace))

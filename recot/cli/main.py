@@ -22,6 +22,7 @@ COMMANDS = {
     "data": ("recot.cli.synth:data", "Inspect datasets (catalog + behaviours)."),
     "eval": ("recot.cli.train:eval_cmd", "Evaluate a trained model and the sequential baselines on an export's held-out rows."),
     "export": ("recot.cli.curate:export_cmd", "Export kept traces as datasets for TRL, verl and LlamaFactory, with a data card."),
+    "models": ("recot.cli.models:models", "Models built offline by name: the embedded real LLM for CPU teacher and student runs."),
     "review": ("recot.cli.curate:review", "Human review in Argilla: push traces, pull decisions."),
     "run": ("recot.cli.run:run_cmd", "Run a pipeline config; unchanged stages are skipped."),
     "sid": ("recot.cli.synth:sid", "Build semantic IDs from item text, or convert them between dialects."),

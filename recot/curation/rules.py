@@ -140,22 +140,33 @@ def _language(c: RulesConfig, sid_re: str) -> str:
 def _persona(c: RulesConfig, sid_re: str) -> str:
     listed = ", ".join("'" + p.replace("'", "''") + "'" for p in c.persona.personas)
     prototype = "json_extract_string(output, '$.persona.prototype')"
-    return f"""SELECT trace_id, {prototype} IN ({listed}), CASE WHEN {prototype} NOT IN ({listed}) THEN 'persona_unknown' END,
-                      {prototype}
+    return f"""SELECT trace_id, coalesce({prototype} IN ({listed}), false) AS ok, CASE WHEN NOT ok THEN 'persona_unknown' END,
+                      coalesce({prototype}, 'no persona prototype')
                FROM traces WHERE status = 'ok' AND task IN {COT}"""
+
+
+# An interest's evidence as the teacher wrote it: JSON values of any type and size. A citation counts only as a JSON
+# integer in 1..h (h: history length); anything else (a float, a string, a number past 64 bits, a nested array) fails
+# the rule as out of range instead of failing a cast for the whole store.
+_CITATION_OK = "lambda e: json_type(e) IN ('UBIGINT', 'BIGINT') AND coalesce(TRY_CAST(e::VARCHAR AS BIGINT) BETWEEN 1 AND h, false)"
 
 
 def _interests(_: RulesConfig, sid_re: str) -> str:
     return f"""
         WITH x AS (
-            SELECT trace_id, json_array_length(output, '$.interests') AS n, len(history) AS h,
-                   flatten(json_extract(output, '$.interests[*].evidence')::INTEGER[][]) AS cited
-            FROM traces WHERE status = 'ok' AND task IN {WITH_INTERESTS})
-        SELECT trace_id, n BETWEEN 1 AND 5 AND list_bool_and(list_transform(cited, lambda e: e BETWEEN 1 AND h)),
-               CASE WHEN n NOT BETWEEN 1 AND 5 THEN 'interest_count'
-                    WHEN NOT list_bool_and(list_transform(cited, lambda e: e BETWEEN 1 AND h)) THEN 'evidence_out_of_range' END,
-               printf('%d interests, cites %s of %d', n, cited::VARCHAR, h)
-        FROM x"""
+            SELECT trace_id, coalesce(json_type(output, '$.interests'), 'missing') AS kind,
+                   coalesce(json_array_length(output, '$.interests'), 0) AS n, len(history) AS h,
+                   len(list_filter(json_extract(output, '$.interests[*].evidence'),
+                                   lambda ev: json_type(ev) = 'ARRAY' AND json_array_length(ev) > 0)) AS grounded,
+                   json_extract(output, '$.interests[*].evidence[*]') AS cited
+            FROM traces WHERE status = 'ok' AND task IN {WITH_INTERESTS}),
+        y AS (SELECT *, grounded = n AND list_bool_and(list_transform(cited, {_CITATION_OK})) AS in_range FROM x)
+        SELECT trace_id, kind = 'ARRAY' AND n BETWEEN 1 AND 5 AND in_range,
+               CASE WHEN kind <> 'ARRAY' THEN 'schema_invalid' WHEN n NOT BETWEEN 1 AND 5 THEN 'interest_count'
+                    WHEN NOT in_range THEN 'evidence_out_of_range' END,
+               CASE WHEN kind <> 'ARRAY' THEN 'interests is ' || kind || ', not an array'
+                    ELSE printf('%d interests (%d with evidence), cites %s of %d', n, grounded, cited::VARCHAR, h) END
+        FROM y"""
 
 
 def _sid_validity(_: RulesConfig, sid_re: str) -> str:
@@ -163,12 +174,12 @@ def _sid_validity(_: RulesConfig, sid_re: str) -> str:
         WITH m AS (SELECT trace_id, unnest(regexp_extract_all(text, '{sid_re}')) AS sid FROM traces WHERE status = 'ok'),
         unknown AS (SELECT trace_id, string_agg(DISTINCT sid, ' ') AS sids FROM m ANTI JOIN catalog c ON m.sid = c.sid_text
                     GROUP BY trace_id),
-        answers AS (SELECT trace_id, json_extract_string(output, '$.answer') AS answer FROM traces
-                    WHERE status = 'ok' AND task IN {COT})
-        SELECT t.trace_id, u.sids IS NULL AND (a.answer IS NULL OR regexp_full_match(a.answer, '{sid_re}')),
-               CASE WHEN a.answer IS NOT NULL AND NOT regexp_full_match(a.answer, '{sid_re}') THEN 'answer_not_sid'
-                    WHEN u.sids IS NOT NULL THEN 'unknown_sid' END,
-               coalesce(u.sids, a.answer)
+        answers AS (SELECT trace_id, json_extract_string(output, '$.answer') AS answer,
+                           coalesce(regexp_full_match(answer, '{sid_re}'), false) AS is_sid
+                    FROM traces WHERE status = 'ok' AND task IN {COT})
+        SELECT t.trace_id, u.sids IS NULL AND coalesce(a.is_sid, true),
+               CASE WHEN NOT coalesce(a.is_sid, true) THEN 'answer_not_sid' WHEN u.sids IS NOT NULL THEN 'unknown_sid' END,
+               CASE WHEN u.sids IS NOT NULL THEN u.sids WHEN a.trace_id IS NOT NULL THEN coalesce(a.answer, 'no answer') END
         FROM traces t LEFT JOIN unknown u USING (trace_id) LEFT JOIN answers a USING (trace_id) WHERE t.status = 'ok'"""
 
 
@@ -253,8 +264,8 @@ def _blind_hit(c: RulesConfig, sid_re: str) -> str:
                      {SLATE_PICKS} AS k
               FROM traces t JOIN catalog c ON c.item_id = t.target
               WHERE t.status = 'ok' AND t.task IN {SLATE})
-        SELECT trace_id, got = want OR ({k} > 0 AND got[1:{k}] = want[1:{k}]),
-               CASE WHEN NOT (got = want OR ({k} > 0 AND got[1:{k}] = want[1:{k}])) THEN 'miss' END,
+        SELECT trace_id, coalesce(got = want OR ({k} > 0 AND got[1:{k}] = want[1:{k}]), false) AS hit,
+               CASE WHEN NOT hit THEN 'miss' END,
                CASE WHEN got = want THEN 'exact' WHEN {k} > 0 AND got[1:{k}] = want[1:{k}] THEN 'prefix' ELSE 'miss' END
                    || ': answer ' || coalesce(answer, '?') || ', next item ' || sid_text
         FROM x

@@ -77,6 +77,12 @@ class Catalog:
                                     for i in range(self.levels)])
         return [int(v) + 1 for v in maxima.row(0)]
 
+    def sid_grammar(self) -> str:
+        """One SID of this catalog as a bounded regular expression: its dialect, its levels, and no more digits per code
+        than its largest code has (structured outputs hold an open answer to it)."""
+        sizes = self.codebook_sizes
+        return self.dialect.pattern(self.levels, len(str(max(sizes) - 1)) if sizes else None)
+
     def sid_text(self, dialect: SidDialect | None = None) -> pl.Series:
         """Each item's SID as text in ``dialect`` (the catalog's own by default)."""
         levels = self.levels

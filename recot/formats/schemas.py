@@ -7,7 +7,6 @@ a listed prototype.
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from functools import lru_cache
 from typing import Literal
 
@@ -30,12 +29,19 @@ class QA(Strict):
     answer: str = Field(min_length=1, max_length=300)
 
 
+class Attribute(Strict):
+    name: str = Field(min_length=1, max_length=40)
+    value: str = Field(min_length=1, max_length=120)
+
+
 class ItemCaption(Strict):
     """R0: a caption grounded in the item's own text, the attributes it states, and question-answer
-    pairs that tie the item's SID to its title and attributes (item perception: SID <-> language)."""
+    pairs that tie the item's SID to its title and attributes (item perception: SID <-> language).
+    Attributes are a bounded list of name-value pairs (a free-form object has no bound a grammar can hold,
+    and OpenAI's strict mode refuses one)."""
 
     caption: str = Field(min_length=1, max_length=600)
-    attributes: dict[str, str] = Field(default_factory=dict)
+    attributes: list[Attribute] = Field(max_length=8)
     qa: list[QA] = Field(min_length=1, max_length=4)
 
 
@@ -90,7 +96,7 @@ def cot_trace_model(personas: tuple[str, ...] = ECOMMERCE_PERSONAS) -> type[Base
         persona=(persona, ...),
         interests=(list[Interest], Field(min_length=1, max_length=5)),
         transition=(Transition, ...),
-        answer=(str, Field(min_length=1, description="the predicted next item's SID")),
+        answer=(str, Field(min_length=1, max_length=200, description="the predicted next item's SID")),
     )
 
 
@@ -98,30 +104,8 @@ def cot_trace_model(personas: tuple[str, ...] = ECOMMERCE_PERSONAS) -> type[Base
 def slate_trace_model(personas: tuple[str, ...] = ECOMMERCE_PERSONAS) -> type[BaseModel]:
     """R3 over a candidate slate: the CoT trace, its ``answer`` the picked candidate's SID, and for a ranked
     top-k the next ``alternatives`` in order. Each request's JSON schema narrows both to its slate
-    (:func:`slate_constraint`); the job checks the same after parsing, whatever the teacher's decoding."""
+    (:func:`recot.formats.request_schemas.choice_constraint`); the job checks the same after parsing, whatever the teacher's decoding."""
     return create_model(
         "SlateTrace", __base__=cot_trace_model(personas),
         alternatives=(list[str], Field(default_factory=list, max_length=99, description="the next candidates' SIDs, best first")),
     )
-
-
-def slate_constraint(schema: dict, top_k: int) -> Callable[[list[str]], dict]:
-    """A function from a slate's SIDs to ``schema`` (a :func:`slate_trace_model` JSON schema) with the answer, and
-    ``top_k - 1`` distinct alternatives, restricted to them: structured outputs can then only name a candidate. What
-    does not depend on the slate is built here once; a job calls the function once per request."""
-    properties = dict(schema["properties"])  # the answer and alternatives keep their places: decoding follows the order
-    if top_k == 1:
-        properties.pop("alternatives", None)
-    answer = properties["answer"]
-    required = [name for name in schema.get("required", ()) if name != "alternatives"] + (["alternatives"] if top_k > 1 else [])
-    described = f"the next {top_k - 1} candidates' SIDs, best first, none repeated"
-
-    def constrain(sids: list[str]) -> dict:
-        enum = list(dict.fromkeys(sids))
-        shown = {**properties, "answer": {**answer, "enum": enum}}
-        if top_k > 1:
-            shown["alternatives"] = {"type": "array", "items": {"type": "string", "enum": enum[:]},
-                                     "minItems": top_k - 1, "maxItems": top_k - 1, "description": described}
-        return {**schema, "properties": shown, "required": required[:]}
-
-    return constrain

@@ -67,14 +67,16 @@ class SidDialect:
             raise SidError(f"SID {text!r} is in dialect {dialect} but {self} was expected")
         return codes
 
-    def pattern(self, levels: int | None = None) -> str:
+    def pattern(self, levels: int | None = None, digits: int | None = None) -> str:
         """A regular expression matching one SID of this dialect (``levels`` codes, or any number), valid
-        in Python's ``re`` and in DuckDB's RE2: rules, grounding and evaluation find SIDs with it."""
+        in Python's ``re`` and in DuckDB's RE2: rules, grounding and evaluation find SIDs with it. ``digits``: at most
+        that many digits per code (a bounded grammar for structured outputs), else any number."""
         prefix = re.escape(self.prefix)
+        number = f"\\d{{1,{digits}}}" if digits else "\\d+"
         if levels:
-            body = "".join(f"<{prefix}{LEVEL_LETTERS[level]}_\\d+>" for level in range(levels))
+            body = "".join(f"<{prefix}{LEVEL_LETTERS[level]}_{number}>" for level in range(levels))
         else:
-            body = f"(?:<{prefix}[a-z]_\\d+>)+"
+            body = f"(?:<{prefix}[a-z]_{number}>)+"
         return f"{re.escape(self.begin)}{body}{re.escape(self.end)}" if self.begin and self.end else body
 
     def tokens(self, codebook_sizes: Sequence[int]) -> list[str]:

@@ -41,7 +41,7 @@ Source = Literal["items", "pairs", "samples"]
 
 
 def _caption_text(out: ItemCaption) -> str:
-    attrs = "; ".join(f"{k}: {v}" for k, v in out.attributes.items())
+    attrs = "; ".join(f"{a.name}: {a.value}" for a in out.attributes)
     qa = "\n".join(f"Q: {pair.question}\nA: {pair.answer}" for pair in out.qa)
     return "\n".join(part for part in (out.caption, attrs, qa) if part)
 

@@ -21,7 +21,7 @@ import pyarrow.parquet as pq
 
 from recot.data.catalog import Catalog
 from recot.formats.profiles import ProfileBook
-from recot.formats.schemas import slate_constraint
+from recot.formats.request_schemas import choice_constraint, narrow
 from recot.formats.splits import Split
 from recot.formats.tasks import Task
 from recot.synth.prompts import PromptLibrary, RenderedPrompt
@@ -110,6 +110,7 @@ class ItemView:
         frame = catalog.items.select("item_id", "title", "brand", "description", "categories").with_columns(
             sid=catalog.sid_text())
         self._items = {row["item_id"]: row for row in frame.iter_rows(named=True)}
+        self.sid_grammar = catalog.sid_grammar()  # what an open answer must match
 
     def __getitem__(self, item_id: str) -> dict[str, Any]:
         return self._items[item_id]
@@ -142,14 +143,16 @@ def iter_requests(task: Task, subjects: Path, library: PromptLibrary, items: Ite
     """Render every subject in ``subjects`` (parquet) owned by ``shard`` into ``sampling.n`` requests.
 
     Each subject's prompt reads its domain's profile (wording, personas; the subject records its name).
-    A slate task's samples each get their slate from ``slates``; its request schema then names only
-    that slate's SIDs."""
+    Each request's schema is its task's, narrowed to the request (:mod:`recot.formats.request_schemas`): interests cite
+    only its history's numbers; a slate task's answer names only its slate's SIDs (each sample gets its slate from
+    ``slates``), a hindsight answer only the target's SID, an open answer only a SID of the catalog's grammar."""
     if task.slate and slates is None:
         raise ValueError(f"task {task.name} needs a slate sampler")
-    top_k = slates.config.top_k if slates is not None else 0
-    # per profile (its personas shape the schema): the schema, its JSON cut where a slate's SIDs go (one piece without
-    # a slate), and for a slate task the function that narrows the schema to a slate
-    schemas: dict[str, tuple[dict[str, Any], list[str], Callable[[list[str]], dict[str, Any]] | None]] = {}
+    top_k = slates.config.top_k if task.slate and slates is not None else 1
+    chosen = task.slate or (task.cot and task.needs_target)  # the answer is one of the request's own SIDs
+    # per profile (its personas shape the schema) and history length (it bounds the citations): the schema, its JSON cut
+    # where the request's SIDs go (one piece when the answer is not a choice), and the function that puts them in
+    schemas: dict[tuple[str, int], tuple[dict[str, Any], list[str], Callable[[list[str]], dict[str, Any]] | None]] = {}
     shown: dict[str, dict[str, Any]] = {}  # per profile: the template variable, dumped once
     for batch in pq.ParquetFile(subjects).iter_batches(batch_size=batch_rows):
         rows = [row for row in batch.to_pylist() if shard.owns(row["subject_id"])]
@@ -160,20 +163,24 @@ def iter_requests(task: Task, subjects: Path, library: PromptLibrary, items: Ite
             slated = list(zip(drawn.items, drawn.popular_rank, items.slates(drawn.rows)))
         for row, pair in zip(rows, slated):
             profile = profiles.of(row["target"] if task.source == "samples" else row["items"][0])
-            if profile.name not in schemas:
-                schema = task.schema(profile.personas).model_json_schema()
-                constrain = slate_constraint(schema, top_k) if task.slate else None
-                schemas[profile.name] = schema, canonical_json(constrain([_SLATE]) if constrain else schema).split(_SLATE_JSON), constrain
+            key = (profile.name, len(row["history"]) if task.source == "samples" else 0)
+            if key not in schemas:
+                schema = narrow(task.schema(profile.personas).model_json_schema(), key[1], None if chosen else items.sid_grammar)
+                constrain = choice_constraint(schema, top_k) if chosen else None
+                schemas[key] = schema, canonical_json(constrain([_SLATE]) if constrain else schema).split(_SLATE_JSON), constrain
+            if profile.name not in shown:
                 shown[profile.name] = profile.model_dump() | {"personas": list(profile.personas)}
             variables, subject = _variables(task, row, items, shown[profile.name])
-            asked, cut, constrain = schemas[profile.name]
+            asked, cut, constrain = schemas[key]
             asked_json = cut[0]
-            if pair is not None and constrain is not None:  # both or neither: a slate task
+            if pair is not None:  # a slate task
                 candidates, popular_rank, view = pair
                 subject |= {"items": candidates, "popular_rank": popular_rank, "top_k": top_k}
                 variables |= {"slate": view.rows, "slate_lines": view.lines, "top_k": top_k}
-                asked = constrain(view.sids)
-                asked_json = view.sids_json.join(cut)
+                asked, asked_json = constrain(view.sids), view.sids_json.join(cut)  # type: ignore[misc]  # chosen: has one
+            elif constrain is not None:  # hindsight: the answer is the target's SID
+                target_sid = variables["target"]["sid"]
+                asked, asked_json = constrain([target_sid]), canonical_json([target_sid]).join(cut)
             prompt = library.render(task.name, **variables)
             for sample in range(sampling.n):
                 yield build_request(prompt, asked, teacher, sampling, sample, subject, asked_json)

