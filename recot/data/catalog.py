@@ -77,11 +77,14 @@ class Catalog:
                                     for i in range(self.levels)])
         return [int(v) + 1 for v in maxima.row(0)]
 
-    def sid_grammar(self) -> str:
-        """One SID of this catalog as a bounded regular expression: its dialect, its levels, and no more digits per code
-        than its largest code has (structured outputs hold an open answer to it)."""
+    def sid_grammar(self) -> tuple[str, int]:
+        """One SID of this catalog as a bounded regular expression (its dialect, its levels, and no more digits per code
+        than its largest code has: structured outputs hold an open answer to it), and the longest text it matches."""
         sizes = self.codebook_sizes
-        return self.dialect.pattern(self.levels, len(str(max(sizes) - 1)) if sizes else None)
+        if not sizes:
+            return self.dialect.pattern(), 0
+        digits = len(str(max(sizes) - 1))
+        return self.dialect.pattern(self.levels, digits), len(self.dialect.format([10**digits - 1] * len(sizes)))
 
     def sid_text(self, dialect: SidDialect | None = None) -> pl.Series:
         """Each item's SID as text in ``dialect`` (the catalog's own by default)."""

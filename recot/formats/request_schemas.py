@@ -16,6 +16,8 @@ the only judge: a backend that decodes freely is held to them all the same.
 from __future__ import annotations
 
 import copy
+import json
+import math
 from collections.abc import Callable
 from typing import Any
 
@@ -33,18 +35,110 @@ def strict_form(schema: dict[str, Any]) -> dict[str, Any]:
     return schema
 
 
-def narrow(schema: dict[str, Any], history: int | None = None, answer_pattern: str | None = None) -> dict[str, Any]:
+def narrow(schema: dict[str, Any], history: int | None = None, answer_pattern: str | None = None, top_k: int = 1,
+           max_tokens: int | None = None, sid_chars: int = 0) -> dict[str, Any]:
     """A copy of a task's JSON schema for one request: interests cite ``1..history`` (at most :data:`EVIDENCE_ITEMS`
     each) when the request has a history; the ``answer``, when it has one, matches ``answer_pattern`` (the catalog's
-    SID grammar); the strict form throughout."""
+    SID grammar); ``alternatives`` hold ``top_k - 1`` picks (none when 1); the strict form throughout; and, given
+    ``max_tokens``, free strings shortened until the longest answer the schema allows fits in that many tokens
+    (:func:`fit`), so a reply cannot be cut off, however the model fills it."""
     out = strict_form(copy.deepcopy(schema))
     interest = out.get("$defs", {}).get("Interest")
     if interest is not None and history:
         interest["properties"]["evidence"] |= {"items": {"type": "integer", "minimum": 1, "maximum": history},
                                                "maxItems": min(history, EVIDENCE_ITEMS)}
-    if answer_pattern is not None and "answer" in out.get("properties", {}):
-        out["properties"]["answer"] = {**out["properties"]["answer"], "pattern": answer_pattern}
+    properties = out.get("properties", {})
+    if answer_pattern is not None and "answer" in properties:
+        # a pattern only: xgrammar refuses a pattern together with length bounds (vLLM falls back to a slower backend)
+        properties["answer"] = {k: v for k, v in properties["answer"].items() if k not in ("minLength", "maxLength")}
+        properties["answer"]["pattern"] = answer_pattern
+    if "alternatives" in properties:
+        if top_k == 1:
+            del properties["alternatives"]
+            out["required"] = list(properties)
+        else:
+            properties["alternatives"] |= {"minItems": top_k - 1, "maxItems": top_k - 1}
+    if max_tokens is not None:
+        fit(out, max_tokens, sid_chars)
     return out
+
+
+def longest(schema: dict[str, Any], sid_chars: int = 0) -> tuple[int, int]:
+    """The longest compact JSON text ``schema`` allows, in characters, as (fixed part, free strings' part). A SID field
+    (a pattern, or a string without ``maxLength`` or enum) counts ``sid_chars``."""
+    fixed = free = 0
+
+    def walk(node: dict[str, Any], times: int) -> None:
+        nonlocal fixed, free
+        if "$ref" in node:
+            walk(schema["$defs"][node["$ref"].rsplit("/", 1)[1]], times)
+            return
+        kind = node.get("type")
+        if "enum" in node:
+            fixed += times * max(len(json.dumps(v, ensure_ascii=False)) for v in node["enum"])
+        elif kind == "object":
+            names = node.get("properties", {})
+            fixed += times * (2 + sum(len(json.dumps(name)) + 2 for name in names))
+            for field in names.values():
+                walk(field, times)
+        elif kind == "array":
+            most = node.get("maxItems", 0)
+            fixed += times * (2 + most)
+            walk(node.get("items", {}), times * most)
+        elif kind == "string":
+            if "maxLength" in node and "pattern" not in node:
+                fixed, free = fixed + times * 2, free + times * node["maxLength"]
+            else:
+                fixed += times * (2 + sid_chars)
+        elif kind == "integer":
+            fixed += times * len(str(node.get("maximum", 2**63)))
+        else:
+            fixed += times * 5  # true, false, null
+
+    walk(schema, 1)
+    return fixed, free
+
+
+def fit(schema: dict[str, Any], max_tokens: int, sid_chars: int = 0) -> dict[str, Any]:
+    """Shorten the schema (in place) until :func:`longest` fits ``max_tokens``: lists of objects lose items by the
+    square root of the shortfall (fewer, fuller entries), then every free string's ``maxLength`` shrinks by one factor.
+    A token holds at least one character of compact ASCII JSON, so a reply within the bound cannot reach
+    ``max_tokens``; a degenerate reply (digits repeated, one token each) meets it at worst."""
+    fixed, free = longest(schema, sid_chars)
+    if fixed + free <= max_tokens or not free:
+        return schema
+    keep = math.sqrt(max(max_tokens - fixed, 0) / free)
+    for node in _nodes(schema, lambda n: n.get("type") == "array" and "maxItems" in n and _is_object(schema, n.get("items", {}))):
+        node["maxItems"] = max(node.get("minItems", 0), math.ceil(node["maxItems"] * keep))
+    fixed, free = longest(schema, sid_chars)
+    factor = max(max_tokens - fixed, 0) / free
+    for node in _nodes(schema, lambda n: n.get("type") == "string" and "maxLength" in n and "pattern" not in n):
+        node["maxLength"] = min(node["maxLength"], max(node.get("minLength", 0), 1, int(node["maxLength"] * factor)))
+    return schema
+
+
+def _is_object(schema: dict[str, Any], node: dict[str, Any]) -> bool:
+    if "$ref" in node:
+        node = schema["$defs"][node["$ref"].rsplit("/", 1)[1]]
+    return node.get("type") == "object"
+
+
+def _nodes(schema: dict[str, Any], wanted: Callable[[dict[str, Any]], bool]) -> list[dict[str, Any]]:
+    """The nodes of ``schema`` (each once, $defs included) for which ``wanted`` holds."""
+    found: list[dict[str, Any]] = []
+
+    def walk(node: Any) -> None:
+        if isinstance(node, dict):
+            if wanted(node):
+                found.append(node)
+            for value in node.values():
+                walk(value)
+        elif isinstance(node, list):
+            for value in node:
+                walk(value)
+
+    walk(schema)
+    return found
 
 
 def choice_constraint(schema: dict[str, Any], top_k: int) -> Callable[[list[str]], dict[str, Any]]:
@@ -54,7 +148,7 @@ def choice_constraint(schema: dict[str, Any], top_k: int) -> Callable[[list[str]
     properties = dict(schema["properties"])  # the answer and alternatives keep their places: decoding follows the order
     if top_k == 1:
         properties.pop("alternatives", None)
-    answer = {k: v for k, v in properties["answer"].items() if k != "pattern"}
+    answer = {k: v for k, v in properties["answer"].items() if k not in ("pattern", "minLength", "maxLength")}
     required = list(properties)  # the strict form: every property, alternatives included when asked
     described = f"the next {top_k - 1} candidates' SIDs, best first, none repeated"
 

@@ -10,6 +10,7 @@ A second embedded model is one new module and one entry in :data:`SOURCES`.
 
 from __future__ import annotations
 
+import fcntl
 import json
 import os
 import shutil
@@ -50,14 +51,23 @@ def get_model(name: str, out: Path | None = None) -> Path:
         return folder
     if out is not None and folder.exists() and any(folder.iterdir()) and not (folder / MANIFEST).exists():
         raise DataError(folder, "is not empty and holds no recot model", "choose an empty or new folder for --out")
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    with open(folder.with_name(folder.name + ".lock"), "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # one build per folder: a second process (a test worker) waits, then finds it
+        if not _built(folder, digest):
+            _build(found, folder, digest)
+    return folder
+
+
+def _build(found: ModelSource, folder: Path, digest: str) -> None:
+    """Build into a side folder and move it in whole: a killed build leaves no half model under the real name."""
     partial = folder.with_name(folder.name + ".partial")
     shutil.rmtree(partial, ignore_errors=True)
     partial.mkdir(parents=True)
     facts = found.build(partial)
-    (partial / MANIFEST).write_text(json.dumps({"source": name, "digest": digest, **facts}, indent=2) + "\n")
+    (partial / MANIFEST).write_text(json.dumps({"source": found.name, "digest": digest, **facts}, indent=2) + "\n")
     shutil.rmtree(folder, ignore_errors=True)
     partial.rename(folder)
-    return folder
 
 
 def _built(folder: Path, digest: str) -> bool:

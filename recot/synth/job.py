@@ -66,6 +66,9 @@ class SynthConfig(BaseModel):
         {}, description="a profile per value of the dataset's domain column (a value named like a bundled profile uses it)")
     personas: list[str] | None = Field(None, description="persona prototypes replacing the main profile's")
     templates: Path | None = Field(None, description="a folder of templates overriding the bundled ones of the same task")
+    request_schemas: Literal["narrowed", "task"] = Field(
+        "narrowed", description="narrowed: each request's schema holds the answer to the request's own SIDs and citations to "
+        "its history (recot.formats.request_schemas); task: each task's schema as declared (a backend that refuses a keyword)")
     teacher: TeacherConfig = Field(RulesTeacherConfig(), description="[teacher]: who answers, told apart by kind")
     sampling: Sampling = Field(Sampling(), description="[sampling]: as vLLM's SamplingParams")
     slate: SlateConfig = Field(SlateConfig(), description="[slate]: candidate slates of r3_cot_slate (size, top_k, samplers)")
@@ -270,7 +273,7 @@ class _Job:
         with (self.work / "plan.tsv").open("w", encoding="utf-8") as plan:
             for task, path in planned:
                 for request in iter_requests(task, path, library, self.items, self.profiles, identity, self.config.sampling,
-                                             self.shard, slates):
+                                             self.shard, slates, narrowed=self.config.request_schemas == "narrowed"):
                     write_plan(plan, request.key, request.subject)
                     yield request
 
@@ -330,7 +333,8 @@ class _Job:
         slates = self._slates(planned)
         for task, path in planned:
             totals = tasks.setdefault(task.name, Counter())
-            stream = iter_requests(task, path, library, self.items, self.profiles, identity, self.config.sampling, self.shard, slates)
+            stream = iter_requests(task, path, library, self.items, self.profiles, identity, self.config.sampling, self.shard, slates,
+                                   narrowed=self.config.request_schemas == "narrowed")
             while chunk := list(itertools.islice(stream, 512)):
                 answered = Journal.answered(reader, [r.key for r in chunk]) if reader else {}
                 fresh = []

@@ -7,7 +7,8 @@ A template starts with a header comment naming its task, version and output sche
     schema: CotTrace -#}
 
 and defines a ``system`` and a ``user`` block. Item text is passed as variables, so it is data:
-it is never parsed as template code. Rendering uses Jinja's sandbox with ``StrictUndefined`` (a
+it is never parsed as template code; the ``quoted`` filter writes it as a JSON string literal, so the teacher
+too reads a title as one delimited value, not as a line of the prompt. Rendering uses Jinja's sandbox with ``StrictUndefined`` (a
 missing variable is an error, not an empty string). The template's content hash goes into every
 request's provenance. Users override or add templates with a directory of their own.
 """
@@ -15,6 +16,7 @@ request's provenance. Users override or add templates with a directory of their 
 from __future__ import annotations
 
 import hashlib
+import json
 import re
 from dataclasses import dataclass
 from importlib.resources import files
@@ -79,6 +81,12 @@ def _parse(path: Path) -> PromptTemplate:
                           hashlib.sha256(source.encode()).hexdigest()[:16])
 
 
+def quoted(value: Any) -> str:
+    """Item text as a JSON string literal: quotes, newlines and control characters escaped, so a title reads as one
+    delimited value (data) and cannot end its line or pose as the prompt's own instructions."""
+    return json.dumps("" if value is None else str(value), ensure_ascii=False)
+
+
 class PromptLibrary:
     """Templates by task: the bundled ones, overridden by any in ``override_dir`` with the same task, then
     ``extra`` files (the templates of user-declared tasks)."""
@@ -93,6 +101,7 @@ class PromptLibrary:
             template = _parse(path)
             self.templates[template.task] = template
         env = _Environment(undefined=StrictUndefined, autoescape=False)
+        env.filters["quoted"] = quoted
         # Compiled once here: a synthesis job renders each template millions of times.
         self._compiled: dict[str, Template] = {}
         for task, template in self.templates.items():

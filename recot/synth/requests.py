@@ -24,7 +24,7 @@ from recot.formats.profiles import ProfileBook
 from recot.formats.request_schemas import choice_constraint, narrow
 from recot.formats.splits import Split
 from recot.formats.tasks import Task
-from recot.synth.prompts import PromptLibrary, RenderedPrompt
+from recot.synth.prompts import PromptLibrary, RenderedPrompt, quoted
 from recot.synth.slates import SlateSampler
 from recot.teachers.base import Request, Sampling, canonical_json, request_key
 
@@ -98,7 +98,7 @@ class SlateView(NamedTuple):
 
     rows: list[dict[str, Any]]  # the items' fields (the template's ``slate``)
     sids: list[str]  # their SIDs as text
-    lines: str  # ``- SID title`` per candidate (the template's ``slate_lines``)
+    lines: str  # ``- SID "title"`` per candidate, the title quoted as data (the template's ``slate_lines``)
     sids_json: str  # canonical JSON of the distinct SIDs, in order (the schema's enum)
 
 
@@ -110,7 +110,7 @@ class ItemView:
         frame = catalog.items.select("item_id", "title", "brand", "description", "categories").with_columns(
             sid=catalog.sid_text())
         self._items = {row["item_id"]: row for row in frame.iter_rows(named=True)}
-        self.sid_grammar = catalog.sid_grammar()  # what an open answer must match
+        self.sid_grammar, self.sid_chars = catalog.sid_grammar()  # what an open answer must match, and its longest text
 
     def __getitem__(self, item_id: str) -> dict[str, Any]:
         return self._items[item_id]
@@ -133,23 +133,24 @@ class ItemView:
         fields = np.empty(len(items), dtype=object)
         fields[:] = items
         return (fields, np.array([item["sid"] for item in items], dtype=object),
-                np.array([f"- {item['sid']} {item['title']}\n" for item in items], dtype=object),
+                np.array([f"- {item['sid']} {quoted(item['title'])}\n" for item in items], dtype=object),
                 np.array([canonical_json(item["sid"] or "") for item in items], dtype=object))
 
 
 def iter_requests(task: Task, subjects: Path, library: PromptLibrary, items: ItemView, profiles: ProfileBook,
                   teacher: tuple[str, str], sampling: Sampling, shard: Shard = Shard(), slates: SlateSampler | None = None,
-                  batch_rows: int = 1024) -> Iterator[Request]:
+                  batch_rows: int = 1024, narrowed: bool = True) -> Iterator[Request]:
     """Render every subject in ``subjects`` (parquet) owned by ``shard`` into ``sampling.n`` requests.
 
     Each subject's prompt reads its domain's profile (wording, personas; the subject records its name).
     Each request's schema is its task's, narrowed to the request (:mod:`recot.formats.request_schemas`): interests cite
     only its history's numbers; a slate task's answer names only its slate's SIDs (each sample gets its slate from
-    ``slates``), a hindsight answer only the target's SID, an open answer only a SID of the catalog's grammar."""
+    ``slates``), a hindsight answer only the target's SID, an open answer only a SID of the catalog's grammar.
+    ``narrowed=False``: the task's schema as declared (a slate answer still confined to its slate)."""
     if task.slate and slates is None:
         raise ValueError(f"task {task.name} needs a slate sampler")
     top_k = slates.config.top_k if task.slate and slates is not None else 1
-    chosen = task.slate or (task.cot and task.needs_target)  # the answer is one of the request's own SIDs
+    chosen = task.slate or (narrowed and task.cot and task.needs_target)  # the answer is one of the request's own SIDs
     # per profile (its personas shape the schema) and history length (it bounds the citations): the schema, its JSON cut
     # where the request's SIDs go (one piece when the answer is not a choice), and the function that puts them in
     schemas: dict[tuple[str, int], tuple[dict[str, Any], list[str], Callable[[list[str]], dict[str, Any]] | None]] = {}
@@ -163,9 +164,11 @@ def iter_requests(task: Task, subjects: Path, library: PromptLibrary, items: Ite
             slated = list(zip(drawn.items, drawn.popular_rank, items.slates(drawn.rows)))
         for row, pair in zip(rows, slated):
             profile = profiles.of(row["target"] if task.source == "samples" else row["items"][0])
-            key = (profile.name, len(row["history"]) if task.source == "samples" else 0)
+            key = (profile.name, len(row["history"]) if narrowed and task.source == "samples" else 0)
             if key not in schemas:
-                schema = narrow(task.schema(profile.personas).model_json_schema(), key[1], None if chosen else items.sid_grammar)
+                schema = task.schema(profile.personas).model_json_schema()
+                if narrowed:
+                    schema = narrow(schema, key[1], None if chosen else items.sid_grammar, top_k, sampling.max_tokens, items.sid_chars)
                 constrain = choice_constraint(schema, top_k) if chosen else None
                 schemas[key] = schema, canonical_json(constrain([_SLATE]) if constrain else schema).split(_SLATE_JSON), constrain
             if profile.name not in shown:

@@ -62,8 +62,9 @@ class VLLMTeacher:
         """
         self.model = model
         self.engine_args = {"model": model, **(engine or {})}
+        if compact_json:  # an engine-wide setting: vLLM reads no per-request whitespace switch; xgrammar honours it
+            self.engine_args.setdefault("structured_outputs_config", {"backend": "xgrammar", "disable_any_whitespace": True})
         self.max_in_flight = max_in_flight
-        self.compact_json = compact_json
         self._llm = None
 
     @property
@@ -78,7 +79,7 @@ class VLLMTeacher:
 
         return SamplingParams(
             temperature=request.temperature, top_p=request.top_p, max_tokens=request.max_tokens, seed=request.seed,
-            structured_outputs=StructuredOutputsParams(json=request.schema, disable_any_whitespace=self.compact_json),
+            structured_outputs=StructuredOutputsParams(json=request.schema),
         )
 
     def prompt_ids(self, request: Request) -> list[int]:

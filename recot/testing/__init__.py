@@ -9,12 +9,19 @@
   connections, cut bodies, text bodies and empty choices in front of a real server;
 - :data:`RECOT`: the installed ``recot`` command, for driving the CLI as a user does;
 - :func:`journal_rows`: how many answers a job folder's journal holds, read while the job writes;
-- :func:`curated_store`: a store of rules-teacher traces of a dataset, ingested and checked by the rules.
+- :func:`curated_store`: a store of rules-teacher traces of a dataset, ingested and checked by the rules;
+- :class:`SharedTeacher`: one teacher (a real model's engine) used by several jobs in turn;
+- :mod:`recot.testing.fixtures`: pytest fixtures with the embedded real LLM (``smollm2_model``, ``smollm2_teacher``).
 """
+
+from __future__ import annotations
 
 import sqlite3
 import sys
+from collections.abc import Iterable, Iterator
 from pathlib import Path
+
+from recot.teachers.base import Request, Response, Teacher
 
 RECOT = [str(Path(sys.executable).with_name("recot"))]
 
@@ -42,3 +49,17 @@ def curated_store(dataset: Path, work: Path, tasks: list[str], limit: int) -> Pa
         store.ingest(work / "synth" / "traces.parquet")
         run_rules(store)
     return work / "curation.duckdb"
+
+
+class SharedTeacher:
+    """A teacher that several jobs use in turn: each job closes its teacher when it ends, this one stays open until
+    the session ends."""
+
+    def __init__(self, teacher: Teacher) -> None:
+        self.teacher, self.kind, self.model = teacher, teacher.kind, teacher.model
+
+    def generate(self, requests: Iterable[Request]) -> Iterator[Response]:
+        return self.teacher.generate(requests)
+
+    def close(self) -> None:
+        """Kept open: the session closes the teacher it wraps."""
