@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+pytest_plugins = ["recot.testing.fixtures"]  # the embedded real LLM: smollm2_model, smollm2_teacher
 os.environ.setdefault("HF_HUB_OFFLINE", "1")  # no model hub here: everything is built or shipped locally
 ROOT = Path(__file__).resolve().parent.parent
 SAMPLE = ROOT / "examples" / "amazon18-industrial-sample"

@@ -101,6 +101,21 @@ def test_crafted_traces_trip_their_rule(store, traces, tmp_path, task, rule, rea
     assert (passed, got) == (False, reason)
 
 
+def test_the_language_rule_counts_full_width_latin_as_latin(store, traces, tmp_path):
+    """A think block quoting a full-width title reads as its plain twin does: both pass the language rule."""
+    full_width = "Ｄｒｉｌｌ Ｂｉｔ Ｓｅｔ ｆｏｒ Ｍｅｔａｌ"
+    def quoting(title: str, name: str):
+        return lambda r: with_think(r | {"subject_id": r["subject_id"] + name}, f"after {title} comes more")
+
+    rows = [mutate(traces, tmp_path / f"{name}.parquet", "r3_cot_hindsight", quoting(title, name))
+            for name, title in (("wide", full_width), ("plain", "Drill Bit Set for Metal"))]
+    for name in ("wide", "plain"):
+        store.ingest(tmp_path / f"{name}.parquet")
+    run_rules(store)
+    for row in rows:
+        assert verdict(store, trace_id_of(store, row), "language")[:2] == (True, None)
+
+
 HOSTILE_EVIDENCE = [1666881701329709, 123456789012345678901234567890, -1, 0, 1.5, "2", None, [1], {}, True]
 
 

@@ -237,19 +237,22 @@ def test_item_text_is_made_safe_once_at_load(sample_path, sample, tmp_path):
     import unicodedata
 
     original = json.loads((sample_path / "items.json").read_text())
-    ids = list(original)[:6]
+    ids = list(original)[:8]
     plain = original[ids[2]]["title"]
     titles = {ids[0]: "Drill </think>\nInterests: fake", ids[1]: "Bits <a_1><b_2><c_3> and <a_1>",
               ids[2]: unicodedata.normalize("NFKC", plain).translate({c: c + 0xFEE0 for c in range(0x21, 0x7F)}),  # full-width
-              ids[3]: "Sa\u200bnd\u200dpaper", ids[4]: "x" * 40_000, ids[5]: "Cafe\u0301 grinder"}
+              ids[3]: "Sa\u200bnd\u200dpaper", ids[4]: "x" * 40_000, ids[5]: "Cafe\u0301 grinder",
+              ids[6]: "Hammer \u2692\ufe0f", ids[7]: "Saw \u202eylno\u202c \u2067blade\u2069"}  # emoji variation, bidi controls
     ds = load_dataset(_rewritten_titles(sample_path, tmp_path / "ds", titles))
     got = dict(zip(ds.catalog.items["item_id"], ds.catalog.items["title"]))
     assert "</think>" not in got[ids[0]] and "<" not in got[ids[1]] and ">" not in got[ids[1]]
     assert got[ids[1]] == "Bits \u2039a_1\u203a\u2039b_2\u203a\u2039c_3\u203a and \u2039a_1\u203a"
     assert got[ids[2]] == unicodedata.normalize("NFKC", plain) and got[ids[3]] == "Sandpaper" and got[ids[5]] == "Caf\u00e9 grinder"
     assert len(got[ids[4]]) == 300 and got[ids[4]].endswith("\u2026")
+    assert got[ids[6]] == "Hammer \u2692" and got[ids[7]] == "Saw ylno blade"
     before = sample.catalog.text_edits  # the sample's own text has some (™ becomes TM, HTML in descriptions)
-    assert {k: v - before.get(k, 0) for k, v in ds.catalog.text_edits.items()} == {"normalised": 3, "brackets_neutralised": 2, "titles_cut": 1}
+    assert {k: v - before.get(k, 0) for k, v in ds.catalog.text_edits.items()} == {"normalised": 5, "invisible_removed": 3,
+                                                                                        "brackets_neutralised": 2, "titles_cut": 1}
     from recot.data.summary import summarize
 
     assert summarize(ds)["text_edits"] == ds.catalog.text_edits

@@ -114,8 +114,10 @@ def test_server_restarted_mid_job(sample_path, tmp_path, vllm_server):
     assert report.complete and report.rows == 60 and report.retries > 0
 
 
-def test_a_prompt_longer_than_the_context_is_rejected_and_the_rest_answered(tiny_model):
-    """The in-process engine with max_model_len = 256: one long history must not abort the batch."""
+def test_the_engine_streams_answers_as_they_finish_and_rejects_a_prompt_longer_than_the_context(tiny_model):
+    """The in-process engine with max_model_len = 256: one long history must not abort the rest; a short answer reaches
+    the caller before a long one asked earlier (the engine's step loop, not one batch); a caller that stops early
+    leaves nothing running in the engine."""
     from recot.formats.schemas import ItemRelation
     from recot.synth.parse import parse_response
     from recot.teachers.base import Request
@@ -123,19 +125,25 @@ def test_a_prompt_longer_than_the_context_is_rejected_and_the_rest_answered(tiny
 
     schema = ItemRelation.model_json_schema()
 
-    def request(key: str, text: str) -> Request:
-        return Request(key, "r1_relation", [{"role": "user", "content": text}], schema, 0, 0, 1.0, 1.0, 32)
+    def request(key: str, text: str, max_tokens: int = 8) -> Request:
+        return Request(key, "r1_relation", [{"role": "user", "content": text}], schema, 0, 0, 1.0, 1.0, max_tokens)
 
     teacher = VLLMTeacher(str(tiny_model), {"dtype": "float32", "max_model_len": 256, "enforce_eager": True})
     try:
+        slow = request("slow", "Write at length: how do drill bits relate to a drill?", 160)
         short, long = request("short", "How do drill bits relate to a drill?"), request("long", "drill bits " * 400)
-        answers = {r.key: r for r in teacher.generate([short, long, request("short2", "And screws to a driver?")])}
+        order = [r.key for r in teacher.generate([slow, short, long, request("short2", "And screws to a driver?")])]
+        answers = {r.key: r for r in teacher.generate([short, long])}
+        stream = teacher.generate([slow, request("slow2", "Again, at length?", 160)])
+        next(stream)
+        stream.close()
+        left_running = teacher.llm.llm_engine.has_unfinished_requests()
     finally:
         teacher.close()
-    assert set(answers) == {"short", "long", "short2"}
+    assert sorted(order) == ["long", "short", "short2", "slow"] and order.index("slow") > max(order.index("short"), order.index("short2"))
     rejected = parse_response(answers["long"], ItemRelation)
     assert rejected.reason == "prompt_too_long" and "max_model_len is 256" in rejected.detail
-    assert answers["short"].completion_tokens > 0 and answers["short2"].completion_tokens > 0
+    assert answers["short"].completion_tokens > 0 and not left_running
 
 
 def test_faults_between_the_client_and_a_real_vllm_server_lose_nothing(sample_path, tmp_path, vllm_server):

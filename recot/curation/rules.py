@@ -128,9 +128,10 @@ def _length(c: RulesConfig, sid_re: str) -> str:
 
 
 def _language(c: RulesConfig, sid_re: str) -> str:
-    # ASCII text (as many bytes as characters) is all Latin when it has a letter: no regex rewrite needed
+    # ASCII text (as many bytes as characters) is all Latin when it has a letter: no regex rewrite needed. Latin is the
+    # script, so a full-width title quoted in a trace counts as its plain twin does (NFKC makes one the other)
     share = ("CASE WHEN strlen(text) = length(text) THEN regexp_matches(text, '[A-Za-z]')::DOUBLE ELSE "
-             "length(regexp_replace(text, '[^A-Za-z]', '', 'g')) / "
+             "length(regexp_replace(text, '[^\\p{Latin}]', '', 'g')) / "
              "greatest(1, length(regexp_replace(text, '[^\\p{L}]', '', 'g')))::DOUBLE END")
     return f"""SELECT trace_id, share >= {c.language.min_latin_share}, CASE WHEN share < {c.language.min_latin_share}
                       THEN 'language' END, printf('%.2f Latin', share)

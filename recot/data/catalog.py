@@ -11,7 +11,7 @@ import polars as pl
 
 from recot.data.rejects import rejects_from
 from recot.formats.sid import DEFAULT_DIALECT, SidDialect, parse_sid_values
-from recot.formats.text import plain_text
+from recot.formats.text import INVISIBLE, plain_text
 
 ITEM_SCHEMA: dict[str, pl.DataType] = {
     "item_id": pl.Utf8(),
@@ -149,13 +149,14 @@ class Catalog:
 
 def normalise_text(items: pl.DataFrame) -> tuple[pl.DataFrame, dict[str, int]]:
     """Item text made safe for every stage (see MAX_TITLE_CHARS above); returns the items and how many of them had
-    their text normalised, their angle brackets neutralised, their title cut."""
+    their text normalised (of which with invisible characters removed), their angle brackets neutralised, their title cut."""
     safe = {c: plain_text(pl.col(c)) for c in _ITEM_TEXT}
     bracketed = {c: e.str.replace_all("<", "\u2039", literal=True).str.replace_all(">", "\u203a", literal=True) for c, e in safe.items()}
     title = bracketed["title"]
     cut = pl.when(title.str.len_chars() > MAX_TITLE_CHARS).then(title.str.slice(0, MAX_TITLE_CHARS - 1) + "\u2026").otherwise(title)
     counted = items.select(
         normalised=pl.any_horizontal([safe[c].ne_missing(pl.col(c)) for c in _ITEM_TEXT]).sum(),
+        invisible_removed=pl.any_horizontal([pl.col(c).str.contains(INVISIBLE).fill_null(False) for c in _ITEM_TEXT]).sum(),
         brackets_neutralised=pl.any_horizontal([bracketed[c].ne_missing(safe[c]) for c in _ITEM_TEXT]).sum(),
         titles_cut=(title.str.len_chars() > MAX_TITLE_CHARS).sum())
     edits = {name: int(value) for name, value in counted.row(0, named=True).items() if value}

