@@ -5,6 +5,7 @@ from __future__ import annotations
 import codecs
 import json
 import os
+import re
 import shutil
 import tempfile
 from collections import Counter
@@ -31,7 +32,8 @@ def require_nonempty(path: Path) -> None:
     if not path.exists():
         raise DataError(path, "file not found", "check the path (relative paths are resolved from the config file)")
     if path.is_file() and path.stat().st_size == 0:
-        raise DataError(path, "the file is empty", "point to a file with a header and at least one record")
+        wanted = "a header and at least one record" if path.suffix.lower() in (".csv", ".tsv") else "at least one record"
+        raise DataError(path, "the file is empty", f"point to a file with {wanted}")
 
 
 def first_bad_utf8_line(path: Path, chunk_size: int = 1 << 24) -> int | None:
@@ -106,9 +108,11 @@ def atomic_path(target: Path) -> Iterator[Path]:
         shutil.rmtree(tmp.parent, ignore_errors=True)
 
 
-def read_json_object(path: Path) -> tuple[dict, list[str]]:
-    """A non-empty JSON object from a UTF-8 file (a byte-order mark is allowed), and the keys its top level repeats (JSON parsers keep the
-    last value silently; recot reports them). Errors name the line."""
+def read_json_object(path: Path, lenient: bool = False) -> tuple[dict, list[str], list[str]]:
+    """A non-empty JSON object from a UTF-8 file (a byte-order mark is allowed), the keys its top level repeats (JSON
+    parsers keep the last value silently; recot reports them), and the keys whose records hold bytes that are not UTF-8.
+    Strict mode raises on the first such byte, naming its line and record; lenient mode returns them for the caller to
+    set aside with their reason. Errors name the line."""
     require_nonempty(path)
     repeated: list[list[str]] = []
 
@@ -117,17 +121,25 @@ def read_json_object(path: Path) -> tuple[dict, list[str]]:
         repeated.append([key for key, count in counts.items() if count > 1])
         return dict(items)
 
+    # utf-8-sig: a byte-order mark (as some Windows editors write) is read past, as most JSON readers do; a byte that is
+    # not UTF-8 becomes a lone surrogate (U+DC80-U+DCFF), which only such bytes can produce, so its record can be found
+    text = path.read_bytes().decode("utf-8-sig", errors="surrogateescape")
     try:
-        # utf-8-sig: a byte-order mark (as some Windows editors write) is read past, as most JSON readers do
-        data = json.loads(path.read_bytes().decode("utf-8-sig"), object_pairs_hook=pairs)
-    except UnicodeDecodeError as exc:
-        raise DataError(path, "text is not valid UTF-8", "re-encode the file as UTF-8",
-                        location=f"byte {exc.start}") from None
+        data = json.loads(text, object_pairs_hook=pairs)
     except json.JSONDecodeError as exc:
         raise DataError(path, f"invalid JSON: {exc.msg}", "fix the JSON syntax", location=f"line {exc.lineno}") from None
     if not isinstance(data, dict) or not data:
         raise DataError(path, "expected a non-empty JSON object keyed by item id", "write {\"<item id>\": {...}, ...}")
-    return data, repeated[-1]  # the outermost object is the last one the parser closes
+    first = _UNDECODED.search(text)
+    undecodable = [key for key, value in data.items() if first and _UNDECODED.search(json.dumps([key, value], ensure_ascii=False))]
+    if first and not lenient:
+        record = f" (record {undecodable[0]!r})" if undecodable else ""
+        raise DataError(path, f"text is not valid UTF-8{record}", "re-encode the file as UTF-8 (e.g. iconv -f latin1 -t utf-8), "
+                        "or pass --lenient to set such records aside", location=f"line {text.count(chr(10), 0, first.start()) + 1}")
+    return data, repeated[-1], undecodable  # the outermost object is the last one the parser closes
+
+
+_UNDECODED = re.compile("[\udc80-\udcff]")
 
 
 def frame_of(arrow: Any) -> pl.DataFrame:

@@ -166,3 +166,50 @@ def test_user_data_in_messages_is_printed_as_given(sample_path, tmp_path):
     """Rich markup in a value the user gave (square brackets) is shown, not interpreted."""
     done = recot("sid", "convert", str(sample_path / "sids.json"), "--to", "[[sid]]<a_1>", "--out", str(tmp_path / "s.json"))
     assert done.returncode == 2 and "[[sid]]<a_1>" in done.stderr
+
+
+def test_a_json_record_with_bytes_that_are_not_utf8(sample_path, tmp_path):
+    """Strict mode names the line and the record; lenient mode sets that record aside with its reason and goes on."""
+    import shutil
+
+    root = tmp_path / "ds"
+    shutil.copytree(sample_path, root)
+    raw = (root / "items.json").read_bytes()
+    items = json.loads(raw)
+    key = list(items)[3]
+    quoted = json.dumps(items[key]["title"]).encode()
+    (root / "items.json").write_bytes(raw.replace(quoted, quoted[:-1] + b"\xff\xfe\"", 1))
+    line = raw[: raw.index(quoted)].count(b"\n") + 1
+    strict = recot("data", "inspect", str(root), "--json")
+    assert strict.returncode == 2 and f"line {line}" in strict.stderr and f"record '{key}'" in strict.stderr
+    assert "Traceback" not in strict.stderr
+    lenient = recot("data", "inspect", str(root), "--json", "--lenient", "--report", str(tmp_path / "rejects.csv"))
+    assert lenient.returncode == 0, lenient.stderr
+    rejects = pl.read_csv(tmp_path / "rejects.csv")
+    assert rejects.filter(pl.col("reason") == "non_utf8")["record"].cast(pl.Utf8).to_list() == [key]
+
+
+def test_small_things_people_trip_on(sample_path, tmp_path):
+    """A record is named once in a message; an empty JSON file's fix speaks of records, not a header; a curate command
+    leaves nothing beside its store."""
+    import shutil
+
+    root = tmp_path / "ds"
+    shutil.copytree(sample_path, root)
+    sids = json.loads((root / "sids.json").read_text())
+    bad = next(iter(sids))
+    sids[bad] = ["<a_1>", "<c_2>"]
+    (root / "sids.json").write_text(json.dumps(sids))
+    named = recot("data", "inspect", str(root))
+    assert named.returncode == 2 and f"record '{bad}'" in named.stderr and f"record '{bad}' (record" not in named.stderr
+    (root / "items.json").write_text("")
+    empty = recot("data", "inspect", str(root))
+    assert empty.returncode == 2 and "the file is empty" in empty.stderr and "header" not in empty.stderr
+    from recot.curation.store import Store
+
+    store = tmp_path / "c.duckdb"
+    Store(store).close()
+    for command in ("rules", "dedup", "report"):
+        done = recot("curate", command, "--store", str(store), "--json")
+        assert done.returncode == 0, done.stderr
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["c.duckdb", "ds"]

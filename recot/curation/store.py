@@ -10,6 +10,7 @@ store is skipped, so ingesting the same files twice changes nothing.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -163,6 +164,8 @@ class Store:
     def close(self) -> None:
         self.con.close()
         shutil.rmtree(self.spill_dir / "recot", ignore_errors=True)
+        with contextlib.suppress(OSError):  # left empty by the last step: nothing beside the store but the store
+            self.spill_dir.rmdir()
 
     def stream(self, sql: str, batch_rows: int = 1 << 18) -> Iterator[pa.RecordBatch]:
         """A query's result ``batch_rows`` at a time, so a step over every trace holds one chunk in memory.

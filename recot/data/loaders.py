@@ -228,12 +228,14 @@ def _description_text(raw: object) -> str | None:
 
 
 def _minionerec_catalog(items_path: Path, sids_path: Path, lenient: bool) -> tuple[Catalog, pl.DataFrame]:
-    (items, items_repeated), (sids, sids_repeated) = read_json_object(items_path), read_json_object(sids_path)
+    (items, items_repeated, items_bad), (sids, sids_repeated, sids_bad) = read_json_object(items_path, lenient), read_json_object(sids_path, lenient)
     parsed = parse_sid_values([sids.get(item_id) for item_id in items])
     problems = [(path, key, "duplicate_id", f"the key {key!r} appears more than once in {path.name}; "
                  "which value holds is ambiguous") for path, keys in ((items_path, items_repeated), (sids_path, sids_repeated))
                 for key in keys]
-    ambiguous = set(items_repeated) | set(sids_repeated)
+    problems += [(path, key, "non_utf8", f"the record holds bytes that are not UTF-8 in {path.name}")
+                 for path, keys in ((items_path, items_bad), (sids_path, sids_bad)) for key in keys]
+    ambiguous = set(items_repeated) | set(sids_repeated) | set(items_bad) | set(sids_bad)
     rows: list[dict] = []
     for (item_id, rec), codes, error in zip(items.items(), parsed.codes, parsed.errors):
         if item_id in ambiguous:

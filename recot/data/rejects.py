@@ -52,7 +52,8 @@ def settle(rejects: pl.DataFrame, lenient: bool, fix: str, examples: int = 3) ->
     kinds = rejects.group_by("reason", "file", maintain_order=True).agg(pl.len().alias("n"), pl.all().head(examples))
     blocks = []
     for kind in kinds.iter_rows(named=True):
-        lines = [f"{loc} (record {rec!r}): {detail}" for loc, rec, detail in zip(kind["location"], kind["record"], kind["detail"])]
+        lines = [f"{loc}{'' if f'record {rec!r}' in loc else f' (record {rec!r})'}: {detail}"  # a location may name the record
+                 for loc, rec, detail in zip(kind["location"], kind["record"], kind["detail"])]
         where = "" if kind["file"] == rejects["file"][0] else f" in {kind['file']}"
         count = f" ({kind['n']} bad records in all)" if kind["n"] > 1 else ""
         blocks.append(f"{kind['reason']}{where}{count}:\n    " + "\n    ".join(lines))

@@ -39,7 +39,7 @@ def convert_sid_file(source: Path, target: Path, to: SidDialect, column: str = "
     too: a conversion that silently kept it would hide a hole in the file.
     """
     if source.suffix == ".json":
-        mapping, repeated = read_json_object(source)
+        mapping, repeated, _ = read_json_object(source)  # strict: a conversion keeps every SID or fails
         if repeated:
             raise DataError(source, f"keys appear more than once: {repeated[:5]}", "keep one SID per item id")
         frame = pl.DataFrame({"_key": list(mapping), "_is_list": [isinstance(v, list) for v in mapping.values()],

@@ -27,7 +27,8 @@ class VLLMTeacherConfig(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
     kind: Literal["vllm"] = Field("vllm", description="vLLM in-process")
-    model: str = Field(description="a model folder (relative to the config file) or hub id")
+    model: str = Field(description="a model folder (relative to the config file), a hub id, or a model recot builds by name "
+                       "(`recot models list`: smollm2-135m-instruct)")
     engine: dict[str, Any] = Field({}, description="keyword arguments of vllm.LLM: dtype, max_model_len, tensor_parallel_size, ...")
     max_in_flight: int = Field(256, ge=1, description="requests in the engine at once: a finished one is replaced at once "
                                "(bounds memory; vLLM's own max_num_seqs bounds what it computes together)")
@@ -54,13 +55,14 @@ class VLLMTeacher:
     kind = "vllm"
 
     def __init__(self, model: str, engine: dict[str, Any] | None = None, max_in_flight: int = 256,
-                 compact_json: bool = True) -> None:
+                 compact_json: bool = True, name: str | None = None) -> None:
         """``engine``: keyword arguments for ``vllm.LLM`` (dtype, max_model_len, tensor_parallel_size, ...).
 
         ``compact_json`` forbids free whitespace inside the JSON: fewer tokens, and a weak model
-        cannot wander off into endless blanks.
+        cannot wander off into endless blanks. ``name``: the model as cache keys and provenance name it (default:
+        ``model``).
         """
-        self.model = model
+        self.model = name or model
         self.engine_args = {"model": model, **(engine or {})}
         if compact_json:  # an engine-wide setting: vLLM reads no per-request whitespace switch; xgrammar honours it
             self.engine_args.setdefault("structured_outputs_config", {"backend": "xgrammar", "disable_any_whitespace": True})
@@ -130,6 +132,11 @@ class VLLMTeacher:
 
 
 def _build(config: VLLMTeacherConfig, inputs: TeacherInputs) -> VLLMTeacher:
+    from recot.models import SOURCES, get_model
+
+    if config.model in SOURCES:  # built on first use; named by its content-addressed folder, the same on every machine
+        folder = get_model(config.model)
+        return VLLMTeacher(str(folder), config.engine, config.max_in_flight, name=folder.name)
     return VLLMTeacher(config.model, config.engine, config.max_in_flight)
 
 
