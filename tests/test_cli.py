@@ -154,6 +154,15 @@ def test_lenient_decisions_made_at_synthesis_hold_through_curation_and_export(sa
     lenient = recot("export", "x", "--out", str(tmp_path / "x"), "--dataset", str(folder), "--lenient", "--store", store, "--json")
     assert lenient.returncode == 0, lenient.stderr
     assert pl.read_parquet(tmp_path / "x" / "next_item" / "test.parquet").height > 0
+    # every row the synthesis set aside is in the card and the report, with the file that lists it
+    listed = pl.read_csv(tmp_path / "synth" / "dataset-rejects.csv")
+    card = json.loads((tmp_path / "x" / "data_card.json").read_text())
+    dataset = card["funnel"]["set_aside"]["dataset"]
+    assert dataset["rows"] == listed.height > 0 and dataset["listed_in"] == [str(tmp_path / "synth" / "dataset-rejects.csv")]
+    assert dataset["reasons"] == dict(listed["reason"].value_counts().iter_rows())
+    report = json.loads(recot("curate", "report", "--store", store, "--json").stdout)
+    assert report["set_aside"] == card["funnel"]["set_aside"]
+    assert f"{listed.height} dataset records set aside before synthesis" in (tmp_path / "x" / "README.md").read_text()
 
 
 def test_sid_convert_refuses_an_example_with_more_levels_than_the_sids(sample_path, tmp_path):

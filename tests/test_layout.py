@@ -1,7 +1,7 @@
 """The shape of the house, checked on the installed package: every import runs down the rooms or stays in its own,
 no module imports itself back through others, and production code never imports the test helpers.
 
-Rooms, bottom first: errors/config/io/cost -> formats -> data -> teachers -> synth -> curation -> trainer -> runs -> cli.
+Rooms, bottom first: errors/config/io/cost -> formats -> data -> models -> teachers -> synth -> curation -> trainer -> runs -> cli.
 Every import counts, those inside functions and under TYPE_CHECKING included: a lazy import hides a circle from
 Python, not from a reader.
 """
@@ -19,7 +19,7 @@ import pytest
 import recot
 
 ROOT = Path(recot.__file__).parent
-ROOMS = ["base", "formats", "data", "teachers", "synth", "curation", "trainer", "runs", "cli"]
+ROOMS = ["base", "formats", "data", "models", "teachers", "synth", "curation", "trainer", "runs", "cli"]
 BASE = {"errors", "config", "io", "cost", "__init__"}
 
 
@@ -118,5 +118,5 @@ def test_recot_help_imports_no_heavy_stack():
     done = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True)
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip().splitlines()[-1] == "[]"
-    for command in ("curate", "export", "train", "eval", "synth", "review", "run"):
+    for command in ("curate", "export", "train", "eval", "synth", "review", "run", "models"):
         assert f"  {command} " in done.stdout

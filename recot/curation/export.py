@@ -367,6 +367,14 @@ def export(store: Store, config: ExportConfig) -> dict:
     return card
 
 
+def _set_aside_markdown(set_aside: dict) -> str:
+    """The rows set aside before any trace was written, so the card accounts for every row read."""
+    lines = [f"\n- {entry['rows']} {'dataset records' if stage == 'dataset' else 'samples'} set aside before synthesis "
+             f"({', '.join(f'{r} {n}' for r, n in entry['reasons'].items())}), listed in {', '.join(entry['listed_in'])}"
+             for stage, entry in set_aside.items()]
+    return "\n" + "".join(lines) if lines else ""
+
+
 def _card(store: Store, config: ExportConfig, counts: dict, dropped: int, broken: int, next_item: dict[str, int],
           files: dict[str, dict[str, str]], aligned: dict[str, dict[str, int]]) -> dict:
     provenance = store.con.execute("""
@@ -467,7 +475,7 @@ for validation: {card['valid_share']:.0%}. Decontamination: {card['decontaminati
 
 ## Funnel
 
-{card['funnel']['traces']} traces in the store, {card['funnel']['kept']} kept.
+{card['funnel']['traces']} traces in the store, {card['funnel']['kept']} kept.{_set_aside_markdown(card['funnel']['set_aside'])}
 
 | rule | checked | failed |
 |---|---|---|

@@ -39,7 +39,21 @@ def funnel(store: Store, examples: int = 2) -> dict[str, Any]:
         entry["examples"].append({"trace_id": trace_id, "task": task, "detail": detail, "text": text})
     return {"traces": sum(tasks.values()), "by_task": tasks, "rules": rules,
             "kept": sum(kept.values()), "kept_by_task": kept, "slate_accuracy": slate_accuracy(store),
-            "ingest_rejects": store.scalar("SELECT count(*) FROM ingest_rejects")}
+            "ingest_rejects": store.scalar("SELECT count(*) FROM ingest_rejects"), "set_aside": set_aside(store)}
+
+
+def set_aside(store: Store) -> dict[str, Any]:
+    """Rows the synthesis set aside before writing traces (bad dataset records in lenient mode, samples refused at the
+    cut-off), per stage: counts by reason and the files that list them."""
+    out: dict[str, Any] = {}
+    for stage, listed_in, reason, n in store.con.execute(
+            "SELECT stage, listed_in, reason, sum(n)::BIGINT FROM set_aside GROUP BY ALL ORDER BY ALL").fetchall():
+        entry = out.setdefault(stage, {"rows": 0, "reasons": {}, "listed_in": []})
+        entry["rows"] += n
+        entry["reasons"][reason] = entry["reasons"].get(reason, 0) + n
+        if listed_in not in entry["listed_in"]:
+            entry["listed_in"].append(listed_in)
+    return out
 
 
 def slate_accuracy(store: Store) -> dict[str, float | int]:

@@ -88,9 +88,12 @@ CREATE TABLE IF NOT EXISTS review_decisions (
     corrected_text VARCHAR, corrected_by VARCHAR, corrected_at TIMESTAMP, correction_error VARCHAR, PRIMARY KEY (dataset, trace_id)
 );
 CREATE TABLE IF NOT EXISTS ingest_rejects (source VARCHAR, location VARCHAR, record VARCHAR, reason VARCHAR, detail VARCHAR);
+CREATE TABLE IF NOT EXISTS set_aside (source VARCHAR, listed_in VARCHAR, stage VARCHAR, reason VARCHAR, n BIGINT);
 CREATE TABLE IF NOT EXISTS tasks (task VARCHAR PRIMARY KEY, source VARCHAR, cot BOOLEAN, shows_target BOOLEAN, slate BOOLEAN,
     interests BOOLEAN, student VARCHAR);
 """
+# What a synthesis writes beside its traces about the rows it set aside: lenient dataset rejects, refused samples
+SET_ASIDE_FILES = ("dataset-rejects.csv", "refused.parquet")
 # What rules and export ask of a task's declaration (recot.formats.tasks.Task.declaration)
 TASK_COLUMNS = ("task", "source", "cot", "shows_target", "slate", "interests", "student")
 
@@ -293,6 +296,7 @@ class Store:
         with self.transaction():
             self._record_split(source)
             self._record_tasks(source)
+            self._record_set_aside(source)
             # a view: the file is read by each statement for the columns it needs, never copied whole
             self.con.execute(f"""
                 CREATE OR REPLACE TEMP VIEW incoming AS
@@ -319,6 +323,20 @@ class Store:
                 FROM incoming i ANTI JOIN traces t ON i.trace_id = t.trace_id
                 WHERE NOT ({missing_provenance}) {once}""", [str(source)]).fetchall()[0][0]
         return IngestReport(str(source), rows, new, rows - rejected - new, rejected)
+
+    def _record_set_aside(self, source: Path) -> None:
+        """What the synthesis beside ``source`` set aside before any trace was written, counted by reason with the file
+        that lists the rows: bad dataset records (lenient mode, ``dataset-rejects.csv``) and samples refused at the
+        cut-off (``refused.parquet``). The funnel and the data card carry them, so every row read is accounted for."""
+        self.con.execute("DELETE FROM set_aside WHERE source = ?", [str(source)])
+        for stage, name in (("dataset", SET_ASIDE_FILES[0]), ("samples", SET_ASIDE_FILES[1])):
+            listed = source.with_name(name)
+            if listed.exists():
+                reasons = (pl.read_csv(listed, columns=["reason"], infer_schema=False) if listed.suffix == ".csv"
+                           else pl.read_parquet(listed, columns=["reason"]))["reason"].value_counts(sort=True)
+                rows = [[str(source), str(listed), stage, reason, n] for reason, n in reasons.iter_rows()]
+                if rows:  # a refused.parquet is written even when no sample was refused
+                    self.con.executemany("INSERT INTO set_aside VALUES (?, ?, ?, ?, ?)", rows)
 
     def transaction(self) -> _Transaction:
         """BEGIN/COMMIT around a block, ROLLBACK on error."""
