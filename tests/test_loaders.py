@@ -313,3 +313,23 @@ def test_a_sid_of_the_wrong_shape_is_reported_against_sids_json_and_columns_are_
     message = str(err.value)
     assert "missing column 'item_sid';" in message and "_row" not in message and "dataset config" not in message
     assert "a MiniOneRec CSV has the columns" in message
+
+
+def test_following_the_fix_of_a_window_error_works_and_every_location_names_its_file(sample_path, tmp_path):
+    """A row removed alone from the middle of a user's windows: the error names each location with its file, and its
+    fix (remove the user's rows from every split file) gives a dataset that loads."""
+    root = _copy_sample(sample_path, tmp_path)
+    valid = pl.read_csv(root / "valid.csv", infer_schema=False).with_row_index()
+    user = valid.group_by("user_id", maintain_order=True).len().filter(pl.col("len") >= 3)["user_id"][0]
+    middle = valid.filter(pl.col("user_id") == user)["index"][1]
+    valid.filter(pl.col("index") != middle).drop("index").write_csv(root / "valid.csv")
+    with pytest.raises(DataError, match="inconsistent_windows") as err:
+        load_dataset(root)
+    message = str(err.value)
+    locations = message.split("inconsistent_windows:")[1].split("(record")[0]
+    assert all(loc.strip().startswith(("valid.csv line", "test.csv line")) for loc in locations.split(",")), message
+    assert "every split file" in message
+    for name in ("valid.csv", "test.csv"):
+        frame = pl.read_csv(root / name, infer_schema=False)
+        frame.filter(pl.col("user_id") != user).write_csv(root / name)
+    assert load_dataset(root).rejects.is_empty()

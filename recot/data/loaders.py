@@ -209,7 +209,8 @@ def load_minionerec(root: Path, lenient: bool = False) -> Dataset:
     if not windows:
         raise DataError(root, "no window files (valid.csv, test.csv)", "add the MiniOneRec CSV files to the folder")
     interactions, conflicts = interactions_from_windows(pl.concat(windows), str(root / "{valid,test}.csv"))
-    conflicts = settle(conflicts, lenient, "check that each user's rows are consecutive windows of one sequence")
+    conflicts = settle(conflicts, lenient, "check that each user's rows are consecutive windows of one sequence in every split "
+                                           "file, or remove the listed users' rows from all of them")
     bounds = {f"{split}_start": period * PERIOD_SPAN for split, period in MINIONEREC_SPLITS.items()}
     return Dataset(root.name, catalog, interactions.lazy(), pl.concat([*window_rejects, conflicts]), "logical", bounds)
 
@@ -314,7 +315,10 @@ def _minionerec_windows(path: Path, period: int, catalog: Catalog, dropped: set[
         .when(pl.col("_missing").list.set_difference(rejected).list.len() == 0)
         .then(pl.format("item id(s) {} were rejected from the catalog (see their own rejects)", pl.col("_missing").list.join(", ")))
         .otherwise(pl.format("items.json lacks item id(s) {}", pl.col("_missing").list.set_difference(rejected).list.join(", "))))
-    rejects = settle(rejects_from(bad, str(path), details), lenient, "fix or remove the listed rows")
+    rejects = settle(rejects_from(bad, str(path), details), lenient,
+                     "fix the listed rows, or remove each listed user's rows from every split file (train, valid and test "
+                     "hold overlapping windows of one sequence: a row removed alone leaves the others disagreeing)")
+    # a user's windows span the split files: a location names its file, for the checks that read them together
     good = checked.filter(pl.col("_reason").is_null()).select(
-        "user_id", "history", "item_id", period=pl.lit(period), _order="_row", _loc="_loc")
+        "user_id", "history", "item_id", period=pl.lit(period), _order="_row", _loc=pl.lit(f"{path.name} ") + pl.col("_loc"))
     return good, rejects
