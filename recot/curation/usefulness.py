@@ -43,13 +43,13 @@ def sid_logprobs(model, tokenizer, prefixes: Sequence[str], targets: Sequence[st
 
 def run_usefulness(store: Store, scorer: str | Path, batch_size: int = 8, max_length: int = 1024) -> dict:
     """Score every answered R3 trace's delta_ll under the causal LM at ``scorer``."""
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from recot.models.loading import load_model, load_tokenizer
 
-    tokenizer = AutoTokenizer.from_pretrained(scorer)
+    tokenizer = load_tokenizer(scorer)
     tokenizer.padding_side = "right"
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
-    model = AutoModelForCausalLM.from_pretrained(scorer).eval()
+    model = load_model(scorer).eval()
     trace_columns(store, ("lines",))
     rows = store.con.execute(f"""
         SELECT t.trace_id, {think_block_sql("t.text")} || chr(10) AS think, c.sid_text,

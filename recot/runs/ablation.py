@@ -170,13 +170,12 @@ def _evaluated(config: AblationConfig, model: Path, export: Path, row: dict[str,
 
 def _probe(model: str | Path, export: Path, items: int, add_sids: bool = False) -> dict[str, Any]:
     """The perception probe of a saved model (``add_sids``: a base without the SID vocabulary gets it, as SFT adds it)."""
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
+    from recot.models.loading import load_model, load_tokenizer
     from recot.trainer.data import export_catalog
     from recot.trainer.probe import perception_probe
     from recot.trainer.sid_vocab import add_sid_vocabulary
 
-    network, tokenizer = AutoModelForCausalLM.from_pretrained(model), AutoTokenizer.from_pretrained(model)
+    network, tokenizer = load_model(model), load_tokenizer(model)
     if add_sids:
         add_sid_vocabulary(network, tokenizer, export_catalog(export))
     return perception_probe(network, tokenizer, export, items)

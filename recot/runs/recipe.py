@@ -14,6 +14,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from recot.config import check_stage
+from recot.models.loading import load_model, load_tokenizer
 from recot.runs.stages import stage_config
 from recot.trainer.data import export_catalog, load_export
 from recot.trainer.grpo import RecGRPOConfig, RecGRPOTrainer
@@ -59,9 +60,7 @@ class RecipeConfig(BaseModel):
 
 
 def _load(path: str):
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    return AutoModelForCausalLM.from_pretrained(path), AutoTokenizer.from_pretrained(path)
+    return load_model(path), load_tokenizer(path)
 
 
 def train_expert(config: RecipeConfig, rows, domain: str, trie: SidTrie) -> Path:
@@ -97,12 +96,12 @@ def rejection_samples(expert: Path, rows, trie: SidTrie, samples: int, max_reaso
 def run_recipe(config: RecipeConfig) -> dict[str, Any]:
     """Experts per domain, then the unified model at ``out/unified``; returns what each stage produced."""
     import datasets
-    from transformers import AutoTokenizer
 
     grpo_rows = load_export(config.export, "grpo")["train"]
     domains = config.domains or sorted({d for d in grpo_rows["domain"] if d})
-    tokenizer = AutoTokenizer.from_pretrained(config.base_model)
-    trie = SidTrie.from_catalog(tokenizer, export_catalog(config.export))
+    catalog = export_catalog(config.export)
+    tokenizer = load_tokenizer(config.base_model, catalog, config.export)
+    trie = SidTrie.from_catalog(tokenizer, catalog)
     by_domain = {d: grpo_rows.filter(lambda r, d=d: r["domain"] == d) for d in domains}
     experts = {d: train_expert(config, rows, d, trie) for d, rows in by_domain.items()}
     unified = config.out / "unified"

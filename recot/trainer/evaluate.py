@@ -152,15 +152,14 @@ class EvalConfig(BaseModel):
 def evaluate(config: EvalConfig) -> dict:
     """The model's direct and think-mode rankings and the sequential baselines on the same rows of ``part``, each
     with Recall/NDCG@K and bootstrap 95% intervals; writes report.json and report.png."""
-    from transformers import AutoTokenizer
-
+    from recot.models.loading import load_tokenizer
     from recot.trainer.data import export_catalog, export_rows, export_split
 
     spec, catalog = export_split(config.export), export_catalog(config.export)
     rows = export_rows(config.export, config.part)
     if config.limit and rows.height > config.limit:
         rows = rows.sample(config.limit, seed=0).sort("user_id")
-    tokenizer = AutoTokenizer.from_pretrained(config.model)
+    tokenizer = load_tokenizer(config.model, catalog, config.export)
     valid = set(catalog.sid_text().drop_nulls().to_list())
     trie = SidTrie.from_catalog(tokenizer, catalog)
     targets = rows["target_sid"].to_list()
@@ -224,11 +223,12 @@ def _decoders(config: EvalConfig, tokenizer, trie: SidTrie) -> Iterator[tuple[Ra
         finally:
             vllm_decoding.shutdown(llm)
         return
-    from transformers import AutoModelForCausalLM, GenerationConfig
+    from transformers import GenerationConfig
 
+    from recot.models.loading import load_model
     from recot.trainer.rollout import two_stage
 
-    model = AutoModelForCausalLM.from_pretrained(config.model)
+    model = load_model(config.model)
     sampling = GenerationConfig(do_sample=True, temperature=1.0)
     yield (lambda prompts: recommend(model, tokenizer, prompts, trie, config.k, config.batch_size),
            lambda prompts, k, sampled: two_stage(model, tokenizer, prompts, trie, k, True, config.max_reasoning_tokens,

@@ -190,8 +190,7 @@ def learning_signal(trainer: GRPOTrainer) -> dict[str, object]:
 
 def train_grpo(config: RecGRPOConfig, train_dataset=None) -> RecGRPOTrainer:
     """GRPO from ``model_path`` on the export's ``grpo`` rows (or ``train_dataset``); saves to ``output_dir``."""
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
+    from recot.models.loading import load_model, load_tokenizer
     from recot.trainer.data import export_catalog, load_export
 
     missing = [] if config.model_path else ["model_path"]
@@ -199,10 +198,12 @@ def train_grpo(config: RecGRPOConfig, train_dataset=None) -> RecGRPOTrainer:
         missing.append("dataset_path")
     if missing:
         raise ValueError(f"RecGRPOConfig needs {', '.join(missing)}: the policy and the export (its grpo rows and catalog)")
-    tokenizer = AutoTokenizer.from_pretrained(config.model_path)
-    trie = SidTrie.from_catalog(tokenizer, export_catalog(config.sid_catalog or config.dataset_path))
+    catalog_source = config.sid_catalog or config.dataset_path
+    catalog = export_catalog(catalog_source)
+    tokenizer = load_tokenizer(config.model_path, catalog, catalog_source)
+    trie = SidTrie.from_catalog(tokenizer, catalog)
     rewards = [REWARDS[name] for name in config.rewards] if config.rewards else None
-    trainer = RecGRPOTrainer(model=AutoModelForCausalLM.from_pretrained(config.model_path), args=config, trie=trie,
+    trainer = RecGRPOTrainer(model=load_model(config.model_path), args=config, trie=trie,
                              processing_class=tokenizer, reward_funcs=rewards,
                              train_dataset=train_dataset if train_dataset is not None else load_export(config.dataset_path, "grpo")["train"])
     try:

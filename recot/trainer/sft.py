@@ -101,11 +101,10 @@ def fit_to_machine(config) -> None:
 
 def load_model(config: RecSFTConfig):
     """Model and tokenizer, with the SID vocabulary added when ``sid_catalog`` is set; returns its token ids too."""
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from recot.models.loading import load_model as load_checkpoint
+    from recot.models.loading import load_tokenizer
 
-    tokenizer = AutoTokenizer.from_pretrained(config.model_path)
-    dtype = torch.bfloat16 if config.bf16 else torch.float32
-    model = AutoModelForCausalLM.from_pretrained(config.model_path, dtype=dtype)
+    tokenizer, model = load_tokenizer(config.model_path), load_checkpoint(config.model_path)  # float32 master weights
     if not config.sid_catalog:
         return model, tokenizer, []
     from recot.trainer.data import export_catalog
