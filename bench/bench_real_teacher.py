@@ -72,20 +72,22 @@ def run_arm(name: str, args: argparse.Namespace, teacher: SharedTeacher, work: P
         examples = {task: text for task, text in con.execute(
             f"SELECT task, arg_min(text, trace_id) FROM ({KEPT_SQL}) GROUP BY task ORDER BY task").fetchall()}
         judge_rows = con.execute(f"""
-            SELECT s.score, s.trace_id IN (SELECT trace_id FROM ({KEPT_SQL})) AS kept
+            SELECT s.value, s.trace_id IN (SELECT trace_id FROM ({KEPT_SQL})) AS kept
             FROM scores s WHERE s.name = 'judge'""").fetchall()
         tokens = dict(con.execute("SELECT task, sum(completion_tokens) FROM traces GROUP BY task").fetchall())
         slates = slate_accuracy(store)
     judge_kept = [score for score, k in judge_rows if k]
     judge_rejected = [score for score, k in judge_rows if not k]
-    total_kept = sum(kept.values())
+    total_kept, total_tokens = sum(kept.values()), sum(tokens.values())
     return {
         "arm": name, "planned": planned, "synthesis_ok": report.ok, "synthesis_rejected": report.rejected,
         "synthesis_rejects": [list(r) for r in synth_rejects], "rule_failures": [list(r) for r in rule_fails],
         "kept_by_rules": by_rules, "dedup": dedup, "kept": kept, "examples": examples,
-        "completion_tokens": report.completion_tokens, "completion_tokens_by_task": tokens,
-        "synth_seconds": round(synth_s, 1), "completion_tokens_per_s": round(report.completion_tokens / synth_s, 1),
-        "completion_tokens_per_kept": round(report.completion_tokens / total_kept, 1) if total_kept else None,
+        "completion_tokens": total_tokens, "completion_tokens_by_task": tokens,
+        # the speed of this run's own requests (none when every answer came from the journal of an earlier run)
+        "synth_seconds": round(synth_s, 1), "sent": report.sent,
+        "completion_tokens_per_s": round(report.completion_tokens / synth_s, 1) if report.sent else None,
+        "completion_tokens_per_kept": round(total_tokens / total_kept, 1) if total_kept else None,
         "slate": slates,
         "judge": {"asked": judged["sent"] + judged["cached"], "valid_scores": judged["scored"], "rejected": judged["rejected"],
                   "mean_score_kept": round(statistics.mean(judge_kept), 2) if judge_kept else None,
@@ -95,8 +97,8 @@ def run_arm(name: str, args: argparse.Namespace, teacher: SharedTeacher, work: P
 
 
 def show(result: dict[str, Any]) -> None:
-    print(f"\n== {result['arm']}: {result['completion_tokens']} completion tokens in {result['synth_seconds']} s "
-          f"({result['completion_tokens_per_s']} tok/s), {result['completion_tokens_per_kept']} per kept trace")
+    print(f"\n== {result['arm']}: {result['completion_tokens']} completion tokens, {result['completion_tokens_per_kept']} per kept "
+          f"trace; {result['sent']} requests sent in {result['synth_seconds']} s ({result['completion_tokens_per_s']} tok/s)")
     print(f"{'task':<18} {'planned':>7} {'answered':>8} {'rules kept':>10} {'kept':>5}  synthesis rejects / rule failures")
     for task, planned in sorted(result["planned"].items()):
         rejects = ", ".join(f"{reason} {n}" for t, reason, n in result["synthesis_rejects"] if t == task)

@@ -92,6 +92,7 @@ def with_think(row: dict, think: str) -> dict:
     ("r0_caption", "length", "too_short", lambda r: r | {"text": "ok"}),
     ("r0_caption", "language", "language", lambda r: r | {"text": "это очень хороший товар для дома и сада"}),
     ("r3_cot_hindsight", "future", "future_event", lambda r: r | {"history_ts": [r["cutoff_ts"]] * len(r["history"])}),
+    ("r3_cot_hindsight", "substance", "no_substance", lambda r: with_think(r, "1 to 6, recent 2023-01-10T00:00:00Z")),
 ])
 def test_crafted_traces_trip_their_rule(store, traces, tmp_path, task, rule, reason, change):
     row = mutate(traces, tmp_path / "crafted.parquet", task, change)

@@ -54,6 +54,8 @@ REASONS = {
     "leak_brand": "hindsight reasoning names the target's brand (absent from the history)",
     "leak_token": "hindsight reasoning uses a distinctive word of the target's title",
     "future_event": "an event at or after the cut-off (or the target) is in the sample",
+    "no_substance": "the reasoning has fewer than substance.min_words distinct words of its own (besides the layout's labels, "
+                    "the personas and common words): numbers, dates or echoed labels, not reasoning",
     "miss": "blind prediction neither matches nor shares the SID prefix of the real next item",
     "slate_miss": "the real next item is not the slate pick (nor among the ranked top k)",
 }
@@ -89,6 +91,11 @@ class LeakageRule(Switch):
     max_token_df: float = Field(0.01, gt=0, le=1, description="a title word is distinctive when at most this share of catalog titles has it")
 
 
+class SubstanceRule(Switch):
+    min_words: int = Field(5, ge=0, description="least distinct words of 3+ letters a reasoning must have besides the CoT layout's "
+                           "labels, the persona prototypes' words and common English")
+
+
 class BlindHitRule(Switch):
     prefix_levels: int = Field(2, ge=0, description="codes that must match for a near hit; 0: exact hits only")
 
@@ -105,6 +112,7 @@ class RulesConfig(BaseModel):
     grounding: GroundingRule = Field(GroundingRule(), description="EHR and cov_rate of the reasoning")
     leakage: LeakageRule = Field(LeakageRule(), description="hindsight reasoning names the target (SID, title n-gram, brand, rare word)")
     future: Switch = Field(Switch(), description="no event at or after the cut-off or the target")
+    substance: SubstanceRule = Field(SubstanceRule(), description="R3 reasoning says something in words of its own")
     blind_hit: BlindHitRule = Field(BlindHitRule(), description="a blind answer hits (or nearly hits) the next item; "
                                     "a slate answer picks it (or ranks it in its top k)")
 
@@ -199,9 +207,25 @@ def _grounding(c: RulesConfig, sid_re: str) -> str:
                FROM grounding"""
 
 
+def _common_words(c: RulesConfig) -> list[str]:
+    """Words that never make a text distinctive or substantial: the layout's labels, common English, the personas'."""
+    return sorted({*COMMON_WORDS, *(w for p in c.persona.personas for w in re.findall(WORD_RE, p.lower()))})
+
+
+def _substance(c: RulesConfig, sid_re: str) -> str:
+    common = ", ".join(f"'{w}'" for w in _common_words(c))
+    return f"""
+        WITH x AS (SELECT t.trace_id, len(list_distinct(list_filter(string_split(trim(coalesce(s.think_words, '')), ' '),
+                          lambda w: regexp_full_match(w, '[a-z]{{3,}}') AND w NOT IN ({common})))) AS n
+                   FROM traces t LEFT JOIN trace_columns s USING (trace_id) WHERE t.status = 'ok' AND t.task IN {COT})
+        SELECT trace_id, n >= {c.substance.min_words}, CASE WHEN n < {c.substance.min_words} THEN 'no_substance' END,
+               n::VARCHAR || ' words of its own'
+        FROM x"""
+
+
 def _leakage(c: RulesConfig, sid_re: str) -> str:
     k = c.leakage
-    common = sorted({*COMMON_WORDS, *(w for p in c.persona.personas for w in re.findall(WORD_RE, p.lower()))})
+    common = _common_words(c)
     words = f"regexp_extract_all(lower(coalesce({{}}, '')), '{WORD_RE}')"
     # Per item, once: its title n-grams and brand as ' w1 w2 ' strings and its rare words (the
     # candidates for a distinctive-token leak). The reasoning's and the history's words come from
@@ -280,7 +304,7 @@ def _blind_hit(c: RulesConfig, sid_re: str) -> str:
 RULES: dict[str, Callable[[RulesConfig, str], str]] = {
     "schema_valid": _schema_valid, "cot_format": _cot_format, "length": _length, "language": _language,
     "persona": _persona, "interests": _interests, "sid_validity": _sid_validity, "grounding": _grounding,
-    "leakage": _leakage, "future": _future, "blind_hit": _blind_hit,
+    "leakage": _leakage, "future": _future, "substance": _substance, "blind_hit": _blind_hit,
 }
 
 
