@@ -8,7 +8,7 @@ DIST := dist
 SAMPLE := examples/amazon18-industrial-sample
 DEMO_OUT := out/demo
 
-.PHONY: install demo test bench argilla-up argilla-down clean
+.PHONY: install demo demo-smollm2 test bench argilla-up argilla-down clean
 
 $(DEPS): pyproject.toml scripts/constraints-cpu.txt
 	test -x $(PY) || python3 -m venv $(VENV)
@@ -35,6 +35,16 @@ demo: install
 	$(VENV)/bin/recot run examples/pipeline-demo.toml
 	@echo "demo output in $(DEMO_OUT)/: synth/ (traces + split.json), curation.duckdb, export/ (TRL datasets + card),"
 	@echo "  base-model/, sft/, grpo/, eval/report.json + report.png, pipeline-state.json (stage fingerprints)"
+
+# A real LLM as teacher: the embedded SmolLM2-135M-Instruct on 3 subjects per task, curated, and the funnel of what
+# the rules made of its replies (about 4 minutes on 2 cores, plus the model's first build).
+SMOL_OUT := $(DEMO_OUT)/smollm2
+demo-smollm2: install
+	$(VENV)/bin/recot models get smollm2-135m-instruct
+	$(VENV)/bin/recot synth run examples/synth-smollm2.toml
+	$(VENV)/bin/recot curate ingest $(SMOL_OUT)/synth/traces.parquet --dataset $(SAMPLE) --store $(SMOL_OUT)/curation.duckdb
+	$(VENV)/bin/recot curate rules --store $(SMOL_OUT)/curation.duckdb
+	$(VENV)/bin/recot curate report --store $(SMOL_OUT)/curation.duckdb --examples 1
 
 # The core-only wheel (no torch, no vLLM) on the curation-side path, then the suite against the installed
 # package (pytest's own script: the source tree is not on sys.path, so `recot` is the installed one).
