@@ -222,3 +222,20 @@ def test_small_things_people_trip_on(sample_path, tmp_path):
         done = recot("curate", command, "--store", str(store), "--json")
         assert done.returncode == 0, done.stderr
     assert sorted(p.name for p in tmp_path.iterdir()) == ["c.duckdb", "ds"]
+
+
+def test_lenient_inspect_says_where_its_rejects_went(sample_path, tmp_path):
+    """Without --report the rejects land in the current folder: the report names the file whole."""
+    import shutil
+
+    root = tmp_path / "ds"
+    shutil.copytree(sample_path, root)
+    valid = pl.read_csv(root / "valid.csv", infer_schema=False)
+    valid.with_columns(pl.when(pl.int_range(pl.len()) == 0).then(pl.lit("999999")).otherwise(pl.col("item_id")).alias("item_id")
+                       ).write_csv(root / "valid.csv")
+    work = tmp_path / "here"
+    work.mkdir()
+    done = recot("data", "inspect", str(root), "--lenient", "--json", cwd=work)
+    assert done.returncode == 0, done.stderr
+    written = json.loads(done.stdout)["rejects_file"]
+    assert written == str(work / "recot-rejects.csv") and Path(written).exists() and written in done.stderr.replace("\n", "")

@@ -258,7 +258,7 @@ def test_every_example_config_loads(tmp_path):
     from recot.trainer.sft import RecSFTConfig
 
     examples = Path(__file__).resolve().parent.parent / "examples"
-    kinds = {"synth-demo.toml": SynthConfig, "pipeline-demo.toml": PipelineConfig, "rules.toml": RulesConfig,
+    kinds = {"synth-demo.toml": SynthConfig, "synth-smollm2.toml": SynthConfig, "pipeline-demo.toml": PipelineConfig, "rules.toml": RulesConfig,
              "judge.toml": JudgeConfig, "sft.toml": RecSFTConfig, "grpo.toml": RecGRPOConfig, "recipe.toml": RecipeConfig,
              "eval.toml": EvalConfig, "ablation.toml": AblationConfig, "pretrain.toml": RecPretrainConfig,
              "align.toml": RecAlignConfig}

@@ -19,8 +19,8 @@ def test_templates_read_the_profile():
     video = PromptLibrary().render("r3_cot_blind", history=history, personas=list(PROFILES["short_video"].personas),
                                    profile=PROFILES["short_video"].model_dump()).messages[1]["content"]
     shop = PromptLibrary().render("r3_cot_blind", history=history, personas=["student"]).messages[1]["content"]
-    assert video.startswith("A user's views, oldest first:") and "binge watcher" in video and "purchase" not in video
-    assert shop.startswith("A user's purchases, oldest first:")
+    assert video.startswith("A user's views, oldest first (number, semantic ID, title):") and "binge watcher" in video and "purchase" not in video
+    assert shop.startswith("A user's purchases, oldest first (number, semantic ID, title):")
     for task in ("r0_caption", "r1_relation", "r2_interests", "r3_cot_hindsight", "r3_cot_slate"):
         source = PromptLibrary()[task].source
         assert "purchase" not in source and "product" not in source, task
@@ -57,7 +57,7 @@ def test_one_job_over_two_domains_uses_each_domains_profile(sample, tmp_path):
     for target, messages, output in zip(rows["target"], rows["messages"], rows["output"]):
         profile = PROFILES[domain_of[target]]
         prompt = json.loads(messages)[1]["content"]
-        assert prompt.startswith(f"A user's {profile.events}, oldest first:") and f"next {profile.event} was" in prompt
+        assert prompt.startswith(f"A user's {profile.events}, oldest first (number, semantic ID, title):") and f"next {profile.event} was" in prompt
         assert json.loads(output)["persona"]["prototype"] in profile.personas
         seen.add(profile.name)
     assert seen == {"short_video", "ads"}

@@ -40,7 +40,7 @@ def test_every_task_has_a_versioned_template_with_a_known_schema(sample):
         assert prompt.template_version >= 1 and len(prompt.template_hash) == 16
         assert history[0]["title"] in prompt.messages[1]["content"]
     hindsight = library.render("r3_cot_hindsight", **variables["r3_cot_hindsight"]).messages[1]["content"]
-    assert "must NOT contain" in hindsight and history[3]["sid"] in hindsight
+    assert "must not contain" in hindsight and history[3]["sid"] in hindsight
 
 
 def test_item_text_is_data_never_template_code(sample):

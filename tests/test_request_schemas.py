@@ -10,7 +10,7 @@ import jsonschema
 import pytest
 
 from recot.formats.profiles import PROFILES, ProfileBook
-from recot.formats.request_schemas import EVIDENCE_ITEMS, longest, narrow, unbounded
+from recot.formats.request_schemas import EVIDENCE_ITEMS, longest, narrow, plain_line, plain_line_bounds, unbounded
 from recot.formats.splits import SplitSpec
 from recot.formats.tasks import TASKS, get_task
 from recot.synth.prompts import PromptLibrary
@@ -77,14 +77,20 @@ def test_what_the_schema_allows_the_rules_accept_and_what_they_reject_it_refuses
     request = requests_of("r3_cot_hindsight")[0]
     schema, h = request.schema, len(request.subject["history"])
     defs = schema["$defs"]
-    longest_text = {name: "x" * node["maxLength"] for name, node in defs["Transition"]["properties"].items() if "maxLength" in node}
-    reply = {"persona": {"prototype": "student", "evidence": "x" * defs["Persona"]["properties"]["evidence"]["maxLength"]},
+
+    def most(node: dict) -> int:  # a reasoning field is one plain line, its bound in the pattern
+        return plain_line_bounds(node["pattern"])[1]
+
+    longest_text = {name: "x" * most(node) for name, node in defs["Transition"]["properties"].items() if name != "follows"}
+    reply = {"persona": {"prototype": "student", "evidence": "x" * most(defs["Persona"]["properties"]["evidence"])},
              "interests": [{"name": "n", "evidence": [h] * defs["Interest"]["properties"]["evidence"]["maxItems"]}],
              "transition": {**longest_text, "follows": 1}, "answer": schema["properties"]["answer"]["enum"][0]}
     jsonschema.validate(reply, schema)
     for bad in ({"interests": [{"name": "n", "evidence": [h + 1]}]}, {"interests": [{"name": "n", "evidence": [0]}]},
                 {"answer": "1666881701329709"}, {"interests": [{"name": "n", "evidence": [1] * (EVIDENCE_ITEMS + 1)}]},
-                {"transition": {**reply["transition"], "reasoning": "x" * 2000}}):
+                {"transition": {**reply["transition"], "reasoning": "x" * 2000}},
+                {"transition": {**reply["transition"], "reasoning": "after <a_1><b_2><c_3>"}},
+                {"persona": {"prototype": "student", "evidence": "two\nlines"}}):
         with pytest.raises(jsonschema.ValidationError):
             jsonschema.validate(reply | bad, schema)
 
@@ -101,3 +107,24 @@ def test_narrowing_keeps_the_task_schema_untouched():
     before = json.dumps(schema, sort_keys=True)
     narrow(schema, 3, "<a_\\d{1,2}>", 1, 256, 8)
     assert json.dumps(schema, sort_keys=True) == before
+
+
+@pytest.mark.parametrize(("low", "high"), [(1, 1), (1, 80), (0, 128), (1, 129), (5, 400)])
+def test_a_plain_line_holds_its_bounds_and_no_sid_or_line_break(low, high):
+    pattern, most = re.compile(plain_line(low, high)), min(high, 128)
+    lengths = [n for n in range(high + 3) if pattern.fullmatch("x" * n)]
+    assert (lengths[0], lengths[-1], len(lengths)) == (low, most, most - low + 1) and plain_line_bounds(pattern.pattern) == (low, most)
+    assert not pattern.search("a <a_1><b_2> b") and not pattern.search("two\nlines") and not pattern.search('say "x"')
+
+
+def test_every_bundled_request_schema_compiles_in_xgrammar(requests_of, tiny_model):
+    """The grammar vLLM builds from each schema, on a real tokenizer: xgrammar compiles it (it refuses some schemas
+    that validate, e.g. a bounded repetition above 128)."""
+    xgrammar = pytest.importorskip("xgrammar")
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(tiny_model)
+    compiler = xgrammar.GrammarCompiler(xgrammar.TokenizerInfo.from_huggingface(tokenizer, vocab_size=len(tokenizer)))
+    for name in TASKS:
+        for max_tokens in (768, 4096):
+            compiler.compile_json_schema(json.dumps(requests_of(name, max_tokens)[0].schema), any_whitespace=False)

@@ -65,7 +65,7 @@ def test_push_review_pull_decide_and_export(argilla, store, tmp_path):
         assert len(records) == 12 and len({r["external_id"] for r in records}) == 12
         ids = [r["id"] for r in records]
         alice, bob = _reviewer(api, workspace), _reviewer(api, workspace)
-        fix = "Persona: a careful buyer\nInterests:\n1. tape (from #1)\nTransition: #1 tape -> interest 1. more tape"
+        fix = "Persona: a careful buyer\nInterests:\n1. tape (from #1)\nTransition: #1 tape -> interest 1. more tape for the same repair job"
         _answer(alice, ids[0], "submitted", quality=4, verdict="accept", correction=fix)
         _answer(bob, ids[0], "submitted", quality=5, verdict="accept")
         _answer(alice, ids[1], "submitted", quality=2, verdict="reject", wrong_modules=["persona"])
@@ -100,8 +100,8 @@ def test_two_review_datasets_keep_their_own_decisions(argilla, store, tmp_path):
     """Pulling a second dataset over the same traces must not erase the first's decisions: a reject in any
     dataset holds, the latest accepted correction wins, and a split vote keeps the original reasoning."""
     first, second = ReviewConfig(dataset=_name("one")), ReviewConfig(dataset=_name("two"), reviews_per_record=2)
-    fix_one = "Persona: from the first review\nInterests:\n1. tape (from #1)\nTransition: #1 -> interest 1. tape"
-    fix_two = "Persona: from the second review\nInterests:\n1. tape (from #1)\nTransition: #1 -> interest 1. tape"
+    fix_one = "Persona: from the first review\nInterests:\n1. tape (from #1)\nTransition: #1 -> interest 1. tape for the same repair job"
+    fix_two = "Persona: from the second review\nInterests:\n1. tape (from #1)\nTransition: #1 -> interest 1. tape for the same repair job"
     with Argilla() as api:
         workspace = api.workspace_id("argilla")
         push(store, first, api)
@@ -281,7 +281,8 @@ def test_a_correction_is_normalised_and_held_to_the_rules(argilla, store, tmp_pa
         workspace = api.workspace_id("argilla")
         records = sorted(api.records(api.find_dataset(config.dataset, workspace)["id"]), key=lambda r: r["external_id"])
         alice = _reviewer(api, workspace)
-        good = "Persona: a careful buyer\r\nInterests:\r\n1. tape (from #1)   \r\n\r\nTransition: #1 tape -> interest 1. more tape\r\n"
+        good = ("Persona: a careful buyer\r\nInterests:\r\n1. tape (from #1)   \r\n\r\n"
+                "Transition: #1 tape -> interest 1. more tape for the same repair job\r\n")
         _answer(alice, records[0]["id"], "submitted", quality=4, verdict="accept", correction=good)
         _answer(alice, records[1]["id"], "submitted", quality=4, verdict="accept", correction="looks fine to me, maybe shorter")
         reasoning = store.scalar("SELECT text FROM traces WHERE trace_id = ?", [records[2]["external_id"]])

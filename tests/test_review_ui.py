@@ -20,7 +20,7 @@ from recot.synth.job import SynthConfig, run_synth
 
 CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking",
                  "--disable-component-update", "--disable-sync"]
-FIX = ["Persona: a careful buyer", "Interests:", "1. tape (from #1)", "Transition: #1 tape -> interest 1. more tape"]
+FIX = ["Persona: a careful buyer", "Interests:", "1. tape (from #1)", "Transition: #1 tape -> interest 1. more tape for the same repair job"]
 
 
 @pytest.fixture(scope="module")

@@ -43,7 +43,7 @@ def save_rejects(rejects: pl.DataFrame, report: Path | None, default: Path) -> s
         return None
     from recot.data.sid_files import write_table
 
-    path = report or default
+    path = (report or default).resolve()  # named whole: a default lands in the current folder, which a user may not expect
     path.parent.mkdir(parents=True, exist_ok=True)
     write_table(rejects, path)
     console.print(f"[yellow]{rejects.height} rejected records written to {escape(str(path))}[/]")

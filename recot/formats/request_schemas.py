@@ -18,10 +18,19 @@ from __future__ import annotations
 import copy
 import json
 import math
+import re
 from collections.abc import Callable
 from typing import Any
 
 EVIDENCE_ITEMS = 5  # most history numbers one interest may cite: enough to ground it, too few to loop on
+# One line of plain text: no angle brackets (a SID in the reasoning is never unknown, never the hindsight target's),
+# no line breaks (the CoT layout holds one field per line), no quote or backslash (no JSON escape makes a reply longer
+# than its characters). A bounded repetition of it carries the length bound: xgrammar refuses pattern + maxLength.
+PLAIN_LINE = r'[^<>"\\\n\r\t]'
+# xgrammar (vLLM 0.32) fails to compile a bounded repetition above 128, and nesting them makes its compile run for
+# minutes: a reasoning field is one line of at most this many characters
+REPEAT_CAP = 128
+_PLAIN = re.compile(r"^\^\[[^\]]*\]\{(\d+),(\d+)\}\$$")
 
 
 def strict_form(schema: dict[str, Any]) -> dict[str, Any]:
@@ -36,12 +45,13 @@ def strict_form(schema: dict[str, Any]) -> dict[str, Any]:
 
 
 def narrow(schema: dict[str, Any], history: int | None = None, answer_pattern: str | None = None, top_k: int = 1,
-           max_tokens: int | None = None, sid_chars: int = 0) -> dict[str, Any]:
+           max_tokens: int | None = None, sid_chars: int = 0, plain: bool = False) -> dict[str, Any]:
     """A copy of a task's JSON schema for one request: interests cite ``1..history`` (at most :data:`EVIDENCE_ITEMS`
     each) when the request has a history; the ``answer``, when it has one, matches ``answer_pattern`` (the catalog's
     SID grammar); ``alternatives`` hold ``top_k - 1`` picks (none when 1); the strict form throughout; and, given
     ``max_tokens``, free strings shortened until the longest answer the schema allows fits in that many tokens
-    (:func:`fit`), so a reply cannot be cut off, however the model fills it."""
+    (:func:`fit`), so a reply cannot be cut off, however the model fills it; ``plain`` (a CoT trace's reasoning): every
+    free string one line of :data:`PLAIN_LINE`, so the reasoning can neither name a SID nor break the CoT layout."""
     out = strict_form(copy.deepcopy(schema))
     interest = out.get("$defs", {}).get("Interest")
     if interest is not None and history:
@@ -51,7 +61,7 @@ def narrow(schema: dict[str, Any], history: int | None = None, answer_pattern: s
     if answer_pattern is not None and "answer" in properties:
         # a pattern only: xgrammar refuses a pattern together with length bounds (vLLM falls back to a slower backend)
         properties["answer"] = {k: v for k, v in properties["answer"].items() if k not in ("minLength", "maxLength")}
-        properties["answer"]["pattern"] = answer_pattern
+        properties["answer"]["pattern"] = f"^{answer_pattern}$"
     if "alternatives" in properties:
         if top_k == 1:
             del properties["alternatives"]
@@ -60,7 +70,27 @@ def narrow(schema: dict[str, Any], history: int | None = None, answer_pattern: s
             properties["alternatives"] |= {"minItems": top_k - 1, "maxItems": top_k - 1}
     if max_tokens is not None:
         fit(out, max_tokens, sid_chars)
+    if plain:
+        for node in _nodes(out, _is_free_string):
+            low, high = node.pop("minLength", 0), node.pop("maxLength")
+            node["pattern"] = plain_line(low, high)
     return out
+
+
+def plain_line(low: int, high: int) -> str:
+    """An anchored pattern (JSON Schema's pattern is a search) of ``low..min(high, REPEAT_CAP)`` characters of
+    :data:`PLAIN_LINE`."""
+    return f"^{PLAIN_LINE}{{{low},{min(high, REPEAT_CAP)}}}$"
+
+
+def plain_line_bounds(pattern: str) -> tuple[int, int] | None:
+    """``(low, high)`` of a :func:`plain_line` pattern; None for any other pattern."""
+    found = _PLAIN.match(pattern)
+    return (int(found[1]), int(found[2])) if found else None
+
+
+def _is_free_string(node: dict[str, Any]) -> bool:
+    return node.get("type") == "string" and "maxLength" in node and "pattern" not in node and "enum" not in node
 
 
 def longest(schema: dict[str, Any], sid_chars: int = 0) -> tuple[int, int]:
@@ -86,10 +116,11 @@ def longest(schema: dict[str, Any], sid_chars: int = 0) -> tuple[int, int]:
             fixed += times * (2 + most)
             walk(node.get("items", {}), times * most)
         elif kind == "string":
+            bounds = plain_line_bounds(node.get("pattern", ""))
             if "maxLength" in node and "pattern" not in node:
                 fixed, free = fixed + times * 2, free + times * node["maxLength"]
-            else:
-                fixed += times * (2 + sid_chars)
+            else:  # a line of plain text (its bound) or a SID
+                fixed += times * (2 + (bounds[1] if bounds else sid_chars))
         elif kind == "integer":
             fixed += times * len(str(node.get("maximum", 2**63)))
         else:
@@ -112,7 +143,7 @@ def fit(schema: dict[str, Any], max_tokens: int, sid_chars: int = 0) -> dict[str
         node["maxItems"] = max(node.get("minItems", 0), math.ceil(node["maxItems"] * keep))
     fixed, free = longest(schema, sid_chars)
     factor = max(max_tokens - fixed, 0) / free
-    for node in _nodes(schema, lambda n: n.get("type") == "string" and "maxLength" in n and "pattern" not in n):
+    for node in _nodes(schema, _is_free_string):
         node["maxLength"] = min(node["maxLength"], max(node.get("minLength", 0), 1, int(node["maxLength"] * factor)))
     return schema
 

@@ -168,7 +168,8 @@ def iter_requests(task: Task, subjects: Path, library: PromptLibrary, items: Ite
             if key not in schemas:
                 schema = task.schema(profile.personas).model_json_schema()
                 if narrowed:
-                    schema = narrow(schema, key[1], None if chosen else items.sid_grammar, top_k, sampling.max_tokens, items.sid_chars)
+                    schema = narrow(schema, key[1], None if chosen else items.sid_grammar, top_k, sampling.max_tokens, items.sid_chars,
+                                    plain=task.cot)
                 constrain = choice_constraint(schema, top_k) if chosen else None
                 schemas[key] = schema, canonical_json(constrain([_SLATE]) if constrain else schema).split(_SLATE_JSON), constrain
             if profile.name not in shown:

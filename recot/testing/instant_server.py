@@ -37,9 +37,9 @@ SID = re.compile(r"(?:<[a-z_]+\d*_\d+>)+")
 
 def _trace(prompt: str) -> str:
     sids = SID.findall(prompt)
-    return json.dumps({"persona": {"prototype": "student", "evidence": "bought #1"},
+    return json.dumps({"persona": {"prototype": "student", "evidence": "bought #1 for a class project"},
                        "interests": [{"name": "more of the same", "evidence": [1]}],
-                       "transition": {"recent": "#1", "follows": 1, "reasoning": "the latest purchase sets the interest"},
+                       "transition": {"recent": "#1", "follows": 1, "reasoning": "the latest purchase sets the interest for the term"},
                        "answer": sids[-1] if sids else "?"})
 _counter = itertools.count(1)
 _received: Counter = Counter()
