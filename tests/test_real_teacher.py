@@ -34,8 +34,11 @@ def check_confined(store: Store, sample) -> None:
     """Every reply answered and parsed; the rules whose failures the schema makes unwritable passed on every trace."""
     rows = store.con.execute("SELECT task, status, reason, output, target, history FROM traces").fetchall()
     assert rows and all(status == "ok" for _, status, _, _, _, _ in rows), [(t, r) for t, s, r, _, _, _ in rows if s != "ok"]
-    failed = store.con.execute(f"""SELECT rule, reason, detail FROM verdicts
-                                   WHERE NOT passed AND rule IN {CONFINED_RULES}""").fetchall()
+    # a blind answer is held to the catalog's SID grammar, not to its items: it may name a SID no item has
+    failed = store.con.execute(f"""SELECT v.rule, v.reason, v.detail FROM verdicts v JOIN traces t USING (trace_id)
+                                   WHERE NOT v.passed AND v.rule IN {CONFINED_RULES}
+                                   AND NOT (t.task = 'r3_cot_blind' AND v.reason = 'unknown_sid'
+                                            AND v.detail = json_extract_string(t.output, '$.answer'))""").fetchall()
     assert failed == []
     sid_of = dict(zip(sample.catalog.items["item_id"], sample.catalog.sid_text()))
     for task, _, _, output, target, history in rows:
