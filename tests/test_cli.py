@@ -16,6 +16,18 @@ def recot(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess:
     return subprocess.run([*RECOT, *args], capture_output=True, text=True, cwd=cwd)
 
 
+def copy_with_a_malformed_sid(sample_path: Path, folder: Path) -> str:
+    """The sample in ``folder`` with one item's SID malformed (levels skipped); returns that item's id."""
+    import shutil
+
+    shutil.copytree(sample_path, folder)
+    sids = json.loads((folder / "sids.json").read_text())
+    bad = next(iter(sids))
+    sids[bad] = ["<a_1>", "<c_2>"]
+    (folder / "sids.json").write_text(json.dumps(sids))
+    return bad
+
+
 def test_inspect_json(sample_path):
     out = recot("data", "inspect", str(sample_path), "--json")
     assert out.returncode == 0, out.stderr
@@ -131,14 +143,8 @@ def test_lenient_decisions_made_at_synthesis_hold_through_curation_and_export(sa
     """A dataset with a malformed SID: synthesis with lenient = true sets the item aside and writes the catalog it
     used beside the traces; ingest without --dataset takes that catalog (SIDs are checked, not all failed); export's
     decontamination loads the dataset as synthesis did with --lenient, and says so when it is left out."""
-    import shutil
-
     folder = tmp_path / "ds"
-    shutil.copytree(sample_path, folder)
-    sids = json.loads((folder / "sids.json").read_text())
-    bad = next(iter(sids))
-    sids[bad] = ["<a_1>", "<c_2>"]
-    (folder / "sids.json").write_text(json.dumps(sids))
+    bad = copy_with_a_malformed_sid(sample_path, folder)
     config = tmp_path / "synth.toml"
     config.write_text(f'dataset = "{folder}"\nout = "{tmp_path / "synth"}"\ntasks = ["r3_cot_hindsight"]\nlimit = 30\nlenient = true\n')
     assert recot("synth", "run", str(config), "--no-progress", "--json").returncode == 0
@@ -201,14 +207,8 @@ def test_a_json_record_with_bytes_that_are_not_utf8(sample_path, tmp_path):
 def test_small_things_people_trip_on(sample_path, tmp_path):
     """A record is named once in a message; an empty JSON file's fix speaks of records, not a header; a curate command
     leaves nothing beside its store."""
-    import shutil
-
     root = tmp_path / "ds"
-    shutil.copytree(sample_path, root)
-    sids = json.loads((root / "sids.json").read_text())
-    bad = next(iter(sids))
-    sids[bad] = ["<a_1>", "<c_2>"]
-    (root / "sids.json").write_text(json.dumps(sids))
+    bad = copy_with_a_malformed_sid(sample_path, root)
     named = recot("data", "inspect", str(root))
     assert named.returncode == 2 and f"record '{bad}'" in named.stderr and f"record '{bad}' (record" not in named.stderr
     (root / "items.json").write_text("")
