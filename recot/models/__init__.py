@@ -59,6 +59,12 @@ def get_model(name: str, out: Path | None = None) -> Path:
     return folder
 
 
+def resolve(model: str | Path) -> str:
+    """A model folder for ``model``: a source name is built (once) and its folder returned; a path or hub id as given."""
+    name = str(model)
+    return str(get_model(name)) if name in SOURCES and not Path(name).exists() else name
+
+
 def _build(found: ModelSource, folder: Path, digest: str) -> None:
     """Build into a side folder and move it in whole: a killed build leaves no half model under the real name."""
     partial = folder.with_name(folder.name + ".partial")
@@ -77,4 +83,4 @@ def _built(folder: Path, digest: str) -> bool:
         return False
 
 
-__all__ = ["SOURCES", "ModelSource", "cache_root", "get_model", "source"]
+__all__ = ["SOURCES", "ModelSource", "cache_root", "get_model", "resolve", "source"]

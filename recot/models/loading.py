@@ -1,6 +1,7 @@
 """One way to load a model and its tokenizer, for every stage that reads a checkpoint (SFT, GRPO, the recipe, the grid's
 probe, evaluation, the usefulness scorer).
 
+- ``path`` is a model folder, a hub id, or a model source's name (``smollm2-135m-instruct``: built on first use).
 - Weights load in float32 whatever the stage: they are the master copy an optimiser updates (AdamW's small steps vanish
   in bfloat16), and mixed precision comes from the trainer's ``bf16`` autocast, not from the stored dtype.
 - The tokenizer is the checkpoint's own, chat template included: every stage renders the same text.
@@ -15,6 +16,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from recot.errors import DataError
+from recot.models import resolve
 
 if TYPE_CHECKING:
     from recot.data.catalog import Catalog
@@ -24,7 +26,7 @@ def load_tokenizer(path: str | Path, catalog: Catalog | None = None, catalog_sou
     """The checkpoint's tokenizer; with ``catalog``, checked against it (:func:`check_vocabulary`)."""
     from transformers import AutoTokenizer
 
-    tokenizer = AutoTokenizer.from_pretrained(str(path))
+    tokenizer = AutoTokenizer.from_pretrained(resolve(path))
     if catalog is not None:
         check_vocabulary(tokenizer, catalog, path, catalog_source)
     return tokenizer
@@ -35,7 +37,7 @@ def load_model(path: str | Path) -> Any:
     import torch
     from transformers import AutoModelForCausalLM
 
-    return AutoModelForCausalLM.from_pretrained(str(path), dtype=torch.float32)
+    return AutoModelForCausalLM.from_pretrained(resolve(path), dtype=torch.float32)
 
 
 def check_vocabulary(tokenizer: Any, catalog: Catalog, model: str | Path, catalog_source: str | Path | None = None) -> None:

@@ -44,6 +44,7 @@ from recot.curation.review import ReviewConfig
 from recot.curation.rules import RulesConfig
 from recot.errors import DataError, require
 from recot.io import atomic_path
+from recot.models import resolve
 from recot.runs.stages import TrainKind
 from recot.synth.job import SynthConfig
 from recot.synth.prompts import PromptLibrary
@@ -250,8 +251,8 @@ class Pipeline:
             stages.append(Stage("tiny_model", partial(self._run_tiny_model, c.tiny_model), _dump(c.tiny_model), [self._model_dir("base-model")],
                                 after=["export"]))
             base = ["tiny_model"]
-        base_inputs = [Path(c.base_model)] if c.base_model and Path(c.base_model).exists() else []
-        start = c.base_model or self._model_dir("base-model")
+        start = resolve(c.base_model) if c.base_model else self._model_dir("base-model")  # a model source is built here
+        base_inputs = [Path(start)] if c.base_model and Path(start).exists() else []
         for name in ("pretrain", "align", "sft"):  # each from the checkpoint before it
             settings = getattr(c, name)
             if settings is None:

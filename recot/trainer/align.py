@@ -64,7 +64,7 @@ def train_align(config: RecAlignConfig) -> RecSFTTrainer:
 
     train, validation = align_splits(config)
     trainer = train_sft(config, train, validation)
-    if config.probe_items:
+    if config.probe_items and trainer.is_world_process_zero():
         report = perception_probe(trainer.model, trainer.processing_class, config.dataset_path, config.probe_items)
         (Path(str(config.output_dir)) / PROBE_FILE).write_text(json.dumps(report, indent=1) + "\n")
     return trainer

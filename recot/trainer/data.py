@@ -38,6 +38,27 @@ def load_export(path: str | Path, name: str):
     return datasets.DatasetDict({part: datasets.Dataset(pq.read_table(file)) for part, file in files.items()})
 
 
+def as_prompt_completion(dataset):
+    """Conversational ``messages`` rows as TRL prompt/completion rows (the last message is the completion), so that the
+    loss falls on the answer alone under any chat template: TRL's assistant-only loss on ``messages`` needs
+    ``{% generation %}`` markers, which most models' own templates lack. Other rows are returned as they are."""
+    if "messages" not in dataset.column_names:
+        return dataset
+    return dataset.map(lambda row: {"prompt": row["messages"][:-1], "completion": row["messages"][-1:]}, remove_columns=["messages"])
+
+
+def check_template(tokenizer, row: dict, model: str | Path) -> None:
+    """Raise unless the model's chat template renders a conversational prompt/completion ``row`` as the prompt evaluation
+    renders (the generation prompt) followed by the completion's text unchanged: a template that drops or moves the
+    think block (some strip ``<think>`` from assistant turns) would train on text the model is never asked for."""
+    prompt = tokenizer.apply_chat_template(row["prompt"], tokenize=False, add_generation_prompt=True)
+    text = tokenizer.apply_chat_template(row["prompt"] + row["completion"], tokenize=False)
+    if not text.startswith(prompt) or row["completion"][0]["content"] not in text[len(prompt):]:
+        raise DataError(model, "its chat template does not render a training row as the prompt evaluation sends followed by "
+                        "the completion unchanged (the think block is dropped or moved)",
+                        "give the tokenizer a chat template that keeps assistant content as written (tokenizer.chat_template)")
+
+
 def export_catalog(path: str | Path) -> Catalog:
     """The catalog an export carries (``catalog.parquet``, or that file itself): the SIDs a model must speak."""
     file = Path(path)

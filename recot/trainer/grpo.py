@@ -155,11 +155,14 @@ class RecGRPOTrainer(GRPOTrainer):
 
     def _generate_and_score_completions(self, inputs):
         out = super()._generate_and_score_completions(inputs)
-        hits = torch.tensor(exact_hit(self._answers, [x["target_sid"] for x in inputs]))
+        local = torch.tensor(exact_hit(self._answers, [x["target_sid"] for x in inputs]), device=self.accelerator.device)
+        # a group may span processes (as TRL's rewards do): weigh on every rank's hits, then keep this rank's slice
+        hits = self.accelerator.gather(local)
         group_hit = hits.view(-1, self.num_generations).amax(1).repeat_interleave(self.num_generations)
-        weight = torch.where(group_hit > 0, 1.0, self.args.no_hit_weight).to(out["advantages"].device)
+        start = self.accelerator.process_index * len(local)
+        weight = torch.where(group_hit[start:start + len(local)] > 0, 1.0, self.args.no_hit_weight).to(out["advantages"].device)
         out["advantages"] = out["advantages"] * weight[: out["advantages"].shape[0]]
-        self._metrics["train"]["rollout_hit_rate"].append(hits.mean().item())
+        self._metrics["train"]["rollout_hit_rate"].append(hits.float().mean().item())
         return out
 
     def _compute_loss(self, model, inputs):
@@ -211,5 +214,6 @@ def train_grpo(config: RecGRPOConfig, train_dataset=None) -> RecGRPOTrainer:
     finally:
         trainer.close_rollout_engine()
     trainer.save_model(config.output_dir)
-    tokenizer.save_pretrained(str(config.output_dir))
+    if trainer.is_world_process_zero():
+        tokenizer.save_pretrained(str(config.output_dir))
     return trainer

@@ -2,8 +2,9 @@
 
 :class:`RecSFTConfig` is TRL's ``SFTConfig`` plus where the model and data live, the catalog whose
 SIDs the model must speak, an optional embedding warm-up stage and LoRA. Conversational
-``messages`` rows (the export's ``sft`` config) train on assistant tokens only when the chat
-template marks generations; prompt/completion rows train on the completion.
+``messages`` rows (the export's ``sft`` config) become prompt/completion rows, so every row trains
+on its answer alone whatever the model's chat template (its default system prompt included: train
+and evaluation render the same messages through the same template).
 """
 
 from __future__ import annotations
@@ -68,6 +69,9 @@ class RecSFTTrainer(SFTTrainer):
         picked = logprobs.gather(-1, targets.unsqueeze(-1)).squeeze(-1)
         count = valid.sum() if num_items_in_batch is None else num_items_in_batch
         loss = -picked.sum() / torch.as_tensor(count).clamp(min=1)
+        if num_items_in_batch is not None and self.args.average_tokens_across_devices:
+            # the count is every rank's tokens and DDP averages gradients over ranks: scale back, as Trainer does
+            loss = loss * self.accelerator.num_processes
         with torch.no_grad():  # the metrics TRL logs: entropy and top-1 accuracy on the trained tokens, tokens seen
             shown = max(len(targets), 1)
             self._metrics[mode]["entropy"].append(float(-(logprobs.exp() * logprobs).sum()) / shown)
@@ -79,10 +83,13 @@ class RecSFTTrainer(SFTTrainer):
 
 
 def machine_defaults() -> dict:
-    """Device settings that fit this machine: the CPU where there is no GPU, bf16 where the GPU supports it
-    (TRL's configs default to bf16 and fail on a CPU-only machine)."""
+    """Device settings that fit this machine: the CPU where there is no GPU; bf16 mixed precision (autocast over the
+    float32 master weights the loader keeps) where the GPU supports it, and on a CPU only where it has bf16 in hardware
+    (AMX or AVX512-BF16: measured faster there; elsewhere it is emulated and slower, bench/bench_student_cpu.py)."""
     if not torch.cuda.is_available():
-        return {"use_cpu": True, "bf16": False}
+        from recot.models.dtype import cpu_has_fast_bf16
+
+        return {"use_cpu": True, "bf16": cpu_has_fast_bf16()}
     return {"bf16": torch.cuda.is_bf16_supported()}
 
 
@@ -123,13 +130,17 @@ def _lora(config: RecSFTConfig):
 
 def train_sft(config: RecSFTConfig, train_dataset=None, eval_dataset=None, callbacks=None) -> RecSFTTrainer:
     """Run the (optional) embedding warm-up, then SFT; saves the model to ``output_dir``."""
-    from recot.trainer.data import load_export
+    from recot.trainer.data import as_prompt_completion, check_template, load_export
     from recot.trainer.sid_vocab import freeze_for_warmup
 
     model, tokenizer, sid_ids = load_model(config)
     if train_dataset is None:
         loaded = load_export(config.dataset_path, config.dataset_config or "sft")
         train_dataset, eval_dataset = loaded["train"], loaded.get("validation")
+    train_dataset = as_prompt_completion(train_dataset)
+    eval_dataset = as_prompt_completion(eval_dataset) if eval_dataset is not None else None
+    if "prompt" in train_dataset.column_names and isinstance(train_dataset[0]["prompt"], list):
+        check_template(tokenizer, train_dataset[0], config.model_path)
     if config.embedding_warmup_steps and sid_ids:
         warm = fixed_length(config, max_steps=config.embedding_warmup_steps, output_dir=str(Path(str(config.output_dir)) / "warmup"))
         freeze_for_warmup(model, sid_ids)
@@ -147,7 +158,9 @@ def train_sft(config: RecSFTConfig, train_dataset=None, eval_dataset=None, callb
     trainer = RecSFTTrainer(model=model, args=config, train_dataset=train_dataset, eval_dataset=eval_dataset,
                          processing_class=tokenizer, peft_config=_lora(config) if config.lora_r else None, callbacks=callbacks)
     trainer.train(resume_from_checkpoint=config.resume_from_checkpoint)
-    trainer.save_model(config.output_dir)
+    trainer.save_model(config.output_dir)  # the main process writes (under accelerate launch every rank gets here)
+    if not trainer.is_world_process_zero():
+        return trainer
     tokenizer.save_pretrained(str(config.output_dir))
     if config.early_stopping_patience:  # the best epoch's weights are the saved model: its checkpoints have done their work
         for checkpoint in Path(str(config.output_dir)).glob("checkpoint-*"):
