@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 from pathlib import Path
 
@@ -97,3 +98,19 @@ def argilla():
     yield "http://127.0.0.1:6900"
     if not already:
         subprocess.run([script, "stop"], capture_output=True)
+
+
+# headless, and nothing fetched that the test did not ask for
+CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking",
+                 "--disable-component-update", "--disable-sync"]
+
+
+@pytest.fixture(scope="session")
+def chromium() -> dict:
+    """Playwright's launch arguments for Debian's Chromium (make test installs it); a machine where it cannot be
+    installed skips, saying so."""
+    pytest.importorskip("playwright", reason="playwright is not installed: pip install playwright (make test does)")
+    found = shutil.which("chromium") or shutil.which("chromium-browser")
+    if not found:
+        pytest.skip("Chromium is not installed and could not be (apt-get install chromium): the browser test cannot run here")
+    return {"executable_path": found, "args": CHROMIUM_ARGS}

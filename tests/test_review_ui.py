@@ -5,7 +5,6 @@ correction the box starts with and accepts, rejects the next record, and the pul
 from __future__ import annotations
 
 import re
-import shutil
 import time
 
 import polars as pl
@@ -18,19 +17,7 @@ from recot.curation.store import Store
 from recot.formats.sid import ANY_SID_PATTERN
 from recot.synth.job import SynthConfig, run_synth
 
-CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking",
-                 "--disable-component-update", "--disable-sync"]
 FIX = ["Persona: a careful buyer", "Interests:", "1. tape (from #1)", "Transition: #1 tape -> interest 1. more tape for the same repair job"]
-
-
-@pytest.fixture(scope="module")
-def chromium() -> str:
-    """Debian's Chromium (make test installs it); a machine where it cannot be installed skips, saying so."""
-    pytest.importorskip("playwright", reason="playwright is not installed: pip install playwright (make test does)")
-    found = shutil.which("chromium") or shutil.which("chromium-browser")
-    if not found:
-        pytest.skip("Chromium is not installed and could not be (apt-get install chromium): the browser test cannot run here")
-    return found
 
 
 @pytest.fixture()
@@ -64,7 +51,7 @@ def test_a_reviewer_reads_edits_accepts_and_rejects_in_the_browser(argilla, chro
         dataset = api.find_dataset(config.dataset, api.workspace_id("argilla"))["id"]
         records = {r["external_id"]: r for r in api.records(dataset)}
     with sync_playwright() as driver:
-        browser = driver.chromium.launch(executable_path=chromium, args=CHROMIUM_ARGS)
+        browser = driver.chromium.launch(**chromium)
         page = browser.new_page(viewport={"width": 1400, "height": 1100})
         page.goto(f"{argilla}/sign-in")
         page.locator("input").nth(0).fill("argilla")

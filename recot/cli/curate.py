@@ -111,15 +111,26 @@ def usefulness(scorer: str, batch_size: int, store: Path, as_json: bool) -> None
 
 @curate.command("report")
 @click.option("--examples", default=2, show_default=True, help="Example rows per failure reason.")
+@click.option("--html", "page", type=click.Path(dir_okay=False, path_type=Path),
+              help="Also write the funnel as one self-contained page (pictures inline, opens offline).")
+@click.option("--synth", type=click.Path(exists=True, file_okay=False, path_type=Path),
+              help="The synthesis output folder: the page adds its planned requests, tokens, time and cost.")
+@click.option("--plan", type=click.Path(exists=True, dir_okay=False, path_type=Path),
+              help="A dry run's JSON (`recot synth run --dry-run --json`): the page shows it beside what was measured.")
 @store_option
 @json_option
-def report(examples: int, store: Path, as_json: bool) -> None:
+def report(examples: int, page: Path | None, synth: Path | None, plan: Path | None, store: Path, as_json: bool) -> None:
     """The funnel: traces per task, checks and failures per rule and reason, with examples; what is kept."""
     from recot.curation.report import funnel
+    from recot.curation.report_page import write_report_page
     from recot.curation.store import Store
 
     with Store.existing(store) as db:
         result = funnel(db, examples)
+        if page is not None:
+            write_report_page(db, page, examples=examples, plan=_json_file(plan) if plan else None,
+                              synth_summary=_json_file(synth / "summary.json") if synth else None)
+            click.echo(f"page: {page.resolve()}", err=True)
     if as_json:
         click.echo(json.dumps(result, indent=2))
         return
@@ -131,6 +142,20 @@ def report(examples: int, store: Path, as_json: bool) -> None:
     if slate := result["slate_accuracy"]:
         stdout.print(f"slate picks: {slate['hits']} of {slate['answered']} hit ({slate['accuracy']:.1%}); "
                      f"chance {slate['chance']:.1%}, most popular candidate {slate['most_popular']:.1%}")
+
+
+def _json_file(path: Path) -> dict:
+    """A JSON object written by recot (a dry run's plan, a job's summary), or a named error."""
+    from recot.errors import DataError
+
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        raise DataError(path, f"cannot be read as JSON ({exc})", "pass the file recot wrote (summary.json, or a dry run's --json "
+                        "output)") from None
+    if not isinstance(data, dict):
+        raise DataError(path, "holds no JSON object", "pass the file recot wrote (summary.json, or a dry run's --json output)")
+    return data
 
 
 @click.command("export")

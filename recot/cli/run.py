@@ -21,29 +21,60 @@ def run_cmd(config: Path, out: Path | None, no_progress: bool, as_json: bool) ->
     """Run the pipeline in CONFIG: synth, curate, judge, dedup, review, export, sft, grpo, eval; unchanged stages are skipped."""
     from dataclasses import asdict
 
-    from recot.runs.pipeline import load_pipeline, run_pipeline
+    from recot.runs.pipeline import REPORT_PAGE, STATE_FILE, load_pipeline, run_pipeline
 
     with report_only_on_stdout():  # trainers print their logs: stdout is for the report
-        results = run_pipeline(load_pipeline(config, {"out": out}), progress=not no_progress,
+        pipeline = load_pipeline(config, {"out": out})
+        results = run_pipeline(pipeline, progress=not no_progress,
                                log=lambda line: console.print(line, highlight=False))
     if as_json:
         click.echo(json.dumps([asdict(r) for r in results], indent=2, default=str))
         return
     table = Table(title=f"pipeline {config}")
-    for column in ("stage", "status", "seconds", "figures", "output"):
+    for column in ("stage", "status", "seconds", "headline"):
         table.add_column(column, overflow="fold")
     for r in results:
-        figures = ", ".join(f"{k}={_short(v)}" for k, v in r.summary.items() if k != "model")
-        table.add_row(r.name, r.status, f"{r.seconds:.1f}", figures, "\n".join(r.outputs))
+        table.add_row(r.name, r.status, f"{r.seconds:.1f}", headline(r.name, r.summary))
     stdout.print(table)
+    stdout.print(f"the funnel: {pipeline.out / REPORT_PAGE}; every figure: {pipeline.out / STATE_FILE}, or "
+                 f"`recot run {config} --json`")
+
+
+def headline(stage: str, summary: dict) -> str:
+    """One line that says what a stage did (the whole summary is in ``--json`` and the pipeline state)."""
+    def total(value) -> int:
+        return sum(value.values()) if isinstance(value, dict) else int(value or 0)
+
+    if stage == "synth":
+        return (f"{summary.get('ok', 0)} of {summary.get('planned', 0)} planned ok, {total(summary.get('rejected'))} rejected, "
+                f"{total(summary.get('unanswered'))} unanswered")
+    if stage == "curate":
+        failing = {rule: n for rule, n in (summary.get("failed_per_rule") or {}).items() if n}
+        worst = ", ".join(f"{rule} {n}" for rule, n in sorted(failing.items(), key=lambda x: -x[1])[:3]) or "none"
+        return f"{summary.get('ingested', 0)} ingested; failed a rule: {worst}"
+    if stage == "dedup":
+        return f"{total(summary.get('exact_dropped'))} exact and {total(summary.get('near_dropped'))} near duplicates dropped"
+    if stage == "export":
+        rows = summary.get("rows") or {}
+        return f"{summary.get('kept', 0)} kept; rows " + ", ".join(f"{name} {n}" for name, n in rows.items())
+    if stage == "eval":
+        recall = {key.split(".")[0]: value for key, value in summary.items() if ".recall@" in key}
+        k = next((key.split("@")[1] for key in summary if ".recall@" in key), "")
+        return f"Recall@{k} on {summary.get('rows', 0)} rows: " + ", ".join(f"{name} {value:.4f}" for name, value in recall.items())
+    if "best_eval_loss" in summary or "last_loss" in summary:
+        loss = summary.get("best_eval_loss")
+        return f"{summary.get('steps', 0)} steps, " + (f"best eval loss {loss:.4f}" if loss is not None
+                                                       else f"last loss {_short(summary.get('last_loss'))}")
+    if stage == "grpo":
+        return (f"{summary.get('steps', 0)} steps, mean reward {_short(summary.get('mean_reward_first'))} -> "
+                f"{_short(summary.get('mean_reward_last'))}")
+    return ", ".join(f"{key}={_short(value)}" for key, value in summary.items() if not isinstance(value, dict))
 
 
 def _short(value) -> str:
     """A figure for a table cell: floats to 4 significant digits, the rest as JSON."""
     if isinstance(value, float):
         return f"{value:.4g}"
-    if isinstance(value, dict):
-        return "{" + ", ".join(f"{k}: {_short(v)}" for k, v in value.items()) + "}"
     return json.dumps(value, default=str)
 
 

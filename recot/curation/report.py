@@ -37,9 +37,27 @@ def funnel(store: Store, examples: int = 2) -> dict[str, Any]:
     for rule, reason, n, trace_id, task, detail, text in reasons:
         entry = rules[rule].setdefault("reasons", {}).setdefault(reason, {"count": n, "examples": []})
         entry["examples"].append({"trace_id": trace_id, "task": task, "detail": detail, "text": text})
-    return {"traces": sum(tasks.values()), "by_task": tasks, "rules": rules,
+    return {"traces": sum(tasks.values()), "by_task": tasks, "stages": stages(store), "rules": rules,
             "kept": sum(kept.values()), "kept_by_task": kept, "slate_accuracy": slate_accuracy(store),
             "ingest_rejects": store.scalar("SELECT count(*) FROM ingest_rejects"), "set_aside": set_aside(store)}
+
+
+STAGES = ("traces", "parsed", "rules", "dedup", "review")
+
+
+def stages(store: Store) -> dict[str, dict[str, int]]:
+    """Per task, the traces left after each step: ingested, parsed (answered and valid), passing every rule, not a
+    dropped duplicate, not rejected in review (the last is ``kept``)."""
+    rows = store.con.execute(f"""
+        WITH failed AS (SELECT trace_id, bool_or(rule <> 'dedup') AS by_rule, bool_or(rule = 'dedup') AS by_dedup
+                        FROM verdicts WHERE NOT passed GROUP BY trace_id),
+             kept AS (SELECT trace_id FROM ({KEPT_SQL}))
+        SELECT t.task, count(*), count(*) FILTER (WHERE t.status = 'ok'),
+               count(*) FILTER (WHERE t.status = 'ok' AND NOT coalesce(f.by_rule, FALSE)),
+               count(*) FILTER (WHERE t.status = 'ok' AND f.trace_id IS NULL), count(k.trace_id)
+        FROM traces t LEFT JOIN failed f USING (trace_id) LEFT JOIN kept k USING (trace_id)
+        GROUP BY t.task ORDER BY t.task""").fetchall()
+    return {task: dict(zip(STAGES, counts)) for task, *counts in rows}
 
 
 def set_aside(store: Store) -> dict[str, Any]:

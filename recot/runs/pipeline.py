@@ -50,6 +50,7 @@ from recot.synth.job import SynthConfig
 from recot.synth.prompts import PromptLibrary
 
 STATE_FILE = "pipeline-state.json"
+REPORT_PAGE = "report.html"
 METHODS = ("direct", "think", "most_popular", "transition", "sasrec")  # what evaluation scores, in report order
 # files at least this large are fingerprinted by size and modification time, not content (model weights)
 CONTENT_HASH_LIMIT = 64 * 2**20
@@ -401,7 +402,19 @@ class Pipeline:
             with atomic_path(state_path) as tmp:
                 tmp.write_text(json.dumps(state, indent=2, default=str) + "\n")
             results.append(StageResult(stage.name, "ran", seconds, [str(p) for p in stage.outputs], summary))
+        self.write_page(log)
         return results
+
+    def write_page(self, log: Callable[[str], None]) -> None:
+        """The funnel page of this run's store, ``OUT/report.html`` (rewritten each run: it is cheap)."""
+        from recot.curation.report_page import write_report_page
+        from recot.curation.store import Store
+
+        summary = self.config.synth.out / "summary.json"
+        with Store(self.store_path) as db:
+            write_report_page(db, self.out / REPORT_PAGE,
+                              synth_summary=json.loads(summary.read_text()) if summary.exists() else None)
+        log(f"funnel page: {self.out / REPORT_PAGE}")
 
 
 def run_pipeline(config: PipelineConfig, progress: bool = True, log: Callable[[str], None] = print) -> list[StageResult]:

@@ -397,9 +397,11 @@ class _Job:
     def _status(self, started: float) -> str:
         elapsed = max(time.perf_counter() - started, 1e-9)
         r = self.stats
-        failures = {**r.rejected, **({"unanswered": sum(r.unanswered.values())} if r.unanswered else {})}
-        shown = ", ".join(f"{k} {v}" for k, v in sorted(failures.items())) or "none"
-        return f"{r.sent / elapsed:.1f} req/s, {r.completion_tokens / elapsed:.0f} tok/s, cached {r.cached}, failures: {shown}"
+        reasons = ", ".join(f"{k} {v}" for k, v in sorted({**r.rejected, **r.unanswered}.items()))
+        # the same three counts the final report gives: ok + rejected + unanswered = answered so far
+        return (f"ok {r.ok}, rejected {sum(r.rejected.values())}, unanswered {sum(r.unanswered.values())}"
+                f"{f' ({reasons})' if reasons else ''} | {r.completion_tokens / elapsed:.0f} tok/s, {r.sent / elapsed:.1f} req/s, "
+                f"cached {r.cached}")
 
 
 def _progress(enabled: bool) -> Progress:
