@@ -130,9 +130,11 @@ def test_training_reads_exactly_the_export_it_is_given(curated, tiny_model, tmp_
                                                           output_dir=str(tmp_path / "model"), max_steps=1,
                                                           per_device_train_batch_size=2, report_to="none",
                                                           save_strategy="no", max_length=256))
-        seen.append((written, train_sft(config).train_dataset.num_rows))
-    assert len({written for written, _ in seen}) == 3, seen  # three different exports
-    assert all(written == trained for written, trained in seen), seen
+        trainer = train_sft(config)
+        seen.append((written, trainer.train_dataset.num_rows, trainer.rows_too_long["train"]))
+    assert len({written for written, _, _ in seen}) == 3, seen  # three different exports
+    # every row is trained on or counted as too long for max_length (TRL drops a prompt that fills it)
+    assert all(written == trained + too_long for written, trained, too_long in seen) and any(n for _, _, n in seen), seen
 
 
 def _dialect_copy(sample_path: Path, folder: Path, example: str) -> Path:
@@ -258,7 +260,8 @@ def test_every_example_config_loads(tmp_path):
     from recot.trainer.sft import RecSFTConfig
 
     examples = Path(__file__).resolve().parent.parent / "examples"
-    kinds = {"synth-demo.toml": SynthConfig, "synth-smollm2.toml": SynthConfig, "pipeline-demo.toml": PipelineConfig, "rules.toml": RulesConfig,
+    kinds = {"synth-demo.toml": SynthConfig, "synth-smollm2.toml": SynthConfig, "pipeline-demo.toml": PipelineConfig,
+             "pipeline-smollm2.toml": PipelineConfig, "rules.toml": RulesConfig,
              "judge.toml": JudgeConfig, "sft.toml": RecSFTConfig, "grpo.toml": RecGRPOConfig, "recipe.toml": RecipeConfig,
              "eval.toml": EvalConfig, "ablation.toml": AblationConfig, "pretrain.toml": RecPretrainConfig,
              "align.toml": RecAlignConfig}

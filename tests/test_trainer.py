@@ -622,3 +622,30 @@ def test_training_under_accelerate_launch_on_two_processes_matches_one(kind, sid
     single, double = _saved(tmp_path / f"{kind}-1"), _saved(tmp_path / f"{kind}-2")
     assert single.keys() == double.keys()
     assert max(float((single[name] - double[name]).abs().max()) for name in single) < 1e-4
+
+
+def test_beam_search_runs_each_prompt_once_and_returns_generates_beams(sid_model, sample):
+    """recot's beam search (prompts prefilled once, the cache repeated per beam) against transformers' own (every prompt
+    repeated k times first): the same SIDs in the same order, the same scores, on left-padded prompts of mixed length."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from recot.curation.next_item import next_item_rows
+    from recot.synth.job import choose_split
+    from recot.trainer.rollout import beam_search
+    from recot.trainer.trie import TrieLogitsProcessor
+
+    path, _, _ = sid_model
+    tokenizer, model = AutoTokenizer.from_pretrained(path), AutoModelForCausalLM.from_pretrained(path).eval()
+    trie = SidTrie.from_catalog(tokenizer, sample.catalog)
+    prompts = next_item_rows(choose_split(sample, "auto", 10), sample.catalog, "train")["prompt"].to_list()[:6]
+    tokenizer.padding_side = "left"
+    batch = tokenizer([f"{p}\n" for p in prompts], return_tensors="pt", padding=True)
+    width = batch["input_ids"].shape[1]
+    assert len(set(batch["attention_mask"].sum(1).tolist())) > 1  # mixed lengths: padding is exercised
+    settings = {"num_return_sequences": 4, "do_sample": False, "max_new_tokens": trie.depth + 1, "pad_token_id": tokenizer.pad_token_id,
+                "output_scores": True, "return_dict_in_generate": True}
+    with torch.no_grad():
+        ours = beam_search(model, dict(batch), 4, logits_processor=[TrieLogitsProcessor(trie, width)], **settings)
+        theirs = model.generate(**batch, num_beams=4, logits_processor=[TrieLogitsProcessor(trie, width)], **settings)
+    assert torch.equal(ours.sequences, theirs.sequences)
+    assert torch.allclose(ours.sequences_scores, theirs.sequences_scores, atol=1e-4)

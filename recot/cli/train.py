@@ -34,8 +34,8 @@ def pretrain(config: Path, as_json: bool) -> None:
 
     with report_only_on_stdout():  # trainers print their logs: stdout is for the report
         trainer = train_align(load_config(RecPretrainConfig, config))
-    emit({"output_dir": trainer.args.output_dir, "epoch": chosen_epoch(trainer), "best_eval_loss": trainer.state.best_metric},
-         as_json, "pretrain")
+    emit({"output_dir": trainer.args.output_dir, "epoch": chosen_epoch(trainer), "best_eval_loss": trainer.state.best_metric,
+          "rows_too_long": trainer.rows_too_long}, as_json, "pretrain")
 
 
 @train.command("align")
@@ -54,7 +54,8 @@ def align(config: Path, as_json: bool) -> None:
         trainer = train_align(load_config(RecAlignConfig, config))
     probe = Path(str(trainer.args.output_dir)) / PROBE_FILE
     emit({"output_dir": trainer.args.output_dir, "epoch": chosen_epoch(trainer), "best_eval_loss": trainer.state.best_metric,
-          "probe": json.loads(probe.read_text()) if probe.exists() else None}, as_json, "align")
+          "rows_too_long": trainer.rows_too_long, "probe": json.loads(probe.read_text()) if probe.exists() else None},
+         as_json, "align")
 
 
 @train.command("sft")
@@ -67,7 +68,8 @@ def sft(config: Path, as_json: bool) -> None:
     with report_only_on_stdout():
         trainer = train_sft(load_config(RecSFTConfig, config))
     emit({"output_dir": trainer.args.output_dir, "train_loss": trainer.state.log_history[-1].get("train_loss"),
-          "epoch": chosen_epoch(trainer), "best_eval_loss": trainer.state.best_metric}, as_json, "sft")
+          "epoch": chosen_epoch(trainer), "best_eval_loss": trainer.state.best_metric, "rows_too_long": trainer.rows_too_long},
+         as_json, "sft")
 
 
 @train.command("grpo")

@@ -353,7 +353,7 @@ class Pipeline:
         summary: dict[str, Any] = {"model": str(target), "from": str(start), "steps": trainer.state.global_step}
         if kind == "grpo":
             return summary | {"mean_reward_first": rewards[0] if rewards else None, "mean_reward_last": rewards[-1] if rewards else None}
-        summary |= {"epoch": chosen_epoch(trainer), "best_eval_loss": trainer.state.best_metric,
+        summary |= {"epoch": chosen_epoch(trainer), "best_eval_loss": trainer.state.best_metric, "rows_too_long": trainer.rows_too_long,
                     "first_loss": losses[0] if losses else None, "last_loss": losses[-1] if losses else None}
         if (target / PROBE_FILE).exists():
             summary["probe"] = json.loads((target / PROBE_FILE).read_text())

@@ -20,7 +20,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from recot.formats.grounding import grounding
 from recot.trainer.baselines import SASRecConfig, SASRecRecommender, Transition, most_popular
 from recot.trainer.rewards import answer_sid
-from recot.trainer.rollout import Ranking, Rollouts
+from recot.trainer.rollout import Ranking, Rollouts, beam_search
 from recot.trainer.trie import SidTrie
 
 
@@ -40,9 +40,9 @@ def rank_texts(model, tokenizer, texts: Sequence[str], trie: SidTrie | None, k: 
         batch = tokenizer(list(texts[start:start + batch_size]), return_tensors="pt", padding=True, add_special_tokens=False).to(model.device)
         width = batch["input_ids"].shape[1]
         with torch.no_grad():
-            out = model.generate(**batch, num_beams=k, num_return_sequences=k, do_sample=False, early_stopping=True,
-                                 max_new_tokens=(trie.depth + 1) if trie else 16, pad_token_id=tokenizer.pad_token_id,
-                                 prefix_allowed_tokens_fn=trie.prefix_allowed_tokens_fn(width) if trie else None)
+            out = beam_search(model, dict(batch), k, num_return_sequences=k, do_sample=False, early_stopping=True,
+                              max_new_tokens=(trie.depth + 1) if trie else 16, pad_token_id=tokenizer.pad_token_id,
+                              prefix_allowed_tokens_fn=trie.prefix_allowed_tokens_fn(width) if trie else None)
         decoded = tokenizer.batch_decode(out[:, width:], skip_special_tokens=True)
         lengths = (out[:, width:] != tokenizer.pad_token_id).sum(1).tolist()
         for row in range(batch["input_ids"].shape[0]):

@@ -39,6 +39,21 @@ def _left_padded(sequences: list[list[int]], pad_id: int, device) -> dict[str, t
             "attention_mask": pad([torch.ones_like(t) for t in tensors], padding_value=0, padding_side="left").to(device)}
 
 
+def beam_search(model, inputs: dict[str, torch.Tensor], k: int, **generate: object) -> torch.Tensor:
+    """``model.generate`` with ``k`` beams (and ``generate``'s other arguments) whose prompts run through the model once,
+    not once per beam: transformers repeats every prompt ``k`` times before its prefill, which on a real model's long
+    prompts is most of an evaluation's time. Every prompt token but the last runs at the batch's size, its cache is
+    repeated for the beams, and generate continues from the last token: the same keys, values and positions (from the
+    left-padded mask, as generate derives them), so the same beams."""
+    ids, mask = inputs["input_ids"], inputs["attention_mask"]
+    if k == 1 or ids.shape[1] < 2:
+        return model.generate(**inputs, num_beams=k, **generate)
+    positions = (mask[:, :-1].long().cumsum(-1) - 1).masked_fill(mask[:, :-1] == 0, 0)
+    cache = model(input_ids=ids[:, :-1], attention_mask=mask[:, :-1], position_ids=positions, use_cache=True).past_key_values
+    cache.batch_repeat_interleave(k)
+    return model.generate(**inputs, past_key_values=cache, num_beams=k, **generate)
+
+
 def two_stage(model, tokenizer, prompt_ids: list[list[int]], trie: SidTrie, k: int, reasoning: bool = True,
               max_reasoning_tokens: int = 64, generation_config: GenerationConfig | None = None) -> Rollouts:
     """Reasoning (sampled when ``generation_config`` samples, greedy without one), then K constrained SIDs.
@@ -58,8 +73,8 @@ def two_stage(model, tokenizer, prompt_ids: list[list[int]], trie: SidTrie, k: i
                 thoughts[row] = [start, *ids[:cut], end]
         inputs = _left_padded([p + r for p, r in zip(prompt_ids, thoughts)], pad_id, model.device)
         width = inputs["input_ids"].shape[1]
-        out = model.generate(**inputs, num_beams=k, num_return_sequences=k, do_sample=False, max_new_tokens=trie.depth + 1,
-                             logits_processor=[TrieLogitsProcessor(trie, width)], pad_token_id=pad_id)
+        out = beam_search(model, inputs, k, num_return_sequences=k, do_sample=False, max_new_tokens=trie.depth + 1,
+                          logits_processor=[TrieLogitsProcessor(trie, width)], pad_token_id=pad_id)
         beams = [[t for t in beam if t not in (pad_id, eos)] for beam in out[:, width:].tolist()]
         slates = [beams[i * k:(i + 1) * k] for i in range(len(prompt_ids))]
         if not reasoning and generation_config is not None and generation_config.do_sample:

@@ -9,15 +9,19 @@ and evaluation render the same messages through the same template).
 
 from __future__ import annotations
 
+import logging
 import shutil
 from dataclasses import dataclass, field, replace
 from pathlib import Path
+from typing import Any
 
 import torch
 from transformers import EarlyStoppingCallback
 from trl import SFTConfig, SFTTrainer
 
 from recot.errors import DataError
+
+logger = logging.getLogger(__name__)
 
 
 @dataclass
@@ -54,7 +58,10 @@ class RecSFTConfig(SFTConfig):
 
 class RecSFTTrainer(SFTTrainer):
     """TRL's SFTTrainer whose loss, where the fused LM head would fall back to a per-tile torch loop (no Triton),
-    is the model's plain cross-entropy over the completion labels, with the same normalisation and metrics."""
+    is the model's plain cross-entropy over the completion labels, with the same normalisation and metrics.
+    ``rows_too_long`` counts, per split, the rows TRL dropped because truncation to ``max_length`` left no answer token."""
+
+    rows_too_long: dict[str, int]
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         if self.args.fused_lm_head or "labels" not in inputs or "attention_mask" not in inputs:
@@ -157,6 +164,7 @@ def train_sft(config: RecSFTConfig, train_dataset=None, eval_dataset=None, callb
         callbacks.append(EarlyStoppingCallback(config.early_stopping_patience))
     trainer = RecSFTTrainer(model=model, args=config, train_dataset=train_dataset, eval_dataset=eval_dataset,
                          processing_class=tokenizer, peft_config=_lora(config) if config.lora_r else None, callbacks=callbacks)
+    count_rows_too_long(trainer, train_dataset, eval_dataset)
     trainer.train(resume_from_checkpoint=config.resume_from_checkpoint)
     trainer.save_model(config.output_dir)  # the main process writes (under accelerate launch every rank gets here)
     if not trainer.is_world_process_zero():
@@ -166,6 +174,20 @@ def train_sft(config: RecSFTConfig, train_dataset=None, eval_dataset=None, callb
         for checkpoint in Path(str(config.output_dir)).glob("checkpoint-*"):
             shutil.rmtree(checkpoint)
     return trainer
+
+
+def count_rows_too_long(trainer: RecSFTTrainer, train_dataset, eval_dataset) -> None:
+    """TRL drops a row whose prompt fills ``max_length`` (nothing of the answer is left to train on): count them per
+    split on the trainer, and say so, so that no row leaves training unaccounted for."""
+    prepared: dict[str, tuple[Any, Any]] = {"train": (train_dataset, trainer.train_dataset),
+                                            "validation": (eval_dataset, trainer.eval_dataset)}
+    trainer.rows_too_long = {part: len(given) - len(kept) for part, (given, kept) in prepared.items()
+                             if given is not None and kept is not None}
+    for part, dropped in trainer.rows_too_long.items():
+        if dropped:
+            logger.warning("%d of %d %s rows are not trained on: their prompt fills max_length (%s tokens) and leaves no "
+                           "answer token; raise max_length, or export shorter histories (max_history)",
+                           dropped, len(prepared[part][0]), part, getattr(trainer.args, "max_length", None))
 
 
 def fixed_length(config: RecSFTConfig, **changes) -> RecSFTConfig:
