@@ -1,11 +1,12 @@
 """SFT or GRPO on the tiny model, run by tests/test_distributed.py once as one process and once under
 ``accelerate launch --multi_gpu --num_processes 2`` on the CPU (gloo): the same code a multi-GPU run executes.
 
-Each rank writes ``ranks/RANK.json`` beside (not inside) the model folder: the training rows it saw (the token ids of
-each SFT row, the prompt text of each GRPO rollout), the steps, the train loss, and every write it made inside the
-model folder (seen through Python's audit hooks: open for writing, mkdir, rename, remove, rmtree).
+SFT and then GRPO run from the same model into ``OUT/runs/KIND``; after each, every rank writes
+``OUT/reports/KIND-RANK.json``: the training rows it saw (the token ids of each SFT row, the prompt text of each GRPO
+rollout), the steps, the logged losses, and every write it made under ``OUT/runs`` during that run (seen through
+Python's audit hooks: open for writing, mkdir, rename, remove, rmtree).
 
-    python tests/distributed_job.py sft|grpo MODEL CATALOG ROWS OUT
+    python tests/distributed_job.py MODEL CATALOG ROWS_DIR OUT      # ROWS_DIR holds sft.parquet and grpo.parquet
 """
 
 from __future__ import annotations
@@ -36,45 +37,47 @@ def watch_writes(root: Path) -> list[str]:
     return writes
 
 
-def main(kind: str, model: str, catalog: str, rows_file: str, out: str) -> None:
+def main(model: str, catalog: str, rows: str, out: str) -> None:
+    """SFT, then GRPO, each from ``model``: one launch pays the processes' start-up once."""
     import datasets
     import polars as pl
 
     from recot.trainer.grpo import RecGRPOConfig, RecGRPOTrainer, train_grpo
     from recot.trainer.sft import RecSFTConfig, RecSFTTrainer, train_sft
 
-    rank = int(os.environ.get("RANK", "0"))
-    target = Path(out) / "model"
-    writes = watch_writes(target)
+    writes = watch_writes(Path(out) / "runs")
     seen: list = []
-    rows = datasets.Dataset.from_polars(pl.read_parquet(rows_file))
-    common = {"output_dir": str(target), "model_path": model, "sid_catalog": catalog, "report_to": "none",
-              "save_strategy": "no", "logging_steps": 1, "seed": 0, "data_seed": 0}
-    if kind == "sft":
-        def observed_step(self, model, inputs, num_items_in_batch=None):
-            for ids, mask in zip(inputs["input_ids"].tolist(), inputs["attention_mask"].tolist()):
-                seen.append([i for i, m in zip(ids, mask) if m])
-            return base_step(self, model, inputs, num_items_in_batch)
 
-        base_step = RecSFTTrainer.training_step
-        RecSFTTrainer.training_step = observed_step  # type: ignore[method-assign]
-        trainer = train_sft(RecSFTConfig(**common, num_train_epochs=1, per_device_train_batch_size=4 // world(),
-                                         learning_rate=1e-3, max_length=1024, early_stopping_patience=0), rows)
-    else:
-        def observed_rollouts(self, inputs):
-            seen.extend(str(x["prompt"]) for x in inputs)
-            return base_rollouts(self, inputs)
+    def observed_step(self, model, inputs, num_items_in_batch=None):
+        for ids, mask in zip(inputs["input_ids"].tolist(), inputs["attention_mask"].tolist()):
+            seen.append([i for i, m in zip(ids, mask) if m])
+        return base_step(self, model, inputs, num_items_in_batch)
 
-        base_rollouts = RecGRPOTrainer._generate_and_score_completions
-        RecGRPOTrainer._generate_and_score_completions = observed_rollouts  # type: ignore[method-assign]
-        trainer = train_grpo(RecGRPOConfig(**common, max_steps=2, per_device_train_batch_size=8 // world(), num_generations=4,
-                                           num_candidates=4, reasoning=False, rollout="beam", beta=0.0, learning_rate=1e-3,
-                                           shuffle_dataset=False), rows)
-    losses = [entry["loss"] for entry in trainer.state.log_history if "loss" in entry]
-    report = {"rank": rank, "world": world(), "seen": seen, "steps": trainer.state.global_step, "losses": losses,
-              "writes": writes}
-    (Path(out) / "ranks").mkdir(parents=True, exist_ok=True)
-    (Path(out) / "ranks" / f"{rank}.json").write_text(json.dumps(report))
+    def observed_rollouts(self, inputs):
+        seen.extend(str(x["prompt"]) for x in inputs)
+        return base_rollouts(self, inputs)
+
+    base_step, base_rollouts = RecSFTTrainer.training_step, RecGRPOTrainer._generate_and_score_completions
+    RecSFTTrainer.training_step = observed_step  # type: ignore[method-assign]
+    RecGRPOTrainer._generate_and_score_completions = observed_rollouts  # type: ignore[method-assign]
+    runs = {
+        "sft": lambda common, data: train_sft(RecSFTConfig(**common, num_train_epochs=1, per_device_train_batch_size=4 // world(),
+                                                           learning_rate=1e-3, max_length=1024, early_stopping_patience=0), data),
+        "grpo": lambda common, data: train_grpo(RecGRPOConfig(**common, max_steps=2, per_device_train_batch_size=8 // world(),
+                                                              num_generations=4, num_candidates=4, reasoning=False, rollout="beam",
+                                                              beta=0.0, learning_rate=1e-3, shuffle_dataset=False), data),
+    }
+    for kind, run in runs.items():
+        seen.clear()
+        writes.clear()
+        common = {"output_dir": str(Path(out) / "runs" / kind), "model_path": model, "sid_catalog": catalog, "report_to": "none",
+                  "save_strategy": "no", "logging_steps": 1, "seed": 0, "data_seed": 0}
+        trainer = run(common, datasets.Dataset.from_polars(pl.read_parquet(Path(rows) / f"{kind}.parquet")))
+        report = {"world": world(), "seen": list(seen), "steps": trainer.state.global_step, "writes": list(writes),
+                  "losses": [entry["loss"] for entry in trainer.state.log_history if "loss" in entry]}
+        reports = Path(out) / "reports"
+        reports.mkdir(parents=True, exist_ok=True)
+        (reports / f"{kind}-{os.environ.get('RANK', '0')}.json").write_text(json.dumps(report))
 
 
 def world() -> int:
@@ -82,4 +85,4 @@ def world() -> int:
 
 
 if __name__ == "__main__":
-    main(*sys.argv[1:6])
+    main(*sys.argv[1:5])

@@ -570,9 +570,9 @@ def test_grpo_rolls_out_on_vllm_with_the_policys_weights(sid_model, sample, tmp_
     assert torch.equal(engine[:rows_used], after_first[0]) and not torch.equal(engine[:rows_used], start)
 
 
-def _launch(kind: str, sid_model, sample, tmp_path, processes: int) -> list[dict]:
-    """tests/distributed_job.py as one process, or as ``processes`` ranks under ``accelerate launch`` (gloo on the CPU):
-    each rank's report."""
+def _launch(sid_model, sample, work: Path, processes: int) -> dict[str, list[dict]]:
+    """tests/distributed_job.py (SFT, then GRPO) as one process, or as ``processes`` ranks under ``accelerate launch``
+    (gloo on the CPU): each kind's report of every rank."""
     import subprocess
     import sys
 
@@ -580,48 +580,45 @@ def _launch(kind: str, sid_model, sample, tmp_path, processes: int) -> list[dict
     from recot.synth.job import choose_split
 
     path, _, _ = sid_model
-    work = tmp_path / f"{kind}-{processes}"
     work.mkdir()
     catalog = work / "catalog.parquet"
     sample.catalog.items.select("item_id", "title", "brand").with_columns(sid_text=sample.catalog.sid_text()).write_parquet(catalog)
-    rows = next_item_rows(choose_split(sample, "auto", 10), sample.catalog, "train").head(16 if kind == "sft" else 4)
-    rows.select("prompt", "completion" if kind == "sft" else "target_sid").write_parquet(work / "rows.parquet")
-    job = [str(Path(__file__).with_name("distributed_job.py")), kind, str(path), str(catalog), str(work / "rows.parquet"), str(work)]
+    rows = next_item_rows(choose_split(sample, "auto", 10), sample.catalog, "train")
+    rows.head(16).select("prompt", "completion").write_parquet(work / "sft.parquet")
+    rows.head(4).select("prompt", "target_sid").write_parquet(work / "grpo.parquet")
+    job = [str(Path(__file__).with_name("distributed_job.py")), str(path), str(catalog), str(work), str(work)]
     launcher = [str(Path(sys.executable).with_name("accelerate")), "launch", "--multi_gpu", "--num_processes", str(processes),
                 "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", "0"]
     command = [*launcher, *job] if processes > 1 else [sys.executable, *job]
     done = subprocess.run(command, capture_output=True, text=True, timeout=600, env={**os.environ, "OMP_NUM_THREADS": "1"})
     assert done.returncode == 0, done.stderr[-3000:]
-    return [json.loads((work / "ranks" / f"{rank}.json").read_text()) for rank in range(processes)]
+    return {kind: [json.loads((work / "reports" / f"{kind}-{rank}.json").read_text()) for rank in range(processes)]
+            for kind in ("sft", "grpo")}
 
 
-def _saved(folder: Path) -> dict[str, torch.Tensor]:
-    from safetensors.torch import load_file
-
-    return load_file(folder / "model" / "model.safetensors")
-
-
-@pytest.mark.parametrize("kind", ["sft", "grpo"])
-def test_training_under_accelerate_launch_on_two_processes_matches_one(kind, sid_model, sample, tmp_path):
+def test_sft_and_grpo_under_accelerate_launch_on_two_processes_match_one(sid_model, sample, tmp_path):
     """What `accelerate launch --multi_gpu --num_processes N` does on N GPUs, on 2 CPU processes (gloo): both ranks train,
     each row is trained once per epoch by one rank, the loss and the saved weights match one process at the same global
     batch (within 1e-4 on the loss, 1e-4 on any weight: float sums in another order), and only rank 0 writes the model.
     GRPO rolls out with the catalog trie (beam groups: deterministic, so the two runs can be compared)."""
-    one = _launch(kind, sid_model, sample, tmp_path, 1)[0]
-    ranks = _launch(kind, sid_model, sample, tmp_path, 2)
-    assert [r["world"] for r in ranks] == [2, 2] and all(r["seen"] for r in ranks)
-    assert ranks[0]["steps"] == ranks[1]["steps"] == one["steps"] > 0
-    seen = [json.dumps(x) for r in ranks for x in r["seen"]]
-    if kind == "sft":  # 16 rows, 4 per global step: every row once, no row on both ranks
-        assert sorted(seen) == sorted(json.dumps(x) for x in one["seen"]) and len(set(seen)) == len(seen) == 16
-    else:  # a prompt's rollouts: the same prompts as one process, each group whole on one rank
-        assert sorted(seen) == sorted(json.dumps(x) for x in one["seen"])
-        assert not set(ranks[0]["seen"]) & set(ranks[1]["seen"])
-    assert ranks[0]["losses"] == pytest.approx(one["losses"], abs=1e-4)
-    assert ranks[1]["writes"] == [] and any(w.endswith("model.safetensors") or "config.json" in w for w in ranks[0]["writes"])
-    single, double = _saved(tmp_path / f"{kind}-1"), _saved(tmp_path / f"{kind}-2")
-    assert single.keys() == double.keys()
-    assert max(float((single[name] - double[name]).abs().max()) for name in single) < 1e-4
+    from safetensors.torch import load_file
+
+    single, double = _launch(sid_model, sample, tmp_path / "one", 1), _launch(sid_model, sample, tmp_path / "two", 2)
+    for kind in ("sft", "grpo"):
+        one, ranks = single[kind][0], double[kind]
+        assert [r["world"] for r in ranks] == [2, 2] and all(r["seen"] for r in ranks), kind
+        assert ranks[0]["steps"] == ranks[1]["steps"] == one["steps"] > 0
+        seen = [json.dumps(x) for r in ranks for x in r["seen"]]
+        assert sorted(seen) == sorted(json.dumps(x) for x in one["seen"])  # the same rows as one process
+        if kind == "sft":  # 16 rows, 4 per global step: every row once, no row on both ranks
+            assert len(set(seen)) == len(seen) == 16
+        else:  # a prompt's rollouts: each group whole on one rank
+            assert not set(ranks[0]["seen"]) & set(ranks[1]["seen"])
+        assert ranks[0]["losses"] == pytest.approx(one["losses"], abs=1e-4)
+        assert ranks[1]["writes"] == [] and any(w.endswith("config.json") for w in ranks[0]["writes"])
+        weights = [load_file(run / "runs" / kind / "model.safetensors") for run in (tmp_path / "one", tmp_path / "two")]
+        assert weights[0].keys() == weights[1].keys()
+        assert max(float((weights[0][name] - weights[1][name]).abs().max()) for name in weights[0]) < 1e-4, kind
 
 
 def test_beam_search_runs_each_prompt_once_and_returns_generates_beams(sid_model, sample):
