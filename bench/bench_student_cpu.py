@@ -1,6 +1,6 @@
 """Training a real base on a CPU: float32 against bf16 autocast (float32 master weights), full fine-tuning against LoRA.
 
-    .venv/bin/python bench/bench_student_cpu.py [--steps 12] [--batch 8] [--rows 400]
+    .venv/bin/python bench/bench_student_cpu.py [--steps 12] [--batch 8] [--rows 400] [--valid 32] [--arms NAME ...]
 
 The student is SmolLM2-135M-Instruct (``recot models get smollm2-135m-instruct``) with the bundled sample's SID
 vocabulary, trained by ``train_sft`` on the sample's next-item rows (direct answers, the model's own chat template).
@@ -24,11 +24,12 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 SAMPLE = ROOT / "examples" / "amazon18-industrial-sample"
 SKIP = 3
-ARMS = {"fp32 full (baseline)": {"bf16": False}, "bf16 autocast full": {"bf16": True},
+BASELINE = "fp32 full (baseline)"
+ARMS = {BASELINE: {"bf16": False}, "bf16 autocast full": {"bf16": True},
         "fp32 LoRA r=16": {"bf16": False, "lora_r": 16}}
 
 
-def rows(limit: int):
+def rows(limit: int, valid: int):
     import datasets
 
     from recot.curation.next_item import next_item_rows
@@ -37,9 +38,8 @@ def rows(limit: int):
 
     sample = load_dataset(SAMPLE)
     split = SplitSpec.choose(sample.boundaries, "auto", 10).build(sample.sequences())
-    table = next_item_rows(split, sample.catalog, "train", think=False).select("prompt", "completion").head(limit + 64)
-    records = [{"prompt": [{"role": "user", "content": r["prompt"]}], "completion": [{"role": "assistant", "content": r["completion"]}]}
-               for r in table.to_dicts()]
+    table = next_item_rows(split, sample.catalog, "train", think=False).select("prompt", "completion").head(limit + valid)
+    records = table.to_dicts()  # conversational already: the student prompt as a user turn, the SID as the answer
     return sample, datasets.Dataset.from_list(records[:limit]), datasets.Dataset.from_list(records[limit:])
 
 
@@ -85,11 +85,13 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=12)
     parser.add_argument("--batch", type=int, default=8)
     parser.add_argument("--rows", type=int, default=400)
+    parser.add_argument("--valid", type=int, default=32, help="held-out rows scored after training")
+    parser.add_argument("--arms", nargs="+", default=list(ARMS), choices=list(ARMS), help="arms to run (the baseline always runs)")
     args = parser.parse_args()
     from recot.models import get_model
     from recot.models.dtype import cpu_has_fast_bf16
 
-    sample, train, valid = rows(args.rows)
+    sample, train, valid = rows(args.rows, args.valid)
     base = str(get_model("smollm2-135m-instruct"))
     print(f"CPU has fast bf16 (avx512_bf16 or amx_bf16): {cpu_has_fast_bf16()}; {os.cpu_count()} cores; "
           f"{args.steps} steps of {args.batch} rows, timed from step {SKIP}")
@@ -97,8 +99,8 @@ def main() -> None:
         catalog = Path(tmp) / "catalog.parquet"
         sample.catalog.items.select("item_id", "title", "brand").with_columns(sid_text=sample.catalog.sid_text()).write_parquet(catalog)
         results = {name: run(arm, Path(tmp) / str(i), base, catalog, train, valid, args.steps, args.batch)
-                   for i, (name, arm) in enumerate(ARMS.items())}
-    baseline = results["fp32 full (baseline)"]["tokens_s"]
+                   for i, (name, arm) in enumerate(ARMS.items()) if name in {*args.arms, BASELINE}}
+    baseline = results[BASELINE]["tokens_s"]
     print("| arm | tokens/s | ratio to fp32 full | validation loss after the same steps |\n|---|---|---|---|")
     for name, result in results.items():
         print(f"| {name} | {result['tokens_s']:.0f} | {result['tokens_s'] / baseline:.2f}x | {result['eval_loss']:.3f} |")

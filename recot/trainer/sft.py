@@ -185,8 +185,8 @@ def count_rows_too_long(trainer: RecSFTTrainer, train_dataset, eval_dataset) -> 
                              if given is not None and kept is not None}
     for part, dropped in trainer.rows_too_long.items():
         if dropped:
-            logger.warning("%d of %d %s rows are not trained on: their prompt fills max_length (%s tokens) and leaves no "
-                           "answer token; raise max_length, or export shorter histories (max_history)",
+            logger.warning("%d of %d %s rows are dropped: their prompt fills max_length (%s tokens) and leaves no answer "
+                           "token to learn or score; raise max_length, or export shorter histories (max_history)",
                            dropped, len(prepared[part][0]), part, getattr(trainer.args, "max_length", None))
 
 
