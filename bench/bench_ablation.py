@@ -64,6 +64,10 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--vocab", type=int, default=2000, help="the BPE's size before the SID tokens")
     parser.add_argument("--batch", type=int, default=16, help="SFT batch (align and pre-training use twice this)")
     parser.add_argument("--out", type=Path, default=ROOT / "bench" / ".data" / "grid")
+    parser.add_argument("--base", help="a pretrained base (a folder or a model source: smollm2-135m-instruct) instead of the "
+                                       "tiny model pre-trained here; --hidden, --layers and --vocab then do not apply")
+    parser.add_argument("--lr", type=float, help="learning rate of alignment and SFT (default: 2e-3 for the tiny model, "
+                                                 "5e-5 for a pretrained --base)")
     args = parser.parse_args(argv)
     if not (INDUSTRIAL / "items.json").exists():
         sys.exit(f"needs the full Industrial set at {INDUSTRIAL}")
@@ -89,21 +93,28 @@ def main(argv: list[str] | None = None) -> None:
         store.ingest(args.out / "synth" / "traces.parquet")
         run_rules(store)
         export(store, ExportConfig(name="item-text", out=args.out / "text-export", dataset=INDUSTRIAL, formats=["align"], overwrite=True))
-    tiny, base = args.out / "tiny-model", args.out / "pretrained"
-    if not (tiny / "config.json").exists():
-        build_tiny_model(tiny, dataset.catalog.items["title"].to_list(), hidden_size=args.hidden, layers=args.layers, vocab_size=args.vocab)
-    lm = {"per_device_train_batch_size": 2 * args.batch, "learning_rate": 2e-3, "max_length": 128, "num_train_epochs": args.align_epochs,
+    lr = args.lr or (5e-5 if args.base else 2e-3)
+    lm = {"per_device_train_batch_size": 2 * args.batch, "learning_rate": lr, "max_length": 128, "num_train_epochs": args.align_epochs,
           "early_stopping_patience": 1, "lr_scheduler_type": "cosine"}
-    began = time.perf_counter()
-    pretrained = train_stage("pretrain", lm, tiny, args.out / "text-export", base)
-    print(f"pre-training on item text: epoch {chosen_epoch(pretrained)}, {time.perf_counter() - began:.0f} s")
+    if args.base:  # a real language model: no stand-in pre-training
+        from recot.models import resolve
+
+        base = Path(resolve(args.base))
+    else:
+        tiny, base = args.out / "tiny-model", args.out / "pretrained"
+        if not (tiny / "config.json").exists():
+            build_tiny_model(tiny, dataset.catalog.items["title"].to_list(), hidden_size=args.hidden, layers=args.layers,
+                             vocab_size=args.vocab)
+        began = time.perf_counter()
+        pretrained = train_stage("pretrain", lm, tiny, args.out / "text-export", base)
+        print(f"pre-training on item text: epoch {chosen_epoch(pretrained)}, {time.perf_counter() - began:.0f} s")
     # the grid's exports hold the R3 rows alone (relations would double SFT's rows); its align rows then have no relations
     config = AblationConfig(store=store_path, dataset=INDUSTRIAL, base_model=str(base), out=args.out / "ablation", ratios=args.ratios,
                             tasks=["r3_cot_hindsight"], probe_items=100,
                             align=None if args.no_align else {**lm, "probe_items": 100,  # item text: pre-training's
                                                               "kinds": ["sid_to_text", "text_to_sid", "relation", "behaviour"]},
                             sft={"num_train_epochs": args.max_epochs, "early_stopping_patience": 1, "per_device_train_batch_size": args.batch,
-                                 "learning_rate": 2e-3, "max_length": 512, "embedding_warmup_steps": 20},
+                                 "learning_rate": lr, "max_length": 512, "embedding_warmup_steps": 20},
                             grpo=grpo_settings(args) if args.grpo_steps else None, eval=eval_settings(args))
     table = run_ablation(config)
     print((args.out / "ablation" / "ablation.md").read_text())
