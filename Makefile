@@ -34,7 +34,7 @@ demo: install
 	$(VENV)/bin/recot sid convert $(DEMO_OUT)/sids/sids.parquet --to '<|sid_begin|><s_a_0><s_b_0><s_c_0><|sid_end|>' --out $(DEMO_OUT)/sids-wrapped.parquet
 	$(VENV)/bin/recot run examples/pipeline-demo.toml
 	@echo "demo output in $(DEMO_OUT)/: synth/ (traces + split.json), curation.duckdb, export/ (TRL datasets + card),"
-	@echo "  base-model/, sft/, grpo/, eval/report.json + report.png, pipeline-state.json (stage fingerprints)"
+	@echo "  base-model/, sft/, grpo/, eval/report.json + report.png, report.html (the funnel page), pipeline-state.json"
 
 # A real LLM as teacher: the embedded SmolLM2-135M-Instruct on 3 subjects per task, curated, and the funnel of what
 # the rules made of its replies (about 4 minutes on 2 cores, plus the model's first build).
