@@ -94,7 +94,9 @@ class SidTrieLogitsProcessor(LogitsProcessor):
 def constrained_engine(model: str | Path, **engine: Any):
     """A ``vllm.LLM`` for ``model`` with the trie processor and scores read as ``processed_logits``
     (``engine``: further ``vllm.LLM`` arguments: dtype, max_model_len, gpu_memory_utilization, ...)."""
-    return make_llm(model=str(model), logits_processors=[SidTrieLogitsProcessor], logprobs_mode="processed_logits", **engine)
+    from recot.models import resolve
+
+    return make_llm(model=resolve(model), logits_processors=[SidTrieLogitsProcessor], logprobs_mode="processed_logits", **engine)
 
 
 def shutdown(llm) -> None:
