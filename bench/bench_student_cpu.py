@@ -20,6 +20,8 @@ import time
 from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
+from transformers import TrainerCallback  # noqa: E402  (offline first)
+
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 SAMPLE = ROOT / "examples" / "amazon18-industrial-sample"
@@ -43,41 +45,32 @@ def rows(limit: int, valid: int):
     return sample, datasets.Dataset.from_list(records[:limit]), datasets.Dataset.from_list(records[limit:])
 
 
-class Clock:
-    """A TrainerCallback that times steps after the first SKIP and counts their tokens."""
+class Timer(TrainerCallback):
+    """The seconds from the start of step SKIP to the end of training."""
 
     def __init__(self) -> None:
-        self.started = 0.0
-        self.seconds = 0.0
+        self.started = self.seconds = 0.0
 
-    def callback(self):
-        from transformers import TrainerCallback
+    def on_step_begin(self, args, state, control, **kwargs):
+        if state.global_step == SKIP:
+            self.started = time.perf_counter()
 
-        clock = self
-
-        class Timer(TrainerCallback):
-            def on_step_begin(self, args, state, control, **kwargs):
-                if state.global_step == SKIP:
-                    clock.started = time.perf_counter()
-
-            def on_train_end(self, args, state, control, **kwargs):
-                clock.seconds = time.perf_counter() - clock.started
-
-        return Timer()
+    def on_train_end(self, args, state, control, **kwargs):
+        self.seconds = time.perf_counter() - self.started
 
 
 def run(arm: dict, work: Path, base: str, catalog: Path, train, valid, steps: int, batch: int) -> dict:
     from recot.trainer.sft import RecSFTConfig, train_sft
 
-    clock = Clock()
+    timer = Timer()
     config = RecSFTConfig(model_path=base, output_dir=str(work), sid_catalog=str(catalog), max_steps=steps,
                           per_device_train_batch_size=batch, per_device_eval_batch_size=batch, learning_rate=1e-4,
                           logging_steps=1, save_strategy="no", report_to="none", max_length=384, disable_tqdm=True, seed=0,
                           early_stopping_patience=0, **arm)
-    trainer = train_sft(config, train, valid, callbacks=[clock.callback()])
+    trainer = train_sft(config, train, valid, callbacks=[timer])
     tokens = trainer.state.log_history[-2].get("num_tokens") or 0
     per_step = tokens / max(trainer.state.global_step, 1)
-    return {"tokens_s": per_step * (steps - SKIP) / clock.seconds, "eval_loss": trainer.evaluate()["eval_loss"]}
+    return {"tokens_s": per_step * (steps - SKIP) / timer.seconds, "eval_loss": trainer.evaluate()["eval_loss"]}
 
 
 def main() -> None:

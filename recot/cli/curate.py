@@ -128,7 +128,7 @@ def report(examples: int, page: Path | None, synth: Path | None, plan: Path | No
     with Store.existing(store) as db:
         result = funnel(db, examples)
         if page is not None:
-            write_report_page(db, page, examples=examples, plan=_json_file(plan) if plan else None,
+            write_report_page(db, page, data=result, plan=_json_file(plan) if plan else None,
                               synth_summary=_json_file(synth / "summary.json") if synth else None)
             click.echo(f"page: {page.resolve()}", err=True)
     if as_json:

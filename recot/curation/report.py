@@ -49,8 +49,7 @@ def stages(store: Store) -> dict[str, dict[str, int]]:
     """Per task, the traces left after each step: ingested, parsed (answered and valid), passing every rule, not a
     dropped duplicate, not rejected in review (the last is ``kept``)."""
     rows = store.con.execute(f"""
-        WITH failed AS (SELECT trace_id, bool_or(rule <> 'dedup') AS by_rule, bool_or(rule = 'dedup') AS by_dedup
-                        FROM verdicts WHERE NOT passed GROUP BY trace_id),
+        WITH failed AS (SELECT trace_id, bool_or(rule <> 'dedup') AS by_rule FROM verdicts WHERE NOT passed GROUP BY trace_id),
              kept AS (SELECT trace_id FROM ({KEPT_SQL}))
         SELECT t.task, count(*), count(*) FILTER (WHERE t.status = 'ok'),
                count(*) FILTER (WHERE t.status = 'ok' AND NOT coalesce(f.by_rule, FALSE)),

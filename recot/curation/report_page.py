@@ -100,10 +100,12 @@ def _examples(store: Store, data: dict[str, Any]) -> dict[str, str]:
                                      WHERE t.trace_id IN (SELECT unnest(?))""", [ids]).fetchall())
 
 
-def report_page(store: Store, examples: int = 3, synth_summary: dict | None = None, plan: dict | None = None) -> str:
+def report_page(store: Store, examples: int = 3, synth_summary: dict | None = None, plan: dict | None = None,
+                data: dict[str, Any] | None = None) -> str:
     """The page as a string. ``synth_summary``: the job's ``summary.json`` (planned requests, wall time, tokens, cost);
-    ``plan``: the dry run's JSON (``recot synth run --dry-run --json``), shown beside what the job measured."""
-    data = funnel(store, examples)
+    ``plan``: the dry run's JSON (``recot synth run --dry-run --json``), shown beside what the job measured; ``data``:
+    the store's :func:`funnel` when the caller has it already (else it is read here)."""
+    data = data if data is not None else funnel(store, examples)
     titles = _examples(store, data)
     sections = [f"<h1>recot funnel</h1><p class=\"note\">{esc(store.path)}, written {datetime.now(UTC):%Y-%m-%d %H:%M} UTC. "
                 "The same figures as <code>recot curate report --json</code>.</p>"]
