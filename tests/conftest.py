@@ -30,9 +30,12 @@ FULL = ROOT.parent / "shared" / "data" / "amazon18-industrial"
 SHARED_SERVER = {"test_review": "argilla", "test_review_ui": "argilla", "test_synth_vllm": "vllm", "test_on_ray": "vllm"}
 
 
+@pytest.hookimpl(tryfirst=True)
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     """`make test` runs two pytest-xdist workers (``--dist loadgroup``): a module's tests stay on one worker, so its
-    module fixtures are built once, and the modules that share a server run on the same worker."""
+    module fixtures are built once, and the modules that share a server run on the same worker. First among the
+    hooks: xdist reads the marks in its own hook (it names the group in the node id), and a mark added after that
+    groups nothing, so each test went to either worker and both started Argilla at once."""
     for item in items:
         module = Path(item.nodeid.split("::")[0]).stem
         item.add_marker(pytest.mark.xdist_group(SHARED_SERVER.get(module, module)))

@@ -329,6 +329,14 @@ def test_an_admins_key_pulls_and_a_lost_publish_reply_is_done(argilla, store):
     assert store.scalar("SELECT reviewer FROM reviews WHERE dataset = ?", [config.dataset]).startswith("rev-")
 
 
+def test_the_review_tests_run_on_the_worker_that_owns_argilla(request):
+    """Under ``--dist loadgroup`` (make test) every test that talks to Argilla is in one group, so one worker starts
+    the server: two workers starting it at once on a fresh machine raced in its install and CI failed."""
+    if not request.config.getvalue("loadgroup"):
+        pytest.skip("not under pytest-xdist --dist loadgroup")
+    assert request.node.nodeid.endswith("@argilla"), request.node.nodeid
+
+
 def test_a_mistyped_store_is_an_error_for_every_command_but_ingest(tmp_path):
     import subprocess
 
