@@ -14,8 +14,6 @@ small actor.
 
 from __future__ import annotations
 
-import logging
-import os
 import shutil
 import time
 from collections import Counter
@@ -34,6 +32,7 @@ from recot.formats.splits import SPLIT_FILE
 from recot.formats.tasks import TASKS_FILE
 from recot.formats.traces import TRACES_SCHEMA
 from recot.io import atomic_path
+from recot.ray_cluster import ray_session
 from recot.synth.job import JobReport, SynthConfig, finish_report, job_dir, run_synth
 from recot.synth.requests import Shard
 
@@ -45,27 +44,10 @@ def run_on_ray(config: SynthConfig, shards: int, address: str | None = None, gpu
                cpus_per_shard: float = 1.0, max_retries: int = 3, progress: bool = True) -> JobReport:
     """Run the job's ``shards`` shards as Ray tasks (on the cluster at ``address``, ``RAY_ADDRESS``, or a
     local one), each retried up to ``max_retries`` times if its worker dies, then merge them."""
-    try:
-        import ray
-    except ImportError:
-        raise DataError("ray", "Ray is not installed", "pip install 'recot[ray]'") from None
     if shards < 1:
         raise DataError("shards", f"{shards} shards", "run at least one shard")
-    config = _absolute(config)
-    owned = not ray.is_initialized()  # a cluster connection this call made is closed by it, so Ray's messages end here
-    if owned:
-        _check_reachable(address or os.environ.get("RAY_ADDRESS"))
-        try:
-            ray.init(address=address, include_dashboard=False, log_to_driver=False, logging_level=logging.ERROR)
-        except (ConnectionError, RuntimeError, ValueError) as exc:
-            raise DataError(address or os.environ.get("RAY_ADDRESS", "ray"), f"cannot connect to the Ray cluster ({_first_line(exc)})",
-                            "start it (ray start --head) or check --ray-address / RAY_ADDRESS; leave both unset for a local "
-                            "cluster") from None
-    try:
-        return _run_shards(ray, config, shards, gpus_per_shard, cpus_per_shard, max_retries, progress)
-    finally:
-        if owned:
-            ray.shutdown()
+    with ray_session(address) as ray:
+        return _run_shards(ray, _absolute(config), shards, gpus_per_shard, cpus_per_shard, max_retries, progress)
 
 
 def _run_shards(ray, config: SynthConfig, shards: int, gpus_per_shard: float, cpus_per_shard: float, max_retries: int,
@@ -133,25 +115,6 @@ class _Tracker:
 
     def totals(self) -> tuple[int, int]:
         return sum(s for s, _ in self.shards.values()), sum(p for _, p in self.shards.values())
-
-
-def _first_line(exc: BaseException) -> str:
-    return (str(exc).strip().splitlines() or [type(exc).__name__])[0][:200]
-
-
-def _check_reachable(address: str | None, timeout_s: float = 5.0) -> None:
-    """A named error at once for a cluster address nothing answers at (Ray itself retries for minutes, printing a
-    warning every few seconds); ``auto``, ``local`` or no address start or find a cluster on this machine."""
-    import socket
-
-    if not address or address in ("auto", "local"):
-        return
-    host, _, port = address.removeprefix("ray://").rpartition(":")
-    try:
-        socket.create_connection((host or "127.0.0.1", int(port)), timeout=timeout_s).close()
-    except (OSError, ValueError) as exc:
-        raise DataError(address, f"cannot connect to the Ray cluster ({exc})", "start it (ray start --head) or check "
-                        "--ray-address / RAY_ADDRESS; leave both unset for a local cluster") from None
 
 
 def _same(a: pl.DataFrame | str, b: pl.DataFrame | str) -> bool:
