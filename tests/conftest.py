@@ -32,13 +32,14 @@ SHARED_SERVER = {"test_review": "argilla", "test_review_ui": "argilla", "test_sy
 
 @pytest.hookimpl(tryfirst=True)
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    """`make test` runs two pytest-xdist workers (``--dist loadgroup``): a module's tests stay on one worker, so its
-    module fixtures are built once, and the modules that share a server run on the same worker. First among the
-    hooks: xdist reads the marks in its own hook (it names the group in the node id), and a mark added after that
-    groups nothing, so each test went to either worker and both started Argilla at once."""
+    """`make test` runs two pytest-xdist workers (``--dist loadgroup``): the modules that share a server run on one
+    worker; every other test goes to whichever worker is free (whole modules per worker made the suite 3 minutes
+    longer). First among the hooks: xdist reads the marks in its own hook (it names the group in the node id), and a
+    mark added after that groups nothing, so both workers started Argilla at once."""
     for item in items:
-        module = Path(item.nodeid.split("::")[0]).stem
-        item.add_marker(pytest.mark.xdist_group(SHARED_SERVER.get(module, module)))
+        group = SHARED_SERVER.get(Path(item.nodeid.split("::")[0]).stem)
+        if group:
+            item.add_marker(pytest.mark.xdist_group(group))
 
 
 @pytest.fixture(scope="session")

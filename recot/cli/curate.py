@@ -3,16 +3,60 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import asdict
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
 
-from recot.cli.common import console, emit, json_option, stdout
+from recot.cli.common import console, emit, json_option, report_only_on_stdout, stdout
 
-store_option = click.option("--store", type=click.Path(dir_okay=False, path_type=Path), default=Path("out/curation.duckdb"),
-                            show_default=True, help="The DuckDB curation store (`curate ingest` creates it; the rest read it).")
+if TYPE_CHECKING:
+    from recot.curation.shards import ShardedStore
+    from recot.curation.store import Store
+
+store_option = click.option("--store", type=click.Path(path_type=Path), default=Path("out/curation.duckdb"), show_default=True,
+                            help="The curation store: a DuckDB file, or the folder of a sharded store (`curate ingest` creates "
+                                 "either; the rest read it).")
+ray_option = click.option("--ray", "ray_address", is_flag=False, flag_value="local", metavar="[ADDRESS]",
+                          help="Run a sharded store's shard tasks on Ray: a local cluster, or the one at ADDRESS ('auto': "
+                               "RAY_ADDRESS).")
+
+
+@contextmanager
+def _sharded(store: Path, ray_address: str | None) -> Iterator[tuple[ShardedStore | None, Any]]:
+    """The sharded store at ``store`` (None for a one-node store) and the connected ``ray`` module (None without --ray)."""
+    from recot.curation.shards import ShardedStore, is_sharded
+    from recot.errors import DataError
+    from recot.ray_cluster import ray_session
+
+    if not is_sharded(store):
+        if ray_address:
+            raise DataError(store, "--ray runs the shards of a sharded store, and this store is one DuckDB file",
+                            "create a sharded store: recot curate ingest TRACES --store DIR --shards N")
+        yield None, None
+        return
+    if not ray_address:
+        yield ShardedStore.open(store), None
+        return
+    with report_only_on_stdout(), ray_session(ray_address) as ray:  # Ray's messages (a worker died, ...) go to stderr
+        yield ShardedStore.open(store), ray
+
+
+@contextmanager
+def _reading(store: Path) -> Iterator[Store]:
+    """The store to read: a one-node store, or every shard of a sharded one seen as one."""
+    from recot.curation.shards import ShardedStore, is_sharded
+    from recot.curation.store import Store
+
+    if is_sharded(store):
+        with ShardedStore.open(store).view() as view:
+            yield view
+    else:
+        with Store.existing(store) as db:
+            yield db
 
 
 @click.group("curate")
@@ -25,55 +69,75 @@ def curate() -> None:
 @click.option("--dataset", type=click.Path(exists=True, path_type=Path), help="Dataset whose catalog the rules check SIDs against.")
 @click.option("--domain", help="The dataset's domain (default: its folder name); export mixes CoT per domain.")
 @click.option("--lenient", is_flag=True, help="Load --dataset as a lenient synthesis did: bad records set aside, not fatal.")
+@click.option("--shards", type=click.IntRange(min=1), help="Create --store as a folder of this many Parquet shards (curated "
+              "shard by shard, on Ray with --ray); an existing sharded store keeps its count.")
+@ray_option
 @store_option
 @json_option
-def ingest(traces: tuple[Path, ...], dataset: Path | None, domain: str | None, lenient: bool, store: Path, as_json: bool) -> None:
+def ingest(traces: tuple[Path, ...], dataset: Path | None, domain: str | None, lenient: bool, shards: int | None, ray_address: str | None,
+           store: Path, as_json: bool) -> None:
     """Add traces.parquet files (glob them for shards); rows already in the store are skipped. Without --dataset the
     store takes the catalog synthesis wrote beside the traces. The one command that creates a store."""
+    from recot.curation import shards as sharding
     from recot.curation.store import Store, check_traces_file
     from recot.data.loaders import load_dataset
 
     for path in traces:  # every input is checked before the store is touched: a failed command changes nothing
         check_traces_file(path)
     created = not store.exists()
-    with Store(store) as db:
-        payload: dict[str, Any] = {"store": f"{'created' if created else 'added to'} {store}"}
-        if dataset is not None:
-            data = load_dataset(dataset, lenient=lenient)
-            payload["catalog_items"] = db.load_catalog(data.catalog, domain or dataset.name, data.item_domains())
-        payload["files"] = [asdict(db.ingest(path)) for path in traces]
+    if shards is not None:
+        sharding.ShardedStore.create(store, shards)
+    payload: dict[str, Any] = {"store": f"{'created' if created else 'added to'} {store}"}
+    with _sharded(store, ray_address) as (sharded, ray):
+        with sharded.head() if sharded else Store(store) as db:
+            if dataset is not None:
+                data = load_dataset(dataset, lenient=lenient)
+                payload["catalog_items"] = db.load_catalog(data.catalog, domain or dataset.name, data.item_domains())
+            if sharded is None:
+                payload["files"] = [asdict(db.ingest(path)) for path in traces]
+        if sharded is not None:
+            payload["files"] = [asdict(report) for report in sharding.ingest(sharded, list(traces), ray)]
     emit(payload, as_json, f"ingest into {store}")
 
 
 @curate.command("rules")
 @click.option("--config", type=click.Path(exists=True, dir_okay=False, path_type=Path), help="Rule thresholds and switches (TOML/YAML).")
+@ray_option
 @store_option
 @json_option
-def rules(config: Path | None, store: Path, as_json: bool) -> None:
+def rules(config: Path | None, ray_address: str | None, store: Path, as_json: bool) -> None:
     """Recompute every enabled rule's verdicts; prints failures per rule."""
     from recot.config import load_config
+    from recot.curation import shards as sharding
     from recot.curation.rules import RulesConfig, run_rules
-    from recot.curation.store import Store
 
     settings = load_config(RulesConfig, config)
-    with Store.existing(store) as db:
+    with _sharded(store, ray_address) as (sharded, ray), _reading(store) as db:
         if not db.scalar("SELECT count(*) FROM catalog"):
             console.print("[yellow]the store has no catalog: SID and leakage rules see no items;[/] ingest with --dataset")
-        emit(run_rules(db, settings), as_json, "failed per rule")
+        failed = run_rules(db, settings) if sharded is None else sharding.run_rules(sharded, settings, ray)
+    emit(failed, as_json, "failed per rule")
 
 
 @curate.command("dedup")
 @click.option("--threshold", type=float, help="Word 3-gram Jaccard at which traces are duplicates (default 0.8).")
+@ray_option
 @store_option
 @json_option
-def dedup(threshold: float | None, store: Path, as_json: bool) -> None:
+def dedup(threshold: float | None, ray_address: str | None, store: Path, as_json: bool) -> None:
     """Cluster exact and near-duplicate traces per task; all but one per cluster get a 'duplicate' verdict."""
+    from recot.curation import sharded_dedup
     from recot.curation.dedup import DedupConfig, run_dedup
     from recot.curation.store import Store
 
     config = DedupConfig(**({"threshold": threshold} if threshold else {}))
-    with Store.existing(store) as db:
-        emit(run_dedup(db, config), as_json, "duplicates")
+    with _sharded(store, ray_address) as (sharded, ray):
+        if sharded is not None:
+            found = sharded_dedup.run_dedup(sharded, config, ray)
+        else:
+            with Store.existing(store) as db:
+                found = run_dedup(db, config)
+    emit(found, as_json, "duplicates")
 
 
 @curate.command("judge")
@@ -123,9 +187,8 @@ def report(examples: int, page: Path | None, synth: Path | None, plan: Path | No
     """The funnel: traces per task, checks and failures per rule and reason, with examples; what is kept."""
     from recot.curation.report import funnel
     from recot.curation.report_page import write_report_page
-    from recot.curation.store import Store
 
-    with Store.existing(store) as db:
+    with _reading(store) as db:
         result = funnel(db, examples)
         if page is not None:
             write_report_page(db, page, data=result, plan=_json_file(plan) if plan else None,
@@ -173,11 +236,10 @@ def export_cmd(name: str, out: Path, config: Path | None, dataset: Path | None, 
     """Export the kept traces as NAME: Hugging Face parquet datasets for TRL, verl and LlamaFactory, and a data card."""
     from recot.config import load_config
     from recot.curation.export import ExportConfig, export
-    from recot.curation.store import Store
 
     settings = load_config(ExportConfig, config, {"name": name, "out": out, "dataset": dataset, "cot_ratio": cot_ratio,
                                                   "overwrite": overwrite or None, "lenient": lenient or None})
-    with Store.existing(store) as db:
+    with _reading(store) as db:
         card = export(db, settings)
     emit({"out": str(out), "formats": card["formats"], "decontamination": card["decontamination"]}, as_json, f"export {name}")
 

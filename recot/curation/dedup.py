@@ -57,14 +57,14 @@ class Grams:
         return np.repeat(np.arange(len(self.offsets) - 1, dtype=np.int64), self.sizes)
 
 
-def _spread(h: np.ndarray) -> np.ndarray:
+def spread(h: np.ndarray) -> np.ndarray:
     """splitmix64's finaliser: every input bit moves every output bit."""
     h = (h ^ (h >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
     h = (h ^ (h >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
     return h ^ (h >> np.uint64(31))
 
 
-def _gather(starts: np.ndarray, lengths: np.ndarray) -> np.ndarray:
+def gather(starts: np.ndarray, lengths: np.ndarray) -> np.ndarray:
     """Concatenated ranges ``starts[i] : starts[i] + lengths[i]`` as one index array."""
     ends = np.cumsum(lengths)
     return np.repeat(starts - ends + lengths, lengths) + np.arange(ends[-1] if len(ends) else 0)
@@ -92,7 +92,7 @@ def _word_hashes(texts: pl.Series) -> tuple[np.ndarray, np.ndarray]:
         todo, step = np.flatnonzero(lengths > 8), 8
         while len(todo):
             chunk = windows[starts[todo] + step].view(np.uint64).ravel() & _LOW_BYTES[np.minimum(lengths[todo] - step, 8)]
-            hashes[todo] = _spread(hashes[todo] * _MIX ^ chunk)
+            hashes[todo] = spread(hashes[todo] * _MIX ^ chunk)
             step += 8
             todo = todo[lengths[todo] > step]
     per_text = np.diff(np.searchsorted(starts, offsets))
@@ -144,7 +144,7 @@ def shingles(texts: pl.Series, ngram: int = 3, seed: int = 0, chunk: int = 5_000
             grams[:tail] = np.where(words[:tail] < ngram, h[:tail], combined)
             valid[:tail] |= doc[ngram - 1:] == doc[:tail]
         with np.errstate(over="ignore"):
-            keys = np.sort((doc[valid].astype(np.uint64) << np.uint64(32)) | (_spread(grams[valid] ^ seed_mix) >> np.uint64(32)))
+            keys = np.sort((doc[valid].astype(np.uint64) << np.uint64(32)) | (spread(grams[valid] ^ seed_mix) >> np.uint64(32)))
         keys = keys[np.concatenate([[True], keys[1:] != keys[:-1]])] if len(keys) else keys
         sizes.append(np.bincount((keys >> np.uint64(32)).astype(np.int64), minlength=len(part)))
         hashes.append((keys & np.uint64(0xFFFFFFFF)).astype(np.uint32))
@@ -199,8 +199,8 @@ def jaccard(grams: Grams, a: np.ndarray, b: np.ndarray, chunk: int = 1 << 20) ->
         pa, pb = a[start:start + chunk], b[start:start + chunk]
         sa, sb = sizes[pa], sizes[pb]
         pair = np.arange(len(pa), dtype=np.uint64) << np.uint64(32)
-        keys_a = np.repeat(pair, sa) | grams.h[_gather(grams.offsets[pa], sa)]
-        keys_b = np.repeat(pair, sb) | grams.h[_gather(grams.offsets[pb], sb)]
+        keys_a = np.repeat(pair, sa) | grams.h[gather(grams.offsets[pa], sa)]
+        keys_b = np.repeat(pair, sb) | grams.h[gather(grams.offsets[pb], sb)]
         found = np.minimum(np.searchsorted(keys_b, keys_a), max(len(keys_b) - 1, 0))
         hit = keys_b[found] == keys_a if len(keys_b) else np.zeros(len(keys_a), dtype=bool)
         inter = np.zeros(len(pa), dtype=np.int64)
@@ -231,10 +231,10 @@ def bucket_pairs(band_keys: Iterable[np.ndarray], n: int) -> tuple[np.ndarray, n
         for other in (first[linked], order[linked - 1]):
             member = order[linked]
             codes.append(np.minimum(member, other).astype(np.int64) * n + np.maximum(member, other))
-    return _distinct(codes, n)
+    return distinct_pairs(codes, n)
 
 
-def _distinct(codes: list[np.ndarray], n: int) -> tuple[np.ndarray, np.ndarray]:
+def distinct_pairs(codes: list[np.ndarray], n: int) -> tuple[np.ndarray, np.ndarray]:
     """The distinct pairs among pair codes ``a * n + b``, as (a, b) in order."""
     pairs = np.sort(np.concatenate(codes)) if codes else np.zeros(0, dtype=np.int64)
     pairs = pairs[np.concatenate([[True], pairs[1:] != pairs[:-1]])] if len(pairs) else pairs  # np.unique: 80x slower here
@@ -279,7 +279,7 @@ def clusters(sig: np.ndarray, grams: Grams, threshold: float, margin: float = 0.
 def link(grams: Grams, a: np.ndarray, b: np.ndarray, threshold: float) -> np.ndarray:
     """Cluster labels from candidate pairs: only pairs whose exact Jaccard reaches ``threshold`` are linked."""
     keep = jaccard(grams, a, b) >= threshold
-    return _leaders(len(grams.offsets) - 1, a[keep], b[keep])
+    return leaders(len(grams.offsets) - 1, a[keep], b[keep])
 
 
 def datasketch_candidates(grams: Grams, threshold: float, num_perm: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
@@ -302,7 +302,7 @@ def datasketch_candidates(grams: Grams, threshold: float, num_perm: int, seed: i
     return found[:, 0], found[:, 1]
 
 
-def _leaders(n: int, a: np.ndarray, b: np.ndarray) -> np.ndarray:
+def leaders(n: int, a: np.ndarray, b: np.ndarray) -> np.ndarray:
     """Greedy leader clustering in row order: the first unassigned row leads and takes its unassigned
     neighbours. Every member is a checked duplicate of its leader (no a~b~c chains that would join
     a and c below the threshold); the leader is the row the caller ranked first."""
@@ -326,14 +326,74 @@ def _leaders(n: int, a: np.ndarray, b: np.ndarray) -> np.ndarray:
     return labels
 
 
-# Answered traces in keep-policy order: a task's traces are contiguous, and within a task the first of
-# a cluster is the one kept
-_ORDERED_SQL = """
+# Answered traces with the keys of the keep policy: traces that pass every rule first, then the best judge
+# score, then the shortest text, then the trace id. Ordered by task first, a task's traces are contiguous, and
+# within a task the first of a cluster is the one kept.
+KEYED_SQL = """
     WITH failures AS (SELECT trace_id, count(*) AS n FROM verdicts WHERE NOT passed AND rule <> 'dedup' GROUP BY trace_id),
          judge AS (SELECT trace_id, value FROM scores WHERE name = 'judge')
-    SELECT t.trace_id, t.task, t.text FROM traces t LEFT JOIN failures f USING (trace_id) LEFT JOIN judge j USING (trace_id)
-    WHERE t.status = 'ok'
-    ORDER BY t.task, coalesce(f.n, 0), j.value DESC NULLS LAST, length(t.text), t.trace_id"""
+    SELECT t.trace_id, t.task, coalesce(f.n, 0) AS failures, j.value AS judge, length(t.text) AS text_length, t.text
+    FROM traces t LEFT JOIN failures f USING (trace_id) LEFT JOIN judge j USING (trace_id)
+    WHERE t.status = 'ok'"""
+KEEP_ORDER = "task, failures, judge DESC NULLS LAST, text_length, trace_id"
+_ORDERED_SQL = f"SELECT trace_id, task, text FROM ({KEYED_SQL}) ORDER BY {KEEP_ORDER}"
+
+
+@dataclass(frozen=True)
+class Sketch:
+    """One chunk of traces as dedup sees them: n-grams, the low byte of each signature position, LSH band keys
+    (bands x rows, not yet salted by task) and the key of the exact text."""
+
+    grams: Grams
+    sig8: np.ndarray
+    keys: np.ndarray
+    exact: pl.Series
+
+
+def sketch(texts: pl.Series, config: DedupConfig, bands: int, rows: int) -> Sketch:
+    """The sketch of ``texts`` (plain text first: twins that read the same are the same)."""
+    texts = pl.DataFrame({"text": texts}).select(plain_text(pl.col("text"))).to_series()
+    grams = shingles(texts, config.ngram, config.seed)
+    sig = signatures(grams, config.num_perm)
+    exact = texts.str.to_lowercase().str.replace_all(r"\s+", " ").hash()
+    return Sketch(grams, sig.astype(np.uint8), _band_keys(sig, bands, rows), exact)
+
+
+def salted(keys: np.ndarray, task: np.ndarray) -> np.ndarray:
+    """Band keys of a task's own: buckets never mix tasks, so each task links as if alone."""
+    return keys ^ spread(task.astype(np.uint64) + np.uint64(1))
+
+
+def clusters_sql(rows: str, found: str) -> str:
+    """``dup_clusters`` rows from ``rows`` (row, trace_id, exact_key) and ``found`` (row, label, size): a cluster is
+    exact when its texts are equal after lower-casing and collapsing white space."""
+    return f"""
+        WITH c AS (SELECT r.trace_id, r.exact_key, f.label, f.size FROM {found} f JOIN {rows} r USING (row)),
+             exact AS (SELECT label, count(DISTINCT exact_key) = 1 AS exact FROM c WHERE size > 1 GROUP BY label)
+        SELECT c.trace_id, lead.trace_id AS cluster_id,
+               CASE WHEN c.size = 1 THEN 'unique' WHEN e.exact THEN 'exact' ELSE 'near' END AS kind, c.size,
+               c.trace_id = lead.trace_id AS keep
+        FROM c JOIN {rows} AS lead ON lead.row = c.label LEFT JOIN exact e USING (label)"""
+
+
+def record_clusters(store: Store, clusters: str) -> None:
+    """Replace the store's ``dup_clusters`` by the rows of ``clusters`` (of its traces) and its ``dedup`` verdicts."""
+    with store.transaction():
+        store.con.execute("DELETE FROM dup_clusters")
+        store.con.execute("DELETE FROM verdicts WHERE rule = 'dedup'")
+        store.con.execute(f"INSERT INTO dup_clusters SELECT trace_id, cluster_id, kind, size, keep FROM ({clusters})")
+        store.con.execute("""
+            INSERT INTO verdicts SELECT trace_id, 'dedup', keep, CASE WHEN NOT keep THEN 'duplicate' END,
+                   CASE WHEN size = 1 THEN 'no duplicate' ELSE printf('%s duplicate of cluster %s (%d traces)', kind, cluster_id, size) END
+            FROM dup_clusters""")
+
+
+def cluster_counts(con, clusters: str) -> dict[str, int]:
+    """Clusters of more than one trace, and the traces dropped as exact and as near duplicates."""
+    counts = con.execute(f"""SELECT count(DISTINCT cluster_id) FILTER (WHERE size > 1),
+                                    count(*) FILTER (WHERE NOT keep AND kind = 'exact'),
+                                    count(*) FILTER (WHERE NOT keep AND kind = 'near') FROM {clusters}""").fetchall()[0]
+    return {"clusters": counts[0], "exact_dropped": counts[1], "near_dropped": counts[2]}
 
 
 class _Sketches:
@@ -356,23 +416,19 @@ class _Sketches:
             keys.truncate(self.bands * n * 8)
             start = 0
             for batch in store.stream(_ORDERED_SQL, batch_rows):
-                frame = frame_of(batch).with_columns(plain_text(pl.col("text")))  # twins that read the same are the same
-                grams = shingles(frame["text"], config.ngram, config.seed)
-                grams.h.tofile(grams_file)
-                sizes.append(grams.sizes)
+                frame = frame_of(batch)
                 for task in frame["task"].unique(maintain_order=True):
                     names.setdefault(task, len(names))
                 tasks.append(frame["task"].replace_strict(names, return_dtype=pl.Int16).to_numpy())
+                part = sketch(frame["text"], config, self.bands, self.rows)
                 if config.engine == "recot":
-                    sig = signatures(grams, config.num_perm)
-                    sig.astype(np.uint8).tofile(sig8)
-                    # a task's own bucket keys: buckets never mix tasks, so each task links as if alone
-                    salt = _spread(tasks[-1].astype(np.uint64) + np.uint64(1))
-                    for band, key in enumerate(_band_keys(sig, self.bands, self.rows)):
+                    part.sig8.tofile(sig8)
+                    for band, key in enumerate(salted(part.keys, tasks[-1])):
                         keys.seek((band * n + start) * 8)
-                        (key ^ salt).tofile(keys)
-                exact = frame["text"].str.to_lowercase().str.replace_all(r"\s+", " ").hash()
-                rows.write_table(pa.table({"trace_id": frame["trace_id"].to_arrow(), "exact_key": exact.to_arrow()}, schema=schema))
+                        key.tofile(keys)
+                part.grams.h.tofile(grams_file)
+                sizes.append(part.grams.sizes)
+                rows.write_table(pa.table({"trace_id": frame["trace_id"].to_arrow(), "exact_key": part.exact.to_arrow()}, schema=schema))
                 start += frame.height
         self.offsets = np.concatenate([[0], np.cumsum(np.concatenate(sizes or [np.zeros(0, np.int64)]))]).astype(np.int64)
         self.task = np.concatenate(tasks or [np.zeros(0, np.int16)])
@@ -406,7 +462,7 @@ def _likely_pairs(sketches: _Sketches, config: DedupConfig) -> tuple[np.ndarray,
         # to the estimate) and a quarter of the memory traffic
         likely = _chunked(a, b, lambda x, y: estimate(sketches.sig8(), x, y) >= config.threshold - config.margin)
         kept.append(a[likely] * n + b[likely])
-    return _distinct(kept, n)
+    return distinct_pairs(kept, n)
 
 
 def run_dedup(store: Store, config: DedupConfig = DedupConfig(), batch_rows: int = 1 << 17) -> dict[str, int]:
@@ -422,28 +478,12 @@ def run_dedup(store: Store, config: DedupConfig = DedupConfig(), batch_rows: int
     same_task = sketches.task[a] == sketches.task[b]
     a, b = a[same_task], b[same_task]
     keep = _chunked(a, b, lambda x, y: jaccard(sketches.grams(), x, y) >= config.threshold)
-    labels = _leaders(n, a[keep], b[keep])
+    labels = leaders(n, a[keep], b[keep])
     sizes = np.bincount(labels, minlength=n)[labels]
-    found = pa.table({"row": np.arange(n), "label": labels, "size": sizes})  # noqa: F841 - DuckDB reads it by name
+    store.con.register("found", pa.table({"row": np.arange(n), "label": labels, "size": sizes}))
     rows = sql_text(str(sketches.folder / "rows.parquet"))
-    with store.transaction():
-        store.con.execute("DELETE FROM dup_clusters")
-        store.con.execute("DELETE FROM verdicts WHERE rule = 'dedup'")
-        # a cluster is exact when its texts are equal after lower-casing and collapsing white space
-        store.con.execute(f"""
-            INSERT INTO dup_clusters
-            WITH r AS (SELECT file_row_number AS row, trace_id, exact_key FROM read_parquet({rows}, file_row_number = true)),
-                 c AS (SELECT r.trace_id, r.exact_key, f.label, f.size FROM found f JOIN r USING (row)),
-                 exact AS (SELECT label, count(DISTINCT exact_key) = 1 AS exact FROM c WHERE size > 1 GROUP BY label)
-            SELECT c.trace_id, lead.trace_id,
-                   CASE WHEN c.size = 1 THEN 'unique' WHEN e.exact THEN 'exact' ELSE 'near' END, c.size, c.trace_id = lead.trace_id
-            FROM c JOIN r AS lead ON lead.row = c.label LEFT JOIN exact e USING (label)""")
-        store.con.execute("""
-            INSERT INTO verdicts SELECT trace_id, 'dedup', keep, CASE WHEN NOT keep THEN 'duplicate' END,
-                   CASE WHEN size = 1 THEN 'no duplicate' ELSE printf('%s duplicate of cluster %s (%d traces)', kind, cluster_id, size) END
-            FROM dup_clusters""")
+    rows = f"(SELECT file_row_number AS row, trace_id, exact_key FROM read_parquet({rows}, file_row_number = true))"
+    record_clusters(store, clusters_sql(rows, "found"))
+    store.con.unregister("found")
     shutil.rmtree(sketches.folder)
-    counts = store.con.execute("""SELECT count(DISTINCT cluster_id) FILTER (WHERE size > 1),
-                                         count(*) FILTER (WHERE NOT keep AND kind = 'exact'),
-                                         count(*) FILTER (WHERE NOT keep AND kind = 'near') FROM dup_clusters""").fetchall()[0]
-    return {"clusters": counts[0], "exact_dropped": counts[1], "near_dropped": counts[2]}
+    return cluster_counts(store.con, "dup_clusters")

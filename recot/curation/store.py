@@ -33,6 +33,7 @@ from recot.formats.traces import TRACES_SCHEMA
 from recot.io import frame_of
 
 SCHEMA_VERSION = 6
+SHARDED_MARKER = "sharded.json"  # in the folder of a sharded store (recot.curation.shards)
 # Tables rewritten in bulk (verdicts, scores, dup_clusters) carry no key: an index costs 3.5 s per
 # million inserted rows (x12 rules at 1M traces), and their writers delete before they insert.
 _UNKEYED = ("verdicts", "scores", "dup_clusters")
@@ -114,10 +115,12 @@ class Store:
     ``$RECOT_MEMORY_LIMIT``, else 4GB) and spills its joins and sorts to ``spill_dir`` (``PATH.tmp``
     beside the store), where recot's own steps also stream their chunks."""
 
-    def __init__(self, path: str | Path, memory_limit: str | None = None) -> None:
+    def __init__(self, path: str | Path, memory_limit: str | None = None, spill_dir: Path | None = None) -> None:
+        """``path`` ``:memory:`` (with a ``spill_dir``): a store that lives in this process, as a shard's working copy does."""
         self.path = Path(path)
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        self.spill_dir = self.path.with_name(self.path.name + ".tmp")
+        if str(path) != ":memory:":
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+        self.spill_dir = spill_dir or self.path.with_name(self.path.name + ".tmp")
         try:
             self.con = duckdb.connect(str(self.path))
             self.con.execute("SET memory_limit = ?", [memory_limit or os.environ.get("RECOT_MEMORY_LIMIT", "4GB")])
@@ -147,6 +150,9 @@ class Store:
     def existing(cls, path: str | Path, memory_limit: str | None = None) -> Store:
         """The store at ``path``, which must exist: every step after ingest reads a store, and a mistyped path must not
         quietly become a new, empty one."""
+        if (Path(path) / SHARDED_MARKER).is_file():
+            raise DataError(path, "a sharded store: this step runs on a one-node store (ingest, rules, dedup, report and export "
+                            "run on a sharded one)", "curate a one-node store for it: recot curate ingest TRACES --store FILE")
         if not Path(path).is_file():
             raise DataError(path, "no curation store here", "check --store (the path `recot curate ingest` created), or "
                             "create one: recot curate ingest TRACES --store PATH")
@@ -287,22 +293,24 @@ class Store:
             raise DataError(source, f"tasks {[t for (t,) in undeclared]} are not declared: without {TASKS_FILE} beside the file the "
                             "store cannot tell which rules apply", f"keep the {TASKS_FILE} that `recot synth run` wrote next to it")
 
-    def ingest(self, source: Path) -> IngestReport:
+    def ingest(self, source: Path, shard: tuple[int, int] | None = None) -> IngestReport:
         """Add a synthesis output parquet; rows without provenance go to ``ingest_rejects``. The split it was
-        synthesised on (``split.json`` beside it) is recorded for export and evaluation."""
+        synthesised on (``split.json`` beside it) is recorded for export and evaluation. ``shard`` (index, count):
+        only the rows of that shard of a sharded store (:func:`shard_of`), whose head recorded what lies beside."""
         check_traces_file(source)
         missing_provenance = " OR ".join(f'"{c}" IS NULL' for c in PROVENANCE)
-        self._record_catalog(source)
+        if shard is None:
+            self._record_catalog(source)
         with self.transaction():
-            self._record_split(source)
-            self._record_tasks(source)
-            self._record_set_aside(source)
+            if shard is None:
+                self._record_others(source)
             # a view: the file is read by each statement for the columns it needs, never copied whole
             self.con.execute(f"""
                 CREATE OR REPLACE TEMP VIEW incoming AS
-                SELECT md5(request_hash || '|' || subject_id || '|' || sample) AS trace_id,
-                       'row ' || (file_row_number + 1) AS location, *
-                FROM read_parquet({sql_text(str(source))}, file_row_number = true)""")
+                SELECT * FROM (SELECT md5(request_hash || '|' || subject_id || '|' || sample) AS trace_id,
+                                      'row ' || (file_row_number + 1) AS location, *
+                               FROM read_parquet({sql_text(str(source))}, file_row_number = true))
+                {f"WHERE {shard_of('trace_id', shard[1])} = {shard[0]}" if shard else ""}""")
             rows = self.scalar("SELECT count(*) FROM incoming")
             self.con.execute(f"""
                 INSERT INTO ingest_rejects
@@ -323,6 +331,19 @@ class Store:
                 FROM incoming i ANTI JOIN traces t ON i.trace_id = t.trace_id
                 WHERE NOT ({missing_provenance}) {once}""", [str(source)]).fetchall()[0][0]
         return IngestReport(str(source), rows, new, rows - rejected - new, rejected)
+
+    def record_beside(self, source: Path) -> None:
+        """Record what synthesis wrote beside ``source`` (its catalog, split, task declarations and set-aside rows)
+        without its rows: the head of a sharded store does this once, its shards then take the rows."""
+        check_traces_file(source)
+        self._record_catalog(source)
+        with self.transaction():
+            self._record_others(source)
+
+    def _record_others(self, source: Path) -> None:
+        self._record_split(source)
+        self._record_tasks(source)
+        self._record_set_aside(source)
 
     def _record_set_aside(self, source: Path) -> None:
         """What the synthesis beside ``source`` set aside before any trace was written, counted by reason with the file
@@ -361,6 +382,13 @@ class _Transaction:
 
     def __exit__(self, kind, *_) -> None:
         self.con.execute("ROLLBACK" if kind else "COMMIT")
+
+
+def shard_of(trace_id: str, shards: int) -> str:
+    """SQL: the shard of a trace in a store of ``shards`` shards. A trace id is an md5 in hex, so its first 8 digits
+    spread traces evenly and name the same shard in every run and version; a row without one (no provenance, so
+    rejected) goes to shard 0."""
+    return f"coalesce(('0x' || left({trace_id}, 8))::UBIGINT % {shards}, 0)"
 
 
 def check_traces_file(source: Path) -> None:

@@ -1,0 +1,211 @@
+"""A curation store as Parquet shards under one folder, curated shard by shard, in this process or as Ray tasks.
+
+One DuckDB file is one node's limit: the step that has to see every trace (dedup) meets it first. A sharded
+store keeps each trace in the shard its id names (:func:`recot.curation.store.shard_of`), so a shard is
+curated alone by the very code a one-node store runs, and only dedup looks across shards
+(:mod:`recot.curation.sharded_dedup`). Layout of ``ROOT``:
+
+- ``sharded.json``: the number of shards, fixed when the store is created;
+- ``head.duckdb``: a one-node :class:`Store` without traces: the catalog, task declarations, meta (split, SID
+  dialect, rules config) and set-aside counts; small, and copied to every shard step;
+- ``shards/00007/g000003/``: the current generation of shard 7, one Parquet file per table of
+  :data:`SHARD_TABLES`, complete when its ``DONE`` file exists.
+
+A step on a shard copies the head into a temporary folder, loads the shard's tables into the copy, runs the
+one-node step on it (``Store.ingest``, ``run_rules``, ...) and writes every table as the shard's next
+generation, then removes the old one. A step killed half way leaves the shard as it was, so the task Ray
+retries redoes only that shard, and a rerun skips no work and repeats none. Readers (the funnel, export)
+see the head with every shard's tables over it (:meth:`ShardedStore.view`).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+from recot.curation import rules
+from recot.curation.rules import RulesConfig
+from recot.curation.store import SHARDED_MARKER as MARKER
+from recot.curation.store import IngestReport, Store, check_traces_file
+from recot.errors import DataError
+from recot.formats.student import sql_text
+
+HEAD = "head.duckdb"
+DONE = "DONE"
+SHARD_TABLES = ("traces", "verdicts", "scores", "dup_clusters", "ingest_rejects")
+
+# A shard step: (the shard as a one-node store, its index, the shard count, the step's arguments) -> a JSON-able result
+Step = Callable[[Store, int, int, dict], Any]
+
+
+def is_sharded(path: Path) -> bool:
+    return (Path(path) / MARKER).is_file()
+
+
+@dataclass(frozen=True)
+class ShardedStore:
+    """The sharded store at ``root``; :meth:`create` makes one, :meth:`open` reads one."""
+
+    root: Path
+    shards: int
+
+    @classmethod
+    def create(cls, root: Path, shards: int) -> ShardedStore:
+        """A new empty store of ``shards`` shards, or the one already at ``root`` if it has as many."""
+        root = Path(root).resolve()
+        if is_sharded(root):
+            found = cls.open(root)
+            if found.shards != shards:
+                raise DataError(root, f"the store has {found.shards} shards, not {shards}",
+                                f"drop --shards (or pass {found.shards}): a trace's shard follows from the count")
+            return found
+        if root.exists() and any(root.iterdir()):
+            raise DataError(root, "a folder that is not a sharded curation store", "choose a new or empty folder for --store")
+        if shards < 1:
+            raise DataError("shards", f"{shards} shards", "a sharded store has at least one shard")
+        root.mkdir(parents=True, exist_ok=True)
+        Store(root / HEAD).close()
+        for index in range(shards):
+            with tempfile.TemporaryDirectory() as tmp, Store(Path(tmp) / "empty.duckdb") as empty:
+                _write_generation(empty, root / "shards" / f"{index:05d}" / "g000000")
+        (root / MARKER).write_text(json.dumps({"shards": shards}))
+        return cls(root, shards)
+
+    @classmethod
+    def open(cls, root: Path) -> ShardedStore:
+        root = Path(root).resolve()
+        if not is_sharded(root):
+            raise DataError(root, "no sharded curation store here", "create one: recot curate ingest TRACES --store DIR --shards N")
+        return cls(root, int(json.loads((root / MARKER).read_text())["shards"]))
+
+    def head(self) -> Store:
+        """The head store, to record the catalog and what lies beside the traces (never open while shard steps run:
+        they copy it)."""
+        return Store(self.root / HEAD)
+
+    def generation(self, index: int) -> Path:
+        """The shard's newest complete generation (a newer one without ``DONE`` is a step that died)."""
+        folder = self.root / "shards" / f"{index:05d}"
+        done = sorted(g for g in folder.glob("g*") if (g / DONE).exists())
+        if not done:
+            raise DataError(folder, "the shard has no complete generation", "the store is damaged: ingest into a new one")
+        return done[-1]
+
+    def files(self, table: str) -> list[str]:
+        return [str(self.generation(i) / f"{table}.parquet") for i in range(self.shards)]
+
+    @contextmanager
+    def view(self) -> Iterator[Store]:
+        """The whole store, read-only, as one :class:`Store`: a copy of the head whose shard tables are views over
+        every shard's current files (the funnel, the report page and export read it as they read a one-node store)."""
+        with tempfile.TemporaryDirectory() as tmp:
+            shutil.copy(self.root / HEAD, Path(tmp) / HEAD)
+            with Store(Path(tmp) / HEAD) as store:
+                for table in SHARD_TABLES:
+                    files = ", ".join(sql_text(f) for f in self.files(table))
+                    store.con.execute(f"CREATE OR REPLACE TEMP VIEW {table} AS SELECT * FROM read_parquet([{files}])")
+                yield store
+
+    def run(self, step: Step, args: dict | None = None, ray: Any = None, reads: tuple[str, ...] = SHARD_TABLES,
+            writes: tuple[str, ...] = ()) -> list[Any]:
+        """``step`` on every shard (as a Ray task per shard when ``ray`` is the connected module), with the shard tables it
+        ``reads`` loaded; when it ``writes`` some, they become the shard's next generation with the others as they were.
+        The results in shard order."""
+        calls = [(self.root, self.shards, index, step, args or {}, reads, writes) for index in range(self.shards)]
+        return run_tasks(ray, run_step, calls)
+
+
+def run_tasks(ray: Any, function: Callable[..., Any], calls: list[tuple], max_retries: int = 3) -> list[Any]:
+    """``function(*call)`` for every call, in this process (``ray`` None) or as Ray tasks of one CPU, each retried up to
+    ``max_retries`` times if its worker dies; the results in order."""
+    if ray is None:
+        return [function(*call) for call in calls]
+    task = ray.remote(function).options(num_cpus=1, max_retries=max_retries, retry_exceptions=False)
+    return ray.get([task.remote(*call) for call in calls])
+
+
+def run_step(root: Path, shards: int, index: int, step: Step, args: dict, reads: tuple[str, ...] = SHARD_TABLES,
+             writes: tuple[str, ...] = ()) -> Any:
+    """One shard through ``step``: the tables it ``reads`` loaded into an in-memory copy of the head and the step run; the tables it
+    ``writes`` written back, with the rest linked unchanged, as the next generation; then the older ones removed."""
+    store = ShardedStore(root, shards)
+    current = store.generation(index)
+    with tempfile.TemporaryDirectory(prefix=f"recot-shard-{index}-") as tmp, Store(":memory:", spill_dir=Path(tmp)) as local:
+        _copy_head(local, root / HEAD)
+        for table in reads:
+            local.con.execute(f"INSERT INTO {table} BY NAME SELECT * FROM read_parquet({sql_text(str(current / f'{table}.parquet'))})")
+        result = step(local, index, shards, args)
+        if not writes:
+            return result
+        new = current.with_name(f"g{int(current.name[1:]) + 1:06d}")
+        _write_generation(local, new, writes, current)
+    for old in current.parent.glob("g*"):
+        if old != new:
+            shutil.rmtree(old)
+    return result
+
+
+def _copy_head(local: Store, head: Path) -> None:
+    """Every table of the head (catalog, tasks, meta, ...) into ``local``, read-only: shard steps on many workers read it
+    at once."""
+    local.con.execute(f"ATTACH {sql_text(str(head))} AS head (READ_ONLY)")
+    try:
+        for (table,) in local.con.execute("SELECT table_name FROM duckdb_tables() WHERE database_name = 'head'").fetchall():
+            local.con.execute(f"DELETE FROM main.{table}")
+            local.con.execute(f"INSERT INTO main.{table} SELECT * FROM head.main.{table}")
+    finally:
+        local.con.execute("DETACH head")
+
+
+def _write_generation(store: Store, folder: Path, tables: tuple[str, ...] = SHARD_TABLES, previous: Path | None = None) -> None:
+    """``tables`` of ``store`` as Parquet files in ``folder``, the other shard tables linked from ``previous``, then its
+    ``DONE`` mark (a folder left by a killed step, without the mark, is replaced)."""
+    shutil.rmtree(folder, ignore_errors=True)
+    folder.mkdir(parents=True)
+    for table in SHARD_TABLES:
+        target = folder / f"{table}.parquet"
+        if table in tables or previous is None:
+            store.con.execute(f"COPY {table} TO {sql_text(str(target))} (FORMAT parquet)")
+        else:
+            os.link(previous / target.name, target)  # a shard's files are never changed in place, so a link is a copy
+    (folder / DONE).touch()
+
+
+def ingest(store: ShardedStore, sources: list[Path], ray: Any = None) -> list[IngestReport]:
+    """:meth:`Store.ingest` of every file into every shard: the head records what lies beside each file (catalog,
+    split, tasks, set-aside rows) once, then each shard takes its rows; the counts are summed per file."""
+    sources = [Path(s).resolve() for s in sources]  # as every worker reads them
+    for source in sources:
+        check_traces_file(source)
+    with store.head() as head:
+        for source in sources:
+            head.record_beside(source)
+    per_shard = store.run(_ingest_shard, {"sources": [str(s) for s in sources]}, ray, reads=("traces", "ingest_rejects"),
+                          writes=("traces", "ingest_rejects"))
+    return [IngestReport(str(source), *(sum(shard[i][name] for shard in per_shard) for name in ("rows", "new", "already_in_store", "rejected")))
+            for i, source in enumerate(sources)]
+
+
+def _ingest_shard(local: Store, index: int, shards: int, args: dict) -> list[dict]:
+    return [asdict(local.ingest(Path(source), shard=(index, shards))) for source in args["sources"]]
+
+
+def run_rules(store: ShardedStore, config: RulesConfig = RulesConfig(), ray: Any = None) -> dict[str, int]:
+    """:func:`recot.curation.rules.run_rules` on every shard (a rule reads one trace, the catalog and the task
+    declarations, so a shard's verdicts are the one-node verdicts of its traces); failures summed per rule."""
+    per_shard = store.run(_rules_shard, {"config": config.model_dump_json()}, ray, reads=("traces", "verdicts", "scores"),
+                          writes=("verdicts", "scores"))
+    with store.head() as head:
+        head.set_meta("rules_config", config.model_dump_json())
+    return {name: sum(failed[name] for failed in per_shard) for name in per_shard[0]}
+
+
+def _rules_shard(local: Store, index: int, shards: int, args: dict) -> dict[str, int]:
+    return rules.run_rules(local, RulesConfig.model_validate_json(args["config"]))

@@ -1,0 +1,182 @@
+"""A sharded store curated on a real local Ray cluster (2 CPUs) gives the one-node store's rows: the same traces,
+verdicts, scores, duplicate clusters and keepers, funnel and export, on rules-teacher traces with duplicates planted
+across shards; a job killed half way resumes without redoing what finished, and a Ray worker killed mid-run costs
+only its task."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import time
+from pathlib import Path
+
+import polars as pl
+import pytest
+
+from recot.curation import sharded_dedup
+from recot.curation import shards as sharding
+from recot.curation.dedup import run_dedup
+from recot.curation.export import ExportConfig, export
+from recot.curation.report import funnel
+from recot.curation.rules import run_rules
+from recot.curation.store import Store
+from recot.errors import DataError
+from recot.synth.job import SynthConfig, run_synth
+from recot.testing import RECOT
+from recot.testing.planted import planted_traces
+
+ray = pytest.importorskip("ray")
+TABLES = ("traces", "verdicts", "scores", "dup_clusters", "ingest_rejects")
+
+
+@pytest.fixture(scope="module")
+def cluster():
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    yield ray
+    ray.shutdown()
+
+
+@pytest.fixture(scope="module")
+def planted(sample_path, tmp_path_factory) -> Path:
+    """Rules-teacher traces of four tasks and 4 copies of each: exact, near and unrelated twins in every shard."""
+    work = tmp_path_factory.mktemp("planted")
+    run_synth(SynthConfig(dataset=sample_path, out=work / "synth", limit=60,
+                          tasks=["r1_relation", "r2_interests", "r3_cot_blind", "r3_cot_hindsight"]), progress=False)
+    return planted_traces(work / "synth" / "traces.parquet", work / "planted", copies=4)
+
+
+@pytest.fixture(scope="module")
+def one_node(planted, tmp_path_factory) -> Path:
+    store = tmp_path_factory.mktemp("one") / "curation.duckdb"
+    with Store(store) as db:
+        db.ingest(planted)
+        run_rules(db)
+        run_dedup(db)
+    return store
+
+
+def rows(store: Store) -> dict[str, pl.DataFrame]:
+    """Every shard table, in one order (ingested_at is the clock's)."""
+    found = {}
+    for table in TABLES:
+        frame = pl.from_arrow(store.con.sql(f"SELECT * FROM {table}").to_arrow_table()).drop("ingested_at", strict=False)
+        found[table] = frame.sort(frame.columns)
+    return found
+
+
+def exported(folder: Path) -> dict[str, pl.DataFrame]:
+    return {str(f.relative_to(folder)): pl.read_parquet(f) for f in sorted(folder.rglob("*.parquet"))}
+
+
+def test_a_sharded_store_on_ray_curates_as_one_node_does(cluster, planted, one_node, tmp_path):
+    store = sharding.ShardedStore.create(tmp_path / "sharded", 3)
+    reports = sharding.ingest(store, [planted], cluster)
+    with Store.existing(one_node) as db:
+        total = db.scalar("SELECT count(*) FROM traces")
+        expected, expected_funnel = rows(db), funnel(db)
+        export(db, ExportConfig(name="one", out=tmp_path / "export-one"))
+    assert [(r.rows, r.new, r.already_in_store, r.rejected) for r in reports] == [(total, total, 0, 0)]
+    assert sharding.ingest(store, [planted], cluster)[0].already_in_store == total  # ingesting again adds nothing
+    with Store.existing(one_node) as db:
+        assert sharding.run_rules(store, ray=cluster) == run_rules(db)
+        assert sharded_dedup.run_dedup(store, ray=cluster) == run_dedup(db)
+    with store.view() as view:
+        got = rows(view)
+        assert {t: f.height for t, f in got.items()} == {t: f.height for t, f in expected.items()}
+        assert all(got[t].equals(expected[t]) for t in TABLES), [t for t in TABLES if not got[t].equals(expected[t])]
+        assert funnel(view) == expected_funnel
+        assert expected_funnel["rules"]["dedup"]["failed"] > 0  # there were duplicates to find, across shards
+        export(view, ExportConfig(name="one", out=tmp_path / "export-sharded"))
+    one, sharded = exported(tmp_path / "export-one"), exported(tmp_path / "export-sharded")
+    assert one.keys() == sharded.keys() and all(one[name].equals(sharded[name]) for name in one)
+    traces = [pl.read_parquet(f) for f in store.files("traces")]
+    assert all(t.height for t in traces) and sum(t.height for t in traces) == total  # every shard holds its own share
+
+
+def test_a_dedup_killed_half_way_resumes_without_redoing_finished_work(planted, one_node, tmp_path, monkeypatch):
+    """A job that dies in stage 5 (attach) reruns from there: the sketches it wrote are not rewritten; a job that
+    dies while writing the shards' verdicts leaves each shard whole (old or new) and the rerun starts afresh."""
+    store = sharding.ShardedStore.create(tmp_path / "sharded", 2)
+    sharding.ingest(store, [planted])
+    sharding.run_rules(store)
+    attach = sharded_dedup._attach
+
+    def dies_on_shard_1(work, shard, *args):
+        if shard == 1:
+            raise OSError("killed")
+        return attach(work, shard, *args)
+
+    monkeypatch.setattr(sharded_dedup, "_attach", dies_on_shard_1)
+    with pytest.raises(OSError, match="killed"):
+        sharded_dedup.run_dedup(store)
+    sketches = {f: f.stat().st_mtime_ns for f in (store.root / "work").glob("dedup-*/sketch/*.parquet")}
+    assert len(sketches) == 2
+    monkeypatch.setattr(sharded_dedup, "_attach", attach)
+    record = sharded_dedup._record_shard
+
+    def dies_while_recording(local, index, shards, args):
+        record(local, index, shards, args)
+        if index == 1:
+            raise OSError("killed while writing")
+
+    monkeypatch.setattr(sharded_dedup, "_record_shard", dies_while_recording)
+    with pytest.raises(OSError, match="killed while writing"):
+        sharded_dedup.run_dedup(store)
+    assert {f: f.stat().st_mtime_ns for f in sketches} == sketches  # stages 1-4 were not redone
+    assert [len(list(store.generation(i).parent.glob("g*"))) for i in range(2)] == [1, 1]  # shard 0 moved on, 1 did not
+    monkeypatch.setattr(sharded_dedup, "_record_shard", record)
+    found = sharded_dedup.run_dedup(store)
+    with Store.existing(one_node) as db, store.view() as view:
+        assert found == run_dedup(db)
+        assert rows(view)["dup_clusters"].equals(rows(db)["dup_clusters"])
+        assert rows(view)["verdicts"].equals(rows(db)["verdicts"])
+    assert not list((store.root / "work").iterdir())  # nothing left behind
+
+
+def test_a_ray_worker_killed_mid_dedup_costs_only_its_task(planted, one_node, tmp_path):
+    """`recot curate dedup --ray` (the installed CLI, its own local cluster) with a busy worker SIGKILLed: Ray retries
+    the task, which finds its shard as it was, and the verdicts are the one-node verdicts."""
+    import psutil
+
+    folder = tmp_path / "sharded"
+    store = sharding.ShardedStore.create(folder, 4)
+    sharding.ingest(store, [planted])
+    sharding.run_rules(store)
+    job = subprocess.Popen([*RECOT, "curate", "dedup", "--store", str(folder), "--ray", "--json"], stdout=subprocess.PIPE,
+                           stderr=subprocess.PIPE, text=True)
+    killed, deadline = [], time.monotonic() + 240
+    while job.poll() is None and not killed and time.monotonic() < deadline:
+        for process in psutil.process_iter(["pid", "cmdline"]):  # Ray titles a busy worker ray::<task>
+            if any(part.startswith(("ray::run_step", "ray::_scatter", "ray::_link", "ray::_attach", "ray::_check"))
+                   for part in process.info["cmdline"] or []):
+                os.kill(process.info["pid"], signal.SIGKILL)
+                killed.append(process.info["pid"])
+                break
+        time.sleep(0.05)
+    out, err = job.communicate(timeout=600)
+    assert killed and job.returncode == 0, err[-2000:]
+    with Store.existing(one_node) as db, sharding.ShardedStore.open(folder).view() as view:
+        assert json.loads(out) == run_dedup(db)
+        assert rows(view)["dup_clusters"].equals(rows(db)["dup_clusters"])
+
+
+def test_a_sharded_store_names_what_it_cannot_do(planted, one_node, tmp_path):
+    store = sharding.ShardedStore.create(tmp_path / "sharded", 2)
+    with pytest.raises(DataError, match="has 2 shards, not 3"):
+        sharding.ShardedStore.create(tmp_path / "sharded", 3)
+    (tmp_path / "other").mkdir()
+    (tmp_path / "other" / "notes.txt").write_text("mine")
+    with pytest.raises(DataError, match="not a sharded curation store"):
+        sharding.ShardedStore.create(tmp_path / "other", 2)
+    with pytest.raises(DataError, match="a sharded store: this step runs on a one-node store"):
+        Store.existing(store.root)
+    from recot.curation.dedup import DedupConfig
+
+    with pytest.raises(DataError, match="runs on one node only"):
+        sharded_dedup.run_dedup(store, DedupConfig(engine="datasketch"))
+    judge = subprocess.run([*RECOT, "curate", "judge", "--store", str(store.root)], capture_output=True, text=True, timeout=120)
+    assert judge.returncode == 2 and "a sharded store" in judge.stderr and "Traceback" not in judge.stderr
+    one = subprocess.run([*RECOT, "curate", "dedup", "--store", str(one_node), "--ray"], capture_output=True, text=True, timeout=120)
+    assert one.returncode == 2 and "--shards N" in one.stderr and "Traceback" not in one.stderr
