@@ -112,10 +112,14 @@ def generate(millions: int) -> Path:
     from recot.data.loaders import load_dataset
     from recot.formats.traces import TRACES_SCHEMA
 
+    from recot.formats.splits import SPLIT_FILE, SplitSpec
+
     path = DATA / f"traces{millions}m.parquet"
+    DATA.mkdir(parents=True, exist_ok=True)
+    # the split the generated samples follow (export refuses traces whose split it cannot tell)
+    (DATA / SPLIT_FILE).write_text(SplitSpec(kind="leave_last_out", max_history=10).model_dump_json())
     if path.exists():
         return path
-    DATA.mkdir(parents=True, exist_ok=True)
     catalog = load_dataset(INDUSTRIAL).catalog
     partial = path.with_suffix(".partial")
     with pq.ParquetWriter(partial, TRACES_SCHEMA) as writer:
