@@ -20,7 +20,7 @@ import recot
 
 ROOT = Path(recot.__file__).parent
 ROOMS = ["base", "formats", "data", "models", "teachers", "synth", "curation", "trainer", "runs", "cli"]
-BASE = {"errors", "config", "io", "cost", "__init__"}
+BASE = {"errors", "config", "io", "cost", "ray_cluster", "__init__"}
 
 
 def _modules() -> dict[str, Path]:

@@ -13,7 +13,8 @@ from recot.formats.splits import Split
 from recot.synth.job import SynthConfig, run_synth
 from recot.synth.requests import Shard, checked_samples
 from recot.teachers import OpenAITeacherConfig
-from recot.teachers.openai_http import AdaptiveLimit, TeacherError
+from recot.teachers.limits import ConcurrencyLimit
+from recot.teachers.openai_http import TeacherError
 
 ALL_TASKS = ["r0_caption", "r1_relation", "r2_interests", "r3_cot_blind", "r3_cot_hindsight"]
 
@@ -174,7 +175,7 @@ def test_concurrency_halves_on_429_and_grows_back():
     import asyncio
 
     async def scenario() -> list[int]:
-        limit = AdaptiveLimit(8)
+        limit = ConcurrencyLimit(8)
         seen = []
         for throttled in (True, True, False, False, False, False, False):
             await limit.acquire()
@@ -276,3 +277,50 @@ def test_dry_run_counts_a_repeated_prompt_once_and_writes_nothing(sample_path, t
     assert not (tmp_path / "out").exists()
     report = run_synth(cfg, progress=False)
     assert plan["to_send"] == report.sent < plan["requests"] == report.planned
+
+
+def _queued(instant_server, path: str, limit: str, n: int = 240) -> dict:
+    """``n`` requests to the instant server's queueing mode (it runs 4 at once) with ``concurrency`` 64 under ``limit``:
+    the server's count of requests waiting as each arrived, the answers, and the client-side latency."""
+    import httpx
+
+    from recot.teachers.base import Request
+    from recot.teachers.openai_http import OpenAITeacher
+
+    base = instant_server.url.removesuffix("/v1")
+    httpx.post(base + "/queue")
+    before = httpx.get(base + "/stats").json().get("queue", 0)
+    teacher = OpenAITeacher("queue", [base + path], concurrency=64, structured="none", limit=limit)
+    requests = [Request(f"{limit}{path}{i}", "r1_relation", [{"role": "user", "content": f"q{i}"}], {}, 0, 0, 0.0, 1.0, 16)
+                for i in range(n)]
+    answers = list(teacher.generate(requests))
+    latency = sorted(a.latency_s for a in answers)
+    return {"answers": answers, "keys": sorted(a.key for a in answers), "sent": httpx.get(base + "/stats").json()["queue"] - before,
+            "server": httpx.get(base + "/queue").json(), "p95": latency[int(0.95 * len(latency))], "retries": teacher.retries,
+            "peak": teacher.limit.peak if teacher.limit else 0}
+
+
+@pytest.mark.parametrize("path", ["/v1", "/plain/v1"], ids=["vllm-metrics", "latency-only"])
+def test_the_adaptive_limit_finds_a_queueing_servers_knee(instant_server, path):
+    """A server that queues instead of answering 429 (it runs 4 at once): with a ceiling of 64 the fixed limit keeps ~60
+    waiting at the server; the adaptive one, from vLLM's gauges or from reply latency alone, keeps the queue near
+    empty and the latency down, and every request is answered once (nothing lost, nothing sent twice)."""
+    fixed, adaptive = _queued(instant_server, path, "fixed"), _queued(instant_server, path, "adaptive")
+    for run in (fixed, adaptive):
+        assert run["keys"] == sorted(r.key for r in run["answers"]) and len(set(run["keys"])) == 240
+        assert all(a.error is None for a in run["answers"]) and run["sent"] == 240 and run["retries"] == 0
+    assert fixed["server"]["waiting_mean"] > 40 and fixed["peak"] == 64
+    assert adaptive["server"]["waiting_mean"] < fixed["server"]["waiting_mean"] / 10
+    assert adaptive["p95"] < fixed["p95"] / 2 and adaptive["peak"] < 64
+
+
+def test_server_load_reads_vllms_gauges():
+    from recot.teachers.openai_http import server_load
+
+    page = ('# HELP vllm:num_requests_waiting Number of requests waiting.\n'
+            'vllm:num_requests_running{engine="0",model_name="m"} 3.0\nvllm:num_requests_running{engine="1",model_name="m"} 2.0\n'
+            'vllm:num_requests_waiting{engine="0",model_name="m"} 1.0\nvllm:num_requests_waiting{engine="1",model_name="m"} 0.0\n'
+            'vllm:kv_cache_usage_perc{engine="0",model_name="m"} 0.25\nvllm:kv_cache_usage_perc{engine="1",model_name="m"} 0.5\n'
+            'vllm:num_requests_waiting_by_reason{engine="0",reason="capacity"} 7.0\n')
+    assert server_load(page) == (1.0, 5.0, 0.5)
+    assert server_load("# a server that is not vLLM\nhttp_requests_total 12\n") is None

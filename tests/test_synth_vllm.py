@@ -63,6 +63,23 @@ def test_in_process_engine_through_the_cli(sample_path, tiny_model, tmp_path):
     check_rows(rows)
 
 
+def test_the_adaptive_limit_reads_the_real_servers_gauges_and_loses_nothing(vllm_server):
+    """The installed vLLM's /metrics carries the gauges the adaptive limit reads (read from the page, not assumed), and
+    a few dozen requests through the limit are each answered once."""
+    import httpx
+
+    from recot.teachers.base import Request
+    from recot.teachers.openai_http import OpenAITeacher, server_load
+
+    load = server_load(httpx.get(vllm_server.url.removesuffix("/v1") + "/metrics").text)
+    assert load is not None and load[0] >= 0 and load[1] >= 0 and load[2] is not None
+    teacher = OpenAITeacher("teacher", [vllm_server.url], concurrency=64, structured="none")
+    requests = [Request(f"k{i}", "r1_relation", [{"role": "user", "content": f"item {i}"}], {}, 0, i, 1.0, 1.0, 8) for i in range(36)]
+    answers = list(teacher.generate(requests))
+    assert sorted(a.key for a in answers) == sorted(r.key for r in requests) and all(a.error is None for a in answers)
+    assert teacher.limit is not None and 1 <= teacher.limit.peak <= 64
+
+
 @pytest.mark.parametrize("structured", ["response_format", "extra_body"])
 def test_server_with_structured_outputs(sample_path, tmp_path, vllm_server, structured):
     cfg = SynthConfig(dataset=sample_path, out=tmp_path, tasks=["r1_relation"], limit=12,

@@ -1,8 +1,9 @@
 """The OpenAI-compatible teacher: a vLLM server, OpenAI, or any compatible endpoint, over HTTP.
 
 Layers, each small: endpoints (one ``AsyncOpenAI`` client per base URL on the aiohttp transport,
-load spread to the least busy healthy one) -> an adaptive concurrency limit (halved on 429, grown
-back by one per window of successes) -> retries with exponential backoff and full jitter on 429,
+load spread to the least busy healthy one) -> a concurrency limit that finds the server's knee (its
+queue as vLLM's /metrics tells it, and the replies' latency; halved on 429: :mod:`recot.teachers.limits`)
+-> retries with exponential backoff and full jitter on 429,
 408/409, 5xx, timeouts, connection errors and unusable HTTP 200 replies (a truncated or non-JSON
 body, no choices). A wrong key or an unknown model stops the job at once: what is in flight is
 cancelled and nothing more is sent (every request would fail the same way). Any other 4xx, and a
@@ -19,6 +20,7 @@ import asyncio
 import os
 import queue
 import random
+import re
 import threading
 import time
 from collections.abc import Iterable, Iterator
@@ -29,6 +31,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from recot.errors import TeacherError
 from recot.teachers.base import Request, Response, TeacherInputs, TeacherKind
+from recot.teachers.limits import ConcurrencyLimit, QueueAwareLimit
 
 RETRYABLE_STATUS = {408, 409, 429}
 FATAL_STATUS = {401, 403, 404}
@@ -44,7 +47,10 @@ class OpenAITeacherConfig(BaseModel):
     model: str = Field(description="the served model name")
     base_urls: list[str] = Field(min_length=1, description='e.g. ["http://gpu1:8000/v1", "http://gpu2:8000/v1"]')
     api_key_env: str = Field("OPENAI_API_KEY", description="environment variable holding the key (never printed)")
-    concurrency: int = Field(64, ge=1, description="requests in flight; halved on 429, grown back on success")
+    concurrency: int = Field(64, ge=1, description="the most requests in flight (the adaptive limit's ceiling); halved on 429")
+    limit: Literal["adaptive", "fixed"] = Field(
+        "adaptive", description="adaptive: in flight follows the server's knee (its queue from vLLM's /metrics, reply latency); "
+        "fixed: concurrency in flight (for a server that answers 429 when full)")
     timeout_s: float = Field(120.0, gt=0, description="seconds one request may take")
     max_retries: int = Field(8, ge=0, description="retries of 429, 5xx, timeouts, dropped connections and unusable replies")
     backoff_s: float = Field(0.5, gt=0, description="base of the exponential backoff (full jitter)")
@@ -55,40 +61,13 @@ class OpenAITeacherConfig(BaseModel):
     tokenizer: str | None = Field(None, description="a local folder with the served model's tokenizer: dry runs count prompt tokens with it")
 
 
-class AdaptiveLimit:
-    """At most ``limit`` requests in flight; 429s halve it, each ``limit`` successes in a row add one back."""
-
-    def __init__(self, maximum: int) -> None:
-        self.maximum = self.limit = maximum
-        self.active = 0
-        self._streak = 0
-        self._last_cut = 0.0
-        self._cond = asyncio.Condition()
-
-    async def acquire(self) -> None:
-        async with self._cond:
-            await self._cond.wait_for(lambda: self.active < self.limit)
-            self.active += 1
-
-    async def release(self, throttled: bool = False) -> None:
-        async with self._cond:
-            self.active -= 1
-            now = time.monotonic()
-            if throttled and now - self._last_cut > 1.0:
-                self.limit, self._streak, self._last_cut = max(1, self.limit // 2), 0, now
-            elif not throttled:
-                self._streak += 1
-                if self._streak >= self.limit and self.limit < self.maximum:
-                    self.limit, self._streak = self.limit + 1, 0
-            self._cond.notify_all()
-
-
 @dataclass
 class _Endpoint:
     url: str
     client: Any
     in_flight: int = 0
     down_until: float = 0.0
+    metrics: str | None = None  # the server's Prometheus /metrics, while it answers with vLLM's gauges
 
 
 class OpenAITeacher:
@@ -96,7 +75,7 @@ class OpenAITeacher:
 
     def __init__(self, model: str, base_urls: list[str], api_key_env: str = "OPENAI_API_KEY", concurrency: int = 64,
                  timeout_s: float = 120.0, max_retries: int = 8, backoff_s: float = 0.5, backoff_cap_s: float = 30.0,
-                 structured: str = "response_format", transport: str = "aiohttp") -> None:
+                 structured: str = "response_format", transport: str = "aiohttp", limit: str = "adaptive") -> None:
         """``structured``: "response_format" (OpenAI json_schema, strict), "extra_body" (vLLM's
         structured_outputs), or "none". ``transport``: "aiohttp" (fast) or "httpx" (the client's default)."""
         if not base_urls:
@@ -107,8 +86,9 @@ class OpenAITeacher:
         self.api_key_env = api_key_env
         self.concurrency, self.timeout_s = concurrency, timeout_s
         self.max_retries, self.backoff_s, self.backoff_cap_s = max_retries, backoff_s, backoff_cap_s
-        self.structured, self.transport = structured, transport
+        self.structured, self.transport, self.limit_kind = structured, transport, limit
         self.retries = 0  # retried attempts in the last generate(), for the job summary
+        self.limit: ConcurrencyLimit | None = None  # the last generate()'s limit: its peak and how it moved
         self._stop = threading.Event()
 
     def __repr__(self) -> str:  # the key is never part of what is printed or logged
@@ -136,12 +116,14 @@ class OpenAITeacher:
 
         key = os.environ.get(self.api_key_env) or "EMPTY"
         return [_Endpoint(url, AsyncOpenAI(base_url=url, api_key=key, max_retries=0, timeout=self.timeout_s,
-                                           http_client=DefaultAioHttpClient() if self.transport == "aiohttp" else None))
+                                           http_client=DefaultAioHttpClient() if self.transport == "aiohttp" else None),
+                          metrics=url.rstrip("/").removesuffix("/v1") + "/metrics")
                 for url in self.base_urls]
 
     async def _run(self, requests: Iterator[Request], out: queue.Queue) -> None:
         endpoints = self._clients()
-        limit = AdaptiveLimit(self.concurrency)
+        limit = self.limit = QueueAwareLimit(self.concurrency) if self.limit_kind == "adaptive" else ConcurrencyLimit(self.concurrency)
+        watcher = asyncio.create_task(watch_servers(endpoints, limit)) if self.limit_kind == "adaptive" else None
         pending: set[asyncio.Task] = set()
         failures: list[BaseException] = []
         self.retries = 0
@@ -173,6 +155,9 @@ class OpenAITeacher:
                 task.cancel()
             out.put(exc)
         finally:
+            if watcher is not None:
+                watcher.cancel()
+                await asyncio.gather(watcher, return_exceptions=True)
             for endpoint in endpoints:
                 await endpoint.client.close()
             out.put(_DONE)
@@ -182,10 +167,10 @@ class OpenAITeacher:
         healthy = [e for e in endpoints if e.down_until <= now] or [min(endpoints, key=lambda e: e.down_until)]
         return min(healthy, key=lambda e: e.in_flight)
 
-    async def _answer(self, request: Request, endpoints: list[_Endpoint], limit: AdaptiveLimit, out: queue.Queue) -> None:
+    async def _answer(self, request: Request, endpoints: list[_Endpoint], limit: ConcurrencyLimit, out: queue.Queue) -> None:
         import openai
 
-        throttled, bad_reply = False, None
+        throttled, bad_reply, answered = False, None, None
         try:
             for attempt in range(self.max_retries + 1):
                 endpoint = self._pick(endpoints)
@@ -211,7 +196,7 @@ class OpenAITeacher:
                 except Exception as exc:  # noqa: BLE001 - an HTTP 200 whose body is no chat completion
                     failure = bad_reply = f"{type(exc).__name__}: {_short(exc)}"
                 else:
-                    out.put(response)
+                    out.put(answered := response)
                     return
                 finally:
                     endpoint.in_flight -= 1
@@ -224,11 +209,55 @@ class OpenAITeacher:
             else:
                 out.put(Response(request.key, error=f"no answer {attempts} ({failure})", retryable=True))
         finally:
-            await limit.release(throttled)
+            await limit.release(throttled, answered.latency_s if answered else None, answered.completion_tokens if answered else 0)
 
     def _delay(self, attempt: int) -> float:
         """Full jitter: uniform in [0, min(cap, base * 2^attempt)]."""
         return random.uniform(0, min(self.backoff_cap_s, self.backoff_s * 2 ** attempt))
+
+
+# vLLM's scheduler gauges (vllm/v1/metrics/loggers.py), one line per engine: requests waiting and running, KV use
+_GAUGE = re.compile(r"^(vllm:num_requests_waiting|vllm:num_requests_running|vllm:kv_cache_usage_perc)(?:\{[^}]*\})?\s+(\S+)",
+                    re.MULTILINE)
+WATCH_S = 0.25  # how often the servers' /metrics are read
+
+
+def server_load(text: str) -> tuple[float, float, float | None] | None:
+    """(waiting, running, KV use) from a Prometheus text page: counts summed over engines, KV use the fullest
+    engine's; None for a page without vLLM's gauges (another server)."""
+    found: dict[str, list[float]] = {}
+    for name, value in _GAUGE.findall(text):
+        found.setdefault(name, []).append(float(value))
+    if "vllm:num_requests_waiting" not in found:
+        return None
+    kv = found.get("vllm:kv_cache_usage_perc")
+    return sum(found["vllm:num_requests_waiting"]), sum(found.get("vllm:num_requests_running", [0.0])), max(kv) if kv else None
+
+
+async def watch_servers(endpoints: list[_Endpoint], limit: ConcurrencyLimit) -> None:
+    """Read each endpoint's /metrics every WATCH_S and tell ``limit`` the servers' load; an endpoint whose page is missing
+    or holds no vLLM gauges is not asked again (the limit then goes by latency alone)."""
+    import aiohttp
+
+    async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=2)) as session:
+        while any(e.metrics for e in endpoints):
+            loads = []
+            for endpoint in endpoints:
+                if endpoint.metrics is None:
+                    continue
+                try:
+                    async with session.get(endpoint.metrics) as reply:
+                        load = server_load(await reply.text()) if reply.status == 200 else None
+                except (TimeoutError, aiohttp.ClientError):
+                    continue  # down for now: the requests' own retries deal with it
+                if load is None:
+                    endpoint.metrics = None
+                else:
+                    loads.append(load)
+            if loads:
+                kv = [k for _, _, k in loads if k is not None]
+                limit.observe(sum(w for w, _, _ in loads), sum(r for _, r, _ in loads), max(kv) if kv else None)
+            await asyncio.sleep(WATCH_S)
 
 
 def chat_kwargs(model: str, request: Request, structured: str) -> dict[str, Any]:
@@ -277,7 +306,7 @@ def _fatal_message(status: int, url: str, model: str, key_env: str) -> str:
 
 def _build(config: OpenAITeacherConfig, inputs: TeacherInputs) -> OpenAITeacher:
     return OpenAITeacher(config.model, config.base_urls, config.api_key_env, config.concurrency, config.timeout_s,
-                         config.max_retries, config.backoff_s, config.backoff_cap_s, config.structured, config.transport)
+                         config.max_retries, config.backoff_s, config.backoff_cap_s, config.structured, config.transport, config.limit)
 
 
 KIND = TeacherKind(OpenAITeacherConfig, _build)

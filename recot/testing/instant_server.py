@@ -15,8 +15,13 @@ every way a real one does. The requested model name picks the behaviour:
     cut500     a prompt's first attempt gets a cut body, its later ones HTTP 500 (cut429: HTTP 429)
     drop       the connection is closed without a reply
     cot        a schema-valid R3 trace citing purchase #1 that answers the prompt's last SID
+    queue      a server that queues as vLLM does: it runs QUEUE_CAPACITY requests at once, each taking
+               QUEUE_SERVICE_S (a little more the more run beside it), and the rest wait their turn
 
-``GET /stats`` returns how many chat requests each model name received.
+``GET /stats`` returns how many chat requests each model name received. ``GET /metrics`` shows the queue as vLLM's
+Prometheus gauges do (``vllm:num_requests_waiting``, ``vllm:num_requests_running``, ``vllm:kv_cache_usage_perc``);
+the same server under ``/plain/v1`` has no metrics page (a server that is not vLLM). ``GET /queue`` returns how many
+were waiting, at most and on average, when a ``queue`` request arrived; ``POST /queue`` starts that count afresh.
 
 Usage: python -m recot.testing.instant_server --port 8123
 """
@@ -24,6 +29,7 @@ Usage: python -m recot.testing.instant_server --port 8123
 from __future__ import annotations
 
 import argparse
+import asyncio
 import itertools
 import json
 import re
@@ -41,9 +47,12 @@ def _trace(prompt: str) -> str:
                        "interests": [{"name": "more of the same", "evidence": [1]}],
                        "transition": {"recent": "#1", "follows": 1, "reasoning": "the latest purchase sets the interest for the term"},
                        "answer": sids[-1] if sids else "?"})
+QUEUE_CAPACITY, QUEUE_SERVICE_S = 4, 0.05
 _counter = itertools.count(1)
 _received: Counter = Counter()
 _attempts: Counter = Counter()  # per (model, prompt): how often it was asked
+_queue = {"running": 0, "waiting": 0, "arrivals": 0, "waiting_sum": 0, "waiting_max": 0}
+_slots: asyncio.Semaphore | None = None
 
 
 def _completion(model: str, content: str | None, finish: str = "stop", refusal: str | None = None) -> dict:
@@ -96,7 +105,40 @@ async def chat(request: web.Request) -> web.Response:
     }
     if model == "cot":
         return web.json_response(_completion(model, _trace(body["messages"][-1]["content"])))
+    if model == "queue":
+        await _served_in_turn()
     return web.json_response(replies.get(model) or _completion(model, ANSWER))
+
+
+async def _served_in_turn() -> None:
+    global _slots
+    _slots = _slots or asyncio.Semaphore(QUEUE_CAPACITY)
+    _queue["arrivals"] += 1
+    _queue["waiting_sum"] += _queue["waiting"]
+    _queue["waiting_max"] = max(_queue["waiting_max"], _queue["waiting"])
+    _queue["waiting"] += 1
+    async with _slots:
+        _queue["waiting"] -= 1
+        _queue["running"] += 1
+        try:
+            await asyncio.sleep(QUEUE_SERVICE_S * (1 + 0.1 * _queue["running"]))
+        finally:
+            _queue["running"] -= 1
+
+
+async def metrics(_: web.Request) -> web.Response:
+    labels = '{engine="0",model_name="queue"}'
+    return web.Response(text=f"# TYPE vllm:num_requests_running gauge\nvllm:num_requests_running{labels} {_queue['running']}.0\n"
+                             f"# TYPE vllm:num_requests_waiting gauge\nvllm:num_requests_waiting{labels} {_queue['waiting']}.0\n"
+                             f"# TYPE vllm:kv_cache_usage_perc gauge\nvllm:kv_cache_usage_perc{labels} "
+                             f"{_queue['running'] / (4 * QUEUE_CAPACITY)}\n", content_type="text/plain")
+
+
+async def queue_seen(request: web.Request) -> web.Response:
+    if request.method == "POST":
+        _queue.update(arrivals=0, waiting_sum=0, waiting_max=0)
+    return web.json_response({"arrivals": _queue["arrivals"], "waiting_max": _queue["waiting_max"],
+                              "waiting_mean": _queue["waiting_sum"] / max(1, _queue["arrivals"])})
 
 
 async def stats(_: web.Request) -> web.Response:
@@ -110,6 +152,9 @@ async def models(_: web.Request) -> web.Response:
 def app() -> web.Application:
     application = web.Application()
     application.router.add_post("/v1/chat/completions", chat)
+    application.router.add_post("/plain/v1/chat/completions", chat)
+    application.router.add_get("/metrics", metrics)
+    application.router.add_route("*", "/queue", queue_seen)
     application.router.add_get("/v1/models", models)
     application.router.add_get("/stats", stats)
     return application
