@@ -110,9 +110,8 @@ def generate(millions: int) -> Path:
     import pyarrow.parquet as pq
 
     from recot.data.loaders import load_dataset
-    from recot.formats.traces import TRACES_SCHEMA
-
     from recot.formats.splits import SPLIT_FILE, SplitSpec
+    from recot.formats.traces import TRACES_SCHEMA
 
     path = DATA / f"traces{millions}m.parquet"
     DATA.mkdir(parents=True, exist_ok=True)
