@@ -8,11 +8,11 @@ run on the driver (DuckDB's out-of-core sort, and 8 bytes a trace):
 
 1. sketch (per shard): each answered trace's keep-policy keys, n-grams, signature bytes and band keys;
 2. order (driver): each trace's row in keep-policy order over all shards and its task number;
-3. scatter (per shard): (band, key salted by task, row) to a bucket partition chosen by the key;
-4. link (per partition): per band, each bucket's members linked as on one node; pairs of one task, to the shard of
-   their first trace;
-5. attach (per shard): the first trace's signature bytes and n-grams added to each pair, sent to the second's shard;
-6. check (per shard): the signature estimate and the exact Jaccard of each pair, as on one node;
+3. scatter (per shard): (band, key salted by task, row, signature bytes) to a bucket partition chosen by the key;
+4. link (per partition): per band, each bucket's members linked as on one node, and the pairs of one task whose
+   signature estimate passes kept, sent to the shard of their first trace;
+5. attach (per shard): the first trace's n-grams added to each pair (now few), sent to the second's shard;
+6. check (per shard): the exact Jaccard of each pair, as on one node;
 7. leaders (driver) over the linked pairs, then each shard's ``dup_clusters`` and ``dedup`` verdicts.
 
 Each task writes its output (a file, or a folder of files) atomically and is skipped when it is there, so a task
@@ -78,10 +78,10 @@ def run_dedup(store: ShardedStore, config: DedupConfig = DedupConfig(), ray: Any
     store.run(_sketch_shard, args, ray, reads=("traces", "verdicts", "scores"))
     n = _order(work, store.shards)
     parts = partitions or store.shards
-    run_tasks(ray, _scatter, [(work, i, parts) for i in range(store.shards)])
-    run_tasks(ray, _link, [(work, p, store.shards) for p in range(parts)])
-    run_tasks(ray, _attach, [(work, i, store.shards, config.num_perm) for i in range(store.shards)])
-    run_tasks(ray, _check, [(work, i, config.threshold, config.margin, config.num_perm) for i in range(store.shards)])
+    run_tasks(ray, _scatter, [(work, i, parts, config.num_perm) for i in range(store.shards)])
+    run_tasks(ray, _link, [(work, p, store.shards, config.threshold, config.margin, config.num_perm) for p in range(parts)])
+    run_tasks(ray, _attach, [(work, i, store.shards) for i in range(store.shards)])
+    run_tasks(ray, _check, [(work, i, config.threshold) for i in range(store.shards)])
     clusters = _leaders_over(work, n)
     store.run(_record_shard, {"clusters": str(clusters)}, ray, reads=("verdicts",), writes=("verdicts", "dup_clusters"))
     counts = cluster_counts(duckdb.connect(), f"read_parquet({sql_text(str(clusters))})")
@@ -107,7 +107,7 @@ def _sketch_shard(local: Store, index: int, shards: int, args: dict) -> int:
                 **{name: frame[name].to_arrow() for name in ("trace_id", "task", "failures", "judge", "text_length")},
                 "exact_key": part.exact.to_arrow(),
                 "keys": pa.FixedSizeListArray.from_arrays(pa.array(part.keys.T.ravel()), bands),
-                "sig8": pa.FixedSizeBinaryArray.from_buffers(pa.binary(config.num_perm), len(frame), [None, pa.py_buffer(part.sig8.tobytes())]),
+                "sig8": _binary(part.sig8, config.num_perm),
                 "grams": pa.ListArray.from_arrays(pa.array(part.grams.offsets.astype(np.int32)), pa.array(part.grams.h)),
             }, schema=schema))
             written += len(frame)
@@ -139,39 +139,56 @@ def _ordered(work: Path, shard: int) -> pl.DataFrame:
         f"SELECT row, task_no FROM read_parquet({sql_text(str(work / 'order.parquet'))}) WHERE shard = {shard} ORDER BY local").to_arrow_table())
 
 
-def _scatter(work: Path, shard: int, partitions: int) -> None:
-    """Stage 3: the shard's (band, salted key, row) to the bucket partition of the key, ``work/scatter/sNNNNN/pNNNNN.parquet``."""
+def _scatter(work: Path, shard: int, partitions: int, num_perm: int) -> None:
+    """Stage 3: the shard's (band, salted key, row, task, where its sketch is, signature bytes) to the bucket partition of
+    the key, ``work/scatter/sNNNNN/pNNNNN.parquet``."""
     target = work / "scatter" / f"s{shard:05d}"
     if target.exists():
         return
     order = _ordered(work, shard)
-    keys_column = pq.read_table(work / "sketch" / f"s{shard:05d}.parquet", columns=["keys"])["keys"].combine_chunks()
-    bands = keys_column.type.list_size
-    n = len(order)
-    keys = salted(keys_column.flatten().to_numpy().reshape(n, bands).T, order["task_no"].to_numpy())
-    band = np.repeat(np.arange(bands, dtype=np.int16), n)
-    frame = pl.DataFrame({"band": band, "key": keys.ravel(), "row": np.tile(order["row"].to_numpy(), bands),
-                          "task": np.tile(order["task_no"].to_numpy().astype(np.int16), bands),
-                          "shard": np.full(n * bands, shard, np.int32), "local": np.tile(np.arange(n, dtype=np.int32), bands)})
-    frame = frame.with_columns(part=pl.Series((spread(keys.ravel()) % np.uint64(partitions)).astype(np.int64)))
+    sketch = pq.read_table(work / "sketch" / f"s{shard:05d}.parquet", columns=["keys", "sig8"])
+    keys_column = sketch["keys"].combine_chunks()
+    bands, n = keys_column.type.list_size, len(order)
+    keys = salted(keys_column.flatten().to_numpy().reshape(n, bands).T, order["task_no"].to_numpy()).ravel()
+    local = np.tile(np.arange(n, dtype=np.int32), bands)
+    part = (spread(keys) % np.uint64(partitions)).astype(np.int64)
+    by_part = np.argsort(part, kind="stable")
+    bounds = np.searchsorted(part[by_part], np.arange(partitions + 1))
+    sig8 = _sig8(sketch["sig8"].combine_chunks(), num_perm)
+    columns = {"band": np.repeat(np.arange(bands, dtype=np.int16), n), "key": keys, "row": np.tile(order["row"].to_numpy(), bands),
+               "task": np.tile(order["task_no"].to_numpy().astype(np.int16), bands), "local": local}
     with atomic_path(target) as tmp:
         tmp.mkdir()
-        for part in range(partitions):
-            frame.filter(pl.col("part") == part).drop("part").write_parquet(tmp / f"p{part:05d}.parquet")
+        for p in range(partitions):
+            rows = by_part[bounds[p]:bounds[p + 1]]
+            table = pa.table({name: values[rows] for name, values in columns.items()})
+            table = table.append_column("shard", pa.array(np.full(len(rows), shard, np.int32))).append_column(
+                "sig8", _binary(sig8[local[rows]], num_perm))
+            pq.write_table(table, tmp / f"p{p:05d}.parquet")
 
 
-def _link(work: Path, part: int, shards: int) -> None:
+def _binary(rows: np.ndarray, width: int) -> pa.FixedSizeBinaryArray:
+    """Rows of ``width`` bytes as one Arrow column (no copy per row)."""
+    return pa.FixedSizeBinaryArray.from_buffers(pa.binary(width), len(rows), [None, pa.py_buffer(np.ascontiguousarray(rows).tobytes())])
+
+
+def _link(work: Path, part: int, shards: int, threshold: float, margin: float, num_perm: int) -> None:
     """Stage 4: per band, the partition's buckets linked as one node links them (members in row order, each to the first
-    and the previous); pairs of one task, by the shard of their first trace, ``work/link/pNNNNN/sNNNNN.parquet``."""
+    and the previous), the pairs of one task whose signature estimate (the low byte of each position) reaches
+    ``threshold - margin`` kept, by the shard of their first trace, ``work/link/pNNNNN/sNNNNN.parquet``."""
     target = work / "link" / f"p{part:05d}"
     if target.exists():
         return
-    frame = pl.concat([pl.read_parquet(work / "scatter" / f"s{s:05d}" / f"p{part:05d}.parquet") for s in range(shards)]).sort("band", "row")
+    table = pa.concat_tables([pq.read_table(work / "scatter" / f"s{s:05d}" / f"p{part:05d}.parquet") for s in range(shards)])
+    frame = frame_of(table.drop_columns(["sig8"])).with_row_index("i").sort("band", "row")
+    sig8 = _sig8(table["sig8"].combine_chunks(), num_perm)
     found = []
     for (_,), members in frame.group_by("band", maintain_order=True):
         a, b = bucket_pairs([members["key"].to_numpy()], len(members))
-        same = members["task"].to_numpy()[a] == members["task"].to_numpy()[b]
-        a, b = a[same], b[same]
+        task, index = members["task"].to_numpy(), members["i"].to_numpy().astype(np.int64)
+        a, b = a[task[a] == task[b]], b[task[a] == task[b]]
+        likely = estimate(sig8, index[a], index[b]) >= threshold - margin
+        a, b = a[likely], b[likely]
         found.append(pl.DataFrame({"row_a": members["row"].to_numpy()[a], "row_b": members["row"].to_numpy()[b],
                                    "local_a": members["local"].to_numpy()[a], "shard_a": members["shard"].to_numpy()[a],
                                    "shard_b": members["shard"].to_numpy()[b], "local_b": members["local"].to_numpy()[b]}))
@@ -182,16 +199,16 @@ def _link(work: Path, part: int, shards: int) -> None:
             pairs.filter(pl.col("shard_a") == s).drop("shard_a").write_parquet(tmp / f"s{s:05d}.parquet")
 
 
-def _sketch_arrays(work: Path, shard: int, num_perm: int) -> tuple[np.ndarray, Grams]:
-    """A shard's signature bytes (n, num_perm) and n-grams, by its sketch file's rows."""
-    table = pq.read_table(work / "sketch" / f"s{shard:05d}.parquet", columns=["sig8", "grams"])
-    return _sig8(table["sig8"].combine_chunks(), num_perm), _grams(table["grams"].combine_chunks())
+def _grams_of(work: Path, shard: int) -> Grams:
+    """A shard's n-grams, by its sketch file's rows."""
+    return _grams(pq.read_table(work / "sketch" / f"s{shard:05d}.parquet", columns=["grams"])["grams"].combine_chunks())
 
 
 def _sig8(column: pa.FixedSizeBinaryArray, num_perm: int) -> np.ndarray:
     data = column.buffers()[1]
-    return np.frombuffer(data, dtype=np.uint8)[column.offset * num_perm:(column.offset + len(column)) * num_perm].reshape(-1, num_perm) \
-        if data is not None else np.zeros((0, num_perm), np.uint8)
+    if data is None:
+        return np.zeros((0, num_perm), np.uint8)
+    return np.frombuffer(data, dtype=np.uint8)[column.offset * num_perm:(column.offset + len(column)) * num_perm].reshape(-1, num_perm)
 
 
 def _grams(column: pa.ListArray) -> Grams:
@@ -200,21 +217,20 @@ def _grams(column: pa.ListArray) -> Grams:
     return Grams(offsets - offsets[0] if len(offsets) else np.zeros(1, np.int64), values.astype(np.uint32))
 
 
-def _attach(work: Path, shard: int, shards: int, num_perm: int) -> None:
-    """Stage 5: the shard's pairs (each once) with their first trace's signature bytes and n-grams, by the shard of the
-    second, ``work/attach/sNNNNN/sMMMMM.parquet``."""
+def _attach(work: Path, shard: int, shards: int) -> None:
+    """Stage 5: the shard's pairs (each once) with their first trace's n-grams, by the shard of the second,
+    ``work/attach/sNNNNN/sMMMMM.parquet``."""
     target = work / "attach" / f"s{shard:05d}"
     if target.exists():
         return
     files = ", ".join(sql_text(str(work / "link" / f"p{p:05d}" / f"s{shard:05d}.parquet")) for p in _partitions(work))
     pairs = frame_of(duckdb.connect().sql(f"SELECT DISTINCT * FROM read_parquet([{files}]) ORDER BY row_a, row_b").to_arrow_table())
-    sig8, grams = _sketch_arrays(work, shard, num_perm)
+    grams = _grams_of(work, shard)
     local = pairs["local_a"].to_numpy().astype(np.int64)
     picked = Grams(np.concatenate([[0], np.cumsum(grams.sizes[local])]).astype(np.int64),
                    grams.h[gather(grams.offsets[local], grams.sizes[local])])
     attached = pairs.select("row_a", "row_b", "shard_b", "local_b").to_arrow().append_column(
-        "sig8", pa.FixedSizeBinaryArray.from_buffers(pa.binary(num_perm), len(local), [None, pa.py_buffer(sig8[local].tobytes())])
-    ).append_column("grams", pa.ListArray.from_arrays(pa.array(picked.offsets), pa.array(picked.h)))
+        "grams", pa.ListArray.from_arrays(pa.array(picked.offsets), pa.array(picked.h)))
     with atomic_path(target) as tmp:
         tmp.mkdir()
         shard_b = pairs["shard_b"].to_numpy()
@@ -226,23 +242,20 @@ def _partitions(work: Path) -> list[int]:
     return sorted(int(p.name[1:]) for p in (work / "link").glob("p*"))
 
 
-def _check(work: Path, shard: int, threshold: float, margin: float, num_perm: int) -> None:
-    """Stage 6: the pairs whose second trace is in this shard, held to one node's two tests: the signature estimate
-    (the low byte of each position) at least ``threshold - margin``, then the exact Jaccard at least ``threshold``;
-    the pairs that pass, ``work/check/sNNNNN.parquet``."""
+def _check(work: Path, shard: int, threshold: float) -> None:
+    """Stage 6: the exact Jaccard of the pairs whose second trace is in this shard, held to ``threshold`` as on one
+    node; the pairs that reach it, ``work/check/sNNNNN.parquet``."""
     target = work / "check" / f"s{shard:05d}.parquet"
     if target.exists():
         return
     table = pa.concat_tables([pq.read_table(f) for f in sorted((work / "attach").glob(f"s*/s{shard:05d}.parquet"))])
-    sig8, grams = _sketch_arrays(work, shard, num_perm)
+    grams = _grams_of(work, shard)
     # the pairs' first traces as rows 0..m-1, then the shard's own traces
     m = table.num_rows
     first = _grams(table["grams"].combine_chunks())
-    both_sig = np.concatenate([_sig8(table["sig8"].combine_chunks(), num_perm), sig8])
     both = Grams(np.concatenate([first.offsets, first.offsets[-1] + grams.offsets[1:]]), np.concatenate([first.h, grams.h]))
     a, b = np.arange(m, dtype=np.int64), m + table["local_b"].to_numpy().astype(np.int64)
-    passed = estimate(both_sig, a, b) >= threshold - margin
-    passed[passed] = jaccard(both, a[passed], b[passed]) >= threshold
+    passed = jaccard(both, a, b) >= threshold
     with atomic_path(target) as tmp:
         pq.write_table(table.select(["row_a", "row_b"]).filter(pa.array(passed, pa.bool_())), tmp)
 

@@ -20,7 +20,9 @@ see the head with every shard's tables over it (:meth:`ShardedStore.view`).
 
 from __future__ import annotations
 
+import hashlib
 import json
+import math
 import os
 import shutil
 import tempfile
@@ -30,12 +32,15 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+import pyarrow.parquet as pq
+
 from recot.curation import rules
 from recot.curation.rules import RulesConfig
 from recot.curation.store import SHARDED_MARKER as MARKER
-from recot.curation.store import IngestReport, Store, check_traces_file
+from recot.curation.store import IngestReport, Store, check_traces_file, split_rows
 from recot.errors import DataError
 from recot.formats.student import sql_text
+from recot.io import atomic_path
 
 HEAD = "head.duckdb"
 DONE = "DONE"
@@ -179,22 +184,43 @@ def _write_generation(store: Store, folder: Path, tables: tuple[str, ...] = SHAR
 
 
 def ingest(store: ShardedStore, sources: list[Path], ray: Any = None) -> list[IngestReport]:
-    """:meth:`Store.ingest` of every file into every shard: the head records what lies beside each file (catalog,
-    split, tasks, set-aside rows) once, then each shard takes its rows; the counts are summed per file."""
+    """:meth:`Store.ingest` of every file into every shard: the head records what lies beside each file (catalog, split,
+    tasks, set-aside rows) once; each file is read once, a task per few row groups, its rows written out per shard
+    (:func:`split_rows`); then each shard takes its rows. The counts are summed per file."""
     sources = [Path(s).resolve() for s in sources]  # as every worker reads them
     for source in sources:
         check_traces_file(source)
     with store.head() as head:
         for source in sources:
             head.record_beside(source)
-    per_shard = store.run(_ingest_shard, {"sources": [str(s) for s in sources]}, ray, reads=("traces", "ingest_rejects"),
-                          writes=("traces", "ingest_rejects"))
+    incoming = store.root / "incoming"
+    folders, calls = [], []
+    for source in sources:
+        stat = source.stat()
+        folder = incoming / hashlib.md5(f"{source}|{stat.st_size}|{stat.st_mtime_ns}".encode()).hexdigest()[:12]
+        groups = pq.ParquetFile(source).metadata.num_row_groups
+        step = max(1, math.ceil(groups / store.shards))
+        calls += [(source, range(first, min(first + step, groups)), store.shards, folder) for first in range(0, groups, step)]
+        folders.append(folder)
+    run_tasks(ray, _split_once, calls)
+    args = {"sources": [str(s) for s in sources], "folders": [str(f) for f in folders]}
+    per_shard = store.run(_ingest_shard, args, ray, reads=("traces", "ingest_rejects"), writes=("traces", "ingest_rejects"))
+    shutil.rmtree(incoming)
     return [IngestReport(str(source), *(sum(shard[i][name] for shard in per_shard) for name in ("rows", "new", "already_in_store", "rejected")))
             for i, source in enumerate(sources)]
 
 
+def _split_once(source: Path, row_groups: range, shards: int, folder: Path) -> None:
+    """:func:`split_rows` of one chunk into ``folder/cNNNNN`` (skipped when it is there: a rerun of a killed ingest)."""
+    target = folder / f"c{row_groups.start:05d}"
+    if not target.exists():
+        with atomic_path(target) as tmp:
+            split_rows(source, row_groups, shards, tmp)
+
+
 def _ingest_shard(local: Store, index: int, shards: int, args: dict) -> list[dict]:
-    return [asdict(local.ingest(Path(source), shard=(index, shards))) for source in args["sources"]]
+    return [asdict(local.ingest(Path(source), parts=sorted(Path(folder).glob(f"c*/shard={index}/*.parquet"))))
+            for source, folder in zip(args["sources"], args["folders"])]
 
 
 def run_rules(store: ShardedStore, config: RulesConfig = RulesConfig(), ray: Any = None) -> dict[str, int]:

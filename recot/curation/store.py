@@ -293,24 +293,25 @@ class Store:
             raise DataError(source, f"tasks {[t for (t,) in undeclared]} are not declared: without {TASKS_FILE} beside the file the "
                             "store cannot tell which rules apply", f"keep the {TASKS_FILE} that `recot synth run` wrote next to it")
 
-    def ingest(self, source: Path, shard: tuple[int, int] | None = None) -> IngestReport:
+    def ingest(self, source: Path, parts: list[Path] | None = None) -> IngestReport:
         """Add a synthesis output parquet; rows without provenance go to ``ingest_rejects``. The split it was
-        synthesised on (``split.json`` beside it) is recorded for export and evaluation. ``shard`` (index, count):
-        only the rows of that shard of a sharded store (:func:`shard_of`), whose head recorded what lies beside."""
+        synthesised on (``split.json`` beside it) is recorded for export and evaluation. ``parts``: the rows of
+        ``source`` that belong to this shard of a sharded store, as :func:`split_rows` wrote them (its head recorded
+        what lies beside the file)."""
         check_traces_file(source)
         missing_provenance = " OR ".join(f'"{c}" IS NULL' for c in PROVENANCE)
-        if shard is None:
+        if parts is None:
             self._record_catalog(source)
         with self.transaction():
-            if shard is None:
+            if parts is None:
                 self._record_others(source)
             # a view: the file is read by each statement for the columns it needs, never copied whole
-            self.con.execute(f"""
-                CREATE OR REPLACE TEMP VIEW incoming AS
-                SELECT * FROM (SELECT md5(request_hash || '|' || subject_id || '|' || sample) AS trace_id,
-                                      'row ' || (file_row_number + 1) AS location, *
-                               FROM read_parquet({sql_text(str(source))}, file_row_number = true))
-                {f"WHERE {shard_of('trace_id', shard[1])} = {shard[0]}" if shard else ""}""")
+            if parts is None:
+                self.con.execute(f"CREATE OR REPLACE TEMP VIEW incoming AS {_incoming(sql_text(str(source)))}")
+            else:
+                files = ", ".join(sql_text(str(p)) for p in parts)
+                self.con.execute(f"CREATE OR REPLACE TEMP VIEW incoming AS SELECT * EXCLUDE (shard) FROM read_parquet([{files}])"
+                                 if parts else f"CREATE OR REPLACE TEMP VIEW incoming AS {_incoming(sql_text(str(source)))} LIMIT 0")
             rows = self.scalar("SELECT count(*) FROM incoming")
             self.con.execute(f"""
                 INSERT INTO ingest_rejects
@@ -382,6 +383,25 @@ class _Transaction:
 
     def __exit__(self, kind, *_) -> None:
         self.con.execute("ROLLBACK" if kind else "COMMIT")
+
+
+def _incoming(relation: str, first_row: int = 0) -> str:
+    """SQL: the rows of a traces parquet (or a relation with a ``file_row_number``) with their trace id and location."""
+    return f"""SELECT md5(request_hash || '|' || subject_id || '|' || sample) AS trace_id,
+                      'row ' || (file_row_number + {first_row + 1}) AS location, * EXCLUDE (file_row_number)
+               FROM {f"read_parquet({relation}, file_row_number = true)" if relation.startswith("'") else relation}"""
+
+
+def split_rows(source: Path, row_groups: range, shards: int, folder: Path) -> None:
+    """The rows of ``source``'s ``row_groups`` with their trace id and location, as Parquet files per shard of a store of
+    ``shards`` shards: ``folder/shard=K/*.parquet`` (what :meth:`Store.ingest` takes as ``parts``)."""
+    file = pq.ParquetFile(source)
+    first = sum(file.metadata.row_group(i).num_rows for i in range(row_groups.start))
+    chunk = file.read_row_groups(list(row_groups))
+    chunk = chunk.append_column("file_row_number", pa.array(range(chunk.num_rows), pa.int64()))  # noqa: F841 - read by name
+    con = duckdb.connect()
+    con.execute(f"""COPY (SELECT *, {shard_of('trace_id', shards)} AS shard FROM ({_incoming('chunk', first)}))
+                    TO {sql_text(str(folder))} (FORMAT parquet, PARTITION_BY (shard))""")
 
 
 def shard_of(trace_id: str, shards: int) -> str:
