@@ -12,6 +12,7 @@ Targets: the adaptive limit at >= 0.95x the throughput of the best fixed setting
 fixed default's; with the tight timeout it times out no request the server would have finished.
 
     .venv/bin/python bench/bench_concurrency.py                     # tiny model, 256 requests an arm
+    .venv/bin/python bench/bench_concurrency.py --max-num-seqs 16   # a server whose knee is below the ceiling
     .venv/bin/python bench/bench_concurrency.py --real --requests 96
 """
 
@@ -54,8 +55,10 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--requests", type=int, default=256)
     parser.add_argument("--max-tokens", type=int, default=96, help="the long requests' budget; the short ones get a sixth")
-    parser.add_argument("--fixed", type=int, nargs="+", default=[1, 4, 16, 64])
+    parser.add_argument("--fixed", type=int, nargs="+", default=[4, 16, 64])
     parser.add_argument("--real", action="store_true", help="the embedded SmolLM2-135M-Instruct instead of the tiny model")
+    parser.add_argument("--max-num-seqs", type=int, help="the server runs this many at once and queues the rest (default: "
+                        "vLLM's own, more than the ceiling of 64 here)")
     args = parser.parse_args()
     os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "2")
     work = Path(tempfile.mkdtemp(prefix="bench-concurrency-"))
@@ -70,10 +73,12 @@ def main() -> None:
     requests = [Request(f"k{i}", "r1_relation", [{"role": "user", "content": f"Item A {i}: drill. Item B: bits {i % 97}. Relation?"}],
                         {}, 0, i, 1.0, 1.0, args.max_tokens if i % 4 == 0 else max(args.max_tokens // 6, 8))
                 for i in range(args.requests)]
-    server = vllm_server(model, work / "vllm.log", max_model_len=length, dtype=dtype).start()
+    extra = ("--max-num-seqs", str(args.max_num_seqs)) if args.max_num_seqs else ()
+    server = vllm_server(model, work / "vllm.log", max_model_len=length, dtype=dtype, extra=extra).start()
     try:
         arm(server.url, requests[:16], "fixed", 16)  # warm-up
-        print(f"{args.requests} requests an arm ({'SmolLM2-135M-Instruct' if args.real else 'tiny model'}, vLLM-CPU server)")
+        print(f"{args.requests} requests an arm ({'SmolLM2-135M-Instruct' if args.real else 'tiny model'}, vLLM-CPU server, "
+              f"max_num_seqs {args.max_num_seqs or 'default'})")
         results = [arm(server.url, requests, "fixed", n) for n in args.fixed] + [arm(server.url, requests, "adaptive", 64)]
         for result in results:
             show(result)

