@@ -188,6 +188,24 @@ def test_concurrency_halves_on_429_and_grows_back():
     assert asyncio.run(scenario()) == [4, 2, 2, 3, 3, 3, 4]
 
 
+def test_the_adaptive_limit_goes_on_after_a_429():
+    """A 429 halves the adaptive limit wherever it is in its climb; the windows after it settle and probe from there
+    (a 429 between two windows once failed an assertion inside the limit, ending a job)."""
+    import asyncio
+
+    from recot.teachers.limits import QueueAwareLimit
+
+    async def scenario() -> list[int]:
+        limit = QueueAwareLimit(64, start=16)
+        for throttled in [True] + [False] * 200:
+            await limit.acquire()
+            await limit.release(throttled, latency=0.01, tokens=9)
+        return [step for _, step in limit.changes]
+
+    changes = asyncio.run(scenario())
+    assert changes[:2] == [16, 8] and all(1 <= step <= 64 for step in changes)
+
+
 def test_incomplete_teacher_config_is_named(sample_path, tmp_path):
     from recot.synth.job import load_synth_config
 

@@ -65,7 +65,7 @@ def run_dedup(store: ShardedStore, config: DedupConfig = DedupConfig(), ray: Any
               batch_rows: int = 1 << 16) -> dict[str, int]:
     """Cluster each task's answered traces over every shard; write each shard's ``dup_clusters`` and ``dedup`` verdicts,
     the same rows a one-node store of the same traces gets. ``partitions``: bucket partitions (default: one per shard;
-    a partition holds about a shard's rows times the LSH bands, 16 bytes each)."""
+    a partition holds about a shard's rows times the LSH bands, 156 bytes each, most of them signature bytes)."""
     if config.engine != "recot":
         raise DataError("dedup.engine", f"engine {config.engine!r} runs on one node only", "use engine = 'recot' on a sharded store")
     bands, rows = lsh_params(max(config.threshold - config.margin, 0.05), config.num_perm)
@@ -89,16 +89,15 @@ def run_dedup(store: ShardedStore, config: DedupConfig = DedupConfig(), ray: Any
     return counts
 
 
-def _sketch_shard(local: Store, index: int, shards: int, args: dict) -> int:
+def _sketch_shard(local: Store, index: int, shards: int, args: dict) -> None:
     """Stage 1: the shard's answered traces with their keep-policy keys and sketches, ``work/sketch/sNNNNN.parquet``."""
     target = Path(args["work"]) / "sketch" / f"s{index:05d}.parquet"
     if target.exists():
-        return 0
+        return
     config, bands = DedupConfig.model_validate_json(args["config"]), args["bands"]
     schema = pa.schema([("trace_id", pa.string()), ("task", pa.string()), ("failures", pa.int64()), ("judge", pa.float64()),
                         ("text_length", pa.int64()), ("exact_key", pa.uint64()), ("keys", pa.list_(pa.uint64(), bands)),
                         ("sig8", pa.binary(config.num_perm)), ("grams", pa.list_(pa.uint32()))])
-    written = 0
     with atomic_path(target) as tmp, pq.ParquetWriter(tmp, schema) as writer:
         for batch in local.stream(KEYED_SQL, args["batch_rows"]):
             frame = frame_of(batch)
@@ -110,8 +109,6 @@ def _sketch_shard(local: Store, index: int, shards: int, args: dict) -> int:
                 "sig8": _binary(part.sig8, config.num_perm),
                 "grams": pa.ListArray.from_arrays(pa.array(part.grams.offsets.astype(np.int32)), pa.array(part.grams.h)),
             }, schema=schema))
-            written += len(frame)
-    return written
 
 
 def _order(work: Path, shards: int) -> int:

@@ -7,14 +7,14 @@ curated alone by the very code a one-node store runs, and only dedup looks acros
 
 - ``sharded.json``: the number of shards, fixed when the store is created;
 - ``head.duckdb``: a one-node :class:`Store` without traces: the catalog, task declarations, meta (split, SID
-  dialect, rules config) and set-aside counts; small, and copied to every shard step;
+  dialect, rules config) and set-aside counts; small, and read by every shard step;
 - ``shards/00007/g000003/``: the current generation of shard 7, one Parquet file per table of
   :data:`SHARD_TABLES`, complete when its ``DONE`` file exists.
 
-A step on a shard copies the head into a temporary folder, loads the shard's tables into the copy, runs the
-one-node step on it (``Store.ingest``, ``run_rules``, ...) and writes every table as the shard's next
-generation, then removes the old one. A step killed half way leaves the shard as it was, so the task Ray
-retries redoes only that shard, and a rerun skips no work and repeats none. Readers (the funnel, export)
+A step on a shard loads the head and the shard tables it reads into a store in memory, runs the one-node step on
+it (``Store.ingest``, ``run_rules``, ...) and writes the tables it changed as the shard's next generation (the
+others linked unchanged), then removes the old one. A step killed half way leaves the shard as it was, so the task
+Ray retries redoes only that shard, and a rerun skips no work and repeats none. Readers (the funnel, export)
 see the head with every shard's tables over it (:meth:`ShardedStore.view`).
 """
 
@@ -71,7 +71,7 @@ class ShardedStore:
                 raise DataError(root, f"the store has {found.shards} shards, not {shards}",
                                 f"drop --shards (or pass {found.shards}): a trace's shard follows from the count")
             return found
-        if root.exists() and any(root.iterdir()):
+        if root.is_file() or (root.exists() and any(root.iterdir())):
             raise DataError(root, "a folder that is not a sharded curation store", "choose a new or empty folder for --store")
         if shards < 1:
             raise DataError("shards", f"{shards} shards", "a sharded store has at least one shard")
@@ -92,7 +92,7 @@ class ShardedStore:
 
     def head(self) -> Store:
         """The head store, to record the catalog and what lies beside the traces (never open while shard steps run:
-        they copy it)."""
+        they attach it read-only)."""
         return Store(self.root / HEAD)
 
     def generation(self, index: int) -> Path:

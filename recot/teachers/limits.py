@@ -123,7 +123,9 @@ class QueueAwareLimit(ConcurrencyLimit):
             else:
                 self.limit, self._slow_start, self._windows_settled = self._settled[0], False, 0
             return
-        assert self._settled is not None
+        if self._settled is None:  # after a 429 halved the limit: its rate is the one to beat
+            self._settled, self._windows_settled = (self.limit, rate), 0
+            return
         settled_limit, settled_rate = self._settled
         if self.limit != settled_limit:  # a probe's window
             if rate >= settled_rate * (1 + (self.GAIN - 1) / 2):
