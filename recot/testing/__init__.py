@@ -10,6 +10,8 @@
 - :data:`RECOT`: the installed ``recot`` command, for driving the CLI as a user does;
 - :func:`journal_rows`: how many answers a job folder's journal holds, read while the job writes;
 - :func:`curated_store`: a store of rules-teacher traces of a dataset, ingested and checked by the rules;
+- :func:`recot.testing.planted.planted_traces`: copies of a synthesis output with exact, near and unrelated twins
+  planted under new trace ids (duplicates across the shards of a sharded store, at any size);
 - :class:`SharedTeacher`: one teacher (a real model's engine) used by several jobs in turn;
 - :mod:`recot.testing.fixtures`: pytest fixtures with the embedded real LLM (``smollm2_model``, ``smollm2_teacher``).
 """
