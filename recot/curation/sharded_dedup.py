@@ -183,7 +183,8 @@ def _link(work: Path, part: int, shards: int, threshold: float, margin: float, n
     for (_,), members in frame.group_by("band", maintain_order=True):
         a, b = bucket_pairs([members["key"].to_numpy()], len(members))
         task, index = members["task"].to_numpy(), members["i"].to_numpy().astype(np.int64)
-        a, b = a[task[a] == task[b]], b[task[a] == task[b]]
+        same = task[a] == task[b]
+        a, b = a[same], b[same]
         likely = estimate(sig8, index[a], index[b]) >= threshold - margin
         a, b = a[likely], b[likely]
         found.append(pl.DataFrame({"row_a": members["row"].to_numpy()[a], "row_b": members["row"].to_numpy()[b],

@@ -300,18 +300,19 @@ class Store:
         what lies beside the file)."""
         check_traces_file(source)
         missing_provenance = " OR ".join(f'"{c}" IS NULL' for c in PROVENANCE)
+        whole = _incoming(f"read_parquet({sql_text(str(source))}, file_row_number = true)")
         if parts is None:
+            incoming = whole
             self._record_catalog(source)
+        elif parts:
+            incoming = f"SELECT * EXCLUDE (shard) FROM read_parquet([{', '.join(sql_text(str(p)) for p in parts)}])"
+        else:  # none of the file's rows is this shard's
+            incoming = f"{whole} LIMIT 0"
         with self.transaction():
             if parts is None:
                 self._record_others(source)
             # a view: the file is read by each statement for the columns it needs, never copied whole
-            if parts is None:
-                self.con.execute(f"CREATE OR REPLACE TEMP VIEW incoming AS {_incoming(sql_text(str(source)))}")
-            else:
-                files = ", ".join(sql_text(str(p)) for p in parts)
-                self.con.execute(f"CREATE OR REPLACE TEMP VIEW incoming AS SELECT * EXCLUDE (shard) FROM read_parquet([{files}])"
-                                 if parts else f"CREATE OR REPLACE TEMP VIEW incoming AS {_incoming(sql_text(str(source)))} LIMIT 0")
+            self.con.execute(f"CREATE OR REPLACE TEMP VIEW incoming AS {incoming}")
             rows = self.scalar("SELECT count(*) FROM incoming")
             self.con.execute(f"""
                 INSERT INTO ingest_rejects
@@ -386,10 +387,11 @@ class _Transaction:
 
 
 def _incoming(relation: str, first_row: int = 0) -> str:
-    """SQL: the rows of a traces parquet (or a relation with a ``file_row_number``) with their trace id and location."""
+    """SQL: the rows of ``relation`` (traces with a ``file_row_number``) with their trace id and location in the file
+    (``first_row``: the file's row number of the relation's first row)."""
     return f"""SELECT md5(request_hash || '|' || subject_id || '|' || sample) AS trace_id,
                       'row ' || (file_row_number + {first_row + 1}) AS location, * EXCLUDE (file_row_number)
-               FROM {f"read_parquet({relation}, file_row_number = true)" if relation.startswith("'") else relation}"""
+               FROM {relation}"""
 
 
 def split_rows(source: Path, row_groups: range, shards: int, folder: Path) -> None:
