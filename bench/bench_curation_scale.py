@@ -101,7 +101,7 @@ def _million(catalog, part: int):
         completion_tokens=pl.lit(0, pl.Int64), latency_s=pl.lit(0.0), messages=pl.lit("[]"),
         template=pl.col("task") + ".j2", template_version=pl.lit(1, pl.Int32), template_hash=pl.lit("bench"),
         teacher=pl.lit("bench"), model=pl.lit("generated"), params=pl.lit("{}"), created_at=pl.lit("2026-11-23T00:00:00"),
-        popular_rank=pl.lit(None, pl.Int32))
+        popular_rank=pl.lit(None, pl.Int32), reasoning=pl.lit(None, pl.Utf8), reasoning_tokens=pl.lit(None, pl.Int64))
     return full.select([f.name for f in TRACES_SCHEMA]).to_arrow().cast(TRACES_SCHEMA)
 
 

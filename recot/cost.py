@@ -41,9 +41,11 @@ def spent(tokens: list[dict]) -> tuple[int, int]:
 
 
 def tokens_by_task(traces: Path) -> list[dict]:
-    """Rows, prompt and completion tokens per task and teacher of a synthesis output."""
+    """Rows, prompt and completion tokens per task and teacher of a synthesis output; of the completion tokens, those a
+    thinking teacher reported as its reasoning (billed as completion tokens, so already in the cost)."""
     frame = (pl.scan_parquet(traces).group_by("task", "teacher", "model")
-             .agg(rows=pl.len(), prompt_tokens=pl.col("prompt_tokens").sum(), completion_tokens=pl.col("completion_tokens").sum())
+             .agg(rows=pl.len(), prompt_tokens=pl.col("prompt_tokens").sum(), completion_tokens=pl.col("completion_tokens").sum(),
+                  reasoning_tokens=pl.col("reasoning_tokens").sum())
              .sort("task", "teacher", "model").collect())
     return frame.to_dicts()
 

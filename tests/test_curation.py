@@ -353,15 +353,17 @@ def test_trace_columns_follow_the_catalog_in_history_order(store, traces, tmp_pa
     assert " " + " ".join(got[3].split()[:3]) + " " in got[3]  # words single-spaced, so n-grams match as strings
 
 
-def test_store_of_version_4_gains_the_slate_column_and_takes_older_trace_files(tmp_path, traces):
+def test_store_of_version_4_gains_the_newer_columns_and_takes_older_trace_files(tmp_path, traces):
+    newer = ["popular_rank", "reasoning", "reasoning_tokens"]  # slates (version 5), thinking teachers (version 7)
     path = tmp_path / "v4.duckdb"
     Store(path).close()
-    with duckdb.connect(str(path)) as con:  # version 4 had no popular_rank
-        con.execute("ALTER TABLE traces DROP COLUMN popular_rank")
+    with duckdb.connect(str(path)) as con:
+        for column in newer:
+            con.execute(f"ALTER TABLE traces DROP COLUMN {column}")
         con.execute("UPDATE meta SET value = '4' WHERE name = 'schema_version'")
-    older = tmp_path / "older" / "traces.parquet"  # a file written before slates, without the column
+    older = tmp_path / "older" / "traces.parquet"  # a file written before slates, without the columns
     older.parent.mkdir()
-    pq.write_table(pq.read_table(traces).drop(["popular_rank"]), older)
+    pq.write_table(pq.read_table(traces).drop(newer), older)
     with Store(path) as store:
         assert store.ingest(older).new == pq.read_metadata(traces).num_rows
-        assert store.scalar("SELECT count(*) FROM traces WHERE popular_rank IS NOT NULL") == 0
+        assert store.scalar(f"SELECT count(*) FROM traces WHERE {' OR '.join(f'{c} IS NOT NULL' for c in newer)}") == 0

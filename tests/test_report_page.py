@@ -9,6 +9,8 @@ import os
 import subprocess
 from pathlib import Path
 
+import polars as pl
+
 from recot.curation.store import Store
 from recot.synth.job import SynthConfig, run_synth
 from recot.testing import RECOT
@@ -69,3 +71,32 @@ def test_the_page_shows_the_json_reports_numbers_offline_and_catalog_markup_as_t
         assert all(failed[(rule, reason)] == entry["count"] for reason, entry in counts.get("reasons", {}).items())
     assert EVIL in text and pwned is None  # the title is text on the page, and its script never ran
     assert (ARTIFACTS / "report-page.png").stat().st_size > 10_000
+
+
+def test_a_thinking_teachers_tokens_reach_the_page_and_the_card(sample_path, sample, instant_server, tmp_path):
+    """The reasoning tokens a thinking teacher was paid for show in the page's provenance and cost tables and in the data
+    card, as part of the completion tokens; its reasoning stays out of every exported row."""
+    import re
+
+    from recot.curation.export import ExportConfig, export
+    from recot.curation.report_page import report_page
+    from recot.curation.rules import run_rules
+    from recot.teachers import OpenAITeacherConfig
+    from recot.testing.instant_server import THOUGHT_TOKENS
+
+    report = run_synth(SynthConfig(dataset=sample_path, out=tmp_path / "s", tasks=["r1_relation"], limit=20,
+                                   teacher=OpenAITeacherConfig(model="think", base_urls=[instant_server.url], backoff_s=0.01)),
+                       progress=False)
+    with Store(tmp_path / "c.duckdb") as db:
+        db.load_catalog(sample.catalog)
+        db.ingest(tmp_path / "s" / "traces.parquet")
+        run_rules(db)
+        page = report_page(db, synth_summary=json.loads((tmp_path / "s" / "summary.json").read_text()))
+        export(db, ExportConfig(name="thinking", out=tmp_path / "export"))
+    cells = lambda key: re.findall(r"<td[^>]*>([^<]*)</td>", page.split(f'data-table="{key}"')[1].split("</table>")[0])  # noqa: E731
+    assert cells("provenance")[-4:] == ["240", str(20 * (9 + THOUGHT_TOKENS)), str(20 * THOUGHT_TOKENS), "20"]
+    assert cells("cost")[cells("cost").index("of them reasoning") + 2] == str(report.reasoning_tokens) == str(20 * THOUGHT_TOKENS)
+    card = (tmp_path / "export" / "README.md").read_text()
+    assert f"| r1_relation | openai:think | 20 | 240 | {20 * (9 + THOUGHT_TOKENS)} | {20 * THOUGHT_TOKENS} |" in card
+    exported = [pl.read_parquet(p).to_dicts() for p in (tmp_path / "export").rglob("*.parquet") if p.name != "catalog.parquet"]
+    assert sum(map(len, exported)) >= 20 and "thinks first" not in json.dumps(exported, default=str)

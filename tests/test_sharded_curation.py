@@ -13,6 +13,7 @@ import time
 from pathlib import Path
 
 import polars as pl
+import pyarrow.parquet as pq
 import pytest
 
 from recot.curation import sharded_dedup
@@ -188,3 +189,16 @@ def test_a_sharded_store_names_what_it_cannot_do(planted, one_node, tmp_path):
     assert judge.returncode == 2 and "a sharded store" in judge.stderr and "Traceback" not in judge.stderr
     one = subprocess.run([*RECOT, "curate", "dedup", "--store", str(one_node), "--ray"], capture_output=True, text=True, timeout=120)
     assert one.returncode == 2 and "--shards N" in one.stderr and "Traceback" not in one.stderr
+
+
+def test_shards_an_older_recot_wrote_read_with_the_newer_columns_empty(planted, tmp_path):
+    """A sharded store made before thinking teachers: one shard's traces lack the reasoning columns, and the whole-store
+    view (report, page, export) still reads every trace, with those columns NULL."""
+    store = sharding.ShardedStore.create(tmp_path / "sharded", 2)
+    sharding.ingest(store, [planted])
+    older = Path(store.files("traces")[0])
+    pq.write_table(pq.read_table(older).drop(["reasoning", "reasoning_tokens"]), older)
+    with store.view() as view:
+        assert view.scalar("SELECT count(*) FROM traces") == sum(pq.read_metadata(f).num_rows for f in store.files("traces"))
+        assert view.scalar("SELECT count(reasoning) + count(reasoning_tokens) FROM traces") == 0
+        assert funnel(view)["traces"] == view.scalar("SELECT count(*) FROM traces")

@@ -350,3 +350,59 @@ def test_server_load_reads_vllms_gauges():
             'vllm:num_requests_waiting_by_reason{engine="0",reason="capacity"} 7.0\n')
     assert server_load(page) == (1.0, 5.0, 0.5)
     assert server_load("# a server that is not vLLM\nhttp_requests_total 12\n") is None
+
+
+@pytest.mark.parametrize(("model", "reported"), [("think", True), ("thinkold", False), ("thinkinline", False)])
+def test_a_thinking_teachers_reasoning_is_provenance_never_the_trace(sample_path, tmp_path, instant_server, model, reported):
+    """Whichever way the server sends it (a reasoning field, the older reasoning_content, a leading <think> block), the
+    answer alone is parsed against the schema and becomes the trace, and the reasoning is kept beside it with its tokens,
+    which count among the completion tokens as they are billed."""
+    from recot.testing.instant_server import ANSWER, THOUGHT, THOUGHT_TOKENS
+
+    report = run_synth(http_config(sample_path, tmp_path, instant_server.url, model), progress=False)
+    rows = pl.read_parquet(tmp_path / "traces.parquet")
+    assert report.ok == 30 and (rows["status"] == "ok").all()
+    assert (rows["reasoning"] == THOUGHT).all() and (rows["raw"] == ANSWER).all()
+    assert not rows["text"].str.contains("thinks first").any() and not rows["output"].str.contains("thinks first").any()
+    assert (rows["completion_tokens"] == 9 + THOUGHT_TOKENS).all()
+    tokens = THOUGHT_TOKENS * 30 if reported else 0
+    assert report.reasoning_tokens == tokens and rows["reasoning_tokens"].sum() == tokens
+    assert rows["reasoning_tokens"].null_count() == (0 if reported else 30)  # not reported is unknown, not zero
+    summary = json.loads((tmp_path / "summary.json").read_text())
+    assert summary["tokens"][0]["reasoning_tokens"] == tokens and summary["completion_tokens"] == 30 * (9 + THOUGHT_TOKENS)
+
+
+def test_a_reply_cut_inside_the_reasoning_is_named_apart_from_a_cut_answer(sample_path, tmp_path, instant_server):
+    report = run_synth(http_config(sample_path, tmp_path, instant_server.url, "thinkcut"), progress=False)
+    rows = pl.read_parquet(tmp_path / "traces.parquet")
+    assert report.rejected == {"truncated_reasoning": 30} and rows["reasoning"].str.starts_with("The teacher thinks").all()
+    assert (rows["detail"] == "stopped inside the reasoning after 21 tokens (21 of them reasoning)").all()
+
+
+def test_a_reasoning_model_that_refuses_max_tokens_takes_max_completion_tokens(sample_path, tmp_path, instant_server):
+    refused = run_synth(http_config(sample_path, tmp_path / "a", instant_server.url, "hidden"), progress=False)
+    rows = pl.read_parquet(tmp_path / "a" / "traces.parquet")
+    assert refused.rejected == {"request_error": 30} and rows["detail"].str.contains("max_completion_tokens").all()
+    answered = run_synth(http_config(sample_path, tmp_path / "b", instant_server.url, "hidden", token_limit="max_completion_tokens"),
+                         progress=False)
+    rows = pl.read_parquet(tmp_path / "b" / "traces.parquet")
+    assert answered.ok == 30 and rows["reasoning"].is_null().all() and answered.reasoning_tokens == 30 * 21
+
+
+def test_a_journal_of_the_previous_version_resumes_with_the_reasoning_columns(tmp_path):
+    """A job started by the recot before thinking teachers keeps its answers: the journal gains the columns in place."""
+    import sqlite3
+
+    from recot.synth.journal import COLUMNS, SCHEMA_VERSION, Journal
+
+    old = [c for c in COLUMNS if c not in ("reasoning", "reasoning_tokens")]
+    con = sqlite3.connect(tmp_path / "journal.sqlite")
+    con.executescript(f"""CREATE TABLE meta (name TEXT PRIMARY KEY, value TEXT); INSERT INTO meta VALUES ('schema_version', '1');
+                          CREATE TABLE answers ({', '.join(c + (' TEXT PRIMARY KEY' if c == 'key' else '') for c in old)});""")
+    con.execute(f"INSERT INTO answers ({', '.join(old)}) VALUES ({', '.join('?' * len(old))})", ["k1", *["x"] * (len(old) - 1)])
+    con.commit()
+    con.close()
+    journal = Journal(tmp_path / "journal.sqlite")
+    journal.append([{c: "x" for c in COLUMNS} | {"key": "k2", "reasoning": "why", "reasoning_tokens": 3}])
+    assert journal.rows(["k1", "k2"], ["status", "reasoning", "reasoning_tokens"]) == {"k1": ("x", None, None), "k2": ("x", "why", 3)}
+    assert journal.con.execute("SELECT value FROM meta").fetchone() == (str(SCHEMA_VERSION),)

@@ -384,9 +384,10 @@ def _card(store: Store, config: ExportConfig, counts: dict, dropped: int, broken
     spec = store.split_spec()
     stages = funnel(store, examples=0)
     # every trace the teacher wrote, kept or not: what the data cost
-    tokens = [dict(zip(("task", "teacher", "model", "traces", "prompt_tokens", "completion_tokens"), row)) for row in store.con.execute(
-        """SELECT task, teacher, model, count(*), sum(prompt_tokens)::BIGINT, sum(completion_tokens)::BIGINT FROM traces
-           GROUP BY ALL ORDER BY ALL""").fetchall()]
+    tokens = [dict(zip(("task", "teacher", "model", "traces", "prompt_tokens", "completion_tokens", "reasoning_tokens"), row))
+              for row in store.con.execute(
+        """SELECT task, teacher, model, count(*), sum(prompt_tokens)::BIGINT, sum(completion_tokens)::BIGINT,
+                  coalesce(sum(reasoning_tokens), 0)::BIGINT FROM traces GROUP BY ALL ORDER BY ALL""").fetchall()]
     return {
         "name": config.name, "created_at": datetime.now(UTC).isoformat(timespec="seconds"),
         "license": config.license, "source": config.source, "formats": counts,
@@ -443,8 +444,8 @@ def _card_markdown(card: dict, config: ExportConfig) -> str:
     rows = "\n".join(f"| {name} | {parts['train']} | {parts['validation']} |" for name, parts in card["formats"].items())
     teachers = "\n".join(f"- {t['template']} ({t['template_hash']}) by {t['teacher']}:{t['model']}" for t in card["templates_and_teachers"])
     rules = "\n".join(f"| {rule} | {c['checked']} | {c['failed']} |" for rule, c in card["funnel"]["rules"].items())
-    tokens = "\n".join(f"| {t['task']} | {t['teacher']}:{t['model']} | {t['traces']} | {t['prompt_tokens']} | {t['completion_tokens']} |"
-                       for t in card["teacher_tokens"])
+    tokens = "\n".join(f"| {t['task']} | {t['teacher']}:{t['model']} | {t['traces']} | {t['prompt_tokens']} | {t['completion_tokens']} "
+                       f"| {t['reasoning_tokens']} |" for t in card["teacher_tokens"])
     cost = f"Cost at the configured price: {card['teacher_cost']['live']} (batch: {card['teacher_cost']['batch']}).\n" if card["teacher_cost"] else ""
     return f"""---
 license: {card['license']}
@@ -487,10 +488,11 @@ Rule settings: `{json.dumps(card['rules_config'])}`
 
 {teachers}
 
-Teacher tokens of every trace in the store (kept or not), per task and teacher:
+Teacher tokens of every trace in the store (kept or not), per task and teacher (a thinking teacher's reasoning
+tokens are among its completion tokens, as they are billed):
 
-| task | teacher | traces | prompt tokens | completion tokens |
-|---|---|---|---|---|
+| task | teacher | traces | prompt tokens | completion tokens | of them reasoning |
+|---|---|---|---|---|---|
 {tokens}
 
 {cost}"""

@@ -74,12 +74,14 @@ def table(header: Sequence[str], rows: Sequence[Sequence[Any]], key: str = "") -
 
 
 def _distributions(store: Store) -> dict[str, dict[str, list[float]]]:
-    """Per task: EHR and cov_rate of the reasoning (R3), the answer's length in characters, completion tokens."""
+    """Per task: EHR and cov_rate of the reasoning (R3), the answer's length in characters, completion tokens and, of a
+    thinking teacher, the tokens of its own reasoning."""
     out: dict[str, dict[str, list[float]]] = {}
     for task, name, value in store.con.execute("""
             SELECT t.task, s.name, s.value FROM scores s JOIN traces t USING (trace_id) WHERE s.name IN ('ehr', 'cov_rate')
             UNION ALL SELECT task, 'answer characters', length(text) FROM traces WHERE status = 'ok'
             UNION ALL SELECT task, 'completion tokens', completion_tokens FROM traces WHERE completion_tokens > 0
+            UNION ALL SELECT task, 'reasoning tokens', reasoning_tokens FROM traces WHERE reasoning_tokens > 0
             ORDER BY ALL""").fetchall():
         out.setdefault(task, {}).setdefault(name, []).append(float(value))
     return out
@@ -87,7 +89,8 @@ def _distributions(store: Store) -> dict[str, dict[str, list[float]]]:
 
 def _provenance(store: Store) -> list[tuple]:
     return store.con.execute("""SELECT task, teacher, model, template, template_version, template_hash, count(*),
-                                       sum(prompt_tokens)::BIGINT, sum(completion_tokens)::BIGINT
+                                       sum(prompt_tokens)::BIGINT, sum(completion_tokens)::BIGINT,
+                                       coalesce(sum(reasoning_tokens), 0)::BIGINT, count(reasoning)
                                 FROM traces GROUP BY ALL ORDER BY ALL""").fetchall()
 
 
@@ -144,11 +147,13 @@ def report_page(store: Store, examples: int = 3, synth_summary: dict | None = No
 
     provenance = _provenance(store)
     sections.append("<h2>Teachers, templates, tokens</h2>" + table(
-        ["task", "teacher", "model", "template", "version", "template hash", "traces", "prompt tokens", "completion tokens"],
+        ["task", "teacher", "model", "template", "version", "template hash", "traces", "prompt tokens", "completion tokens",
+         "of them reasoning", "with the teacher's reasoning"],
         provenance, "provenance"))
     if synth_summary or plan:
         cost = [("prompt tokens", (plan or {}).get("prompt_tokens"), (synth_summary or {}).get("prompt_tokens")),
                 ("completion tokens", (plan or {}).get("completion_tokens_max"), (synth_summary or {}).get("completion_tokens")),
+                ("of them reasoning", "", (synth_summary or {}).get("reasoning_tokens")),
                 ("cost", json.dumps((plan or {}).get("cost_at_most")), json.dumps((synth_summary or {}).get("cost"))),
                 ("wall seconds", "", (synth_summary or {}).get("seconds")),
                 ("config", json.dumps((plan or {}).get("model")), json.dumps((synth_summary or {}).get("model")))]

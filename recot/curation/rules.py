@@ -41,7 +41,9 @@ COMMON_WORDS = tuple(
     "user users item items purchase purchases next most more also just only each both same".split()
 )
 REASONS = {
-    "truncated": "synthesis: generation hit max_tokens", "schema_invalid": "synthesis: answer did not match the schema",
+    "truncated": "synthesis: generation hit max_tokens",
+    "truncated_reasoning": "synthesis: a thinking teacher hit max_tokens inside its reasoning",
+    "schema_invalid": "synthesis: answer did not match the schema",
     "cot_format": "the CoT text does not follow the fixed <think> format",
     "too_short": "text shorter than length.min_chars", "too_long": "text longer than length.max_chars",
     "language": "too few Latin letters for the configured language",

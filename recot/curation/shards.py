@@ -109,13 +109,17 @@ class ShardedStore:
     @contextmanager
     def view(self) -> Iterator[Store]:
         """The whole store, read-only, as one :class:`Store`: a copy of the head whose shard tables are views over
-        every shard's current files (the funnel, the report page and export read it as they read a one-node store)."""
+        every shard's current files (the funnel, the report page and export read it as they read a one-node store).
+        Each view is the head's empty table by name with the files: a shard an older recot wrote, without a newer
+        column, reads as NULL there."""
         with tempfile.TemporaryDirectory() as tmp:
             shutil.copy(self.root / HEAD, Path(tmp) / HEAD)
             with Store(Path(tmp) / HEAD) as store:
+                head = store.scalar("SELECT current_database()")
                 for table in SHARD_TABLES:
                     files = ", ".join(sql_text(f) for f in self.files(table))
-                    store.con.execute(f"CREATE OR REPLACE TEMP VIEW {table} AS SELECT * FROM read_parquet([{files}])")
+                    store.con.execute(f"""CREATE OR REPLACE TEMP VIEW {table} AS SELECT * FROM "{head}".main.{table}
+                                          UNION ALL BY NAME SELECT * FROM read_parquet([{files}], union_by_name = true)""")
                 yield store
 
     def run(self, step: Step, args: dict | None = None, ray: Any = None, reads: tuple[str, ...] = SHARD_TABLES,

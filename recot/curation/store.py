@@ -32,7 +32,7 @@ from recot.formats.tasks import TASKS, TASKS_FILE, builtin_declarations
 from recot.formats.traces import TRACES_SCHEMA
 from recot.io import frame_of
 
-SCHEMA_VERSION = 6
+SCHEMA_VERSION = 7
 SHARDED_MARKER = "sharded.json"  # in the folder of a sharded store (recot.curation.shards)
 # Tables rewritten in bulk (verdicts, scores, dup_clusters) carry no key: an index costs 3.5 s per
 # million inserted rows (x12 rules at 1M traces), and their writers delete before they insert.
@@ -53,6 +53,8 @@ MIGRATIONS = {
           DROP TABLE review_decisions; ALTER TABLE review_decisions_v4 RENAME TO review_decisions""",
     4: "ALTER TABLE traces ADD COLUMN IF NOT EXISTS popular_rank INTEGER",  # slate tasks' most-popular baseline
     5: "ALTER TABLE review_decisions ADD COLUMN IF NOT EXISTS correction_error VARCHAR",  # a correction the rules refused
+    6: """ALTER TABLE traces ADD COLUMN IF NOT EXISTS reasoning VARCHAR;
+          ALTER TABLE traces ADD COLUMN IF NOT EXISTS reasoning_tokens BIGINT""",  # thinking teachers' own reasoning
 }
 PROVENANCE = ("request_hash", "task", "status", "template", "template_hash", "teacher", "model", "params", "created_at")
 REQUIRED = (*PROVENANCE, "subject_id", "sample", "output", "text")

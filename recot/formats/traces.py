@@ -17,7 +17,10 @@ TRACES_SCHEMA = pa.schema([
     ("latency_s", pa.float64()), ("messages", pa.string()), ("template", pa.string()),
     ("template_version", pa.int32()), ("template_hash", pa.string()), ("teacher", pa.string()),
     ("model", pa.string()), ("params", pa.string()), ("created_at", pa.string()),
+    ("reasoning", pa.string()), ("reasoning_tokens", pa.int64()),
 ])
+# reasoning: a thinking teacher's own reasoning, kept as provenance (the trace is ``text``); reasoning_tokens: as its
+# server reported them (NULL: not reported), within completion_tokens
 # items: the subject item(s) of R0/R1, the candidate slate (in the order shown) of slate tasks;
 # popular_rank: a slate target's rank by training popularity among its candidates (the most-popular baseline)
 SUBJECT_FIELDS = ("user_id", "part", "history", "history_ts", "target", "target_ts", "cutoff_ts", "items", "popular_rank")

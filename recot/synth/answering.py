@@ -41,6 +41,7 @@ class AnswerStats:
     unanswered: Counter = field(default_factory=Counter)
     prompt_tokens: int = 0
     completion_tokens: int = 0
+    reasoning_tokens: int = 0  # of completion_tokens, as the teacher reported them
 
     @property
     def seen(self) -> int:
@@ -120,6 +121,7 @@ def answer(teacher: Teacher, journal: Journal, requests: Iterable[Request], pars
                 stats.sent += 1
                 stats.prompt_tokens += response.prompt_tokens
                 stats.completion_tokens += response.completion_tokens
+                stats.reasoning_tokens += response.reasoning_tokens or 0
                 if response.retryable:
                     outcome = ("unanswered", response.error)
                     received[response.key] = outcome  # a repeat later in this run shares it: never sent twice in one run

@@ -120,6 +120,7 @@ class JobReport:
     dataset_rejects: dict[str, int] = field(default_factory=dict)  # lenient mode: bad dataset records skipped, by reason
     prompt_tokens: int = 0
     completion_tokens: int = 0
+    reasoning_tokens: int = 0  # of completion_tokens: a thinking teacher's own reasoning, as its server reported it
     retries: int = 0
     seconds: float = 0.0
     rows: int = 0
@@ -177,7 +178,8 @@ def write_batch(config: SynthConfig, shard: Shard = Shard(), max_requests: int =
     """Write the job's unanswered requests to ``OUT/batch/requests-NNNNN.jsonl`` (OpenAI Batch API input) and
     export what is already answered. In the report they count as unanswered, ``written to a batch file``."""
     teacher = _batch_teacher(config)
-    writer = BatchWriter(teacher.model, teacher.structured, job_dir(config, shard) / "batch", max_requests, max_bytes)
+    writer = BatchWriter(teacher.model, teacher.structured, job_dir(config, shard) / "batch", max_requests, max_bytes,
+                         teacher.token_limit)
     return run_synth(config, shard, progress, writer), writer.files
 
 
@@ -312,6 +314,7 @@ class _Job:
         self.report.cached, self.report.shared, self.report.sent, self.report.ok = stats.cached, stats.shared, stats.sent, stats.ok
         self.report.rejected, self.report.unanswered = dict(stats.rejected), dict(stats.unanswered)
         self.report.prompt_tokens, self.report.completion_tokens = stats.prompt_tokens, stats.completion_tokens
+        self.report.reasoning_tokens = stats.reasoning_tokens
         self.report.retries = getattr(self.teacher, "retries", 0)
         self.report.seconds = round(time.perf_counter() - started, 2)
         return finish_report(self.report, self.out, self.config.price)

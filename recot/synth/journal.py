@@ -29,12 +29,15 @@ from recot.io import atomic_path
 from recot.synth.parse import Parsed
 from recot.teachers.base import Request, Response
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 COLUMNS = (
     "key", "task", "sample", "seed", "status", "reason", "detail", "output", "text", "raw",
     "finish_reason", "prompt_tokens", "completion_tokens", "latency_s", "messages", "template",
     "template_version", "template_hash", "teacher", "model", "params", "created_at",
+    "reasoning", "reasoning_tokens",  # a thinking teacher's own reasoning and its tokens (within completion_tokens)
 )
+# version -> SQL that brings a journal of that version to the next one: a job resumes across recot versions
+MIGRATIONS = {1: "ALTER TABLE answers ADD COLUMN reasoning; ALTER TABLE answers ADD COLUMN reasoning_tokens"}
 _DDL = f"""
 CREATE TABLE IF NOT EXISTS meta (name TEXT PRIMARY KEY, value TEXT);
 CREATE TABLE IF NOT EXISTS answers ({', '.join(c + (' TEXT PRIMARY KEY' if c == 'key' else '') for c in COLUMNS)});
@@ -59,6 +62,13 @@ class Journal:
         found = self.con.execute("SELECT value FROM meta WHERE name = 'schema_version'").fetchone()
         if found is None:
             self.con.execute("INSERT INTO meta VALUES ('schema_version', ?)", (str(SCHEMA_VERSION),))
+        elif int(found[0]) in MIGRATIONS:
+            with self.con:
+                self.con.execute("BEGIN")
+                for version in range(int(found[0]), SCHEMA_VERSION):
+                    for statement in MIGRATIONS[version].split(";"):
+                        self.con.execute(statement)
+                self.con.execute("UPDATE meta SET value = ? WHERE name = 'schema_version'", (str(SCHEMA_VERSION),))
         elif int(found[0]) != SCHEMA_VERSION:
             raise DataError(path, f"journal schema version {found[0]}, this recot writes version {SCHEMA_VERSION}",
                             "use a new output directory, or the recot version that wrote this one")
@@ -70,7 +80,7 @@ class Journal:
         marks = ", ".join("?" * len(COLUMNS))
         with self.con:
             self.con.execute("BEGIN")
-            self.con.executemany(f"INSERT OR IGNORE INTO answers VALUES ({marks})",
+            self.con.executemany(f"INSERT OR IGNORE INTO answers ({', '.join(COLUMNS)}) VALUES ({marks})",
                                  [tuple(row[c] for c in COLUMNS) for row in rows])
 
     def reader(self) -> sqlite3.Connection:
@@ -144,7 +154,7 @@ def answer_row(request: Request, response: Response, parsed: Parsed, text: str |
         "teacher": teacher[0], "model": teacher[1],
         "params": json.dumps({"temperature": request.temperature, "top_p": request.top_p,
                               "max_tokens": request.max_tokens, "seed": request.seed}),
-        "created_at": now(),
+        "created_at": now(), "reasoning": response.reasoning, "reasoning_tokens": response.reasoning_tokens,
     }
 
 

@@ -36,7 +36,8 @@ from recot.ray_cluster import ray_session
 from recot.synth.job import JobReport, SynthConfig, finish_report, job_dir, run_synth
 from recot.synth.requests import Shard
 
-_COUNTS = ("planned", "cached", "shared", "sent", "ok", "prompt_tokens", "completion_tokens", "retries", "rows")
+_COUNTS = ("planned", "cached", "shared", "sent", "ok", "prompt_tokens", "completion_tokens", "reasoning_tokens", "retries",
+           "rows")
 _BY_REASON = ("rejected", "unanswered", "refused_samples", "dataset_rejects")
 
 

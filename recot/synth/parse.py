@@ -19,6 +19,8 @@ REASONS = {
     "empty": "the teacher returned no text",
     "refused": "the teacher refused (refusal field or content filter)",
     "truncated": "generation stopped at max_tokens (finish_reason length); raise sampling.max_tokens",
+    "truncated_reasoning": "a thinking teacher spent sampling.max_tokens on its reasoning and never answered; raise "
+                           "max_tokens (it bounds reasoning and answer together) or lower the teacher's reasoning effort",
     "malformed_json": "the text is not one JSON object",
     "schema_invalid": "the JSON does not match the task's output schema",
     "request_error": "the endpoint rejected the request itself (a 4xx other than 429)",
@@ -47,10 +49,13 @@ def parse_response(response: Response, schema: type[BaseModel]) -> Parsed:
     if response.refusal or response.finish_reason == "content_filter":
         return _reject("refused", response.refusal or "finish_reason content_filter")
     text = (response.text or "").strip()
+    thought = f" ({response.reasoning_tokens} of them reasoning)" if response.reasoning_tokens is not None else ""
+    if response.finish_reason == "length" and not text and response.reasoning:
+        return _reject("truncated_reasoning", f"stopped inside the reasoning after {response.completion_tokens} tokens{thought}")
     if not text:
         return _reject("empty")
     if response.finish_reason == "length":
-        return _reject("truncated", f"stopped after {response.completion_tokens} tokens")
+        return _reject("truncated", f"stopped after {response.completion_tokens} tokens{thought}")
     try:
         # strict=False: vLLM's JSON grammars let raw control characters into strings; keep the answer
         # and leave such text to curation's format rules rather than lose it here.

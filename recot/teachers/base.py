@@ -61,6 +61,12 @@ class Response:
     not recorded, so a rerun asks again; the others are recorded as rejected rows with ``reason``
     (``request_error``: the endpoint refused the request; ``bad_reply``: its replies were no chat
     completion; ``prompt_too_long``: the prompt does not fit the engine's context).
+
+    A teacher that thinks returns its own reasoning apart from the answer: ``reasoning`` (vLLM's reasoning parsers,
+    DeepSeek, OpenAI-style servers) and ``reasoning_tokens`` as the server reports them (None: not reported), counted
+    within ``completion_tokens`` as they are billed. A reply whose text opens with a ``<think>...</think>`` block (a
+    thinking model served without a reasoning parser) has that block moved to ``reasoning`` here, so every backend's
+    answer is the text after it. The reasoning is provenance, never the trace.
     """
 
     key: str
@@ -73,6 +79,25 @@ class Response:
     error: str | None = None
     retryable: bool = False
     reason: str = "request_error"
+    reasoning: str | None = None
+    reasoning_tokens: int | None = None
+
+    def __post_init__(self) -> None:
+        if self.reasoning is None and self.text is not None:
+            self.text, self.reasoning = split_thinking(self.text)
+
+
+THINK_OPEN, THINK_CLOSE = "<think>", "</think>"
+
+
+def split_thinking(text: str) -> tuple[str, str | None]:
+    """(answer, reasoning) of a reply that may open with a ``<think>`` block; an unclosed block is all reasoning (the
+    reply stopped inside it). Only a leading block counts: a ``</think>`` inside the answer (a quoted title) stays."""
+    body = text.lstrip()
+    if not body.startswith(THINK_OPEN):
+        return text, None
+    reasoning, closed, answer = body[len(THINK_OPEN):].partition(THINK_CLOSE)
+    return (answer.lstrip(), reasoning.strip()) if closed else ("", reasoning.strip())
 
 
 class Teacher(Protocol):

@@ -24,7 +24,7 @@ from typing import Any
 
 from recot.errors import DataError
 from recot.teachers.base import Request, Response
-from recot.teachers.openai_http import RETRYABLE_STATUS, chat_kwargs
+from recot.teachers.openai_http import RETRYABLE_STATUS, chat_kwargs, reply_response
 
 OPENAI_MAX_REQUESTS = 50_000  # the Batch API's limits per input file
 OPENAI_MAX_BYTES = 200 * 1024 * 1024
@@ -33,9 +33,9 @@ NOT_IN_OUTPUT = "not in the batch output files"
 _RETRY_CODES = {"batch_expired", "batch_cancelled", "rate_limit_exceeded", "server_error"}
 
 
-def batch_line(request: Request, model: str, structured: str) -> dict[str, Any]:
+def batch_line(request: Request, model: str, structured: str, token_limit: str = "max_tokens") -> dict[str, Any]:
     """One Batch API input line: the live client's chat request as the body (``extra_body`` merged in, as the SDK sends it)."""
-    call = chat_kwargs(model, request, structured)
+    call = chat_kwargs(model, request, structured, token_limit)
     body = {k: v for k, v in call.items() if k != "extra_body"} | call.get("extra_body", {})
     return {"custom_id": request.key, "method": "POST", "url": "/v1/chat/completions", "body": body}
 
@@ -46,8 +46,8 @@ class BatchWriter:
     kind = "openai"  # request keys are those of the live OpenAI-compatible teacher: a later live run reuses the answers
 
     def __init__(self, model: str, structured: str, folder: Path, max_requests: int = OPENAI_MAX_REQUESTS,
-                 max_bytes: int = OPENAI_MAX_BYTES) -> None:
-        self.model, self.structured, self.folder = model, structured, folder
+                 max_bytes: int = OPENAI_MAX_BYTES, token_limit: str = "max_tokens") -> None:
+        self.model, self.structured, self.folder, self.token_limit = model, structured, folder, token_limit
         self.max_requests, self.max_bytes = max_requests, max_bytes
         self.files: list[Path] = []
         self._handle: Any = None
@@ -58,7 +58,7 @@ class BatchWriter:
         for stale in self.folder.glob("requests-*.jsonl"):  # a rewrite holds what is unanswered now, nothing older
             stale.unlink()
         for request in requests:
-            line = (json.dumps(batch_line(request, self.model, self.structured), ensure_ascii=False) + "\n").encode()
+            line = (json.dumps(batch_line(request, self.model, self.structured, self.token_limit), ensure_ascii=False) + "\n").encode()
             if len(line) > self.max_bytes:
                 raise DataError(request.key, f"one request is {len(line)} bytes, over the file limit of {self.max_bytes}",
                                 "raise max_bytes or shorten the prompt (max_history)")
@@ -147,6 +147,4 @@ def _response(key: str, record: dict[str, Any]) -> Response:
     choices = body.get("choices") or []
     if not choices:
         return Response(key, error="the batch output line has no choices", reason="bad_reply")
-    reply, usage = choices[0].get("message") or {}, body.get("usage") or {}
-    return Response(key, reply.get("content"), choices[0].get("finish_reason"), reply.get("refusal"),
-                    usage.get("prompt_tokens", 0), usage.get("completion_tokens", 0))
+    return reply_response(key, choices[0].get("message") or {}, choices[0].get("finish_reason"), body.get("usage") or {})

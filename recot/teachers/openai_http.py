@@ -59,6 +59,9 @@ class OpenAITeacherConfig(BaseModel):
         "response_format", description="how the JSON schema is sent: OpenAI json_schema, vLLM structured_outputs, or not")
     transport: Literal["aiohttp", "httpx"] = Field("aiohttp", description="the HTTP client under the openai SDK (aiohttp is faster)")
     tokenizer: str | None = Field(None, description="a local folder with the served model's tokenizer: dry runs count prompt tokens with it")
+    token_limit: Literal["max_tokens", "max_completion_tokens"] = Field(
+        "max_tokens", description="the request field that carries sampling.max_tokens: OpenAI's reasoning models refuse max_tokens "
+        "and take max_completion_tokens (which vLLM and SGLang accept too); either bounds reasoning and answer together")
 
 
 @dataclass
@@ -75,7 +78,8 @@ class OpenAITeacher:
 
     def __init__(self, model: str, base_urls: list[str], api_key_env: str = "OPENAI_API_KEY", concurrency: int = 64,
                  timeout_s: float = 120.0, max_retries: int = 8, backoff_s: float = 0.5, backoff_cap_s: float = 30.0,
-                 structured: str = "response_format", transport: str = "aiohttp", limit: str = "adaptive") -> None:
+                 structured: str = "response_format", transport: str = "aiohttp", limit: str = "adaptive",
+                 token_limit: str = "max_tokens") -> None:
         """``structured``: "response_format" (OpenAI json_schema, strict), "extra_body" (vLLM's
         structured_outputs), or "none". ``transport``: "aiohttp" (fast) or "httpx" (the client's default)."""
         if not base_urls:
@@ -86,7 +90,7 @@ class OpenAITeacher:
         self.api_key_env = api_key_env
         self.concurrency, self.timeout_s = concurrency, timeout_s
         self.max_retries, self.backoff_s, self.backoff_cap_s = max_retries, backoff_s, backoff_cap_s
-        self.structured, self.transport, self.limit_kind = structured, transport, limit
+        self.structured, self.transport, self.limit_kind, self.token_limit = structured, transport, limit, token_limit
         self.retries = 0  # retried attempts in the last generate(), for the job summary
         self.limit: ConcurrencyLimit | None = None  # the last generate()'s limit: its peak and how it moved
         self._stop = threading.Event()
@@ -177,7 +181,7 @@ class OpenAITeacher:
                 endpoint.in_flight += 1
                 started = time.perf_counter()
                 try:
-                    reply = await endpoint.client.chat.completions.create(**chat_kwargs(self.model, request, self.structured))
+                    reply = await endpoint.client.chat.completions.create(**chat_kwargs(self.model, request, self.structured, self.token_limit))
                     response = _response(request.key, reply, time.perf_counter() - started)
                 except openai.APIStatusError as exc:
                     if exc.status_code in FATAL_STATUS:
@@ -260,11 +264,12 @@ async def watch_servers(endpoints: list[_Endpoint], limit: ConcurrencyLimit) -> 
             await asyncio.sleep(WATCH_S)
 
 
-def chat_kwargs(model: str, request: Request, structured: str) -> dict[str, Any]:
+def chat_kwargs(model: str, request: Request, structured: str, token_limit: str = "max_tokens") -> dict[str, Any]:
     """The chat completion call for ``request``, as keyword arguments of ``chat.completions.create``: the live
-    client sends exactly this, and a batch file's body is the same (``extra_body`` merged into it)."""
+    client sends exactly this, and a batch file's body is the same (``extra_body`` merged into it). The schema binds
+    the answer; a server with a reasoning parser (vLLM ``--reasoning-parser``) applies it after the reasoning ends."""
     call: dict[str, Any] = {"model": model, "messages": request.messages, "temperature": request.temperature,
-                            "top_p": request.top_p, "max_tokens": request.max_tokens, "seed": request.seed}
+                            "top_p": request.top_p, token_limit: request.max_tokens, "seed": request.seed}
     if structured == "response_format":
         call["response_format"] = {"type": "json_schema", "json_schema": {"name": request.task, "schema": request.schema, "strict": True}}
     elif structured == "extra_body":
@@ -277,9 +282,22 @@ def _response(key: str, reply: Any, latency: float) -> Response:
     if not getattr(reply, "choices", None):
         raise ValueError(f"the reply has no choices: {_short(reply)}")
     choice = reply.choices[0]
-    usage = reply.usage
-    return Response(key, choice.message.content, choice.finish_reason, getattr(choice.message, "refusal", None),
-                    usage.prompt_tokens if usage else 0, usage.completion_tokens if usage else 0, latency)
+    return reply_response(key, choice.message.model_dump(), choice.finish_reason,
+                          reply.usage.model_dump() if reply.usage else {}, latency)
+
+
+def reply_response(key: str, message: dict[str, Any], finish_reason: str | None, usage: dict[str, Any],
+                   latency: float = 0.0) -> Response:
+    """A Response from a chat completion's message and usage as plain JSON (a live reply or a batch output line).
+
+    The teacher's own reasoning is read under each name servers use: ``reasoning`` (vLLM 0.11+), ``reasoning_content``
+    (DeepSeek's API, older vLLM); its tokens from ``usage.completion_tokens_details.reasoning_tokens`` (OpenAI, vLLM with
+    a reasoning parser)."""
+    details = usage.get("completion_tokens_details") or {}
+    return Response(key, message.get("content"), finish_reason, message.get("refusal"), usage.get("prompt_tokens") or 0,
+                    usage.get("completion_tokens") or 0, latency,
+                    reasoning=message.get("reasoning") or message.get("reasoning_content"),
+                    reasoning_tokens=details.get("reasoning_tokens"))
 
 
 def _connection_failure(exc: Exception, seconds: float, timeout_s: float) -> str:
@@ -306,7 +324,8 @@ def _fatal_message(status: int, url: str, model: str, key_env: str) -> str:
 
 def _build(config: OpenAITeacherConfig, inputs: TeacherInputs) -> OpenAITeacher:
     return OpenAITeacher(config.model, config.base_urls, config.api_key_env, config.concurrency, config.timeout_s,
-                         config.max_retries, config.backoff_s, config.backoff_cap_s, config.structured, config.transport, config.limit)
+                         config.max_retries, config.backoff_s, config.backoff_cap_s, config.structured, config.transport, config.limit,
+                         config.token_limit)
 
 
 KIND = TeacherKind(OpenAITeacherConfig, _build)

@@ -20,6 +20,15 @@ every way a real one does. The requested model name picks the behaviour:
     batch      a server that batches: it runs every request at once, each a little slower the more run beside it
                (answers per second grow with the number in flight)
 
+Thinking teachers (the answer is ``ok``'s; the reasoning, THOUGHT, comes apart from it as each kind of server sends it):
+
+    think        ``message.reasoning`` and ``usage.completion_tokens_details.reasoning_tokens`` (vLLM with a reasoning parser)
+    thinkold     ``message.reasoning_content`` (DeepSeek's API, vLLM before 0.11), no reasoning token count
+    thinkinline  the content opens with ``<think>THOUGHT</think>`` (a thinking model served without a reasoning parser)
+    thinkcut     finish_reason "length" inside the reasoning: no content, the reasoning cut short
+    hidden       reasoning tokens counted but not shown, and HTTP 400 for ``max_tokens`` (OpenAI's reasoning models take
+                 ``max_completion_tokens``)
+
 ``GET /stats`` returns how many chat requests each model name received. ``GET /metrics`` shows the queue as vLLM's
 Prometheus gauges do (``vllm:num_requests_waiting``, ``vllm:num_requests_running``, ``vllm:kv_cache_usage_perc``);
 the same server under ``/plain/v1`` has no metrics page (a server that is not vLLM). ``GET /queue`` returns how many
@@ -40,6 +49,8 @@ from collections import Counter
 from aiohttp import web
 
 ANSWER = json.dumps({"relation": "complement", "rationale": "a drill needs bits"})
+THOUGHT = "The teacher thinks first: a drill and its bits are used together, so the relation is complement."
+THOUGHT_TOKENS = 21
 SID = re.compile(r"(?:<[a-z_]+\d*_\d+>)+")
 
 
@@ -107,6 +118,12 @@ async def chat(request: web.Request) -> web.Response:
     }
     if model == "cot":
         return web.json_response(_completion(model, _trace(body["messages"][-1]["content"])))
+    if model == "hidden" and "max_tokens" in body:
+        return web.json_response({"error": {"message": "Unsupported parameter: 'max_tokens' is not supported with this model. "
+                                                       "Use 'max_completion_tokens' instead.", "type": "invalid_request_error",
+                                            "param": "max_tokens", "code": "unsupported_parameter"}}, status=400)
+    if model.startswith("think") or model == "hidden":
+        return web.json_response(_thinking(model))
     if model == "queue":
         await _served_in_turn()
     if model == "batch":
@@ -116,6 +133,27 @@ async def chat(request: web.Request) -> web.Response:
         finally:
             _queue["batched"] -= 1
     return web.json_response(replies.get(model) or _completion(model, ANSWER))
+
+
+def _thinking(model: str) -> dict:
+    """A thinking teacher's reply, shaped as the server kind named by ``model`` sends it."""
+    reply = _completion(model, ANSWER)
+    message, usage = reply["choices"][0]["message"], reply["usage"]
+    usage["completion_tokens"] += THOUGHT_TOKENS
+    if model in ("think", "hidden", "thinkcut"):
+        usage["completion_tokens_details"] = {"reasoning_tokens": THOUGHT_TOKENS}
+    if model in ("think", "thinkcut"):
+        message["reasoning"] = THOUGHT
+    elif model == "thinkold":
+        message["reasoning_content"] = THOUGHT
+    elif model == "thinkinline":
+        message["content"] = f"<think>\n{THOUGHT}\n</think>\n\n{ANSWER}"
+    if model == "thinkcut":
+        message["content"], message["reasoning"] = None, THOUGHT[:40]
+        reply["choices"][0]["finish_reason"] = "length"
+        usage["completion_tokens"] = usage["completion_tokens_details"]["reasoning_tokens"] = THOUGHT_TOKENS
+    usage["total_tokens"] = usage["prompt_tokens"] + usage["completion_tokens"]
+    return reply
 
 
 async def _served_in_turn() -> None:
