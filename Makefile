@@ -37,7 +37,8 @@ demo: install
 	@echo "  base-model/, sft/, grpo/, eval/report.json + report.png, report.html (the funnel page), pipeline-state.json"
 
 # A real LLM as teacher: the embedded SmolLM2-135M-Instruct on 3 subjects per task, curated, and the funnel of what
-# the rules made of its replies (about 4 minutes on 2 cores, plus the model's first build).
+# the rules made of its replies, beside the rules teacher's answers to the same requests (about 4 minutes on 2 cores,
+# plus the model's first build).
 SMOL_OUT := $(DEMO_OUT)/smollm2
 demo-smollm2: install
 	$(VENV)/bin/recot models get smollm2-135m-instruct
@@ -45,6 +46,9 @@ demo-smollm2: install
 	$(VENV)/bin/recot curate ingest $(SMOL_OUT)/synth/traces.parquet --dataset $(SAMPLE) --store $(SMOL_OUT)/curation.duckdb
 	$(VENV)/bin/recot curate rules --store $(SMOL_OUT)/curation.duckdb
 	$(VENV)/bin/recot curate report --store $(SMOL_OUT)/curation.duckdb --examples 1
+	# the same planned requests answered by the rules teacher, side by side with the real model's (page: compare/compare.html)
+	$(VENV)/bin/recot synth run examples/synth-demo.toml --out $(SMOL_OUT)/rules-synth --limit 3 --no-progress
+	$(VENV)/bin/recot curate compare $(SMOL_OUT)/rules-synth $(SMOL_OUT)/synth --name rules --name smollm2 --work $(SMOL_OUT)/compare
 
 # The core-only wheel (no torch, no vLLM) on the curation-side path, then the suite against the installed
 # package (pytest's own script: the source tree is not on sys.path, so `recot` is the installed one).

@@ -48,14 +48,40 @@ def check_confined(store: Store, sample) -> None:
             assert reply["answer"] == sid_of[target]
 
 
-def test_real_model_in_process_writes_r3_replies_the_schema_holds_to_the_rules(sample, sample_path, tmp_path, smollm2_teacher):
-    report = run_synth(SynthConfig(dataset=sample_path, out=tmp_path / "synth", tasks=R3, limit=1), progress=False,
+@pytest.fixture(scope="module")
+def in_process(sample_path, smollm2_teacher, tmp_path_factory):
+    """One R3 request per task answered by the real model in-process: its output folder and report."""
+    work = tmp_path_factory.mktemp("in-process")
+    report = run_synth(SynthConfig(dataset=sample_path, out=work / "synth", tasks=R3, limit=1), progress=False,
                        teacher=smollm2_teacher)
+    return work, report
+
+
+def test_real_model_in_process_writes_r3_replies_the_schema_holds_to_the_rules(sample, in_process):
+    work, report = in_process
     assert report.balanced and report.planned == 3 and report.ok == 3, report
-    with curate(sample, "synth", tmp_path) as store:
+    with curate(sample, "synth", work) as store:
         check_confined(store, sample)
-    rows = pl.read_parquet(tmp_path / "synth" / "traces.parquet")
+    rows = pl.read_parquet(work / "synth" / "traces.parquet")
     assert (rows["latency_s"] > 0).all() and rows["text"].str.starts_with("<think>\nPersona: ").all()
+
+
+def test_the_real_model_beside_the_rules_teacher_on_the_same_requests(sample_path, in_process, tmp_path):
+    """The comparison a user makes before a big run, on real replies: both answered the same three requests, every
+    request lands in one outcome per teacher, and only the real model spent tokens."""
+    from recot.curation.compare import Arm, compare, curate_output
+
+    work, _ = in_process
+    run_synth(SynthConfig(dataset=sample_path, out=tmp_path / "rules", tasks=R3, limit=1), progress=False)
+    arms = [Arm(name, curate_output(folder, tmp_path / f"{name}.duckdb"), folder)
+            for name, folder in (("rules", tmp_path / "rules"), ("smollm2", work / "synth"))]
+    result = compare(arms)
+    assert result["common"] == 3 and result["only_in"] == {}
+    for arm in result["arms"]:
+        assert arm["kept"] + sum(arm[f"stopped_at_{o}"] for o in ("synthesis", "rules", "dedup", "review")) == arm["traces"] == 3
+    rules, real = result["arms"]
+    assert rules["completion_tokens"] == 0 < real["completion_tokens"] and real["stopped_at_synthesis"] == 0
+    assert all(sum(counts.values()) == 1 for counts in result["agreement"].values())
 
 
 @pytest.fixture(scope="module")

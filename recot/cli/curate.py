@@ -207,6 +207,54 @@ def report(examples: int, page: Path | None, synth: Path | None, plan: Path | No
                      f"chance {slate['chance']:.1%}, most popular candidate {slate['most_popular']:.1%}")
 
 
+@curate.command("compare")
+@click.argument("outputs", nargs=-1, required=True, type=click.Path(exists=True, file_okay=False, path_type=Path))
+@click.option("--name", "names", multiple=True, help="A name per output, in order (default: the folders' names).")
+@click.option("--work", type=click.Path(file_okay=False, path_type=Path), default=Path("out/compare"), show_default=True,
+              help="Where each output's curation store is kept (WORK/NAME.duckdb) and the page is written.")
+@click.option("--rules", "rules_config", type=click.Path(exists=True, dir_okay=False, path_type=Path),
+              help="Rule thresholds and switches (TOML/YAML), the same for every output.")
+@click.option("--judge", "judge_config", type=click.Path(exists=True, dir_okay=False, path_type=Path),
+              help="Also score every output's traces with this judge (TOML/YAML): the page shows the mean per task.")
+@click.option("--html", "page", type=click.Path(dir_okay=False, path_type=Path), help="The page (default WORK/compare.html).")
+@click.option("--examples", default=5, show_default=True, help="Disagreements shown per task.")
+@json_option
+def compare_cmd(outputs: tuple[Path, ...], names: tuple[str, ...], work: Path, rules_config: Path | None, judge_config: Path | None,
+                page: Path | None, examples: int, as_json: bool) -> None:
+    """Two or more synthesis outputs over the same planned requests, side by side: kept share per task, reasons, tokens,
+    cost and time per kept trace, judge scores, and the requests where they disagree."""
+    from recot.config import load_config
+    from recot.curation.compare import Arm, compare, curate_output
+    from recot.curation.compare_page import write_compare_page
+    from recot.curation.judge import JudgeConfig, run_judge
+    from recot.curation.rules import RulesConfig
+    from recot.curation.store import Store
+    from recot.errors import DataError
+
+    if names and len(names) != len(outputs):
+        raise DataError("--name", f"{len(names)} names for {len(outputs)} outputs", "give one --name per output, or none")
+    rules = load_config(RulesConfig, rules_config)
+    arms = [Arm(name, work / f"{name}.duckdb", folder) for name, folder in zip(names or [o.name for o in outputs], outputs)]
+    for arm in arms:
+        console.print(f"curating {arm.name} ({arm.synth}) into {arm.store}")
+        curate_output(arm.synth, arm.store, rules)
+        if judge_config:
+            with Store.existing(arm.store) as db:
+                run_judge(db, load_config(JudgeConfig, judge_config))
+    result = compare(arms, examples)
+    written = write_compare_page(result, page or work / "compare.html")
+    click.echo(f"page: {written.resolve()}", err=True)
+    if as_json:
+        click.echo(json.dumps(result, indent=2))
+        return
+    for arm in result["arms"]:
+        cost = f", cost per kept {arm['cost_per_kept']}" if arm["cost_per_kept"] is not None else ""
+        share = f"{arm['kept_share']:.0%}" if arm["kept_share"] is not None else "-"
+        stdout.print(f"[bold]{arm['name']}[/] ({arm['teacher']}:{arm['model']}): kept {arm['kept']} of {arm['traces']} ({share}), "
+                     f"{arm['completion_tokens_per_kept']} completion tokens per kept{cost}")
+    stdout.print(f"{result['common']} requests answered by all: {result['agreement']}")
+
+
 def _json_file(path: Path) -> dict:
     """A JSON object written by recot (a dry run's plan, a job's summary), or a named error."""
     from recot.errors import DataError

@@ -126,6 +126,7 @@ class JobReport:
     rows: int = 0
     tokens: list[dict] = field(default_factory=list)  # rows, prompt and completion tokens per task and teacher in the output
     cost: dict[str, float] | None = None  # of the output's tokens at [price]: live and batch
+    price: dict[str, float] | None = None  # the [price] it was costed at: a comparison of teachers costs each task by it
 
     @property
     def balanced(self) -> bool:
@@ -147,6 +148,7 @@ def finish_report(report: JobReport, out: Path, price: Price | None) -> JobRepor
     """Add the tokens (and, at ``price``, the cost) of the output in ``out`` and write ``summary.json`` there."""
     report.tokens = tokens_by_task(out / "traces.parquet")
     report.cost = price.costs(*spent(report.tokens)) if price else None
+    report.price = price.model_dump() if price else None
     (out / "summary.json").write_text(json.dumps(asdict(report), indent=2) + "\n")
     return report
 
