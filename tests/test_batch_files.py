@@ -133,3 +133,23 @@ temperature = 1.0
     assert report["ok"] + sum(report["rejected"].values()) == 8 and report["completion_tokens"] > 0
     assert set(rows["reason"].drop_nulls()) <= {"truncated", "schema_invalid", "malformed_json", "empty"}
     assert report["ok"] > 0, "structured outputs should make most short relation answers valid"
+
+
+def test_a_reasoning_models_batch_takes_max_completion_tokens_and_its_reasoning_stays_provenance(sample_path, tmp_path):
+    config = batch_config(sample_path, tmp_path, limit=3)
+    config = config.model_copy(update={"teacher": config.teacher.model_copy(update={"token_limit": "max_completion_tokens"})})
+    _, files = write_batch(config)
+    bodies = [w["body"] for w in lines(files)]
+    assert all(b["max_completion_tokens"] == 200 and "max_tokens" not in b for b in bodies)
+    output = tmp_path / "output.jsonl"
+    answered = []
+    for w in lines(files):
+        line = json.loads(output_line(w["custom_id"], RELATION))
+        line["response"]["body"]["choices"][0]["message"]["reasoning_content"] = "weighing complement against substitute"
+        line["response"]["body"]["usage"]["completion_tokens_details"] = {"reasoning_tokens": 5}
+        answered.append(json.dumps(line))
+    output.write_text("\n".join(answered) + "\n")
+    report, _ = read_batch(config, [output])
+    rows = pl.read_parquet(tmp_path / "traces.parquet")
+    assert report.ok == 3 and report.reasoning_tokens == 15 and (rows["reasoning"] == "weighing complement against substitute").all()
+    assert not rows["text"].str.contains("weighing").any()
