@@ -244,7 +244,8 @@ _ROW_GROUP = 1 << 17
 def _partition(store: Store, rows_sql: str) -> tuple[list[Path], int, int]:
     """The rows of ``rows_sql`` written once to parquet partitioned by the trace id's first hex digit (the joins
     in the order written, the kept traces probing: DuckDB's reordering builds its hash table on the traces, which
-    does not spill); the view ``export_rows`` over those that leak nothing, with ``grpo_pick``. Returns the
+    does not spill), one slice of the store at a time (a sharded store's shards: memory follows the shard, not the
+    store); the view ``export_rows`` over those that leak nothing, with ``grpo_pick``. Returns the
     partitions in digit order, how many rows leaked, and how many R3 rows are not in the CoT layout (a correction or an
     edit made outside recot's checks): every row written is re-checked, none is written broken."""
     folder = store.spill("export")
@@ -253,8 +254,11 @@ def _partition(store: Store, rows_sql: str) -> tuple[list[Path], int, int]:
     store.con.execute("SET preserve_insertion_order = false")
     store.con.execute("SET disabled_optimizers = 'join_order,build_side_probe_side'")
     try:
-        store.con.execute(f"""COPY (SELECT *, left(trace_id, 1) AS digit FROM ({rows_sql}))
-                              TO '{folder}' (FORMAT parquet, PARTITION_BY (digit))""")
+        for index in store.slices():
+            trace_columns(store, ("history_sids", "lines"))
+            store.con.execute(f"""COPY (SELECT *, left(trace_id, 1) AS digit FROM ({rows_sql}))
+                                  TO '{folder}' (FORMAT parquet, PARTITION_BY (digit), OVERWRITE_OR_IGNORE,
+                                                 FILENAME_PATTERN 'slice{index:05d}_{{i}}')""")
     finally:
         store.con.execute("RESET preserve_insertion_order")
         store.con.execute("RESET disabled_optimizers")
@@ -332,7 +336,6 @@ def export(store: Store, config: ExportConfig) -> dict:
     if spec is None:
         raise DataError(store.path, "the store records no split, so the export could not tell training from evaluation rows",
                         "ingest the traces with the split.json that `recot synth run` wrote beside them")
-    trace_columns(store, ("history_sids", "lines"))
     dataset = load_dataset(config.dataset, lenient=config.lenient) if config.dataset is not None else None
     split = _held_out(store, dataset, spec)
     students = dict(store.con.execute("SELECT task, student FROM tasks WHERE NOT cot").fetchall())

@@ -108,18 +108,12 @@ class ShardedStore:
 
     @contextmanager
     def view(self) -> Iterator[Store]:
-        """The whole store, read-only, as one :class:`Store`: a copy of the head whose shard tables are views over
-        every shard's current files (the funnel, the report page and export read it as they read a one-node store).
-        Each view is the head's empty table by name with the files: a shard an older recot wrote, without a newer
-        column, reads as NULL there."""
+        """The whole store, read-only, as one :class:`Store` (a :class:`ShardedView`): a copy of the head whose shard
+        tables are views over every shard's current files (the funnel, the report page and export read it as they read
+        a one-node store; export takes its rows a shard at a time through :meth:`Store.slices`)."""
         with tempfile.TemporaryDirectory() as tmp:
             shutil.copy(self.root / HEAD, Path(tmp) / HEAD)
-            with Store(Path(tmp) / HEAD) as store:
-                head = store.scalar("SELECT current_database()")
-                for table in SHARD_TABLES:
-                    files = ", ".join(sql_text(f) for f in self.files(table))
-                    store.con.execute(f"""CREATE OR REPLACE TEMP VIEW {table} AS SELECT * FROM "{head}".main.{table}
-                                          UNION ALL BY NAME SELECT * FROM read_parquet([{files}], union_by_name = true)""")
+            with ShardedView(Path(tmp) / HEAD, self) as store:
                 yield store
 
     def run(self, step: Step, args: dict | None = None, ray: Any = None, reads: tuple[str, ...] = SHARD_TABLES,
@@ -171,6 +165,32 @@ def _copy_head(local: Store, head: Path) -> None:
             local.con.execute(f"INSERT INTO main.{table} SELECT * FROM head.main.{table}")
     finally:
         local.con.execute("DETACH head")
+
+
+class ShardedView(Store):
+    """A copy of a sharded store's head with each shard table a view over shard files: all of them, or one shard's
+    while :meth:`slices` is on it. Each view is the head's empty table by name with the files, so a shard an older recot
+    wrote, without a newer column, reads as NULL there."""
+
+    def __init__(self, head: Path, sharded: ShardedStore) -> None:
+        super().__init__(head)
+        self.sharded = sharded
+        self._over(range(sharded.shards))
+
+    def slices(self) -> Iterator[int]:
+        try:
+            for index in range(self.sharded.shards):
+                self._over([index])
+                yield index
+        finally:
+            self._over(range(self.sharded.shards))
+
+    def _over(self, indices: range | list[int]) -> None:
+        head = self.scalar("SELECT current_database()")
+        for table in SHARD_TABLES:
+            files = ", ".join(sql_text(self.sharded.files(table)[i]) for i in indices)
+            self.con.execute(f"""CREATE OR REPLACE TEMP VIEW {table} AS SELECT * FROM "{head}".main.{table}
+                                 UNION ALL BY NAME SELECT * FROM read_parquet([{files}], union_by_name = true)""")
 
 
 def _write_generation(store: Store, folder: Path, tables: tuple[str, ...] = SHARD_TABLES, previous: Path | None = None) -> None:

@@ -363,6 +363,12 @@ class Store:
                 if rows:  # a refused.parquet is written even when no sample was refused
                     self.con.executemany("INSERT INTO set_aside VALUES (?, ?, ?, ?, ?)", rows)
 
+    def slices(self) -> Iterator[int]:
+        """The store a part at a time, for a step that would otherwise hold every trace's rows at once (export's row
+        building): its trace tables are that part's while each index is yielded. A one-node store is one part; a
+        sharded store's view is one part a shard (:class:`recot.curation.shards.ShardedView`)."""
+        yield 0
+
     def transaction(self) -> _Transaction:
         """BEGIN/COMMIT around a block, ROLLBACK on error."""
         return _Transaction(self.con)
