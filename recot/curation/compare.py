@@ -6,7 +6,7 @@ dollar on the user's own data. Each output is curated into its own store under t
 sample: the request hashes differ, since the teacher is part of them) and reports, per output and task, what was kept,
 why the rest was not, the tokens, cost and wall time per kept trace and the judge's mean score where the stores hold
 one, and, over the requests every output answered, where they disagree: kept by some and not others, or kept by all
-with different answers.
+with different answers (the output's ``answer`` field: the R3 tasks' SID; other tasks are compared by outcome).
 """
 
 from __future__ import annotations
@@ -29,7 +29,8 @@ from recot.io import frame_of
 
 KEY = ("task", "subject_id", "sample")
 OUTCOMES = ("kept", "synthesis", "rules", "dedup", "review")  # where a trace stopped; the first that applies
-AGREEMENT = ("kept by all, same answer", "kept by all, answers differ", "kept by some", "kept by none")
+# "kept by all": with the same answer, or of a task whose output has no ``answer`` field (compared by outcome alone)
+AGREEMENT = ("kept by all", "kept by all, answers differ", "kept by some", "kept by none")
 
 # One row per trace: where it stopped, why, its answer, tokens and judge score
 _TRACES_SQL = f"""
@@ -125,7 +126,7 @@ def _figures(rows: pl.DataFrame, price: Price | None) -> dict[str, Any]:
 def _agreement(rows: pl.DataFrame, names: list[str], examples: int) -> dict[str, Any]:
     """Per task, how the arms' outcomes relate on each request they all answered; the disagreements, a few per task."""
     keyed = (rows.group_by(KEY).agg(kept=(pl.col("outcome") == "kept").sum(),
-                                    answers=pl.col("answer").filter(pl.col("outcome") == "kept").n_unique())
+                                    answers=pl.col("answer").filter(pl.col("outcome") == "kept").drop_nulls().n_unique())
              .with_columns(agreement=pl.when(pl.col("kept") == 0).then(pl.lit(AGREEMENT[3]))
                            .when(pl.col("kept") < len(names)).then(pl.lit(AGREEMENT[2]))
                            .when(pl.col("answers") > 1).then(pl.lit(AGREEMENT[1])).otherwise(pl.lit(AGREEMENT[0]))))
