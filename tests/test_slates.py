@@ -45,6 +45,20 @@ def train(rows: list[tuple[list[str], str]]) -> pl.LazyFrame:
                         schema={"history": pl.List(pl.Utf8), "target": pl.Utf8})
 
 
+def test_items_that_share_a_sid_never_stand_in_one_slate():
+    """A SID collision the build left (i1 and i2 both [0, 1]) is one candidate to a teacher that answers in SIDs: a slate
+    with both would make two picks of one SID (the rules teacher's top 2 did, on the sample's items 181 and 182)."""
+    catalog = hand_catalog(12)
+    catalog = Catalog(catalog.items.with_columns(sid=pl.when(pl.col("item_id") == "i2").then(pl.lit([0, 1]))
+                                                  .otherwise(pl.col("sid"))))
+    sampler = SlateSampler(SlateConfig(size=10, samplers={"prefix": 1, "popularity": 1}), catalog, train([]))
+    sids = dict(zip(catalog.items["item_id"], catalog.sid_text()))
+    for target in ("i1", "i2", "i5"):
+        for k in range(40):
+            slate = sampler.draw(f"u{k}", ["i0"], target).items
+            assert target in slate and len({sids[i] for i in slate}) == len(slate) == 10, slate
+
+
 def test_quotas_share_the_negatives_by_weight():
     assert SlateConfig(size=20).quotas() == [("popularity", 7), ("prefix", 6), ("cooccurrence", 6)]
     assert sum(n for _, n in SlateConfig(size=7, samplers={"prefix": 2, "uniform": 1}).quotas()) == 6

@@ -121,6 +121,10 @@ class SlateSampler:
         self.popularity = np.zeros(items.height, dtype=np.int64)
         self.popularity[counts["i"].to_numpy()] = counts["n"].to_numpy()
         self._cumulative = np.cumsum(self.popularity + 1)  # +1: never-bought items stay drawable
+        # items that share a SID (a collision the SID build left) are one candidate to a teacher that answers in SIDs:
+        # a slate holds at most one of them, and none beside a target or history item of that SID
+        self._same_sid = items.select(pl.col("sid").list.eval(pl.element().cast(pl.Utf8)).list.join("_")
+                                      .rank("dense")).to_series().to_numpy().astype(np.int64) - 1
         places = dict(self._quotas)  # a ranked pool is read up to its sampler's places x _HARD_POOL: keep no more
         if "prefix" in config.samplers:
             prefixes = items.select(pl.col("sid").list.head(config.prefix_levels)).to_series()
@@ -196,7 +200,8 @@ class SlateSampler:
             offset += count
         candidates = np.concatenate(proposals, axis=1)
         seen = 1 + history.shape[1]  # the target and the history stand before the proposals: repeating them is invalid
-        valid = (candidates >= 0) & ~_repeats(np.concatenate([t[:, None], history, candidates], axis=1))[:, seen:]
+        row = np.concatenate([t[:, None], history, candidates], axis=1)
+        valid = (candidates >= 0) & ~_repeats(np.where(row >= 0, self._same_sid[np.maximum(row, 0)], -1))[:, seen:]
         chosen, owed, start = [], np.zeros(len(t), dtype=np.int64), 0
         for (_, places), block in zip(self._quotas, proposals):
             ok = valid[:, start:start + block.shape[1]]
@@ -217,9 +222,15 @@ class SlateSampler:
         """Rows the samplers left short (a small catalog): the rest from a seeded permutation of every item,
         written over unused proposal cells of the row."""
         for row in np.flatnonzero(owed):
-            used = set(candidates[row, chosen[row]].tolist()) | {int(t[row])} | set(history[row].tolist())
-            order = np.argsort(_uniforms(keys[row:row + 1], 1 << 20, len(self.ids))[0]).tolist()
-            extra = [i for i in order if i not in used][: owed[row]]
+            taken = [*candidates[row, chosen[row]].tolist(), int(t[row]), *(i for i in history[row].tolist() if i >= 0)]
+            used = {int(self._same_sid[i]) for i in taken}
+            extra = []
+            for i in np.argsort(_uniforms(keys[row:row + 1], 1 << 20, len(self.ids))[0]).tolist():
+                if len(extra) == owed[row]:
+                    break
+                if int(self._same_sid[i]) not in used:
+                    used.add(int(self._same_sid[i]))
+                    extra.append(i)
             if len(extra) < owed[row]:
                 raise DataError("slate", f"only {self.config.size - 1 - owed[row] + len(extra)} negatives could be drawn "
                                 f"for a slate of {self.config.size}", "lower slate.size")
