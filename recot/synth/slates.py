@@ -224,7 +224,7 @@ class SlateSampler:
         for row in np.flatnonzero(owed):
             taken = [*candidates[row, chosen[row]].tolist(), int(t[row]), *(i for i in history[row].tolist() if i >= 0)]
             used = {int(self._same_sid[i]) for i in taken}
-            extra = []
+            extra: list[int] = []
             for i in np.argsort(_uniforms(keys[row:row + 1], 1 << 20, len(self.ids))[0]).tolist():
                 if len(extra) == owed[row]:
                     break
