@@ -234,13 +234,14 @@ def compare_cmd(outputs: tuple[Path, ...], names: tuple[str, ...], work: Path, r
     if names and len(names) != len(outputs):
         raise DataError("--name", f"{len(names)} names for {len(outputs)} outputs", "give one --name per output, or none")
     rules = load_config(RulesConfig, rules_config)
+    judge = load_config(JudgeConfig, judge_config) if judge_config else None
     arms = [Arm(name, work / f"{name}.duckdb", folder) for name, folder in zip(names or [o.name for o in outputs], outputs)]
     for arm in arms:
         console.print(f"curating {arm.name} ({arm.synth}) into {arm.store}")
         curate_output(arm.synth, arm.store, rules)
-        if judge_config:
+        if judge is not None:
             with Store.existing(arm.store) as db:
-                run_judge(db, load_config(JudgeConfig, judge_config))
+                run_judge(db, judge)
     result = compare(arms, examples)
     written = write_compare_page(result, page or work / "compare.html")
     click.echo(f"page: {written.resolve()}", err=True)

@@ -123,8 +123,7 @@ class SlateSampler:
         self._cumulative = np.cumsum(self.popularity + 1)  # +1: never-bought items stay drawable
         # items that share a SID (a collision the SID build left) are one candidate to a teacher that answers in SIDs:
         # a slate holds at most one of them, and none beside a target or history item of that SID
-        self._same_sid = items.select(pl.col("sid").list.eval(pl.element().cast(pl.Utf8)).list.join("_")
-                                      .rank("dense")).to_series().to_numpy().astype(np.int64) - 1
+        self._same_sid = catalog.sid_text().filter(with_sid).rank("dense").to_numpy().astype(np.int64) - 1
         places = dict(self._quotas)  # a ranked pool is read up to its sampler's places x _HARD_POOL: keep no more
         if "prefix" in config.samplers:
             prefixes = items.select(pl.col("sid").list.head(config.prefix_levels)).to_series()
@@ -228,8 +227,8 @@ class SlateSampler:
             for i in np.argsort(_uniforms(keys[row:row + 1], 1 << 20, len(self.ids))[0]).tolist():
                 if len(extra) == owed[row]:
                     break
-                if int(self._same_sid[i]) not in used:
-                    used.add(int(self._same_sid[i]))
+                if (sid := int(self._same_sid[i])) not in used:
+                    used.add(sid)
                     extra.append(i)
             if len(extra) < owed[row]:
                 raise DataError("slate", f"only {self.config.size - 1 - owed[row] + len(extra)} negatives could be drawn "
