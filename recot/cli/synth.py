@@ -123,7 +123,7 @@ def synth_group() -> None:
 @click.argument("config", type=click.Path(exists=True, dir_okay=False, path_type=Path))
 @click.option("--shard", default="0/1", show_default=True, help="Run shard I of N (subjects split by a stable hash).")
 @click.option("--out", type=click.Path(path_type=Path), help="Output directory (overrides the config).")
-@click.option("--limit", type=int, help="Subjects per task (overrides the config).")
+@click.option("--limit", type=int, help="Subjects per task, spread over the plan (overrides the config).")
 @click.option("--no-progress", is_flag=True, help="No progress bar.")
 @click.option("--lenient", is_flag=True, default=None,
               help="Skip bad dataset records instead of failing; they go to OUT/dataset-rejects.csv with their reasons.")

@@ -59,7 +59,7 @@ class SynthConfig(BaseModel):
     split: Literal["auto", "temporal", "leave_last_out"] = Field(
         "auto", description="how samples are split; auto: temporal when the dataset has boundaries (written to split.json)")
     max_history: int = Field(10, ge=1, description="history items a sample shows (the most recent ones)")
-    limit: int | None = Field(None, ge=1, description="subjects per task (before n samples and sharding)")
+    limit: int | None = Field(None, ge=1, description="subjects per task, spread over the plan by a stable hash (before n samples and sharding)")
     profile: str | DomainProfile = Field("ecommerce", description="the domain profile prompts read (wording, personas): "
                                          "ecommerce, short_video, live_streaming, ads, or a [profile] table")
     domain_profiles: dict[str, str | DomainProfile] = Field(

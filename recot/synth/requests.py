@@ -75,7 +75,9 @@ def checked_samples(split: Split, part: str) -> tuple[pl.LazyFrame, pl.LazyFrame
 
 
 def plan_subjects(task: Task, catalog: Catalog, split: Split, part: str, limit: int | None) -> tuple[pl.LazyFrame, pl.LazyFrame]:
-    """Subjects of ``task`` (a ``subject_id`` column plus what its prompt needs) and refused samples."""
+    """Subjects of ``task`` (a ``subject_id`` column plus what its prompt needs) and refused samples. ``limit`` keeps that
+    many spread over the whole plan (by a stable hash of the subject id, in plan order), not the first ones: the first
+    ten user subjects are one user's first ten windows, which says little about a teacher on the data."""
     ok, refused = checked_samples(split, part)
     if task.source == "items":
         subjects = (catalog.items.lazy().filter(pl.col("sid").is_not_null()).select("item_id").sort("item_id")
@@ -89,7 +91,16 @@ def plan_subjects(task: Task, catalog: Catalog, split: Split, part: str, limit: 
     else:
         subjects = ok.sort("user_id", "target_ts").with_columns(
             subject_id=pl.col("user_id") + "@" + pl.col("target_ts").cast(pl.Utf8))
-    return (subjects.head(limit) if limit else subjects), refused
+    return (_spread(subjects, limit) if limit else subjects), refused
+
+
+def _spread(subjects: pl.LazyFrame, limit: int) -> pl.LazyFrame:
+    """``limit`` subjects chosen by the CRC-32 of their id (stable across runs, machines and library versions), kept in
+    plan order."""
+    crc = pl.col("subject_id").map_batches(lambda ids: pl.Series([zlib.crc32(i.encode()) for i in ids], dtype=pl.UInt32),
+                                           return_dtype=pl.UInt32)
+    return (subjects.with_row_index("_order").with_columns(_crc=crc).sort("_crc", "_order").head(limit)
+            .sort("_order").drop("_order", "_crc"))
 
 
 class SlateView(NamedTuple):
