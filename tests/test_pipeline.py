@@ -129,12 +129,29 @@ def test_training_reads_exactly_the_export_it_is_given(curated, tiny_model, tmp_
         config = load_config(RecSFTConfig, overrides=dict(model_path=str(tiny_model), dataset_path=str(out),
                                                           output_dir=str(tmp_path / "model"), max_steps=1,
                                                           per_device_train_batch_size=2, report_to="none",
-                                                          save_strategy="no", max_length=256))
+                                                          save_strategy="no", max_length=256, early_stopping_patience=0))
         trainer = train_sft(config)
         seen.append((written, trainer.train_dataset.num_rows, trainer.rows_too_long["train"]))
     assert len({written for written, _, _ in seen}) == 3, seen  # three different exports
     # every row is trained on or counted as too long for max_length (TRL drops a prompt that fills it)
     assert all(written == trained + too_long for written, trained, too_long in seen) and any(n for _, _, n in seen), seen
+
+
+def test_a_split_whose_every_prompt_fills_max_length_is_a_named_error(curated, tiny_model, tmp_path):
+    """A max_length no prompt fits leaves nothing to train on (and no validation loss to stop on): the error names the
+    export, the split and the fix, before any step runs."""
+    from recot.trainer.sft import RecSFTConfig, train_sft
+
+    _, store = curated
+    out = tmp_path / "export"
+    export(store, ExportConfig(name="x", out=out, formats=["sft"], overwrite=True))
+    config = load_config(RecSFTConfig, overrides=dict(model_path=str(tiny_model), dataset_path=str(out),
+                                                      output_dir=str(tmp_path / "model"), max_steps=1, report_to="none",
+                                                      max_length=8))
+    with pytest.raises(DataError, match=r"\(train\): all \d+ rows have a prompt that fills max_length \(8 tokens\)") as error:
+        train_sft(config)
+    assert str(out) in str(error.value) and "raise max_length" in str(error.value)
+    assert not list((tmp_path / "model").glob("*.safetensors")) and not list((tmp_path / "model").glob("checkpoint-*"))
 
 
 def _dialect_copy(sample_path: Path, folder: Path, example: str) -> Path:

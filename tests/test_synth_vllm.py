@@ -21,7 +21,7 @@ from recot.teachers import OpenAITeacherConfig, Sampling
 from recot.testing import RECOT, journal_rows
 
 pytest.importorskip("vllm")
-KNOWN_REASONS = {"truncated", "schema_invalid", "malformed_json", "empty"}
+KNOWN_REASONS = {"truncated", "schema_invalid", "malformed_json", "empty", "prompt_too_long"}
 
 
 def write_config(path, sample_path, out, teacher: str, tasks: list[str], limit: int, sampling: str) -> None:

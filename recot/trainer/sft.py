@@ -178,12 +178,19 @@ def train_sft(config: RecSFTConfig, train_dataset=None, eval_dataset=None, callb
 
 def count_rows_too_long(trainer: RecSFTTrainer, train_dataset, eval_dataset) -> None:
     """TRL drops a row whose prompt fills ``max_length`` (nothing of the answer is left to train on): count them per
-    split on the trainer, and say so, so that no row leaves training unaccounted for."""
+    split on the trainer, and say so, so that no row leaves training unaccounted for; a split that loses every row is a
+    named error (an empty validation split would only fail later, as a missing ``eval_loss``)."""
     prepared: dict[str, tuple[Any, Any]] = {"train": (train_dataset, trainer.train_dataset),
                                             "validation": (eval_dataset, trainer.eval_dataset)}
     trainer.rows_too_long = {part: len(given) - len(kept) for part, (given, kept) in prepared.items()
                              if given is not None and kept is not None}
     for part, dropped in trainer.rows_too_long.items():
+        used = part == "train" or str(trainer.args.eval_strategy) not in ("no", "IntervalStrategy.NO")
+        if used and dropped and dropped == len(prepared[part][0]):  # nothing left to train on, or to choose the best epoch by
+            where = f"{getattr(trainer.args, 'dataset_path', '') or '[sft]'} ({part})"
+            raise DataError(where, f"all {dropped} rows have a prompt that fills max_length "
+                            f"({getattr(trainer.args, 'max_length', None)} tokens), so none has an answer token left",
+                            "raise max_length, or export shorter histories (max_history)")
         if dropped:
             logger.warning("%d of %d %s rows are dropped: their prompt fills max_length (%s tokens) and leaves no answer "
                            "token to learn or score; raise max_length, or export shorter histories (max_history)",
