@@ -1,7 +1,10 @@
 """A sharded store curated on a real local Ray cluster (2 CPUs) gives the one-node store's rows: the same traces,
 verdicts, scores, duplicate clusters and keepers, funnel and export, on rules-teacher traces with duplicates planted
-across shards; a job killed half way resumes without redoing what finished, and a Ray worker killed mid-run costs
-only its task."""
+across shards, in a local folder and on an S3 endpoint; a job killed half way resumes without redoing what finished,
+and a Ray worker killed mid-run costs only its task.
+
+The S3 endpoint is moto's server on loopback: no real object store is reachable from CI, and moto answers S3's REST
+API over HTTP, so the store's code goes through the same client (s3fs, botocore) as against AWS or MinIO."""
 
 from __future__ import annotations
 
@@ -22,18 +25,36 @@ from recot.curation.dedup import run_dedup
 from recot.curation.export import ExportConfig, export
 from recot.curation.report import funnel
 from recot.curation.rules import run_rules
+from recot.curation.shard_fs import COMPLETE, location, publish, published, reuse
 from recot.curation.store import Store
 from recot.errors import DataError
 from recot.synth.job import SynthConfig, run_synth
 from recot.testing import RECOT
 from recot.testing.planted import planted_traces
+from recot.testing.servers import s3_server
 
 ray = pytest.importorskip("ray")
 TABLES = ("traces", "verdicts", "scores", "dup_clusters", "ingest_rejects")
 
 
 @pytest.fixture(scope="module")
-def cluster():
+def object_store(tmp_path_factory):
+    """A bucket on a loopback S3 endpoint, ``s3://recot-test``; its settings are the AWS variables, set before the Ray
+    cluster starts, so its workers inherit them as a user's local cluster does."""
+    server = s3_server(tmp_path_factory.mktemp("s3") / "moto.log").start(60)
+    settings = {"AWS_ACCESS_KEY_ID": "recot", "AWS_SECRET_ACCESS_KEY": "recot", "AWS_DEFAULT_REGION": "us-east-1",
+                "AWS_ENDPOINT_URL": server.endpoint}
+    before = {name: os.environ.get(name) for name in settings}
+    os.environ.update(settings)
+    location("s3://recot-test").mkdir()
+    yield "s3://recot-test"
+    server.stop()
+    for name, value in before.items():
+        os.environ.pop(name, None) if value is None else os.environ.__setitem__(name, value)
+
+
+@pytest.fixture(scope="module")
+def cluster(object_store):
     ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
     yield ray
     ray.shutdown()
@@ -102,6 +123,78 @@ def test_a_sharded_store_on_ray_curates_as_one_node_does(cluster, planted, one_n
     assert one.keys() == sharded.keys() and all(one[name].equals(sharded[name]) for name in one)
     traces = [pl.read_parquet(f) for f in store.files("traces")]
     assert all(t.height for t in traces) and sum(t.height for t in traces) == total  # every shard holds its own share
+
+
+def test_a_sharded_store_on_object_storage_curates_as_one_node_does(cluster, object_store, planted, one_node, tmp_path):
+    """The store's root in a bucket: ingest, report and export through the installed CLI (``--store s3://...``), rules
+    and dedup as Ray tasks whose workers read and write the bucket. Every row, the funnel and the export equal one
+    node's, and the bucket holds the store and nothing of the work."""
+    url = f"{object_store}/{tmp_path.name}"
+    ingests = [subprocess.run([*RECOT, "curate", "ingest", str(planted), "--store", url, *shards, "--json"],
+                              capture_output=True, text=True, timeout=300) for shards in (["--shards", "3"], [])]
+    assert all(i.returncode == 0 for i in ingests), [i.stderr[-2000:] for i in ingests]
+    store = sharding.ShardedStore.open(url)
+    with Store.existing(one_node) as db:
+        total = db.scalar("SELECT count(*) FROM traces")
+        first, again = (json.loads(i.stdout)["files"][0] for i in ingests)
+        assert (first["new"], again["new"], again["already_in_store"]) == (total, 0, total)  # twice, as one node was
+        assert sharding.run_rules(store, ray=cluster) == run_rules(db)
+        assert sharded_dedup.run_dedup(store, ray=cluster) == run_dedup(db)
+        expected, expected_funnel = rows(db), funnel(db)
+        export(db, ExportConfig(name="one", out=tmp_path / "export-one"))
+    with store.view() as view:
+        got = rows(view)
+        assert all(got[t].equals(expected[t]) for t in TABLES), [t for t in TABLES if not got[t].equals(expected[t])]
+    report = subprocess.run([*RECOT, "curate", "report", "--store", url, "--json"], capture_output=True, text=True, timeout=300)
+    assert report.returncode == 0 and json.loads(report.stdout) == json.loads(json.dumps(expected_funnel)), report.stderr[-2000:]
+    exported_s3 = subprocess.run([*RECOT, "export", "one", "--out", str(tmp_path / "export-s3"), "--store", url],
+                                 capture_output=True, text=True, timeout=300)
+    assert exported_s3.returncode == 0, exported_s3.stderr[-2000:]
+    one, sharded = exported(tmp_path / "export-one"), exported(tmp_path / "export-s3")
+    assert one.keys() == sharded.keys() and all(one[name].equals(sharded[name]) for name in one)
+    root = location(url)
+    kept = sorted(str(p.relative_to(root)) for p in root.rglob("*") if p.is_file())
+    assert {name.split("/")[0] for name in kept} == {"head.duckdb", "sharded.json", "shards"}  # no incoming/, no work/
+    assert len(kept) == 2 + 3 * (len(TABLES) + 1)  # each shard: one generation, its tables and DONE
+    assert not Path("s3:").exists()  # the URL was never taken for a local path
+
+
+def test_an_upload_cut_short_is_never_taken_for_a_finished_output(object_store):
+    """Object storage has no rename: a task's folder is its files, then its marker. A task that failed leaves nothing; a
+    worker killed between its files and the marker leaves a folder that is not finished, and the rerun replaces it
+    whole. A file is one upload; a reused file is a server-side copy."""
+    root = location(f"{object_store}/publish")
+    target = root / "scatter" / "s00000"
+    with pytest.raises(OSError, match="killed"), publish(target) as tmp:
+        tmp.mkdir()
+        (tmp / "p00000.parquet").write_bytes(b"half")
+        raise OSError("killed")
+    assert not target.exists() and not published(target)
+    (target / "p00000.parquet").write_bytes(b"half")  # the files of a task killed before its marker
+    assert not published(target)
+    with publish(target) as tmp:
+        tmp.mkdir()
+        (tmp / "p00001.parquet").write_bytes(b"whole")
+    assert published(target) and sorted(p.name for p in target.iterdir()) == [COMPLETE, "p00001.parquet"]
+    order = root / "order.parquet"
+    with publish(order) as tmp:
+        tmp.write_bytes(b"rows")
+    assert published(order) and order.read_bytes() == b"rows"
+    reuse(order, root / "g2" / "order.parquet")
+    assert (root / "g2" / "order.parquet").read_bytes() == b"rows"
+
+
+def test_a_generation_another_worker_finished_is_seen_at_once(object_store):
+    """fsspec caches listings per process; a shard's newest generation is written by whichever worker ran the step, so
+    the store lists it afresh every time."""
+    import s3fs
+
+    store = sharding.ShardedStore.create(f"{object_store}/fresh", 1)
+    assert store.generation(0).name == store.generations()[0].name == "g000000"
+    other = s3fs.S3FileSystem(skip_instance_cache=True)  # another process's client
+    other.pipe(f"{store.root.path}/shards/00000/g000001/DONE", b"")  # a step's new generation, then the old one removed
+    other.rm(f"{store.root.path}/shards/00000/g000000", recursive=True)
+    assert store.generation(0).name == "g000001" and store.generations()[0].name == "g000001"
 
 
 def test_a_dedup_killed_half_way_resumes_without_redoing_finished_work(planted, one_node, tmp_path, monkeypatch):
@@ -181,6 +274,8 @@ def test_a_sharded_store_names_what_it_cannot_do(planted, one_node, tmp_path):
         sharding.ShardedStore.create(tmp_path / "other", 2)
     with pytest.raises(DataError, match="a sharded store: this step runs on a one-node store"):
         Store.existing(store.root)
+    with pytest.raises(DataError, match="(?s)not a URL.*--shards N"):
+        Store("s3://bucket/curation.duckdb")
     from recot.curation.dedup import DedupConfig
 
     with pytest.raises(DataError, match="runs on one node only"):

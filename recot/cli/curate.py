@@ -17,9 +17,22 @@ if TYPE_CHECKING:
     from recot.curation.shards import ShardedStore
     from recot.curation.store import Store
 
-store_option = click.option("--store", type=click.Path(path_type=Path), default=Path("out/curation.duckdb"), show_default=True,
-                            help="The curation store: a DuckDB file, or the folder of a sharded store (`curate ingest` creates "
-                                 "either; the rest read it).")
+
+
+class StoreLocation(click.ParamType):
+    """A local path, or a URL (``s3://bucket/prefix``) kept as one: object storage holds sharded stores."""
+
+    name = "path|url"
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Any:
+        from recot.curation.shard_fs import location
+
+        return location(value) if "://" in str(value) else Path(value)
+
+
+store_option = click.option("--store", type=StoreLocation(), default="out/curation.duckdb", show_default=True,
+                            help="The curation store: a DuckDB file, or the folder of a sharded store, local or on object "
+                                 "storage (s3://bucket/prefix; `curate ingest` creates either, the rest read it).")
 ray_option = click.option("--ray", "ray_address", is_flag=False, flag_value="local", metavar="[ADDRESS]",
                           help="Run a sharded store's shard tasks on Ray: a local cluster, or the one at ADDRESS ('auto': "
                                "RAY_ADDRESS).")

@@ -15,23 +15,22 @@ run on the driver (DuckDB's out-of-core sort, and 8 bytes a trace):
 6. check (per shard): the exact Jaccard of each pair, as on one node;
 7. leaders (driver) over the linked pairs, then each shard's ``dup_clusters`` and ``dedup`` verdicts.
 
-Each task writes its output (a file, or a folder of files) atomically and is skipped when it is there, so a task
-Ray retries after its worker died redoes only its own part, and a rerun of a killed job redoes nothing finished.
-The work folder is named by the config and the shards' generations: a changed store starts afresh.
+Each task writes its output (a file, or a folder of files) whole (:func:`recot.curation.shard_fs.publish`) and is
+skipped when it is there, so a task Ray retries after its worker died redoes only its own part, and a rerun of a killed
+job redoes nothing finished. The work folder, under the store's root (local or object storage), is named by the config
+and the shards' generations: a changed store starts afresh.
 """
 
 from __future__ import annotations
 
 import hashlib
-import shutil
-from pathlib import Path
 from typing import Any
 
-import duckdb
 import numpy as np
 import polars as pl
 import pyarrow as pa
 import pyarrow.parquet as pq
+from upath import UPath
 
 from recot.curation.dedup import (
     KEEP_ORDER,
@@ -51,11 +50,12 @@ from recot.curation.dedup import (
     sketch,
     spread,
 )
+from recot.curation.shard_fs import connect, location, publish, published, read_table, remove
 from recot.curation.shards import ShardedStore, run_tasks
 from recot.curation.store import Store
 from recot.errors import DataError
 from recot.formats.student import sql_text
-from recot.io import atomic_path, frame_of
+from recot.io import frame_of
 
 # a linked pair: its rows in keep-policy order, and where each trace's sketch is (shard, row of its sketch file)
 LINK_SCHEMA = {"row_a": pl.Int64, "row_b": pl.Int64, "local_a": pl.Int32, "shard_a": pl.Int32, "shard_b": pl.Int32, "local_b": pl.Int32}
@@ -69,11 +69,11 @@ def run_dedup(store: ShardedStore, config: DedupConfig = DedupConfig(), ray: Any
     if config.engine != "recot":
         raise DataError("dedup.engine", f"engine {config.engine!r} runs on one node only", "use engine = 'recot' on a sharded store")
     bands, rows = lsh_params(max(config.threshold - config.margin, 0.05), config.num_perm)
-    generations = "|".join(store.generation(i).name for i in range(store.shards))
+    generations = "|".join(g.name for g in store.generations())
     work = store.root / "work" / f"dedup-{hashlib.md5((config.model_dump_json() + generations).encode()).hexdigest()[:12]}"
     for stale in (store.root / "work").glob("dedup-*"):  # a run killed before the store changed since
-        if stale != work:
-            shutil.rmtree(stale)
+        if stale.name != work.name:
+            remove(stale)
     args = {"work": str(work), "config": config.model_dump_json(), "bands": bands, "rows": rows, "batch_rows": batch_rows}
     store.run(_sketch_shard, args, ray, reads=("traces", "verdicts", "scores"))
     n = _order(work, store.shards)
@@ -84,21 +84,21 @@ def run_dedup(store: ShardedStore, config: DedupConfig = DedupConfig(), ray: Any
     run_tasks(ray, _check, [(work, i, config.threshold) for i in range(store.shards)])
     clusters = _leaders_over(work, n)
     store.run(_record_shard, {"clusters": str(clusters)}, ray, reads=("verdicts",), writes=("verdicts", "dup_clusters"))
-    counts = cluster_counts(duckdb.connect(), f"read_parquet({sql_text(str(clusters))})")
-    shutil.rmtree(work)
+    counts = cluster_counts(connect(work), f"read_parquet({sql_text(str(clusters))})")
+    remove(work)
     return counts
 
 
 def _sketch_shard(local: Store, index: int, shards: int, args: dict) -> None:
     """Stage 1: the shard's answered traces with their keep-policy keys and sketches, ``work/sketch/sNNNNN.parquet``."""
-    target = Path(args["work"]) / "sketch" / f"s{index:05d}.parquet"
-    if target.exists():
+    target = location(args["work"]) / "sketch" / f"s{index:05d}.parquet"
+    if published(target):
         return
     config, bands = DedupConfig.model_validate_json(args["config"]), args["bands"]
     schema = pa.schema([("trace_id", pa.string()), ("task", pa.string()), ("failures", pa.int64()), ("judge", pa.float64()),
                         ("text_length", pa.int64()), ("exact_key", pa.uint64()), ("keys", pa.list_(pa.uint64(), bands)),
                         ("sig8", pa.binary(config.num_perm)), ("grams", pa.list_(pa.uint32()))])
-    with atomic_path(target) as tmp, pq.ParquetWriter(tmp, schema) as writer:
+    with publish(target) as tmp, pq.ParquetWriter(tmp, schema) as writer:
         for batch in local.stream(KEYED_SQL, args["batch_rows"]):
             frame = frame_of(batch)
             part = sketch(frame["text"], config, bands, args["rows"])
@@ -111,15 +111,14 @@ def _sketch_shard(local: Store, index: int, shards: int, args: dict) -> None:
             }, schema=schema))
 
 
-def _order(work: Path, shards: int) -> int:
+def _order(work: UPath, shards: int) -> int:
     """Stage 2: every answered trace's row in keep-policy order over all shards and its task's number (tasks in order,
     as one node numbers them), in ``work/order.parquet``; returns their count."""
     target = work / "order.parquet"
     files = ", ".join(sql_text(str(work / "sketch" / f"s{i:05d}.parquet")) for i in range(shards))
-    if not target.exists():
-        con = duckdb.connect()
-        con.execute(f"SET temp_directory = {sql_text(str(work / 'spill'))}")
-        with atomic_path(target) as tmp:
+    if not published(target):
+        con = connect(work)
+        with publish(target) as tmp:
             con.execute(f"""
                 COPY (SELECT row_number() OVER (ORDER BY {KEEP_ORDER}) - 1 AS row, dense_rank() OVER (ORDER BY task) - 1 AS task_no,
                              shard, local, trace_id, exact_key
@@ -127,23 +126,24 @@ def _order(work: Path, shards: int) -> int:
                                    regexp_extract(filename, 's([0-9]+)\\.parquet$', 1)::INTEGER AS shard
                             FROM read_parquet([{files}], filename = true, file_row_number = true)))
                 TO {sql_text(str(tmp))} (FORMAT parquet)""")
-    return pq.read_metadata(target).num_rows
+    with target.open("rb") as file:
+        return pq.read_metadata(file).num_rows
 
 
-def _ordered(work: Path, shard: int) -> pl.DataFrame:
+def _ordered(work: UPath, shard: int) -> pl.DataFrame:
     """The order of one shard's traces (row, task number), by their place in its sketch file."""
-    return frame_of(duckdb.connect().sql(
+    return frame_of(connect(work).sql(
         f"SELECT row, task_no FROM read_parquet({sql_text(str(work / 'order.parquet'))}) WHERE shard = {shard} ORDER BY local").to_arrow_table())
 
 
-def _scatter(work: Path, shard: int, partitions: int, num_perm: int) -> None:
+def _scatter(work: UPath, shard: int, partitions: int, num_perm: int) -> None:
     """Stage 3: the shard's (band, salted key, row, task, where its sketch is, signature bytes) to the bucket partition of
     the key, ``work/scatter/sNNNNN/pNNNNN.parquet``."""
     target = work / "scatter" / f"s{shard:05d}"
-    if target.exists():
+    if published(target):
         return
     order = _ordered(work, shard)
-    sketch = pq.read_table(work / "sketch" / f"s{shard:05d}.parquet", columns=["keys", "sig8"])
+    sketch = read_table(work / "sketch" / f"s{shard:05d}.parquet", columns=["keys", "sig8"])
     keys_column = sketch["keys"].combine_chunks()
     bands, n = keys_column.type.list_size, len(order)
     keys = salted(keys_column.flatten().to_numpy().reshape(n, bands).T, order["task_no"].to_numpy()).ravel()
@@ -154,7 +154,7 @@ def _scatter(work: Path, shard: int, partitions: int, num_perm: int) -> None:
     sig8 = _sig8(sketch["sig8"].combine_chunks(), num_perm)
     columns = {"band": np.repeat(np.arange(bands, dtype=np.int16), n), "key": keys, "row": np.tile(order["row"].to_numpy(), bands),
                "task": np.tile(order["task_no"].to_numpy().astype(np.int16), bands), "local": local}
-    with atomic_path(target) as tmp:
+    with publish(target) as tmp:
         tmp.mkdir()
         for p in range(partitions):
             rows = by_part[bounds[p]:bounds[p + 1]]
@@ -169,14 +169,14 @@ def _binary(rows: np.ndarray, width: int) -> pa.FixedSizeBinaryArray:
     return pa.FixedSizeBinaryArray.from_buffers(pa.binary(width), len(rows), [None, pa.py_buffer(np.ascontiguousarray(rows).tobytes())])
 
 
-def _link(work: Path, part: int, shards: int, threshold: float, margin: float, num_perm: int) -> None:
+def _link(work: UPath, part: int, shards: int, threshold: float, margin: float, num_perm: int) -> None:
     """Stage 4: per band, the partition's buckets linked as one node links them (members in row order, each to the first
     and the previous), the pairs of one task whose signature estimate (the low byte of each position) reaches
     ``threshold - margin`` kept, by the shard of their first trace, ``work/link/pNNNNN/sNNNNN.parquet``."""
     target = work / "link" / f"p{part:05d}"
-    if target.exists():
+    if published(target):
         return
-    table = pa.concat_tables([pq.read_table(work / "scatter" / f"s{s:05d}" / f"p{part:05d}.parquet") for s in range(shards)])
+    table = read_table([work / "scatter" / f"s{s:05d}" / f"p{part:05d}.parquet" for s in range(shards)])
     frame = frame_of(table.drop_columns(["sig8"])).with_row_index("i").sort("band", "row")
     sig8 = _sig8(table["sig8"].combine_chunks(), num_perm)
     found = []
@@ -191,15 +191,15 @@ def _link(work: Path, part: int, shards: int, threshold: float, margin: float, n
                                    "local_a": members["local"].to_numpy()[a], "shard_a": members["shard"].to_numpy()[a],
                                    "shard_b": members["shard"].to_numpy()[b], "local_b": members["local"].to_numpy()[b]}))
     pairs = pl.concat(found) if found else pl.DataFrame(schema=LINK_SCHEMA)
-    with atomic_path(target) as tmp:
+    with publish(target) as tmp:
         tmp.mkdir()
         for s in range(shards):
             pairs.filter(pl.col("shard_a") == s).drop("shard_a").write_parquet(tmp / f"s{s:05d}.parquet")
 
 
-def _grams_of(work: Path, shard: int) -> Grams:
+def _grams_of(work: UPath, shard: int) -> Grams:
     """A shard's n-grams, by its sketch file's rows."""
-    return _grams(pq.read_table(work / "sketch" / f"s{shard:05d}.parquet", columns=["grams"])["grams"].combine_chunks())
+    return _grams(read_table(work / "sketch" / f"s{shard:05d}.parquet", columns=["grams"])["grams"].combine_chunks())
 
 
 def _sig8(column: pa.FixedSizeBinaryArray, num_perm: int) -> np.ndarray:
@@ -215,38 +215,38 @@ def _grams(column: pa.ListArray) -> Grams:
     return Grams(offsets - offsets[0] if len(offsets) else np.zeros(1, np.int64), values.astype(np.uint32))
 
 
-def _attach(work: Path, shard: int, shards: int) -> None:
+def _attach(work: UPath, shard: int, shards: int) -> None:
     """Stage 5: the shard's pairs (each once) with their first trace's n-grams, by the shard of the second,
     ``work/attach/sNNNNN/sMMMMM.parquet``."""
     target = work / "attach" / f"s{shard:05d}"
-    if target.exists():
+    if published(target):
         return
     files = ", ".join(sql_text(str(work / "link" / f"p{p:05d}" / f"s{shard:05d}.parquet")) for p in _partitions(work))
-    pairs = frame_of(duckdb.connect().sql(f"SELECT DISTINCT * FROM read_parquet([{files}]) ORDER BY row_a, row_b").to_arrow_table())
+    pairs = frame_of(connect(work).sql(f"SELECT DISTINCT * FROM read_parquet([{files}]) ORDER BY row_a, row_b").to_arrow_table())
     grams = _grams_of(work, shard)
     local = pairs["local_a"].to_numpy().astype(np.int64)
     picked = Grams(np.concatenate([[0], np.cumsum(grams.sizes[local])]).astype(np.int64),
                    grams.h[gather(grams.offsets[local], grams.sizes[local])])
     attached = pairs.select("row_a", "row_b", "shard_b", "local_b").to_arrow().append_column(
         "grams", pa.ListArray.from_arrays(pa.array(picked.offsets), pa.array(picked.h)))
-    with atomic_path(target) as tmp:
+    with publish(target) as tmp:
         tmp.mkdir()
         shard_b = pairs["shard_b"].to_numpy()
         for s in range(shards):
             pq.write_table(attached.filter(pa.array(shard_b == s)), tmp / f"s{s:05d}.parquet")
 
 
-def _partitions(work: Path) -> list[int]:
+def _partitions(work: UPath) -> list[int]:
     return sorted(int(p.name[1:]) for p in (work / "link").glob("p*"))
 
 
-def _check(work: Path, shard: int, threshold: float) -> None:
+def _check(work: UPath, shard: int, threshold: float) -> None:
     """Stage 6: the exact Jaccard of the pairs whose second trace is in this shard, held to ``threshold`` as on one
     node; the pairs that reach it, ``work/check/sNNNNN.parquet``."""
     target = work / "check" / f"s{shard:05d}.parquet"
-    if target.exists():
+    if published(target):
         return
-    table = pa.concat_tables([pq.read_table(f) for f in sorted((work / "attach").glob(f"s*/s{shard:05d}.parquet"))])
+    table = read_table(sorted((work / "attach").glob(f"s*/s{shard:05d}.parquet"), key=str))
     grams = _grams_of(work, shard)
     # the pairs' first traces as rows 0..m-1, then the shard's own traces
     m = table.num_rows
@@ -254,22 +254,21 @@ def _check(work: Path, shard: int, threshold: float) -> None:
     both = Grams(np.concatenate([first.offsets, first.offsets[-1] + grams.offsets[1:]]), np.concatenate([first.h, grams.h]))
     a, b = np.arange(m, dtype=np.int64), m + table["local_b"].to_numpy().astype(np.int64)
     passed = jaccard(both, a, b) >= threshold
-    with atomic_path(target) as tmp:
+    with publish(target) as tmp:
         pq.write_table(table.select(["row_a", "row_b"]).filter(pa.array(passed, pa.bool_())), tmp)
 
 
-def _leaders_over(work: Path, n: int) -> Path:
+def _leaders_over(work: UPath, n: int) -> UPath:
     """Stage 7: one node's greedy leader clustering over the linked pairs, as ``dup_clusters`` rows with their shard."""
     target = work / "clusters.parquet"
-    if target.exists():
+    if published(target):
         return target
-    linked = pl.read_parquet(work / "check" / "s*.parquet")  # each pair once: attach kept it once, for one shard
+    linked = read_table(sorted((work / "check").glob("s*.parquet"), key=str))  # each pair once: attach kept it once, for one shard
     labels = leaders(n, linked["row_a"].to_numpy(), linked["row_b"].to_numpy())
-    con = duckdb.connect()
-    con.execute(f"SET temp_directory = {sql_text(str(work / 'spill'))}")
+    con = connect(work)
     con.register("found", pa.table({"row": np.arange(n), "label": labels, "size": np.bincount(labels, minlength=n)[labels]}))
     order = f"read_parquet({sql_text(str(work / 'order.parquet'))})"
-    with atomic_path(target) as tmp:
+    with publish(target) as tmp:
         con.execute(f"""COPY (SELECT c.*, o.shard FROM ({clusters_sql(order, 'found')}) c JOIN {order} o USING (trace_id))
                         TO {sql_text(str(tmp))} (FORMAT parquet)""")
     return target

@@ -3,7 +3,8 @@
 One DuckDB file is one node's limit: the step that has to see every trace (dedup) meets it first. A sharded
 store keeps each trace in the shard its id names (:func:`recot.curation.store.shard_of`), so a shard is
 curated alone by the very code a one-node store runs, and only dedup looks across shards
-(:mod:`recot.curation.sharded_dedup`). Layout of ``ROOT``:
+(:mod:`recot.curation.sharded_dedup`). ``ROOT`` is a local folder, a shared filesystem or object storage
+(:mod:`recot.curation.shard_fs`). Its layout:
 
 - ``sharded.json``: the number of shards, fixed when the store is created;
 - ``head.duckdb``: a one-node :class:`Store` without traces: the catalog, task declarations, meta (split, SID
@@ -23,24 +24,24 @@ from __future__ import annotations
 import hashlib
 import json
 import math
-import os
 import shutil
 import tempfile
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
 import pyarrow.parquet as pq
+from upath import UPath
 
 from recot.curation import rules
 from recot.curation.rules import RulesConfig
+from recot.curation.shard_fs import Where, attach, editing, local_copy, location, publish, published, remove, reuse
 from recot.curation.store import SHARDED_MARKER as MARKER
 from recot.curation.store import IngestReport, Store, check_traces_file, split_rows
 from recot.errors import DataError
 from recot.formats.student import sql_text
-from recot.io import atomic_path
 
 HEAD = "head.duckdb"
 DONE = "DONE"
@@ -50,33 +51,34 @@ SHARD_TABLES = ("traces", "verdicts", "scores", "dup_clusters", "ingest_rejects"
 Step = Callable[[Store, int, int, dict], Any]
 
 
-def is_sharded(path: Path) -> bool:
-    return (Path(path) / MARKER).is_file()
+def is_sharded(path: Where) -> bool:
+    return (location(path) / MARKER).is_file()
 
 
 @dataclass(frozen=True)
 class ShardedStore:
     """The sharded store at ``root``; :meth:`create` makes one, :meth:`open` reads one."""
 
-    root: Path
+    root: UPath
     shards: int
 
     @classmethod
-    def create(cls, root: Path, shards: int) -> ShardedStore:
-        """A new empty store of ``shards`` shards, or the one already at ``root`` if it has as many."""
-        root = Path(root).resolve()
+    def create(cls, where: Where, shards: int) -> ShardedStore:
+        """A new empty store of ``shards`` shards, or the one already at ``where`` if it has as many."""
+        root = location(where)
         if is_sharded(root):
             found = cls.open(root)
             if found.shards != shards:
-                raise DataError(root, f"the store has {found.shards} shards, not {shards}",
+                raise DataError(str(root), f"the store has {found.shards} shards, not {shards}",
                                 f"drop --shards (or pass {found.shards}): a trace's shard follows from the count")
             return found
         if root.is_file() or (root.exists() and any(root.iterdir())):
-            raise DataError(root, "a folder that is not a sharded curation store", "choose a new or empty folder for --store")
+            raise DataError(str(root), "a folder that is not a sharded curation store", "choose a new or empty folder for --store")
         if shards < 1:
             raise DataError("shards", f"{shards} shards", "a sharded store has at least one shard")
         root.mkdir(parents=True, exist_ok=True)
-        Store(root / HEAD).close()
+        with editing(root / HEAD) as head:
+            Store(head).close()
         for index in range(shards):
             with tempfile.TemporaryDirectory() as tmp, Store(Path(tmp) / "empty.duckdb") as empty:
                 _write_generation(empty, root / "shards" / f"{index:05d}" / "g000000")
@@ -84,27 +86,37 @@ class ShardedStore:
         return cls(root, shards)
 
     @classmethod
-    def open(cls, root: Path) -> ShardedStore:
-        root = Path(root).resolve()
+    def open(cls, where: Where) -> ShardedStore:
+        root = location(where)
         if not is_sharded(root):
-            raise DataError(root, "no sharded curation store here", "create one: recot curate ingest TRACES --store DIR --shards N")
+            raise DataError(str(root), "no sharded curation store here", "create one: recot curate ingest TRACES --store DIR --shards N")
         return cls(root, int(json.loads((root / MARKER).read_text())["shards"]))
 
-    def head(self) -> Store:
+    @contextmanager
+    def head(self) -> Iterator[Store]:
         """The head store, to record the catalog and what lies beside the traces (never open while shard steps run:
-        they attach it read-only)."""
-        return Store(self.root / HEAD)
+        they read it)."""
+        with editing(self.root / HEAD) as path, Store(path) as head:
+            yield head
 
-    def generation(self, index: int) -> Path:
+    def generation(self, index: int) -> UPath:
         """The shard's newest complete generation (a newer one without ``DONE`` is a step that died)."""
-        folder = self.root / "shards" / f"{index:05d}"
-        done = sorted(g for g in folder.glob("g*") if (g / DONE).exists())
+        return self._newest(index, (self.root / "shards" / f"{index:05d}").glob(f"g*/{DONE}"))
+
+    def generations(self) -> list[UPath]:
+        """Every shard's :meth:`generation`, found in one listing (on object storage each listing is a request)."""
+        marks = list((self.root / "shards").glob(f"*/g*/{DONE}"))
+        return [self._newest(i, [m for m in marks if m.parent.parent.name == f"{i:05d}"]) for i in range(self.shards)]
+
+    def _newest(self, index: int, marks: Iterable[UPath]) -> UPath:
+        done = sorted((mark.parent for mark in marks), key=lambda g: g.name)
         if not done:
-            raise DataError(folder, "the shard has no complete generation", "the store is damaged: ingest into a new one")
+            raise DataError(str(self.root / "shards" / f"{index:05d}"), "the shard has no complete generation",
+                            "the store is damaged: ingest into a new one")
         return done[-1]
 
     def files(self, table: str) -> list[str]:
-        return [str(self.generation(i) / f"{table}.parquet") for i in range(self.shards)]
+        return [str(g / f"{table}.parquet") for g in self.generations()]
 
     @contextmanager
     def view(self) -> Iterator[Store]:
@@ -112,7 +124,8 @@ class ShardedStore:
         tables are views over every shard's current files (the funnel, the report page and export read it as they read
         a one-node store; export takes its rows a shard at a time through :meth:`Store.slices`)."""
         with tempfile.TemporaryDirectory() as tmp:
-            shutil.copy(self.root / HEAD, Path(tmp) / HEAD)
+            with local_copy(self.root / HEAD) as head:
+                shutil.copy(head, Path(tmp) / HEAD)
             with ShardedView(Path(tmp) / HEAD, self) as store:
                 yield store
 
@@ -134,14 +147,16 @@ def run_tasks(ray: Any, function: Callable[..., Any], calls: list[tuple], max_re
     return ray.get([task.remote(*call) for call in calls])
 
 
-def run_step(root: Path, shards: int, index: int, step: Step, args: dict, reads: tuple[str, ...] = SHARD_TABLES,
+def run_step(root: UPath, shards: int, index: int, step: Step, args: dict, reads: tuple[str, ...] = SHARD_TABLES,
              writes: tuple[str, ...] = ()) -> Any:
     """One shard through ``step``: the tables it ``reads`` loaded into an in-memory copy of the head and the step run; the tables it
     ``writes`` written back, with the rest linked unchanged, as the next generation; then the older ones removed."""
     store = ShardedStore(root, shards)
     current = store.generation(index)
     with tempfile.TemporaryDirectory(prefix=f"recot-shard-{index}-") as tmp, Store(":memory:", spill_dir=Path(tmp)) as local:
-        _copy_head(local, root / HEAD)
+        attach(local.con, root)
+        with local_copy(root / HEAD) as head:
+            _copy_head(local, head)
         for table in reads:
             local.con.execute(f"INSERT INTO {table} BY NAME SELECT * FROM read_parquet({sql_text(str(current / f'{table}.parquet'))})")
         result = step(local, index, shards, args)
@@ -150,8 +165,8 @@ def run_step(root: Path, shards: int, index: int, step: Step, args: dict, reads:
         new = current.with_name(f"g{int(current.name[1:]) + 1:06d}")
         _write_generation(local, new, writes, current)
     for old in current.parent.glob("g*"):
-        if old != new:
-            shutil.rmtree(old)
+        if old.name != new.name:
+            remove(old)
     return result
 
 
@@ -174,7 +189,9 @@ class ShardedView(Store):
 
     def __init__(self, head: Path, sharded: ShardedStore) -> None:
         super().__init__(head)
+        attach(self.con, sharded.root)
         self.sharded = sharded
+        self.generations = sharded.generations()  # fixed while it reads: no step runs beside a reader
         self._over(range(sharded.shards))
 
     def slices(self) -> Iterator[int]:
@@ -188,23 +205,24 @@ class ShardedView(Store):
     def _over(self, indices: range | list[int]) -> None:
         head = self.scalar("SELECT current_database()")
         for table in SHARD_TABLES:
-            files = ", ".join(sql_text(self.sharded.files(table)[i]) for i in indices)
+            files = ", ".join(sql_text(str(self.generations[i] / f"{table}.parquet")) for i in indices)
             self.con.execute(f"""CREATE OR REPLACE TEMP VIEW {table} AS SELECT * FROM "{head}".main.{table}
                                  UNION ALL BY NAME SELECT * FROM read_parquet([{files}], union_by_name = true)""")
 
 
-def _write_generation(store: Store, folder: Path, tables: tuple[str, ...] = SHARD_TABLES, previous: Path | None = None) -> None:
-    """``tables`` of ``store`` as Parquet files in ``folder``, the other shard tables linked from ``previous``, then its
+def _write_generation(store: Store, folder: UPath, tables: tuple[str, ...] = SHARD_TABLES, previous: UPath | None = None) -> None:
+    """``tables`` of ``store`` as Parquet files in ``folder``, the other shard tables reused from ``previous``, then its
     ``DONE`` mark (a folder left by a killed step, without the mark, is replaced)."""
-    shutil.rmtree(folder, ignore_errors=True)
-    folder.mkdir(parents=True)
+    remove(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    attach(store.con, folder)
     for table in SHARD_TABLES:
         target = folder / f"{table}.parquet"
         if table in tables or previous is None:
             store.con.execute(f"COPY {table} TO {sql_text(str(target))} (FORMAT parquet)")
         else:
-            os.link(previous / target.name, target)  # a shard's files are never changed in place, so a link is a copy
-    (folder / DONE).touch()
+            reuse(previous / target.name, target)  # a shard's files are never changed in place
+    (folder / DONE).write_bytes(b"")
 
 
 def ingest(store: ShardedStore, sources: list[Path], ray: Any = None) -> list[IngestReport]:
@@ -229,21 +247,21 @@ def ingest(store: ShardedStore, sources: list[Path], ray: Any = None) -> list[In
     run_tasks(ray, _split_once, calls)
     args = {"sources": [str(s) for s in sources], "folders": [str(f) for f in folders]}
     per_shard = store.run(_ingest_shard, args, ray, reads=("traces", "ingest_rejects"), writes=("traces", "ingest_rejects"))
-    shutil.rmtree(incoming)
+    remove(incoming)
     return [IngestReport(str(source), *(sum(shard[i][name] for shard in per_shard) for name in ("rows", "new", "already_in_store", "rejected")))
             for i, source in enumerate(sources)]
 
 
-def _split_once(source: Path, row_groups: range, shards: int, folder: Path) -> None:
+def _split_once(source: Path, row_groups: range, shards: int, folder: UPath) -> None:
     """:func:`split_rows` of one chunk into ``folder/cNNNNN`` (skipped when it is there: a rerun of a killed ingest)."""
     target = folder / f"c{row_groups.start:05d}"
-    if not target.exists():
-        with atomic_path(target) as tmp:
+    if not published(target):
+        with publish(target) as tmp:
             split_rows(source, row_groups, shards, tmp)
 
 
 def _ingest_shard(local: Store, index: int, shards: int, args: dict) -> list[dict]:
-    return [asdict(local.ingest(Path(source), parts=sorted(Path(folder).glob(f"c*/shard={index}/*.parquet"))))
+    return [asdict(local.ingest(Path(source), parts=sorted(str(part) for part in location(folder).glob(f"c*/shard={index}/*.parquet"))))
             for source, folder in zip(args["sources"], args["folders"])]
 
 

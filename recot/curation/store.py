@@ -23,6 +23,7 @@ import polars as pl
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from recot.curation.shard_fs import is_local, location
 from recot.data.catalog import CATALOG_FILE, Catalog
 from recot.errors import DataError
 from recot.formats.sid import DEFAULT_DIALECT, SidDialect
@@ -119,6 +120,9 @@ class Store:
 
     def __init__(self, path: str | Path, memory_limit: str | None = None, spill_dir: Path | None = None) -> None:
         """``path`` ``:memory:`` (with a ``spill_dir``): a store that lives in this process, as a shard's working copy does."""
+        if not is_local(location(path)):
+            raise DataError(str(path), "a one-node store is one DuckDB file on this machine's disk, not a URL",
+                            "keep it on a local disk, or curate a sharded store there: recot curate ingest TRACES --store URL --shards N")
         self.path = Path(path)
         if str(path) != ":memory:":
             self.path.parent.mkdir(parents=True, exist_ok=True)
@@ -152,10 +156,10 @@ class Store:
     def existing(cls, path: str | Path, memory_limit: str | None = None) -> Store:
         """The store at ``path``, which must exist: every step after ingest reads a store, and a mistyped path must not
         quietly become a new, empty one."""
-        if (Path(path) / SHARDED_MARKER).is_file():
+        if (location(path) / SHARDED_MARKER).is_file():
             raise DataError(path, "a sharded store: this step runs on a one-node store (ingest, rules, dedup, report and export "
                             "run on a sharded one)", "curate a one-node store for it: recot curate ingest TRACES --store FILE")
-        if not Path(path).is_file():
+        if is_local(location(path)) and not Path(path).is_file():  # a URL is named by the constructor
             raise DataError(path, "no curation store here", "check --store (the path `recot curate ingest` created), or "
                             "create one: recot curate ingest TRACES --store PATH")
         return cls(path, memory_limit)
@@ -295,7 +299,7 @@ class Store:
             raise DataError(source, f"tasks {[t for (t,) in undeclared]} are not declared: without {TASKS_FILE} beside the file the "
                             "store cannot tell which rules apply", f"keep the {TASKS_FILE} that `recot synth run` wrote next to it")
 
-    def ingest(self, source: Path, parts: list[Path] | None = None) -> IngestReport:
+    def ingest(self, source: Path, parts: list[str] | None = None) -> IngestReport:
         """Add a synthesis output parquet; rows without provenance go to ``ingest_rejects``. The split it was
         synthesised on (``split.json`` beside it) is recorded for export and evaluation. ``parts``: the rows of
         ``source`` that belong to this shard of a sharded store, as :func:`split_rows` wrote them (its head recorded

@@ -22,17 +22,23 @@ def free_port() -> int:
 
 @dataclass
 class LocalServer:
-    """A server process on loopback; ``url`` is its OpenAI base URL (``http://127.0.0.1:PORT/v1``)."""
+    """A server process on loopback; ``url`` is its OpenAI base URL (``http://127.0.0.1:PORT/v1``), ``endpoint`` its
+    root; it is up when ``ready`` (a path under the root) answers."""
 
     command: list[str]
     port: int
     log: Path
     env: dict[str, str] | None = None
     process: subprocess.Popen | None = None
+    ready: str = "/v1/models"
+
+    @property
+    def endpoint(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
 
     @property
     def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}/v1"
+        return f"{self.endpoint}/v1"
 
     def start(self, timeout_s: float = 300) -> LocalServer:
         self.log.parent.mkdir(parents=True, exist_ok=True)
@@ -44,7 +50,7 @@ class LocalServer:
             if self.process.poll() is not None:
                 raise RuntimeError(f"server exited with {self.process.returncode}; see {self.log}")
             try:
-                with urllib.request.urlopen(f"{self.url}/models", timeout=2):
+                with urllib.request.urlopen(f"{self.endpoint}{self.ready}", timeout=2):
                     return self
             except OSError:
                 time.sleep(0.5)
@@ -84,3 +90,11 @@ def instant_server(log: Path, port: int | None = None) -> LocalServer:
     """The loopback server of :mod:`recot.testing.instant_server` (answers at once; failure modes by model name)."""
     port = port or free_port()
     return LocalServer([sys.executable, "-m", "recot.testing.instant_server", "--port", str(port)], port, log)
+
+
+def s3_server(log: Path, port: int | None = None) -> LocalServer:
+    """moto's S3-compatible server (not started), the object store of the sharded-store tests: it speaks S3's REST API
+    over HTTP as a real endpoint does. Point clients at ``endpoint`` (``AWS_ENDPOINT_URL``) with any key."""
+    port = port or free_port()
+    return LocalServer([sys.executable, "-m", "moto.server", "--host", "127.0.0.1", "--port", str(port)], port, log,
+                       ready="/moto-api/")
