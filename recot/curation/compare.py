@@ -21,32 +21,23 @@ import polars as pl
 
 from recot.cost import Price
 from recot.curation.dedup import DedupConfig, run_dedup
-from recot.curation.report import KEPT_SQL
+from recot.curation.report import OUTCOME_SQL, OUTCOMES
 from recot.curation.rules import RulesConfig, run_rules
 from recot.curation.store import Store
 from recot.errors import DataError
 from recot.io import frame_of
 
 KEY = ("task", "subject_id", "sample")
-OUTCOMES = ("kept", "synthesis", "rules", "dedup", "review")  # where a trace stopped; the first that applies
 # "kept by all": with the same answer, or of a task whose output has no ``answer`` field (compared by outcome alone)
 AGREEMENT = ("kept by all", "kept by all, answers differ", "kept by some", "kept by none")
 
-# One row per trace: where it stopped, why, its answer, tokens and judge score
+# One row per trace: where it stopped and why (the funnel's own definition), its answer, tokens and judge score
 _TRACES_SQL = f"""
-    WITH failed AS (SELECT trace_id, list(DISTINCT reason ORDER BY reason) FILTER (WHERE rule <> 'dedup') AS reasons,
-                           bool_or(rule = 'dedup') AS duplicate
-                    FROM verdicts WHERE NOT passed GROUP BY trace_id),
-         kept AS (SELECT trace_id FROM ({KEPT_SQL})),
-         judged AS (SELECT trace_id, avg(value) AS judge FROM scores WHERE name = 'judge' GROUP BY trace_id)
-    SELECT t.task, t.subject_id, t.sample,
-           CASE WHEN t.status <> 'ok' THEN 'synthesis' WHEN len(coalesce(f.reasons, [])) > 0 THEN 'rules'
-                WHEN f.duplicate THEN 'dedup' WHEN k.trace_id IS NULL THEN 'review' ELSE 'kept' END AS outcome,
-           CASE WHEN t.status <> 'ok' THEN [coalesce(t.reason, 'unknown')] WHEN len(coalesce(f.reasons, [])) > 0 THEN f.reasons
-                WHEN f.duplicate THEN ['duplicate'] ELSE [] END AS reasons,
+    WITH judged AS (SELECT trace_id, avg(value) AS judge FROM scores WHERE name = 'judge' GROUP BY trace_id)
+    SELECT t.task, t.subject_id, t.sample, o.outcome, o.reasons,
            json_extract_string(t.output, '$.answer') AS answer, t.prompt_tokens, t.completion_tokens,
            coalesce(t.reasoning_tokens, 0) AS reasoning_tokens, j.judge, left(coalesce(t.text, t.raw, ''), 400) AS text
-    FROM traces t LEFT JOIN failed f USING (trace_id) LEFT JOIN kept k USING (trace_id) LEFT JOIN judged j USING (trace_id)"""
+    FROM ({OUTCOME_SQL}) o JOIN traces t USING (trace_id) LEFT JOIN judged j USING (trace_id)"""
 
 
 @dataclass(frozen=True)
@@ -116,7 +107,7 @@ def _figures(rows: pl.DataFrame, price: Price | None) -> dict[str, Any]:
     prompt, completion = int(rows["prompt_tokens"].sum()), int(rows["completion_tokens"].sum())
     cost = price.cost(prompt, completion) if price else None
     judge = rows["judge"].drop_nulls()
-    return {"traces": rows.height, **{f"stopped_at_{o}": outcomes[o] for o in OUTCOMES[1:]}, "kept": kept,
+    return {"traces": rows.height, **{f"stopped_at_{o}": outcomes[o] for o in OUTCOMES[:-1]}, "kept": kept,
             "kept_share": round(kept / rows.height, 4) if rows.height else None, "prompt_tokens": prompt,
             "completion_tokens": completion, "reasoning_tokens": int(rows["reasoning_tokens"].sum()),
             "completion_tokens_per_kept": _per(completion, kept), "cost": cost, "cost_per_kept": _per(cost, kept),

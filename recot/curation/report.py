@@ -43,19 +43,28 @@ def funnel(store: Store, examples: int = 2) -> dict[str, Any]:
 
 
 STAGES = ("traces", "parsed", "rules", "dedup", "review")
+# where a trace stopped, in the order of the steps: the first that applies
+OUTCOMES = ("synthesis", "rules", "dedup", "review", "kept")
+# One row per trace: where it stopped and why (the synthesis reason, the failed rules' reasons, or 'duplicate'). The
+# funnel's stages and the teacher comparison both count it, so the two cannot tell different stories.
+OUTCOME_SQL = f"""
+    WITH failed AS (SELECT trace_id, list(DISTINCT reason ORDER BY reason) FILTER (WHERE rule <> 'dedup') AS reasons,
+                           bool_or(rule = 'dedup') AS duplicate
+                    FROM verdicts WHERE NOT passed GROUP BY trace_id),
+         kept AS (SELECT trace_id FROM ({KEPT_SQL}))
+    SELECT t.trace_id, t.task,
+           CASE WHEN t.status <> 'ok' THEN 'synthesis' WHEN len(coalesce(f.reasons, [])) > 0 THEN 'rules'
+                WHEN f.duplicate THEN 'dedup' WHEN k.trace_id IS NULL THEN 'review' ELSE 'kept' END AS outcome,
+           CASE WHEN t.status <> 'ok' THEN [coalesce(t.reason, 'unknown')] WHEN len(coalesce(f.reasons, [])) > 0 THEN f.reasons
+                WHEN f.duplicate THEN ['duplicate'] ELSE [] END AS reasons
+    FROM traces t LEFT JOIN failed f USING (trace_id) LEFT JOIN kept k USING (trace_id)"""
 
 
 def stages(store: Store) -> dict[str, dict[str, int]]:
     """Per task, the traces left after each step: ingested, parsed (answered and valid), passing every rule, not a
-    dropped duplicate, not rejected in review (the last is ``kept``)."""
-    rows = store.con.execute(f"""
-        WITH failed AS (SELECT trace_id, bool_or(rule <> 'dedup') AS by_rule FROM verdicts WHERE NOT passed GROUP BY trace_id),
-             kept AS (SELECT trace_id FROM ({KEPT_SQL}))
-        SELECT t.task, count(*), count(*) FILTER (WHERE t.status = 'ok'),
-               count(*) FILTER (WHERE t.status = 'ok' AND NOT coalesce(f.by_rule, FALSE)),
-               count(*) FILTER (WHERE t.status = 'ok' AND f.trace_id IS NULL), count(k.trace_id)
-        FROM traces t LEFT JOIN failed f USING (trace_id) LEFT JOIN kept k USING (trace_id)
-        GROUP BY t.task ORDER BY t.task""").fetchall()
+    dropped duplicate, not rejected in review (the last is ``kept``): each count is the traces that got past a step."""
+    past = ", ".join(f"count(*) FILTER (WHERE outcome IN {OUTCOMES[i + 1:]})" for i in range(len(OUTCOMES) - 1))
+    rows = store.con.execute(f"SELECT task, count(*), {past} FROM ({OUTCOME_SQL}) GROUP BY task ORDER BY task").fetchall()
     return {task: dict(zip(STAGES, counts)) for task, *counts in rows}
 
 
