@@ -8,8 +8,14 @@ process, and for the sharded pass its driver and the largest Ray worker (sampled
 of no process above 4 GB at 10M traces. The verdicts and clusters of both must be the same (order-free digests).
 Traces come from bench_curation_scale.py's generator (real Industrial catalog, 5% edited copies).
 
+``--object-store`` adds a third pass: the sharded store's root in a bucket of moto's S3-compatible server on loopback
+(no real object store is reachable here), with its ratio against the local sharded pass. moto is one Python process
+on the same CPUs, answering each request far slower than S3 does, so the ratio bounds the cost of the requests from
+above; the requests it served, by method (its log), are what carries over to a real store.
+
     python bench/bench_curation_ray.py 1                 # 1M traces (plus copies), 2 workers, 200k traces a shard
     python bench/bench_curation_ray.py 10 --shards 50 --sharded-only   # memory per process at 10M
+    python bench/bench_curation_ray.py 1 --sharded-only --object-store  # local folder against a bucket
 """
 
 from __future__ import annotations
@@ -18,9 +24,11 @@ import argparse
 import json
 import math
 import os
+import re
 import subprocess
 import sys
 import tempfile
+from collections import Counter
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -67,7 +75,7 @@ def watch():
 ray.init(num_cpus=int(sys.argv[6]), include_dashboard=False, log_to_driver=False)
 threading.Thread(target=watch, daemon=True).start()
 start = time.perf_counter()
-store = shards.ShardedStore.create(work / "sharded", int(sys.argv[5]))
+store = shards.ShardedStore.create(sys.argv[7] if len(sys.argv) > 7 else work / "sharded", int(sys.argv[5]))
 with store.head() as head:
     head.load_catalog(load_dataset(dataset).catalog)
 shards.ingest(store, [traces], ray); done("ingest")
@@ -90,6 +98,24 @@ def run(script: str, traces: Path, *extra: str) -> dict:
     return json.loads(done.stdout.strip().splitlines()[-1])
 
 
+def in_a_bucket(traces: Path, shards: int, workers: int) -> dict:
+    """The sharded pass with its root in a bucket of a loopback S3 server (the Ray workers inherit its settings)."""
+    from recot.curation.shard_fs import location
+    from recot.testing.servers import s3_server
+
+    with tempfile.TemporaryDirectory(prefix="bench-s3-") as logs:
+        server = s3_server(Path(logs) / "moto.log").start(60)
+        os.environ.update({"AWS_ACCESS_KEY_ID": "bench", "AWS_SECRET_ACCESS_KEY": "bench", "AWS_DEFAULT_REGION": "us-east-1",
+                           "AWS_ENDPOINT_URL": server.endpoint})
+        try:
+            location("s3://recot-bench").mkdir()
+            result = run(SHARDED, traces, str(shards), str(workers), "s3://recot-bench/sharded")
+        finally:
+            server.stop()
+        methods = re.findall(r'"(?:\x1b\[[0-9;]*m)?(GET|PUT|POST|HEAD|DELETE) ', (Path(logs) / "moto.log").read_text())
+    return {**result, "requests": dict(Counter(methods).most_common())}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("millions", type=int, nargs="?", default=1)
@@ -97,6 +123,7 @@ def main() -> None:
     parser.add_argument("--workers", type=int, default=2, help="CPUs of the local Ray cluster")
     parser.add_argument("--sharded-only", action="store_true", help="the sharded pass alone (its memory at a scale where "
                         "both passes take too long)")
+    parser.add_argument("--object-store", action="store_true", help="also the sharded pass with its root on a loopback S3 server")
     args = parser.parse_args()
     if not (INDUSTRIAL / "items.json").exists():
         sys.exit(f"needs the full Industrial set at {INDUSTRIAL}")
@@ -108,12 +135,18 @@ def main() -> None:
     print(f"{n:,} traces; one node, then {shards} shards on {args.workers} Ray workers", flush=True)
     one = None if args.sharded_only else run(ONE_NODE, traces)
     sharded = run(SHARDED, traces, str(shards), str(args.workers))
-    for name, result in (("one node", one), (f"sharded ({shards} shards, {args.workers} workers)", sharded)):
+    remote = in_a_bucket(traces, shards, args.workers) if args.object_store else None
+    for name, result in (("one node", one), (f"sharded ({shards} shards, {args.workers} workers)", sharded),
+                         ("sharded, root on S3 (moto)", remote)):
         if result is None:
             continue
         print(f"{name}: " + ", ".join(f"{k} {v:.1f} s" for k, v in result["seconds"].items()) +
               f"; total {result['total']:.1f} s; peak {result['peak_mb']:.0f} MB" +
               (f" (driver), largest worker {result['worker_peak_mb']:.0f} MB" if "worker_peak_mb" in result else ""))
+    if remote is not None:
+        print(f"ratio S3 root / local root: {remote['total'] / sharded['total']:.2f}; per step: " +
+              ", ".join(f"{k} {remote['seconds'][k] / sharded['seconds'][k]:.2f}" for k in sharded["seconds"]) +
+              f"; same verdicts and clusters: {remote['digest'] == sharded['digest']}; requests {remote['requests']}")
     if one is None:
         return
     print(f"ratio sharded / one node: {sharded['total'] / one['total']:.2f} (target <= 1.2); per step: " +
