@@ -74,6 +74,18 @@ def test_shards_split_the_job_without_overlap(rules_run, sample_path, tmp_path):
     assert sorted(merged["subject_id"] + merged["task"]) == sorted(rows["subject_id"] + rows["task"])
 
 
+def test_a_limit_takes_subjects_spread_over_the_plan_the_same_in_every_run(rules_run, sample_path, tmp_path):
+    """The first subjects of a user task are one user's first windows: a limited run would measure one user."""
+    _, rows, _ = rules_run
+    planned = rows.filter(pl.col("task") == "r2_interests")["subject_id"].to_list()
+    for run in ("a", "b"):
+        run_synth(config(sample_path, tmp_path / run, tasks=["r2_interests"], limit=8), progress=False)
+    limited = [pl.read_parquet(tmp_path / run / "traces.parquet")["subject_id"].to_list() for run in ("a", "b")]
+    assert limited[0] == limited[1] and len(limited[0]) == 8 and set(limited[0]) <= set(planned)
+    assert limited[0] == [s for s in planned if s in set(limited[0])]  # in plan order
+    assert len({s.split("@")[0] for s in limited[0]}) >= 6 > len({s.split("@")[0] for s in planned[:8]})
+
+
 def test_no_training_prompt_reaches_the_cut_off(rules_run):
     _, rows, _ = rules_run
     samples = rows.filter(pl.col("task").str.starts_with("r2") | pl.col("task").str.starts_with("r3"))
