@@ -105,8 +105,10 @@ class ShardedStore:
 
     def generations(self) -> list[UPath]:
         """Every shard's :meth:`generation`, found in one listing (on object storage each listing is a request)."""
-        marks = list((self.root / "shards").glob(f"*/g*/{DONE}"))
-        return [self._newest(i, [m for m in marks if m.parent.parent.name == f"{i:05d}"]) for i in range(self.shards)]
+        by_shard: dict[str, list[UPath]] = {}
+        for mark in (self.root / "shards").glob(f"*/g*/{DONE}"):
+            by_shard.setdefault(mark.parent.parent.name, []).append(mark)
+        return [self._newest(i, by_shard.get(f"{i:05d}", [])) for i in range(self.shards)]
 
     def _newest(self, index: int, marks: Iterable[UPath]) -> UPath:
         done = sorted((mark.parent for mark in marks), key=lambda g: g.name)
