@@ -50,7 +50,10 @@ def object_store(tmp_path_factory):
     yield "s3://recot-test"
     server.stop()
     for name, value in before.items():
-        os.environ.pop(name, None) if value is None else os.environ.__setitem__(name, value)
+        if value is None:
+            os.environ.pop(name, None)
+        else:
+            os.environ[name] = value
 
 
 @pytest.fixture(scope="module")

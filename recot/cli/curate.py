@@ -18,16 +18,16 @@ if TYPE_CHECKING:
     from recot.curation.store import Store
 
 
-
 class StoreLocation(click.ParamType):
     """A local path, or a URL (``s3://bucket/prefix``) kept as one: object storage holds sharded stores."""
 
     name = "path|url"
 
     def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Any:
-        from recot.curation.shard_fs import location
+        from recot.curation.shard_fs import is_local, location
 
-        return location(value) if "://" in str(value) else Path(value)
+        found = location(value)
+        return Path(value) if is_local(found) else found
 
 
 store_option = click.option("--store", type=StoreLocation(), default="out/curation.duckdb", show_default=True,

@@ -156,10 +156,11 @@ class Store:
     def existing(cls, path: str | Path, memory_limit: str | None = None) -> Store:
         """The store at ``path``, which must exist: every step after ingest reads a store, and a mistyped path must not
         quietly become a new, empty one."""
-        if (location(path) / SHARDED_MARKER).is_file():
+        where = location(path)
+        if (where / SHARDED_MARKER).is_file():
             raise DataError(path, "a sharded store: this step runs on a one-node store (ingest, rules, dedup, report and export "
                             "run on a sharded one)", "curate a one-node store for it: recot curate ingest TRACES --store FILE")
-        if is_local(location(path)) and not Path(path).is_file():  # a URL is named by the constructor
+        if is_local(where) and not Path(path).is_file():  # a URL is named by the constructor
             raise DataError(path, "no curation store here", "check --store (the path `recot curate ingest` created), or "
                             "create one: recot curate ingest TRACES --store PATH")
         return cls(path, memory_limit)

@@ -184,17 +184,16 @@ def count_rows_too_long(trainer: RecSFTTrainer, train_dataset, eval_dataset) -> 
                                             "validation": (eval_dataset, trainer.eval_dataset)}
     trainer.rows_too_long = {part: len(given) - len(kept) for part, (given, kept) in prepared.items()
                              if given is not None and kept is not None}
+    max_length, fix = getattr(trainer.args, "max_length", None), "raise max_length, or export shorter histories (max_history)"
     for part, dropped in trainer.rows_too_long.items():
-        used = part == "train" or str(trainer.args.eval_strategy) not in ("no", "IntervalStrategy.NO")
+        used = part == "train" or trainer.args.eval_strategy != "no"  # IntervalStrategy is a str enum
         if used and dropped and dropped == len(prepared[part][0]):  # nothing left to train on, or to choose the best epoch by
             where = f"{getattr(trainer.args, 'dataset_path', '') or '[sft]'} ({part})"
-            raise DataError(where, f"all {dropped} rows have a prompt that fills max_length "
-                            f"({getattr(trainer.args, 'max_length', None)} tokens), so none has an answer token left",
-                            "raise max_length, or export shorter histories (max_history)")
+            raise DataError(where, f"all {dropped} rows have a prompt that fills max_length ({max_length} tokens), so none "
+                            "has an answer token left", fix)
         if dropped:
             logger.warning("%d of %d %s rows are dropped: their prompt fills max_length (%s tokens) and leaves no answer "
-                           "token to learn or score; raise max_length, or export shorter histories (max_history)",
-                           dropped, len(prepared[part][0]), part, getattr(trainer.args, "max_length", None))
+                           "token to learn or score; %s", dropped, len(prepared[part][0]), part, max_length, fix)
 
 
 def fixed_length(config: RecSFTConfig, **changes) -> RecSFTConfig:
