@@ -279,6 +279,10 @@ def test_a_sharded_store_names_what_it_cannot_do(planted, one_node, tmp_path):
         Store.existing(store.root)
     with pytest.raises(DataError, match="(?s)not a URL.*--shards N"):
         Store("s3://bucket/curation.duckdb")
+    for url in ("nosuchfs://bucket/store", "gcs://bucket/store"):  # no such protocol; a protocol whose package is missing
+        report = subprocess.run([*RECOT, "curate", "report", "--store", url], capture_output=True, text=True, timeout=120)
+        assert report.returncode == 2 and "no filesystem for this location" in report.stderr, report.stderr[-2000:]
+        assert "install its fsspec package" in report.stderr and "Traceback" not in report.stderr
     from recot.curation.dedup import DedupConfig
 
     with pytest.raises(DataError, match="runs on one node only"):

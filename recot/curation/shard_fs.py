@@ -23,10 +23,12 @@ from contextlib import contextmanager
 from pathlib import Path
 
 import duckdb
+import fsspec
 import pyarrow as pa
 import pyarrow.parquet as pq
 from upath import UPath
 
+from recot.errors import DataError
 from recot.formats.student import sql_text
 from recot.io import atomic_path
 
@@ -38,9 +40,15 @@ def location(path: Where) -> UPath:
     """``path`` as a UPath: a local path made absolute (every Ray worker must read the same one), a URL as given, its
     filesystem without fsspec's listings cache (other workers add and remove files: a shard's newest generation must be
     listed as it is now, not as this process last saw it)."""
-    found = UPath(path)
-    if is_local(found):
-        return found.resolve()
+    try:
+        found = UPath(path)
+        if is_local(found):
+            return found.resolve()
+        fsspec.get_filesystem_class(found.protocol)  # its package: imported here, so a missing one is named here
+    except (ImportError, ValueError) as exc:
+        raise DataError(str(path), f"no filesystem for this location here ({exc})",
+                        "install its fsspec package (recot[s3] for s3://, gcsfs for gs://, adlfs for az://), or use a "
+                        "local folder") from None
     return UPath(str(found), **{**found.storage_options, "use_listings_cache": False})
 
 
